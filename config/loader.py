@@ -1,0 +1,246 @@
+"""Load settings from embedded defaults, an optional TOML file and `CXRD_<SECTION>__<KEY>` variables.
+
+Validation is driven by the schema's dataclass fields, so a key added to the schema is documented,
+typed and overridable without touching this file. Every problem becomes one `ConfigError` whose
+message names the file or key and says what is allowed; the CLI prints it on one line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+from config.schema import Settings
+
+ENV_PREFIX = "CXRD_"
+
+
+class ConfigError(Exception):
+    """A configuration problem a person must fix; the message is safe to print as is."""
+
+
+def load_settings(path: str | os.PathLike | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Return validated, effective settings (derived paths filled in, state_dir made absolute)."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    source = "embedded defaults"
+    if path is not None:
+        raw = _read_toml(Path(path))
+        source = str(path)
+    env_keys = _apply_env(raw, env)
+    settings = _build(Settings, raw, "", _Sources(source, env_keys))
+    return _derive(settings, env)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path}: is a directory") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path}: permission denied") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+
+
+class _Sources:
+    """Names where a key's value came from: the environment variable if one set it, else the file."""
+
+    def __init__(self, default: str, env_keys: dict[str, str]):
+        self.default, self.env_keys = default, env_keys
+
+    def of(self, key: str) -> str:
+        if key in self.env_keys:
+            return f"environment variable {self.env_keys[key]}"
+        return self.default
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Merge `CXRD_A__B__C=value` into raw["a"]["b"]["c"]; a value that parses as TOML is typed.
+    Returns dotted key -> variable name, so errors can name the variable."""
+    keys: dict[str, str] = {}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        if any(not p for p in parts):
+            raise ConfigError(f"environment variable {name}: malformed name")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment variable {name}: {part} is not a section")
+            node = child
+        node[parts[-1]] = _env_value(env[name])
+        keys[".".join(parts)] = name
+    return keys
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _build(cls: type, raw: Any, prefix: str, sources: _Sources) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{sources.of(where)}: [{where}] must be a table of settings")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = prefix + unknown[0]
+        allowed = ", ".join(sorted(fields))
+        raise ConfigError(f"{sources.of(key)}: unknown key '{key}' (allowed in {where}: {allowed})")
+    values = {}
+    for name, value in raw.items():
+        f = fields[name]
+        key = prefix + name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, key + ".", sources)
+        else:
+            values[name] = _check_value(key, value, hint, f.metadata, sources.of(key))
+    return cls(**values)
+
+
+def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any], source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list) or not all(_is_type(v, item_type) for v in value):
+            raise ConfigError(f"{source}: '{key}' must be a list of {item_type.__name__}")
+        return list(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not _is_type(value, hint):
+        got = "" if meta.get("secret") else f", got {value!r}"
+        raise ConfigError(f"{source}: '{key}' must be {_type_name(hint)}{got}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{source}: '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ConfigError(f"{source}: '{key}' must be {bound}; got {value!r}")
+    return value
+
+
+def _is_type(value: Any, hint: Any) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return isinstance(value, hint) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(t: Any) -> str:
+    return {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(t, getattr(t, "__name__", str(t)))
+
+
+def _derive(s: Settings, env: Mapping[str, str]) -> Settings:
+    """Fill the keys whose default depends on state_dir or on systemd's credentials directory."""
+    state = Path(s.storage.state_dir).expanduser().absolute()
+    storage = dataclasses.replace(
+        s.storage, state_dir=str(state),
+        database_url=s.storage.database_url or f"sqlite:///{state / 'cxrd.db'}")
+    key_file = s.security.key_file
+    if not key_file:
+        creds = env.get("CREDENTIALS_DIRECTORY")
+        key_file = str(Path(creds) / "cxrd.key") if creds else str(state / "keys" / "master.key")
+    security = dataclasses.replace(s.security, key_file=str(Path(key_file).expanduser().absolute()))
+    retrain = dataclasses.replace(s.retrain, inbox=s.retrain.inbox or str(state / "inbox"))
+    if s.dicom.tls.enabled and not (s.dicom.tls.cert and s.dicom.tls.key):
+        raise ConfigError("'dicom.tls.cert' and 'dicom.tls.key' are required when 'dicom.tls.enabled' is true")
+    if s.dicom.tls.require_client_cert and not s.dicom.tls.ca:
+        raise ConfigError("'dicom.tls.ca' is required when 'dicom.tls.require_client_cert' is true")
+    if len(s.dicom.ae_title.strip()) == 0 or len(s.dicom.ae_title) > 16:
+        raise ConfigError("'dicom.ae_title' must be 1 to 16 characters")
+    _check_cron(s.retrain.schedule)
+    return dataclasses.replace(s, storage=storage, security=security, retrain=retrain)
+
+
+def _check_cron(expr: str) -> None:
+    try:
+        from apscheduler.triggers.cron import CronTrigger
+        CronTrigger.from_crontab(expr)
+    except ValueError as exc:
+        raise ConfigError(f"'retrain.schedule' is not a valid cron expression ({exc}); "
+                          f"example: \"0 2 * * *\"") from None
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective settings as a nested dict with secrets (passwords in URLs) hidden."""
+    def walk(obj: Any) -> Any:
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                out[f.name] = walk(value)
+            elif f.metadata.get("secret") and isinstance(value, str):
+                out[f.name] = _redact_url(value)
+            else:
+                out[f.name] = value
+        return out
+    return walk(settings)
+
+
+def _redact_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL: hide it whole
+        return "***" if url else url
+
+
+def documented_toml() -> str:
+    """`config/cxrd.toml`: every key, commented with its documentation, set to its default."""
+    lines = ["# cxrd settings. Every key is shown with its default; delete what you do not change.",
+             "# Any key can be overridden by an environment variable CXRD_<SECTION>__<KEY>, e.g.",
+             "# CXRD_DICOM__PORT=104 or CXRD_DICOM__TLS__ENABLED=true. Generated by `python -m config`.",
+             ""]
+
+    def section(cls: type, name: str) -> None:
+        hints = typing.get_type_hints(cls)
+        nested = []
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                nested.append((hints[f.name], f"{name}.{f.name}"))
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"# {f.metadata['doc']}")
+            if f.metadata.get("choices"):
+                lines.append(f"# one of: {', '.join(f.metadata['choices'])}")
+            lines.append(f"{f.name} = {_toml_value(default)}")
+        lines.append("")
+        for cls2, name2 in nested:
+            section(cls2, name2)
+
+    hints = typing.get_type_hints(Settings)
+    for f in dataclasses.fields(Settings):
+        lines.append(f"# --- {f.metadata['doc']} ---")
+        section(hints[f.name], f.name)
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    import json
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)

@@ -1,0 +1,137 @@
+"""The settings schema: every key cxrd understands, its type, default and allowed values.
+
+The schema is plain frozen dataclasses so that the daemon can pass typed values around and the loader
+can validate a TOML document against it generically (unknown keys, wrong types and out-of-range
+values all become one error naming the key). Field metadata carries the documentation that
+`config/cxrd.toml` repeats for people.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _f(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,
+       max: float | None = None, secret: bool = False, factory: bool = False) -> Any:
+    meta = {"doc": doc, "choices": choices, "min": min, "max": max, "secret": secret}
+    if factory:
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DicomTLS:
+    enabled: bool = _f(False, "Require DICOM TLS on the SCP port")
+    cert: str = _f("", "PEM server certificate (required when enabled)")
+    key: str = _f("", "PEM private key of the server certificate")
+    ca: str = _f("", "PEM CA bundle used to verify client certificates")
+    require_client_cert: bool = _f(False, "Refuse TLS clients without a certificate signed by `ca`")
+
+
+@dataclass(frozen=True)
+class Dicom:
+    ae_title: str = _f("CXRD", "Our AE title; the called AE title of every association must match")
+    bind: str = _f("0.0.0.0", "Address the DICOM SCP listens on")
+    port: int = _f(11112, "DICOM SCP port (104 needs CAP_NET_BIND_SERVICE)", min=1, max=65535)
+    allowed_calling_aets: list[str] = _f(list, "Calling AE titles allowed to associate; empty = any",
+                                         factory=True)
+    allowed_hosts: list[str] = _f(list, "Source IP addresses or CIDR networks allowed; empty = any",
+                                  factory=True)
+    max_associations: int = _f(16, "Maximum concurrent associations", min=1, max=1000)
+    max_pdu: int = _f(0, "Maximum PDU size we receive in bytes (0 = unlimited)", min=0, max=2**32 - 1)
+    acse_timeout: float = _f(30.0, "Seconds to wait for association messages", min=1, max=3600)
+    dimse_timeout: float = _f(60.0, "Seconds to wait for DIMSE messages", min=1, max=3600)
+    network_timeout: float = _f(60.0, "Seconds before an idle association is dropped", min=1, max=3600)
+    non_chest: str = _f("ignore", "What to do with images that are not chest radiographs",
+                        choices=("ignore", "reject"))
+    chest_body_parts: list[str] = _f(lambda: ["CHEST", "THORAX", "LUNG", "RIB", "RIBS", "SPINE THORACIC"],
+                                     "BodyPartExamined values accepted as chest (empty value = accepted)",
+                                     factory=True)
+    tls: DicomTLS = _f(DicomTLS, "DICOM TLS settings", factory=True)
+
+
+@dataclass(frozen=True)
+class Storage:
+    state_dir: str = _f("./var", "Directory holding the database, the vault, the keys and the models")
+    database_url: str = _f("", "SQLAlchemy URL; empty = SQLite at {state_dir}/cxrd.db. "
+                               "PostgreSQL: postgresql+psycopg://user:pass@host/db", secret=True)
+    min_free_mb: int = _f(1024, "Refuse new images (status 0xA700) below this much free disk", min=0)
+    retention_days: int = _f(0, "Crypto-shred stored images older than this; 0 = keep forever", min=0)
+    audit_retention_days: int = _f(2192, "Keep audit rows at least this long (default 6 years)", min=1)
+
+
+@dataclass(frozen=True)
+class Security:
+    key_file: str = _f("", "Master key file (mode 0600); empty = {state_dir}/keys/master.key, or the "
+                           "systemd credential `cxrd.key` when $CREDENTIALS_DIRECTORY is set")
+
+
+@dataclass(frozen=True)
+class Deid:
+    retain_patient_characteristics: bool = _f(True, "Keep patient age, sex, size, weight (PS3.15 option)")
+    retain_device_identity: bool = _f(False, "Keep device serial numbers and station names (PS3.15 option)")
+    retain_longitudinal_modified_dates: bool = _f(True, "Shift dates by a per-patient keyed offset instead "
+                                                        "of removing them (PS3.15 option)")
+    max_date_shift_days: int = _f(365, "Largest date shift in days", min=1, max=36500)
+
+
+@dataclass(frozen=True)
+class Model:
+    device: str = _f("cpu", "Torch device for inference (cpu, cuda, cuda:0, ...)")
+    batch_size: int = _f(8, "Images per inference batch", min=1, max=512)
+    max_batch_wait_ms: int = _f(50, "Longest wait to fill a batch before running it", min=0, max=60000)
+    threads: int = _f(0, "Torch intra-op threads; 0 = number of CPU cores", min=0, max=1024)
+    backend: str = _f("auto", "Inference backend; auto = fastest measured on this machine within "
+                              "the accuracy bound", choices=("auto", "fp32", "channels_last", "bf16", "onnx"))
+    workers: int = _f(1, "Inference worker threads in `serve`", min=0, max=64)
+
+
+@dataclass(frozen=True)
+class Retrain:
+    enabled: bool = _f(True, "Run scheduled retraining")
+    schedule: str = _f("0 2 * * *", "Cron expression (minute hour day month weekday), local time")
+    inbox: str = _f("", "Directory of new ChestX-ray14-format batches; empty = {state_dir}/inbox")
+    min_new_images: int = _f(100, "Retrain only when at least this many new labeled images arrived", min=1)
+    max_auroc_drop: float = _f(0.02, "Reject a candidate if any label's AUROC drops by more than this",
+                               min=0.0, max=1.0)
+    threads: int = _f(1, "CPU threads for the training child process", min=1, max=1024)
+    nice: int = _f(10, "Scheduling niceness of the training child process", min=0, max=19)
+
+
+@dataclass(frozen=True)
+class Results:
+    enabled: bool = _f(False, "Send results back to the PACS")
+    ae_title: str = _f("PACS", "Called AE title of the destination")
+    host: str = _f("127.0.0.1", "Destination host")
+    port: int = _f(104, "Destination port", min=1, max=65535)
+    send_sr: bool = _f(True, "Send a DICOM Structured Report per study")
+    send_heatmap: bool = _f(False, "Send a Secondary Capture with a Grad-CAM overlay of the top finding")
+    max_attempts: int = _f(8, "Give up (state failed) after this many attempts", min=1, max=1000)
+    retry_base_s: float = _f(5.0, "First retry delay; doubles per attempt", min=0.0, max=86400)
+    tls: bool = _f(False, "Use DICOM TLS to the destination")
+
+
+@dataclass(frozen=True)
+class Http:
+    enabled: bool = _f(True, "Serve /healthz, /readyz and /metrics")
+    bind: str = _f("127.0.0.1", "HTTP bind address")
+    port: int = _f(8080, "HTTP port", min=1, max=65535)
+
+
+@dataclass(frozen=True)
+class Log:
+    level: str = _f("info", "Log level", choices=("debug", "info", "warning", "error"))
+    format: str = _f("logfmt", "One event per line, as key=value pairs or JSON", choices=("logfmt", "json"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    dicom: Dicom = _f(Dicom, "DICOM network service", factory=True)
+    storage: Storage = _f(Storage, "Where state lives", factory=True)
+    security: Security = _f(Security, "Keys", factory=True)
+    deid: Deid = _f(Deid, "De-identification options", factory=True)
+    model: Model = _f(Model, "Inference", factory=True)
+    retrain: Retrain = _f(Retrain, "Scheduled retraining", factory=True)
+    results: Results = _f(Results, "Results back to the PACS", factory=True)
+    http: Http = _f(Http, "Health and metrics endpoint", factory=True)
+    log: Log = _f(Log, "Logging", factory=True)

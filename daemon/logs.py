@@ -1,0 +1,71 @@
+"""One line per event on stderr, as logfmt or JSON, and never a patient identifier.
+
+Library code raises exceptions whose messages may quote DICOM values (pydicom does). So tracebacks
+are printed as exception *type* and frames only, never the message of an exception we did not write:
+a stack trace in the journal can then never leak PHI.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from typing import Any
+
+_SAFE_EXCEPTION_MODULES = ("daemon.", "config.", "storage.", "cxrmodel.")
+
+
+def configure(level: str = "info", fmt: str = "logfmt", stream=None) -> None:  # noqa: ANN001
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(EventFormatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # pynetdicom logs PDU and dataset details at debug level: keep it to warnings and above always.
+    for noisy in ("pynetdicom", "pydicom", "apscheduler", "alembic", "sqlalchemy", "PIL", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log an event: a dotted name plus key/value fields (which must be free of PHI)."""
+    logger.log(level, name, extra={"cxrd_fields": fields})
+
+
+def safe_exception_text(exc: BaseException) -> str:
+    """The message of our own exceptions (written to be safe), only the type name of anyone else's."""
+    module = type(exc).__module__ + "."
+    if module.startswith(_SAFE_EXCEPTION_MODULES):
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__
+
+
+class EventFormatter(logging.Formatter):
+    def __init__(self, fmt: str = "logfmt"):
+        super().__init__()
+        self.json = fmt == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        fields.update(getattr(record, "cxrd_fields", {}))
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            fields["error"] = safe_exception_text(exc)
+            fields["trace"] = " < ".join(
+                f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}:{f.name}"
+                for f in reversed(traceback.extract_tb(exc.__traceback__)))
+        if self.json:
+            return json.dumps(fields, default=str)
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
+
+
+def _logfmt_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if text == "" or any(c in text for c in ' ="\\\n\t'):
+        return json.dumps(text)
+    return text

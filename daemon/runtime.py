@@ -1,0 +1,98 @@
+"""Settings turned into the plain things commands and services use: engine, keys, vault, registry.
+
+Everything is created lazily and once, so `cxrd check-config` touches nothing on disk and
+`cxrd status` opens only the database.
+"""
+from __future__ import annotations
+
+import functools
+import getpass
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import Settings
+from storage import db
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.settings.storage.state_dir)
+
+    @functools.cached_property
+    def engine(self) -> Engine:
+        return db.engine_from_url(self.settings.storage.database_url)
+
+    @functools.cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return db.sessions(self.engine)
+
+    @functools.cached_property
+    def read_sessions(self) -> sessionmaker[Session]:
+        return db.sessions(db.readonly(self.engine))
+
+    @property
+    def models_dir(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def vault_dir(self) -> Path:
+        return self.state_dir / "vault"
+
+    @property
+    def actor(self) -> str:
+        """Who is running this command, for audit rows (OS user, never a patient)."""
+        try:
+            return f"os:{getpass.getuser()}"
+        except Exception:  # no passwd entry in some containers
+            return "os:unknown"
+
+    @property
+    def hostname(self) -> str:
+        return socket.gethostname()
+
+    def ensure_state_dir(self) -> Path:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.state_dir
+
+    @property
+    def key_file(self) -> Path:
+        return Path(self.settings.security.key_file)
+
+    @property
+    def keyring_file(self) -> Path:
+        """Always in the state directory: a systemd credential's directory is read-only."""
+        return self.state_dir / "keys" / "keyring.json"
+
+    def ensure_keys(self) -> str:
+        """Create the master key (mode 0600) and keyring when missing; return the key path for messages."""
+        from storage import keys as key_store
+        self.keyring_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key_store.init_keys(self.key_file, self.keyring_file)
+        return str(self.key_file)
+
+    @functools.cached_property
+    def keys(self):  # noqa: ANN201 - storage.keys.Keys
+        from storage import keys as key_store
+        return key_store.load_keys(self.key_file, self.keyring_file)
+
+    @functools.cached_property
+    def vault(self):  # noqa: ANN201 - storage.vault.Vault
+        """The encrypted object store, keyed by the keyring (which reloads itself after a rotation)."""
+        from storage.vault import Vault
+        return Vault(self.vault_dir, self.keys.keyring)
+
+    def current_model_summary(self) -> str | None:
+        try:
+            from cxrmodel.registry import Registry
+        except ImportError:
+            return None
+        info = Registry(self.models_dir).current()
+        return None if info is None else str(getattr(info, "version", info))

@@ -1,0 +1,131 @@
+"""`cxrd serve`: start the pipeline's stages in one process and stop them in the right order.
+
+The stages meet only through committed database state (mercure's lesson), so the service is just
+their lifecycle: migrate, load keys, probe the state directory, bind the DICOM port, start the
+worker, results sender, scheduler and HTTP endpoint, tell systemd we are ready, then on SIGTERM stop
+accepting first and drain in-flight work before exiting 0.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Protocol
+
+from daemon import scp, systemd
+from daemon.errors import CommandError
+from daemon.logs import event
+from daemon.runtime import Runtime
+from storage import db
+
+log = logging.getLogger("cxrd.service")
+
+DRAIN_S = 20.0
+
+
+class Stage(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def healthy(self) -> bool: ...
+
+
+def probe_state_dir(rt: Runtime) -> None:
+    """Write, fsync and remove a file: catches read-only mounts and full disks before READY=1."""
+    probe = rt.ensure_state_dir() / ".write-probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"cxrd")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise CommandError(f"state directory {rt.state_dir} is not writable: {exc.strerror}") from None
+
+
+class Service:
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.stop_requested = threading.Event()
+        self.stages: list[Stage] = []
+        self.scp: scp.ScpHandle | None = None
+
+    def start(self) -> None:
+        rt, s = self.rt, self.rt.settings
+        probe_state_dir(rt)
+        revision = db.migrate(rt.engine)
+        self.stages = self._build_stages()
+        for stage in self.stages:
+            stage.start()
+        try:
+            self.scp = scp.start(s.dicom, on_store=self._on_store(), on_reject=self._on_reject,
+                                 on_accept=None)
+        except OSError as exc:
+            self._stop_stages()
+            raise CommandError(f"cannot listen for DICOM on {s.dicom.bind}:{s.dicom.port}: "
+                               f"{exc.strerror or exc}") from None
+        event(log, "service.started", state_dir=str(rt.state_dir),
+              database=rt.engine.url.render_as_string(hide_password=True), schema=revision,
+              dicom=f"{s.dicom.ae_title}@{s.dicom.bind}:{self.scp.port}", pid=os.getpid())
+        print(f"cxrd: serving DICOM as {s.dicom.ae_title} on {s.dicom.bind}:{self.scp.port}; "
+              f"state in {rt.state_dir}", flush=True)
+        systemd.notify("READY=1", f"STATUS=serving DICOM on port {self.scp.port}")
+
+    # Hooks the ingest, worker, results, scheduler and HTTP stages plug into.
+    def _build_stages(self) -> list[Stage]:
+        return []
+
+    def _on_store(self):  # noqa: ANN202
+        return None
+
+    def _on_reject(self, calling_aet: str, host: str, reason: str) -> None:
+        event(log, "association.refused", logging.WARNING, calling_aet=calling_aet, host=host, reason=reason)
+
+    def healthy(self) -> bool:
+        scp_ok = self.scp is not None and self.scp.server.socket.fileno() != -1
+        return scp_ok and all(stage.healthy() for stage in self.stages)
+
+    def run_until_stopped(self) -> None:
+        interval = systemd.watchdog_interval_s() or 1.0
+        while not self.stop_requested.wait(min(interval, 1.0)):
+            if self.healthy():
+                systemd.notify("WATCHDOG=1")
+            else:
+                event(log, "service.unhealthy", logging.ERROR)
+
+    def stop(self) -> None:
+        systemd.notify("STOPPING=1")
+        t0 = time.monotonic()
+        if self.scp is not None:
+            self.scp.stop(drain_s=DRAIN_S)
+        self._stop_stages()
+        event(log, "service.stopped", seconds=round(time.monotonic() - t0, 2))
+
+    def _stop_stages(self) -> None:
+        for stage in reversed(self.stages):
+            try:
+                stage.stop()
+            except Exception as exc:  # keep stopping the others
+                log.error("stage.stop_failed", exc_info=exc, extra={"cxrd_fields": {"stage": stage.name}})
+
+
+def serve(rt: Runtime) -> int:
+    service = Service(rt)
+
+    def on_signal(signum: int, _frame) -> None:  # noqa: ANN001
+        event(log, "service.stopping", signal=signal.Signals(signum).name)
+        service.stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service.start()
+    try:
+        service.run_until_stopped()
+    finally:
+        service.stop()
+    return 0

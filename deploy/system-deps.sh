@@ -1,0 +1,18 @@
+#!/bin/sh
+# Debian packages the test suite uses as real peers: dcmtk (storescu/echoscu/dsrdump), Orthanc (a real
+# PACS) and PostgreSQL 15 (the scale-out database). Installs only what is missing; needs root for that.
+set -eu
+missing=""
+command -v storescu >/dev/null 2>&1 || missing="$missing dcmtk"
+command -v Orthanc >/dev/null 2>&1 || missing="$missing orthanc"
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$missing postgresql-15"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != "0" ]; then
+    echo "missing Debian packages:$missing (run as root: apt-get install$missing)" >&2
+    exit 1
+fi
+echo "installing Debian packages:$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,1 @@
+"""Everything that persists: database, encrypted vault, keys, de-identification, audit chain."""

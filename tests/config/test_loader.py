@@ -1,0 +1,100 @@
+"""Settings: defaults, TOML files, environment overrides and one clear error per mistake."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, load_settings, redacted
+from config.loader import documented_toml
+
+
+def test_defaults_run_with_no_file_and_put_state_under_var(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(None, env={})
+    assert s.dicom.ae_title == "CXRD" and s.dicom.port == 11112
+    assert s.http.bind == "127.0.0.1"
+    assert Path(s.storage.state_dir) == tmp_path / "var"
+    assert s.storage.database_url == f"sqlite:///{tmp_path / 'var' / 'cxrd.db'}"
+    assert s.security.key_file == str(tmp_path / "var" / "keys" / "master.key")
+
+
+def test_toml_file_values_are_used(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[dicom]\nae_title = "GATEWAY"\nport = 104\nallowed_calling_aets = ["PACS1"]\n'
+                 '[dicom.tls]\nenabled = false\n[model]\nbatch_size = 4\n')
+    s = load_settings(f, env={})
+    assert (s.dicom.ae_title, s.dicom.port, s.dicom.allowed_calling_aets) == ("GATEWAY", 104, ["PACS1"])
+    assert s.model.batch_size == 4
+
+
+def test_environment_overrides_file_and_is_typed_when_it_parses_as_toml(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[dicom]\nport = 104\n")
+    env = {"CXRD_DICOM__PORT": "2104", "CXRD_RESULTS__HOST": "10.0.0.5",
+           "CXRD_DICOM__ALLOWED_CALLING_AETS": '["PACS1", "PACS2"]', "CXRD_DICOM__TLS__ENABLED": "false",
+           "UNRELATED": "x"}
+    s = load_settings(f, env=env)
+    assert s.dicom.port == 2104
+    assert s.results.host == "10.0.0.5"
+    assert s.dicom.allowed_calling_aets == ["PACS1", "PACS2"]
+
+
+def test_systemd_credential_is_the_default_key_when_present(tmp_path):
+    s = load_settings(None, env={"CREDENTIALS_DIRECTORY": str(tmp_path), "CXRD_STORAGE__STATE_DIR": str(tmp_path)})
+    assert s.security.key_file == str(tmp_path / "cxrd.key")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[dicom]\nprot = 104\n", "unknown key 'dicom.prot'"),
+    ("[dicom]\nport = 70000\n", "'dicom.port' must be between 1 and 65535"),
+    ("[dicom]\nport = \"104\"\n", "'dicom.port' must be an integer"),
+    ("[dicom]\nnon_chest = \"drop\"\n", "'dicom.non_chest' must be one of ignore, reject"),
+    ("[dicom]\nallowed_calling_aets = \"PACS\"\n", "'dicom.allowed_calling_aets' must be a list of str"),
+    ("[dicom]\nae_title = \"WAY_TOO_LONG_AE_TITLE\"\n", "'dicom.ae_title' must be 1 to 16 characters"),
+    ("[dicom.tls]\nenabled = true\n", "'dicom.tls.cert' and 'dicom.tls.key' are required"),
+    ("[retrain]\nschedule = \"every night\"\n", "'retrain.schedule' is not a valid cron expression"),
+    ("[model]\nbatch_size = true\n", "'model.batch_size' must be an integer"),
+    ("dicom = 3\n", "[dicom] must be a table"),
+    ("[dicom\nport=1", "invalid TOML"),
+])
+def test_bad_files_give_one_error_naming_the_key(tmp_path, text, needle):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    message = str(err.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(ConfigError, match="environment variable CXRD_DICOM__PORT: 'dicom.port'"):
+        load_settings(None, env={"CXRD_DICOM__PORT": "zero"})
+    with pytest.raises(ConfigError, match="unknown key 'storage.statedir'"):
+        load_settings(None, env={"CXRD_STORAGE__STATEDIR": "/x"})
+
+
+def test_missing_and_unreadable_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.toml: not found"):
+        load_settings(tmp_path / "nope.toml", env={})
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_settings(tmp_path, env={})
+
+
+def test_database_password_is_redacted():
+    s = load_settings(None, env={"CXRD_STORAGE__DATABASE_URL": "postgresql+psycopg://cxrd:s3cret@db/cxrd"})
+    shown = str(redacted(s))
+    assert "s3cret" not in shown and "postgresql+psycopg://cxrd:***@db/cxrd" in shown
+
+
+def test_shipped_cxrd_toml_documents_every_key_with_its_default():
+    """config/cxrd.toml is generated from the schema; regenerate with `python -m config > config/cxrd.toml`."""
+    shipped = Path(__file__).resolve().parents[2] / "config" / "cxrd.toml"
+    assert shipped.read_text() == documented_toml()
+
+
+def test_shipped_cxrd_toml_loads_to_the_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(__file__).resolve().parents[2] / "config" / "cxrd.toml"
+    assert load_settings(shipped, env={}) == load_settings(None, env={})

@@ -1,0 +1,164 @@
+"""Fixtures shared by every test package: the real data, free ports, a real PostgreSQL 15 server and a
+running `cxrd serve` process."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+CXRD = str(Path(sys.executable).with_name("cxrd"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` beside the repository: real radiographs, never copied into the project."""
+    if not (SHARED_DATA / "README.md").exists():
+        pytest.fail(f"real test data not found at {SHARED_DATA} (expected ../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"port {port} did not open within {timeout}s")
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL 15 server on a loopback port in a temporary data directory."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail("PostgreSQL 15 server binaries not found in /usr/lib/postgresql/15/bin "
+                    "(apt-get install postgresql-15; `make test` does this)")
+    datadir = Path(tempfile.mkdtemp(prefix="cxrd-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(datadir, "postgres", "postgres")
+    port = free_port()
+    subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(datadir / "data"), "-U", "postgres",
+                                 "--auth=trust", "-E", "UTF8", "--no-sync"]),
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir / "data"), "-w", "-l",
+                                 str(datadir / "log"), "-o",
+                                 f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off",
+                                 "start"]), check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir / "data"), "-m", "immediate",
+                                     "stop"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+@pytest.fixture()
+def fresh_pg_database(postgres_url: str) -> Iterator[str]:
+    """An empty database on the shared server, dropped afterwards."""
+    import sqlalchemy as sa
+    name = f"t{os.getpid()}_{time.monotonic_ns()}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield postgres_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class Daemon:
+    """A real `cxrd serve` child process with its own state directory and ports."""
+
+    def __init__(self, state_dir: Path, env: dict[str, str]):
+        self.state_dir = state_dir
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.env = {**os.environ, "TCP_NODELAY": "1",
+                    "CXRD_STORAGE__STATE_DIR": str(state_dir),
+                    "CXRD_STORAGE__MIN_FREE_MB": "1",
+                    "CXRD_DICOM__PORT": str(self.dicom_port),
+                    "CXRD_DICOM__BIND": "127.0.0.1",
+                    "CXRD_HTTP__PORT": str(self.http_port),
+                    "CXRD_RETRAIN__ENABLED": "false",
+                    "CXRD_MODEL__THREADS": "1",
+                    **env}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = state_dir.parent / f"serve-{self.dicom_port}.log"
+
+    def cli(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([CXRD, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, check=check)
+
+    def start(self, timeout: float = 60.0) -> "Daemon":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([CXRD, "serve"], env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        wait_for_port(self.dicom_port, timeout, self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.proc = None
+        self._log.close()
+        return rc
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture()
+def daemon_factory(tmp_path: Path) -> Iterator:
+    started: list[Daemon] = []
+
+    def make(env: dict[str, str] | None = None, state_dir: Path | None = None) -> Daemon:
+        d = Daemon(state_dir or tmp_path / f"state{len(started)}", env or {})
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop(signal.SIGKILL)
+
+
+def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a dcmtk tool with TCP_NODELAY (otherwise Nagle adds ~40 ms per message)."""
+    exe = shutil.which(tool)
+    if exe is None:
+        pytest.fail(f"dcmtk tool {tool} not found (apt-get install dcmtk; `make test` does this)")
+    return subprocess.run([exe, *args], env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,41 @@
+"""`cxrd serve` with real dcmtk peers: starts on defaults, answers C-ECHO, stops cleanly."""
+from __future__ import annotations
+
+import signal
+
+from conftest import dcmtk
+
+
+def test_serve_answers_echoscu_and_stops_on_sigterm(daemon_factory):
+    d = daemon_factory().start()
+    ok = dcmtk("echoscu", "-aec", "CXRD", "127.0.0.1", str(d.dicom_port))
+    assert ok.returncode == 0, ok.stderr
+    wrong = dcmtk("echoscu", "-aec", "NOT_CXRD", "127.0.0.1", str(d.dicom_port))
+    assert wrong.returncode != 0
+    assert "Called AE Title Not Recognized" in wrong.stderr
+    assert d.stop(signal.SIGTERM, timeout=30) == 0
+    log = d.log_text()
+    assert "event=service.started" in log and f"state_dir={d.state_dir}" in log
+    assert "event=service.stopped" in log
+
+
+def test_serve_stops_cleanly_on_sigint(daemon_factory):
+    d = daemon_factory().start()
+    assert d.stop(signal.SIGINT, timeout=30) == 0
+
+
+def test_port_in_use_is_a_clear_error(daemon_factory, tmp_path):
+    first = daemon_factory().start()
+    second = daemon_factory()
+    second.env["CXRD_DICOM__PORT"] = str(first.dicom_port)
+    r = second.cli("serve", timeout=60)
+    assert r.returncode == 1
+    assert f"cannot listen for DICOM on 127.0.0.1:{first.dicom_port}" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_calling_ae_allow_list_refuses_others(daemon_factory):
+    d = daemon_factory({"CXRD_DICOM__ALLOWED_CALLING_AETS": '["PACS1"]'}).start()
+    assert dcmtk("echoscu", "-aet", "PACS1", "-aec", "CXRD", "127.0.0.1", str(d.dicom_port)).returncode == 0
+    refused = dcmtk("echoscu", "-aet", "INTRUDER", "-aec", "CXRD", "127.0.0.1", str(d.dicom_port))
+    assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr

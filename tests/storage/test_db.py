@@ -1,0 +1,57 @@
+"""Schema from migrations only, on SQLite and on a real PostgreSQL 15 server."""
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+from storage import db
+from storage.models import Base
+
+EXPECTED_TABLES = {"alembic_version", "apscheduler_jobs", "audit_events", "instances", "jobs", "labels",
+                   "predictions", "reid_map", "results", "retrain_runs"}
+
+
+def _assert_models_match_schema(engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), Base.metadata)
+    assert diff == [], f"models and migrations disagree; add an Alembic revision: {diff}"
+
+
+def test_sqlite_migrates_from_empty_idempotently_with_pragmas(tmp_path):
+    engine = db.engine_from_url(f"sqlite:///{tmp_path / 'sub' / 'cxrd.db'}")
+    assert db.schema_revision(engine) is None
+    assert db.migrate(engine) == db.head_revision()
+    assert db.migrate(engine) == db.head_revision()  # second run changes nothing
+    assert set(db.table_names(engine)) == EXPECTED_TABLES
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+    _assert_models_match_schema(engine)
+
+
+@pytest.mark.postgres
+def test_postgresql_migrates_from_empty(fresh_pg_database):
+    engine = db.engine_from_url(fresh_pg_database)
+    assert db.schema_revision(engine) is None
+    assert db.migrate(engine) == db.head_revision()
+    assert db.migrate(engine) == db.head_revision()
+    assert set(db.table_names(engine)) == EXPECTED_TABLES
+    _assert_models_match_schema(engine)
+    engine.dispose()
+
+
+def test_unreachable_database_is_one_clear_error():
+    engine = db.engine_from_url("postgresql+psycopg://cxrd:pw@127.0.0.1:1/cxrd")
+    with pytest.raises(db.DatabaseUnavailable) as err:
+        db.ping(engine)
+    message = str(err.value)
+    assert message.startswith("database postgresql+psycopg://cxrd:***@127.0.0.1:1/cxrd:")
+    assert "pw" not in message.replace("psycopg", "")
+
+
+def test_invalid_url_is_one_clear_error():
+    with pytest.raises(db.DatabaseUnavailable, match="not a valid SQLAlchemy URL"):
+        db.engine_from_url("not a url")
