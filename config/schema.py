@@ -47,6 +47,7 @@ class Dicom:
     chest_body_parts: list[str] = _f(lambda: ["CHEST", "THORAX", "LUNG", "RIB", "RIBS", "SPINE THORACIC"],
                                      "BodyPartExamined values accepted as chest (empty value = accepted)",
                                      factory=True)
+    min_image_size: int = _f(256, "Smallest rows/columns of an image treated as a radiograph", min=1)
     tls: DicomTLS = _f(DicomTLS, "DICOM TLS settings", factory=True)
 
 

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 import traceback
 from typing import Any
 
 _SAFE_EXCEPTION_MODULES = ("daemon.", "config.", "storage.", "cxrmodel.")
+_OUR_LOGGERS = ("cxrd",)
+# Third-party messages (pydicom, pynetdicom, ...) quote element values and UIDs: mask them.
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_UIDLIKE = re.compile(r"\b\d+(?:\.\d+){2,}\b")
+_LONG_NUMBER = re.compile(r"\b\d{5,}\b")
 
 
 def configure(level: str = "info", fmt: str = "logfmt", stream=None) -> None:  # noqa: ANN001
@@ -22,6 +28,9 @@ def configure(level: str = "info", fmt: str = "logfmt", stream=None) -> None:  #
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # pydicom's value-validation warnings quote the offending values; they are not ours to act on.
+    from pydicom import config as pydicom_config
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     # pynetdicom logs PDU and dataset details at debug level: keep it to warnings and above always.
     for noisy in ("pynetdicom", "pydicom", "apscheduler", "alembic", "sqlalchemy", "PIL", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
@@ -50,7 +59,7 @@ class EventFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": record.getMessage(),
+            "event": _message(record),
         }
         fields.update(getattr(record, "cxrd_fields", {}))
         if record.exc_info and record.exc_info[1] is not None:
@@ -62,6 +71,16 @@ class EventFormatter(logging.Formatter):
         if self.json:
             return json.dumps(fields, default=str)
         return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
+
+
+def _message(record: logging.LogRecord) -> str:
+    """Our events verbatim (they are written without PHI); anyone else's with values masked."""
+    text = record.getMessage()
+    if record.name.startswith(_OUR_LOGGERS):
+        return text
+    text = _QUOTED.sub("<value>", text)
+    text = _UIDLIKE.sub("<uid>", text)
+    return _LONG_NUMBER.sub("<number>", text)
 
 
 def _logfmt_value(value: Any) -> str:

@@ -74,10 +74,28 @@ class ScpHandle:
 
 
 class _GatedServer(ThreadedAssociationServer):
-    """Adds the source-host allow-list before any DICOM byte is read."""
+    """pynetdicom's server plus: the source-host allow-list before any DICOM byte is read, a socket
+    timeout on every accepted connection (pynetdicom reads a PDU body with blocking recv calls, so a
+    peer that sends half a PDU would otherwise hold its thread forever), TLS handshakes moved off the
+    accept loop, and errors logged in our format instead of printed."""
 
     allowed_networks: list[ipaddress._BaseNetwork] = []
     on_reject: RejectFn | None = None
+
+    def get_request(self):  # noqa: ANN201 - socketserver API
+        client, address = self.socket.accept()
+        client.settimeout(self.ae.network_timeout)
+        if self.ssl_context:
+            # The handshake happens on first read, in the association's own thread.
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001
+        import sys
+        exc = sys.exc_info()[1]
+        event(log, "connection.error", logging.WARNING,
+              host=client_address[0] if isinstance(client_address, tuple) else "",
+              error=type(exc).__name__ if exc else "unknown")
 
     def verify_request(self, request, client_address) -> bool:  # noqa: ANN001 - socketserver API
         if not self.allowed_networks:

@@ -7,6 +7,7 @@ accepting first and drain in-flight work before exiting 0.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -15,10 +16,14 @@ import time
 from typing import Protocol
 
 from daemon import scp, systemd
+from daemon.chest import ChestRule
 from daemon.errors import CommandError
+from daemon.ingest import Ingest, sweep_orphans
 from daemon.logs import event
 from daemon.runtime import Runtime
-from storage import db
+from storage import audit, db
+from storage.deid import DeidOptions
+from storage.vault import Vault
 
 log = logging.getLogger("cxrd.service")
 
@@ -72,19 +77,46 @@ class Service:
         event(log, "service.started", state_dir=str(rt.state_dir),
               database=rt.engine.url.render_as_string(hide_password=True), schema=revision,
               dicom=f"{s.dicom.ae_title}@{s.dicom.bind}:{self.scp.port}", pid=os.getpid())
+        self._audit_service("app.start", dicom_port=self.scp.port, schema=revision, pid=os.getpid())
         print(f"cxrd: serving DICOM as {s.dicom.ae_title} on {s.dicom.bind}:{self.scp.port}; "
               f"state in {rt.state_dir}", flush=True)
         systemd.notify("READY=1", f"STATUS=serving DICOM on port {self.scp.port}")
 
-    # Hooks the ingest, worker, results, scheduler and HTTP stages plug into.
     def _build_stages(self) -> list[Stage]:
+        rt, s = self.rt, self.rt.settings
+        vault = Vault(rt.vault_dir, rt.keys.keyring)
+        leftovers = vault.recover()
+        orphans = sweep_orphans(rt.sessions, vault)
+        if leftovers or orphans:
+            event(log, "vault.recovered", temp_files=leftovers, orphans=orphans)
+        self.vault = vault
+        self.ingest = Ingest(
+            sessions=rt.sessions, vault=vault, keys=rt.keys,
+            deid=DeidOptions(**dataclasses.asdict(s.deid)),
+            chest=ChestRule(frozenset(p.upper() for p in s.dicom.chest_body_parts), s.dicom.min_image_size),
+            non_chest=s.dicom.non_chest, min_free_mb=s.storage.min_free_mb, hostname=rt.hostname)
         return []
 
     def _on_store(self):  # noqa: ANN202
-        return None
+        return self.ingest.store
 
     def _on_reject(self, calling_aet: str, host: str, reason: str) -> None:
         event(log, "association.refused", logging.WARNING, calling_aet=calling_aet, host=host, reason=reason)
+        try:
+            with self.rt.sessions() as session, session.begin():
+                audit.append(session, self.rt.keys.audit_key, event_type="association.rejected", outcome=4,
+                             actor=f"aet:{calling_aet}" if calling_aet else "", host=host,
+                             details={"reason": reason})
+        except Exception as exc:  # the refusal itself must not fail because the audit could not be written
+            log.error("audit.write_failed", exc_info=exc)
+
+    def _audit_service(self, event_type: str, **details) -> None:  # noqa: ANN003
+        try:
+            with self.rt.sessions() as session, session.begin():
+                audit.append(session, self.rt.keys.audit_key, event_type=event_type,
+                             actor=self.rt.actor, host=self.rt.hostname, details=details)
+        except Exception as exc:
+            log.error("audit.write_failed", exc_info=exc)
 
     def healthy(self) -> bool:
         scp_ok = self.scp is not None and self.scp.server.socket.fileno() != -1
@@ -104,6 +136,7 @@ class Service:
         if self.scp is not None:
             self.scp.stop(drain_s=DRAIN_S)
         self._stop_stages()
+        self._audit_service("app.stop", seconds=round(time.monotonic() - t0, 2))
         event(log, "service.stopped", seconds=round(time.monotonic() - t0, 2))
 
     def _stop_stages(self) -> None:

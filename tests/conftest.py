@@ -162,3 +162,48 @@ def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedPr
         pytest.fail(f"dcmtk tool {tool} not found (apt-get install dcmtk; `make test` does this)")
     return subprocess.run([exe, *args], env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True,
                           text=True, timeout=timeout)
+
+
+# dcmtk storescu flags that make it propose a file's own compressed transfer syntax.
+PROPOSE = {"1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx", "1.2.840.10008.1.2.4.70": "-xs",
+           "1.2.840.10008.1.2.4.57": "-xs", "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw",
+           "1.2.840.10008.1.2.5": "-xr", "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu"}
+
+
+def storescu(port: int, *files: Path, aet: str = "STORESCU", aec: str = "CXRD", extra: tuple = (),
+             timeout: float = 300) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Send files over one association; returns the process and the status name of each response."""
+    import re
+    import pydicom
+    ts = {str(pydicom.dcmread(f, stop_before_pixels=True, force=True).file_meta.get("TransferSyntaxUID", ""))
+          for f in files}
+    flags = sorted({PROPOSE[t] for t in ts if t in PROPOSE})
+    if len(flags) > 1:
+        raise ValueError("storescu can propose one compressed syntax family per run")
+    r = dcmtk("storescu", "-v", *flags, *extra, "-aet", aet, "-aec", aec, "127.0.0.1", str(port),
+              *map(str, files), timeout=timeout)
+    statuses = re.findall(r"Received Store Response \(([^)]*)\)", r.stdout + r.stderr)
+    return r, statuses
+
+
+def copy_with_new_uids(src: Path, out_dir: Path, n: int, *, markers: dict[str, str] | None = None,
+                       prefix: str = "img") -> list[Path]:
+    """Real pixels from `src`, n copies with fresh Study/Series/SOP UIDs (and planted attribute values)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ds = pydicom.dcmread(src, force=True)
+    study = generate_uid()
+    paths = []
+    for i in range(n):
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = generate_uid() if i == 0 or not hasattr(ds, "SeriesInstanceUID") else ds.SeriesInstanceUID
+        ds.SOPInstanceUID = generate_uid()
+        if "file_meta" in ds.__dict__ or hasattr(ds, "file_meta"):
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        for keyword, value in (markers or {}).items():
+            setattr(ds, keyword, value)
+        p = out_dir / f"{prefix}{i:04d}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths

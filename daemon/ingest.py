@@ -1,0 +1,229 @@
+"""Ingest: one received dataset in, one DICOM status out — and 0x0000 only once the image is durable.
+
+Order of work for a chest radiograph: de-identify -> serialise -> encrypt + write + fsync (vault)
+-> one database transaction (instance + job + re-identification entry + audit row) -> 0x0000.
+If anything fails before the commit, the vault object written for this attempt is shredded, so a
+failure leaves nothing half-written and the PACS can simply send again. Every vault object id is
+unique per attempt, so a concurrent duplicate can never shred the copy another thread committed.
+
+The meaning of each failure as a DICOM status is decided here and nowhere else.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError, InterfaceError
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.chest import ChestRule, is_chest_radiograph
+from daemon.logs import event
+from storage import audit, reid
+from storage.deid import DeidOptions, deidentify
+from storage.errors import DeidError, VaultError
+from storage.keys import Keys
+from storage.models import RECEIVED, Instance, Job
+from storage.vault import Vault
+
+log = logging.getLogger("cxrd.ingest")
+
+# DICOM statuses (PS3.4 Annex B / PS3.7 C): the one table of what a failure means to the sender.
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700          # disk below the floor, database unreachable: retry later
+CANNOT_UNDERSTAND = 0xC210         # dataset could not be parsed
+PROCESSING_FAILURE = 0xC211        # unexpected error of ours (logged without PHI)
+CANNOT_DEIDENTIFY = 0xC220         # required UIDs missing or malformed
+NOT_A_CHEST_RADIOGRAPH = 0xC230    # only with dicom.non_chest = "reject"
+
+
+@dataclass
+class IngestStats:
+    """Counters the metrics endpoint reads; updated without locks (approximate is fine)."""
+    by_outcome: dict[str, int] = field(default_factory=dict)
+    bytes_stored: int = 0
+    last_seconds: float = 0.0
+
+    def count(self, outcome: str) -> None:
+        self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
+
+
+class Ingest:
+    """Holds what every C-STORE needs (keys, vault, sessions, rules); `store` is called from many
+    association threads at once and is safe for that."""
+
+    def __init__(self, *, sessions: sessionmaker[Session], vault: Vault, keys: Keys, deid: DeidOptions,
+                 chest: ChestRule, non_chest: str, min_free_mb: int, hostname: str = "",
+                 observe: Callable[[str, float, int], None] | None = None):
+        self.sessions = sessions
+        self.vault = vault
+        self.keys = keys
+        self.deid = deid
+        self.chest = chest
+        self.non_chest = non_chest
+        self.min_free_bytes = min_free_mb * 1024 * 1024
+        self.hostname = hostname
+        self.stats = IngestStats()
+        self.observe = observe or (lambda outcome, seconds, nbytes: None)
+
+    # -- the C-STORE path --------------------------------------------------------------------------
+    def store(self, ds: Dataset, file_meta: Dataset | None, calling_aet: str, host: str) -> int:
+        t0 = time.perf_counter()
+        outcome, status, nbytes = "failed", PROCESSING_FAILURE, 0
+        try:
+            outcome, status, nbytes = self._store(ds, file_meta, calling_aet, host)
+        except DatabaseDown:
+            outcome, status = "refused_database", OUT_OF_RESOURCES
+            event(log, "store.refused", logging.ERROR, reason="database unavailable", calling_aet=calling_aet)
+        except Exception as exc:  # never let an association thread die; never log values (PHI)
+            log.error("store.crashed", exc_info=exc, extra={"cxrd_fields": {"calling_aet": calling_aet}})
+        seconds = time.perf_counter() - t0
+        self.stats.count(outcome)
+        self.stats.bytes_stored += nbytes
+        self.stats.last_seconds = seconds
+        self.observe(outcome, seconds, nbytes)
+        return status
+
+    def _store(self, ds: Dataset, file_meta: Dataset | None, calling_aet: str, host: str) -> tuple[str, int, int]:
+        actor = {"actor": f"aet:{calling_aet}", "host": host}
+        if file_meta is not None:
+            ds.file_meta = file_meta
+        transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+
+        verdict = is_chest_radiograph(ds, self.chest)
+        if not verdict.chest:
+            self._audit_only("instance.ignored" if self.non_chest == "ignore" else "instance.rejected",
+                             outcome=0 if self.non_chest == "ignore" else 4,
+                             details={"reason": verdict.reason, "sop_class": verdict.sop_class}, **actor)
+            event(log, "store.not_chest", reason=verdict.reason, action=self.non_chest, calling_aet=calling_aet)
+            if self.non_chest == "ignore":
+                return "ignored", SUCCESS, 0
+            return "rejected", NOT_A_CHEST_RADIOGRAPH, 0
+
+        if self._free_bytes() < self.min_free_bytes:
+            self._audit_only("instance.failed", outcome=8, details={"reason": "disk below free-space floor"},
+                             **actor)
+            event(log, "store.refused", logging.ERROR, reason="disk below free-space floor",
+                  calling_aet=calling_aet)
+            return "refused_disk", OUT_OF_RESOURCES, 0
+
+        try:
+            result = deidentify(ds, self.keys.deid, self.deid)
+        except DeidError as exc:
+            self._audit_only("instance.failed", outcome=4, details={"reason": str(exc)}, **actor)
+            event(log, "store.cannot_deidentify", logging.WARNING, error=str(exc), calling_aet=calling_aet)
+            return "failed", CANNOT_DEIDENTIFY, 0
+
+        sop = result.sop_instance_uid
+        if self._already_stored(sop):
+            self._audit_only("instance.duplicate", study_uid=result.study_uid, object_uid=sop, **actor)
+            return "duplicate", SUCCESS, 0
+
+        buf = io.BytesIO()
+        dcmwrite(buf, result.dataset, enforce_file_format=True)
+        data = buf.getvalue()
+        object_id = f"{sop}.{secrets.token_hex(4)}"
+        try:
+            nbytes = self.vault.put(object_id, data)
+        except VaultError as exc:
+            event(log, "store.vault_failed", logging.ERROR, error=str(exc), calling_aet=calling_aet)
+            return "refused_disk", OUT_OF_RESOURCES, 0
+
+        try:
+            with self._session() as session, session.begin():
+                instance = Instance(
+                    sop_instance_uid=sop, study_uid=result.study_uid, series_uid=result.series_uid,
+                    sop_class_uid=result.sop_class_uid, modality=str(ds.get("Modality", ""))[:16],
+                    view_position=str(ds.get("ViewPosition", ""))[:16], transfer_syntax=transfer_syntax,
+                    state=RECEIVED, vault_object=object_id, size_bytes=len(data),
+                    burned_in_annotation=result.burned_in, calling_aet=calling_aet[:16])
+                session.add(instance)
+                session.flush()
+                session.add(Job(instance_id=instance.id, kind="predict"))
+                reid.store_entry(session, self.keys.reid_key, pseudo_sop_uid=sop,
+                                 pseudo_study_uid=result.study_uid, original=result.original)
+                audit.append(session, self.keys.audit_key, event_type="instance.stored",
+                             study_uid=result.study_uid, object_uid=sop,
+                             details={"bytes": len(data), "transfer_syntax": transfer_syntax,
+                                      "deid": result.applied_codes, "burned_in": result.burned_in},
+                             **actor)
+        except IntegrityError:
+            # A concurrent copy of the same instance committed first: one stored object, one job.
+            self.vault.delete(object_id)
+            return "duplicate", SUCCESS, 0
+        except BaseException:
+            self._discard(object_id)
+            raise
+        return "stored", SUCCESS, nbytes
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _session(self) -> Session:
+        return _guarded(self.sessions)
+
+    def _free_bytes(self) -> int:
+        try:
+            return shutil.disk_usage(self.vault.root).free
+        except OSError:
+            return 0
+
+    def _already_stored(self, sop: str) -> bool:
+        with self._session() as session:
+            return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop)) is not None
+
+    def _audit_only(self, event_type: str, **fields) -> None:  # noqa: ANN003
+        with self._session() as session, session.begin():
+            audit.append(session, self.keys.audit_key, event_type=event_type, **fields)
+
+    def _discard(self, object_id: str) -> None:
+        try:
+            self.vault.delete(object_id)
+        except Exception as exc:  # the orphan sweep at next start removes it
+            log.error("store.discard_failed", exc_info=exc)
+
+
+class DatabaseDown(Exception):
+    """Raised inside ingest when the database cannot be used; becomes 0xA700."""
+
+
+class _guarded:
+    """A session whose connection-level failures surface as DatabaseDown."""
+
+    def __init__(self, factory: sessionmaker[Session]):
+        self.session = factory()
+
+    def __enter__(self) -> Session:
+        return self.session
+
+    def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
+        self.session.close()
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            raise DatabaseDown() from None
+        return False
+
+
+def sweep_orphans(sessions: sessionmaker[Session], vault: Vault, older_than_s: float = 600.0) -> int:
+    """Shred vault objects no instance row points at (a crash between write and commit), leaving
+    recent ones alone because another daemon sharing the vault may be about to commit them."""
+    with sessions() as session:
+        referenced = set(session.scalars(select(Instance.vault_object).where(Instance.vault_object.is_not(None))))
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for object_id in list(vault.object_ids()):
+        if object_id in referenced:
+            continue
+        try:
+            if Path(vault.path(object_id)).stat().st_mtime > cutoff:
+                continue
+        except FileNotFoundError:
+            continue
+        vault.delete(object_id)
+        removed += 1
+    return removed

@@ -1,0 +1,242 @@
+"""The Storage SCP with real dcmtk peers: durable before acknowledged, duplicates, non-chest images,
+resource exhaustion, malformed traffic, and kill -9 in the middle of a push."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from conftest import copy_with_new_uids, dcmtk, storescu
+from storage.deid import pseudonymize_uid
+from storage.keys import load_keys
+from storage.models import AuditEvent, Instance, Job
+from storage.vault import Vault
+
+CHEST = "dicom/chest"
+DERIVED = "dicom/derived"
+
+
+def state(d) -> tuple:  # noqa: ANN001
+    """(engine, keys, vault) of a daemon's state directory, opened the way an operator would."""
+    keys = load_keys(d.state_dir / "keys" / "master.key", d.state_dir / "keys" / "keyring.json")
+    engine = create_engine(f"sqlite:///{d.state_dir / 'cxrd.db'}")
+    return engine, keys, Vault(d.state_dir / "vault", keys.keyring)
+
+
+def count(engine, model, *where) -> int:  # noqa: ANN001
+    with engine.connect() as c:
+        return c.execute(select(func.count()).select_from(model).where(*where)).scalar()
+
+
+def test_every_chest_file_in_every_transfer_syntax_is_stored_and_decrypts_to_the_same_pixels(
+        daemon_factory, shared_data):
+    d = daemon_factory().start()
+    files = sorted((shared_data / CHEST).glob("*.dcm")) + sorted((shared_data / DERIVED).glob("*.dcm"))
+    for f in files:
+        r, statuses = storescu(d.dicom_port, f)
+        assert statuses == ["Success"], (f.name, r.stdout[-500:], r.stderr[-500:])
+    engine, keys, vault = state(d)
+    with engine.connect() as c:
+        rows = c.execute(select(Instance.sop_instance_uid, Instance.vault_object, Instance.state)).all()
+        assert count(engine, Job, Job.state == "queued") == len(files)
+    assert len(rows) == len(files)
+    for f in files:
+        original = pydicom.dcmread(f, force=True)
+        if "TransferSyntaxUID" not in original.file_meta:  # the ACR-NEMA style file has no meta
+            original.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        pseudo = pseudonymize_uid(keys.uid_key, str(original.SOPInstanceUID))
+        row = next(r for r in rows if r.sop_instance_uid == pseudo)
+        assert row.state == "received"
+        stored = pydicom.dcmread(io.BytesIO(vault.get(row.vault_object)))
+        assert stored.SOPInstanceUID == pseudo and stored.PatientIdentityRemoved == "YES"
+        assert np.array_equal(stored.pixel_array, original.pixel_array), f.name
+    with engine.connect() as c:
+        stored_events = c.execute(select(func.count()).select_from(AuditEvent)
+                                  .where(AuditEvent.event_type == "instance.stored")).scalar()
+    assert stored_events == len(files)
+    assert d.stop() == 0
+
+
+def test_non_chest_images_are_acknowledged_not_stored_and_audited(daemon_factory, shared_data):
+    d = daemon_factory().start()
+    for f in sorted((shared_data / "dicom/nonchest").glob("*.dcm")):
+        _, statuses = storescu(d.dicom_port, f)
+        assert statuses == ["Success"], f.name
+    engine, _, _ = state(d)
+    assert count(engine, Instance) == 0
+    assert count(engine, AuditEvent, AuditEvent.event_type == "instance.ignored") == 2
+    assert not any((d.state_dir / "vault").rglob("*.cxv"))
+
+
+def test_non_chest_can_be_configured_to_be_rejected(daemon_factory, shared_data):
+    d = daemon_factory({"CXRD_DICOM__NON_CHEST": "reject"}).start()
+    dental = shared_data / "dicom/nonchest/fo-dicom_CR-ModalitySequenceLUT_dental.dcm"
+    r, statuses = storescu(d.dicom_port, dental)
+    assert statuses and statuses[0] != "Success"
+    assert statuses == ["Error: CannotUnderstand"]  # 0xC230: not a chest radiograph
+    engine, _, _ = state(d)
+    assert count(engine, AuditEvent, AuditEvent.event_type == "instance.rejected") == 1
+
+
+def test_sequential_and_concurrent_duplicates_make_one_object_and_one_job(daemon_factory, shared_data, tmp_path):
+    d = daemon_factory().start()
+    src = shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm"
+    (f,) = copy_with_new_uids(src, tmp_path / "dup", 1)
+    assert storescu(d.dicom_port, f)[1] == ["Success"]
+    assert storescu(d.dicom_port, f)[1] == ["Success"]
+    results: list[list[str]] = []
+    threads = [threading.Thread(target=lambda: results.append(storescu(d.dicom_port, f, f)[1])) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(s == ["Success", "Success"] for s in results)
+    engine, _, _ = state(d)
+    assert count(engine, Instance) == 1
+    assert count(engine, Job) == 1
+    assert len(list((d.state_dir / "vault").rglob("*.cxv"))) == 1
+
+
+def test_disk_below_the_floor_answers_out_of_resources_and_stores_nothing(daemon_factory, shared_data):
+    d = daemon_factory({"CXRD_STORAGE__MIN_FREE_MB": str(1 << 40)}).start()
+    r, statuses = storescu(d.dicom_port, shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm")
+    assert statuses == ["Refused: OutOfResources"], r.stdout[-400:]
+    assert dcmtk("echoscu", "-aec", "CXRD", "127.0.0.1", str(d.dicom_port)).returncode == 0
+    engine, _, _ = state(d)
+    assert count(engine, Instance) == 0
+
+
+@pytest.mark.postgres
+def test_database_unreachable_answers_out_of_resources_then_recovers(daemon_factory, shared_data, tmp_path,
+                                                                     fresh_pg_database):
+    d = daemon_factory({"CXRD_STORAGE__DATABASE_URL": fresh_pg_database}).start()
+    dbname = fresh_pg_database.rsplit("/", 1)[1]
+    admin = create_engine(fresh_pg_database.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    first, second = copy_with_new_uids(shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm",
+                                       tmp_path / "pg", 2)
+    with admin.connect() as c:
+        c.execute(text(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false'))
+        c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": dbname})
+    try:
+        _, statuses = storescu(d.dicom_port, first)
+        assert statuses == ["Refused: OutOfResources"]
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true'))
+    assert not list((d.state_dir / "vault").rglob("*.cxv")), "nothing half-written"
+    assert storescu(d.dicom_port, second)[1] == ["Success"]
+    assert d.stop() == 0
+    admin.dispose()
+
+
+def test_garbage_bytes_and_idle_connections_do_not_affect_other_associations(daemon_factory, shared_data):
+    d = daemon_factory({"CXRD_DICOM__ACSE_TIMEOUT": "2", "CXRD_DICOM__NETWORK_TIMEOUT": "2"}).start()
+    idle = socket.create_connection(("127.0.0.1", d.dicom_port))
+    garbage = socket.create_connection(("127.0.0.1", d.dicom_port))
+    garbage.sendall(b"\x01\x00\x00\x00\xff\xff\xffGARBAGE" * 50)
+    truncated = socket.create_connection(("127.0.0.1", d.dicom_port))
+    truncated.sendall(b"\x01\x00\x00\x00\x00\x44\x00\x01")  # A-ASSOCIATE-RQ header, body never sent
+    assert dcmtk("echoscu", "-aec", "CXRD", "127.0.0.1", str(d.dicom_port)).returncode == 0
+    assert storescu(d.dicom_port, shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm")[1] == ["Success"]
+    for s in (idle, garbage, truncated):  # the daemon drops each within its 2 s timeouts
+        assert _closed_by_peer_within(s, 8.0)
+        s.close()
+    assert d.proc.poll() is None
+
+
+def _closed_by_peer_within(s: socket.socket, seconds: float) -> bool:
+    """True once the peer closes (EOF or reset), reading and discarding whatever it sends first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        s.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            if s.recv(65536) == b"":
+                return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+    return False
+
+
+def test_kill9_loses_no_acknowledged_instance(daemon_factory, shared_data, tmp_path):
+    files = copy_with_new_uids(shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm", tmp_path / "push", 60)
+    d = daemon_factory().start()
+    proc = subprocess.Popen(["storescu", "-v", "-aec", "CXRD", "127.0.0.1", str(d.dicom_port), *map(str, files)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TCP_NODELAY": "1"})
+    acked: list[str] = []
+    sending = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "Sending file:" in line:
+            sending = line.split("Sending file:")[1].strip()
+        if "Received Store Response (Success)" in line:
+            acked.append(sending)
+            if len(acked) == 25:
+                d.proc.send_signal(signal.SIGKILL)
+                break
+    proc.kill()
+    proc.wait()
+    d.proc.wait()
+    d.proc = None
+    d._log.close()
+    assert len(acked) == 25
+    d.start()  # restart on the same state: recovery runs before serving
+    engine, keys, vault = state(d)
+    with engine.connect() as c:
+        rows = {r.sop_instance_uid: r for r in c.execute(select(Instance.sop_instance_uid, Instance.vault_object))}
+        jobs = c.execute(select(func.count()).select_from(Job)).scalar()
+    for path in acked:
+        original = pydicom.dcmread(path, stop_before_pixels=True)
+        pseudo = pseudonymize_uid(keys.uid_key, str(original.SOPInstanceUID))
+        assert pseudo in rows, "an acknowledged instance is missing after kill -9"
+        assert pydicom.dcmread(io.BytesIO(vault.get(rows[pseudo].vault_object))).SOPInstanceUID == pseudo
+    assert jobs == len(rows)  # one job per stored instance, nothing twice
+    assert not [p for p in (d.state_dir / "vault").rglob("*") if p.name.endswith(".tmp")], "temp files left"
+    # The rest of the push, resent by the PACS, completes.
+    _, statuses = storescu(d.dicom_port, *files)
+    assert statuses == ["Success"] * len(files)
+    assert count(engine, Instance) == len(files)
+
+
+def test_planted_identifiers_appear_in_no_file_row_or_log_line(daemon_factory, shared_data, tmp_path):
+    marker = "ZZMARKER"
+    markers = {"PatientName": f"{marker}^NAME", "PatientID": f"{marker}ID", "AccessionNumber": f"{marker}ACC",
+               "InstitutionName": f"{marker} HOSPITAL", "ReferringPhysicianName": f"{marker}^DOC",
+               "StudyID": f"{marker}SID", "OtherPatientIDs": f"{marker}OTHER", "PatientAddress": f"{marker} STREET",
+               "StudyDescription": f"CHEST {marker}", "StationName": f"{marker}STN"}
+    files = copy_with_new_uids(shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm", tmp_path / "phi", 3,
+                               markers=markers)
+    d = daemon_factory({"CXRD_LOG__LEVEL": "debug"}).start()
+    assert storescu(d.dicom_port, *files)[1] == ["Success"] * 3
+    assert d.cli("status").returncode == 0
+    assert d.stop() == 0
+    originals = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    needles = [marker.encode()] + [u.encode() for u in originals]
+    scanned = 0
+    for path in [*d.state_dir.rglob("*"), d.log_path]:
+        if path.is_file():
+            blob = path.read_bytes()
+            scanned += 1
+            for needle in needles:
+                assert needle not in blob, f"identifier found in {path.relative_to(path.parents[1])}"
+            assert blob[128:132] != b"DICM", f"clear DICOM file at {path}"
+    assert scanned >= 5
+    # The database content too, row by row (the file scan covers pages; this covers the WAL-merged view).
+    engine = create_engine(f"sqlite:///{d.state_dir / 'cxrd.db'}")
+    with engine.connect() as c:
+        for table in ("instances", "jobs", "audit_events", "reid_map"):
+            for row in c.execute(text(f"SELECT * FROM {table}")):
+                flat = repr(tuple(row)).encode()
+                assert marker.encode() not in flat and not any(u.encode() in flat for u in originals)
