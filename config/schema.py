@@ -30,6 +30,7 @@ class DicomTLS:
 
 @dataclass(frozen=True)
 class Dicom:
+    enabled: bool = _f(True, "Run the DICOM SCP; false = worker-only role in a scale-out setup")
     ae_title: str = _f("CXRD", "Our AE title; the called AE title of every association must match")
     bind: str = _f("0.0.0.0", "Address the DICOM SCP listens on")
     port: int = _f(11112, "DICOM SCP port (104 needs CAP_NET_BIND_SERVICE)", min=1, max=65535)
@@ -84,7 +85,8 @@ class Model:
     threads: int = _f(0, "Torch intra-op threads; 0 = number of CPU cores", min=0, max=1024)
     backend: str = _f("auto", "Inference backend; auto = fastest measured on this machine within "
                               "the accuracy bound", choices=("auto", "fp32", "channels_last", "bf16", "onnx"))
-    workers: int = _f(1, "Inference worker threads in `serve`", min=0, max=64)
+    workers: int = _f(1, "1 = this `serve` process runs the inference worker; 0 = ingest-only role "
+                         "(another daemon sharing the database does inference)", min=0, max=1)
 
 
 @dataclass(frozen=True)

@@ -89,10 +89,11 @@ class Runtime:
         from storage.vault import Vault
         return Vault(self.vault_dir, self.keys.keyring)
 
+    @functools.cached_property
+    def registry(self):  # noqa: ANN201 - cxrmodel.registry.Registry
+        from cxrmodel.registry import Registry
+        return Registry(self.models_dir)
+
     def current_model_summary(self) -> str | None:
-        try:
-            from cxrmodel.registry import Registry
-        except ImportError:
-            return None
-        info = Registry(self.models_dir).current()
-        return None if info is None else str(getattr(info, "version", info))
+        info = self.registry.current()
+        return None if info is None else f"{info.version} (created {info.created}, {info.source})"

@@ -21,6 +21,7 @@ from daemon.errors import CommandError
 from daemon.ingest import Ingest, sweep_orphans
 from daemon.logs import event
 from daemon.runtime import Runtime
+from daemon.worker import EngineSettings, Worker
 from storage import audit, db
 from storage.deid import DeidOptions
 from storage.vault import Vault
@@ -67,20 +68,20 @@ class Service:
         self.stages = self._build_stages()
         for stage in self.stages:
             stage.start()
-        try:
-            self.scp = scp.start(s.dicom, on_store=self._on_store(), on_reject=self._on_reject,
-                                 on_accept=None)
-        except OSError as exc:
-            self._stop_stages()
-            raise CommandError(f"cannot listen for DICOM on {s.dicom.bind}:{s.dicom.port}: "
-                               f"{exc.strerror or exc}") from None
+        if s.dicom.enabled:
+            try:
+                self.scp = scp.start(s.dicom, on_store=self._on_store(), on_reject=self._on_reject)
+            except OSError as exc:
+                self._stop_stages()
+                raise CommandError(f"cannot listen for DICOM on {s.dicom.bind}:{s.dicom.port}: "
+                                   f"{exc.strerror or exc}") from None
+        where = f"{s.dicom.ae_title}@{s.dicom.bind}:{self.scp.port}" if self.scp else "off (worker-only)"
         event(log, "service.started", state_dir=str(rt.state_dir),
-              database=rt.engine.url.render_as_string(hide_password=True), schema=revision,
-              dicom=f"{s.dicom.ae_title}@{s.dicom.bind}:{self.scp.port}", pid=os.getpid())
-        self._audit_service("app.start", dicom_port=self.scp.port, schema=revision, pid=os.getpid())
-        print(f"cxrd: serving DICOM as {s.dicom.ae_title} on {s.dicom.bind}:{self.scp.port}; "
-              f"state in {rt.state_dir}", flush=True)
-        systemd.notify("READY=1", f"STATUS=serving DICOM on port {self.scp.port}")
+              database=rt.engine.url.render_as_string(hide_password=True), schema=revision, dicom=where,
+              stages=",".join(st.name for st in self.stages), pid=os.getpid())
+        self._audit_service("app.start", dicom=where, schema=revision, pid=os.getpid())
+        print(f"cxrd: DICOM {where}; state in {rt.state_dir}", flush=True)
+        systemd.notify("READY=1", f"STATUS=DICOM {where}")
 
     def _build_stages(self) -> list[Stage]:
         rt, s = self.rt, self.rt.settings
@@ -95,7 +96,15 @@ class Service:
             deid=DeidOptions(**dataclasses.asdict(s.deid)),
             chest=ChestRule(frozenset(p.upper() for p in s.dicom.chest_body_parts), s.dicom.min_image_size),
             non_chest=s.dicom.non_chest, min_free_mb=s.storage.min_free_mb, hostname=rt.hostname)
-        return []
+        stages: list[Stage] = []
+        if s.model.workers > 0:
+            stages.append(Worker(
+                sessions=rt.sessions, vault=vault, keys=rt.keys, registry=rt.registry,
+                engine_settings=EngineSettings(backend=s.model.backend, threads=s.model.threads,
+                                               batch_size=s.model.batch_size,
+                                               max_batch_wait_ms=s.model.max_batch_wait_ms),
+                results_enabled=s.results.enabled, audit_host=rt.hostname))
+        return stages
 
     def _on_store(self):  # noqa: ANN202
         return self.ingest.store
@@ -119,7 +128,7 @@ class Service:
             log.error("audit.write_failed", exc_info=exc)
 
     def healthy(self) -> bool:
-        scp_ok = self.scp is not None and self.scp.server.socket.fileno() != -1
+        scp_ok = self.scp is None or self.scp.server.socket.fileno() != -1
         return scp_ok and all(stage.healthy() for stage in self.stages)
 
     def run_until_stopped(self) -> None:
