@@ -20,7 +20,10 @@ from daemon.runtime import Runtime
 
 # Modules that add sub-commands, in the order `cxrd --help` lists them.
 COMMAND_MODULES = [
-    "daemon.cmd_service",   # init, serve, check-config, status
+    "daemon.cmd_service",     # init, serve, check-config, status
+    "daemon.cmd_audit",       # audit verify / query / export
+    "daemon.cmd_reidentify",  # reidentify (break glass)
+    "daemon.cmd_keys",        # keys list / rotate / rewrap / retire
 ]
 
 log = logging.getLogger("cxrd.cli")
