@@ -18,8 +18,10 @@ from typing import Protocol
 from daemon import scp, systemd
 from daemon.chest import ChestRule
 from daemon.errors import CommandError
+from daemon.http import HttpEndpoint
 from daemon.ingest import Ingest, sweep_orphans
 from daemon.logs import event
+from daemon.metrics import Metrics, StateCollector
 from daemon.runtime import Runtime
 from daemon.worker import EngineSettings, Worker
 from storage import audit, db
@@ -60,17 +62,26 @@ class Service:
         self.stop_requested = threading.Event()
         self.stages: list[Stage] = []
         self.scp: scp.ScpHandle | None = None
+        self.metrics = Metrics()
 
     def start(self) -> None:
         rt, s = self.rt, self.rt.settings
         probe_state_dir(rt)
         revision = db.migrate(rt.engine)
         self.stages = self._build_stages()
-        for stage in self.stages:
-            stage.start()
+        started: list[Stage] = []
+        try:
+            for stage in self.stages:
+                stage.start()
+                started.append(stage)
+        except OSError as exc:
+            self.stages = started
+            self._stop_stages()
+            raise CommandError(str(exc.strerror or exc)) from None
         if s.dicom.enabled:
             try:
-                self.scp = scp.start(s.dicom, on_store=self._on_store(), on_reject=self._on_reject)
+                self.scp = scp.start(s.dicom, on_store=self._on_store(), on_reject=self._on_reject,
+                                     on_accept=lambda aet, host: self.metrics.associations.labels("accepted").inc())
             except OSError as exc:
                 self._stop_stages()
                 raise CommandError(f"cannot listen for DICOM on {s.dicom.bind}:{s.dicom.port}: "
@@ -92,7 +103,7 @@ class Service:
             event(log, "vault.recovered", temp_files=leftovers, orphans=orphans)
         self.vault = vault
         self.ingest = Ingest(
-            sessions=rt.sessions, vault=vault, keys=rt.keys,
+            sessions=rt.sessions, vault=vault, keys=rt.keys, observe=self.metrics.observe_store,
             deid=DeidOptions(**dataclasses.asdict(s.deid)),
             chest=ChestRule(frozenset(p.upper() for p in s.dicom.chest_body_parts), s.dicom.min_image_size),
             non_chest=s.dicom.non_chest, min_free_mb=s.storage.min_free_mb, hostname=rt.hostname)
@@ -103,13 +114,40 @@ class Service:
                 engine_settings=EngineSettings(backend=s.model.backend, threads=s.model.threads,
                                                batch_size=s.model.batch_size,
                                                max_batch_wait_ms=s.model.max_batch_wait_ms),
-                results_enabled=s.results.enabled, audit_host=rt.hostname))
+                results_enabled=s.results.enabled, audit_host=rt.hostname,
+                observe=self.metrics.observe_prediction))
+        if s.http.enabled:
+            self.metrics.attach_state(StateCollector(rt.read_sessions, rt.state_dir, s.storage.min_free_mb,
+                                                     rt.registry.current))
+            stages.append(HttpEndpoint(s.http.bind, s.http.port, health=self.health_check,
+                                       ready=self.ready_check, metrics=self.metrics.render))
         return stages
+
+    def health_check(self) -> tuple[bool, str]:
+        bad = [st.name for st in self.stages if not st.healthy()]
+        if self.scp is not None and self.scp.server.socket.fileno() == -1:
+            bad.append("dicom")
+        return (not bad, "ok" if not bad else "unhealthy: " + ", ".join(bad))
+
+    def ready_check(self) -> tuple[bool, str]:
+        ok, reason = self.health_check()
+        if not ok:
+            return ok, reason
+        if self.rt.settings.dicom.enabled and self.scp is None:
+            return False, "starting: DICOM port not bound yet"
+        try:
+            db.ping(self.rt.engine)
+        except db.DatabaseUnavailable:
+            return False, "database unavailable"
+        if self.ingest._free_bytes() < self.ingest.min_free_bytes:
+            return False, "disk below the free-space floor: new images are refused"
+        return True, "ready"
 
     def _on_store(self):  # noqa: ANN202
         return self.ingest.store
 
     def _on_reject(self, calling_aet: str, host: str, reason: str) -> None:
+        self.metrics.associations.labels("rejected").inc()
         event(log, "association.refused", logging.WARNING, calling_aet=calling_aet, host=host, reason=reason)
         try:
             with self.rt.sessions() as session, session.begin():
@@ -128,8 +166,7 @@ class Service:
             log.error("audit.write_failed", exc_info=exc)
 
     def healthy(self) -> bool:
-        scp_ok = self.scp is None or self.scp.server.socket.fileno() != -1
-        return scp_ok and all(stage.healthy() for stage in self.stages)
+        return self.health_check()[0]
 
     def run_until_stopped(self) -> None:
         interval = systemd.watchdog_interval_s() or 1.0

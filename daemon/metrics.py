@@ -1,0 +1,135 @@
+"""Prometheus metrics: counters the pipeline stages bump, and gauges read from the database on scrape.
+
+Counters and histograms live in this process; queue depth, states, model age, retrain runs and the
+audit chain head are read from the shared database when /metrics is scraped (cached a few seconds),
+so every daemon of a scale-out setup reports the same truth.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.models import AuditEvent, Instance, Job, Result, RetrainRun
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.associations = Counter("cxrd_associations_total", "DICOM associations by outcome",
+                                    ["outcome"], registry=self.registry)
+        self.instances = Counter("cxrd_instances_total", "C-STORE requests by outcome", ["outcome"],
+                                 registry=self.registry)
+        self.bytes = Counter("cxrd_received_bytes_total", "Bytes of instances stored (de-identified)",
+                             registry=self.registry)
+        self.receive_seconds = Histogram("cxrd_receive_seconds", "C-STORE handling time until the status is sent",
+                                         buckets=(.002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5),
+                                         registry=self.registry)
+        self.inference_latency = Histogram("cxrd_inference_latency_seconds",
+                                           "Acknowledgement to prediction committed",
+                                           buckets=(.05, .1, .25, .5, 1, 2, 5, 10, 30, 60, 300),
+                                           registry=self.registry)
+        self.results = Counter("cxrd_results_total", "Result objects sent to the PACS by outcome", ["outcome"],
+                               registry=self.registry)
+
+    def observe_store(self, outcome: str, seconds: float, nbytes: int) -> None:
+        self.instances.labels(outcome).inc()
+        self.receive_seconds.observe(seconds)
+        if nbytes:
+            self.bytes.inc(nbytes)
+
+    def observe_prediction(self, latency_s: float, n: int) -> None:
+        for _ in range(n):
+            self.inference_latency.observe(latency_s)
+
+    def attach_state(self, collector: "StateCollector") -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StateCollector:
+    """Gauges computed from the database, the disk and the model registry at scrape time."""
+
+    def __init__(self, sessions: sessionmaker[Session], state_dir: Path, min_free_mb: int,
+                 current_model: Callable[[], object | None], cache_s: float = 5.0):
+        self.sessions = sessions
+        self.state_dir = state_dir
+        self.min_free_bytes = min_free_mb * 1024 * 1024
+        self.current_model = current_model
+        self.cache_s = cache_s
+        self._cached: tuple[float, list] = (0.0, [])
+        self._lock = threading.Lock()
+
+    def describe(self) -> Iterable:
+        return []
+
+    def collect(self) -> Iterable:
+        with self._lock:
+            at, families = self._cached
+            if time.monotonic() - at > self.cache_s:
+                families = self._read()
+                self._cached = (time.monotonic(), families)
+        return families
+
+    def _read(self) -> list:
+        out = []
+        free = shutil.disk_usage(self.state_dir).free
+        g = GaugeMetricFamily("cxrd_disk_free_bytes", "Free bytes on the state directory's filesystem")
+        g.add_metric([], free)
+        out.append(g)
+        g = GaugeMetricFamily("cxrd_disk_below_floor", "1 while new images are refused for lack of disk")
+        g.add_metric([], 1 if free < self.min_free_bytes else 0)
+        out.append(g)
+        try:
+            with self.sessions() as s:
+                states = dict(s.execute(select(Instance.state, func.count()).group_by(Instance.state)).all())
+                queue = s.scalar(select(func.count()).select_from(Job).where(Job.state.in_(("queued", "running"))))
+                results = dict(s.execute(select(Result.state, func.count()).group_by(Result.state)).all())
+                runs = dict(s.execute(select(RetrainRun.outcome, func.count()).group_by(RetrainRun.outcome)).all())
+                head = s.scalar(select(func.max(AuditEvent.seq)))
+            up = 1
+        except Exception:  # database down: say so, keep serving the other metrics
+            states, queue, results, runs, head, up = {}, 0, {}, {}, 0, 0
+        g = GaugeMetricFamily("cxrd_database_up", "1 if the database answered this scrape")
+        g.add_metric([], up)
+        out.append(g)
+        g = GaugeMetricFamily("cxrd_queue_depth", "Jobs waiting for or in inference")
+        g.add_metric([], queue or 0)
+        out.append(g)
+        g = GaugeMetricFamily("cxrd_instances", "Instances by state", labels=["state"])
+        for state, n in states.items():
+            g.add_metric([state], n)
+        out.append(g)
+        g = GaugeMetricFamily("cxrd_results", "Result objects by state", labels=["state"])
+        for state, n in results.items():
+            g.add_metric([state], n)
+        out.append(g)
+        g = GaugeMetricFamily("cxrd_retrain_runs", "Retraining runs by outcome", labels=["outcome"])
+        for outcome, n in runs.items():
+            g.add_metric([outcome], n)
+        out.append(g)
+        g = GaugeMetricFamily("cxrd_audit_chain_head", "Sequence number of the newest audit row")
+        g.add_metric([], head or 0)
+        out.append(g)
+        info = self.current_model()
+        g = GaugeMetricFamily("cxrd_model_info", "The current model (1) by version", labels=["version"])
+        a = GaugeMetricFamily("cxrd_model_age_seconds", "Seconds since the current model was created")
+        if info is not None:
+            g.add_metric([info.version], 1)
+            try:
+                created = datetime.fromisoformat(info.created)
+                a.add_metric([], (datetime.now(timezone.utc) - created).total_seconds())
+            except (TypeError, ValueError):
+                pass
+        out += [g, a]
+        return out
