@@ -120,7 +120,8 @@ class Daemon:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([CXRD, "serve"], env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
-        wait_for_port(self.dicom_port, timeout, self.proc)
+        dicom_off = self.env.get("CXRD_DICOM__ENABLED") == "false"  # worker-only: wait for HTTP instead
+        wait_for_port(self.http_port if dicom_off else self.dicom_port, timeout, self.proc)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
