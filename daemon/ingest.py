@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -60,10 +59,11 @@ class Ingest:
     """Holds what every C-STORE needs (keys, vault, sessions, rules); `store` is called from many
     association threads at once and is safe for that."""
 
-    def __init__(self, *, sessions: sessionmaker[Session], vault: Vault, keys: Keys, deid: DeidOptions,
+    def __init__(self, *, sessions: sessionmaker[Session], read_sessions: sessionmaker[Session], vault: Vault, keys: Keys, deid: DeidOptions,
                  chest: ChestRule, non_chest: str, min_free_mb: int, hostname: str = "",
                  observe: Callable[[str, float, int], None] | None = None):
         self.sessions = sessions
+        self.read_sessions = read_sessions
         self.vault = vault
         self.keys = keys
         self.deid = deid
@@ -130,9 +130,9 @@ class Ingest:
         buf = io.BytesIO()
         dcmwrite(buf, result.dataset, enforce_file_format=True)
         data = buf.getvalue()
-        object_id = f"{sop}.{secrets.token_hex(4)}"
         try:
-            nbytes = self.vault.put(object_id, data)
+            object_id = self.vault.reserve()  # unique per attempt; its directory entry is already durable
+            nbytes = self.vault.put_reserved(object_id, data)
         except VaultError as exc:
             event(log, "store.vault_failed", logging.ERROR, error=str(exc), calling_aet=calling_aet)
             return "refused_disk", OUT_OF_RESOURCES, 0
@@ -175,7 +175,7 @@ class Ingest:
             return 0
 
     def _already_stored(self, sop: str) -> bool:
-        with self._session() as session:
+        with _guarded(self.read_sessions) as session:
             return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop)) is not None
 
     def _audit_only(self, event_type: str, **fields) -> None:  # noqa: ANN003

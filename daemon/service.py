@@ -103,7 +103,8 @@ class Service:
             event(log, "vault.recovered", temp_files=leftovers, orphans=orphans)
         self.vault = vault
         self.ingest = Ingest(
-            sessions=rt.sessions, vault=vault, keys=rt.keys, observe=self.metrics.observe_store,
+            sessions=rt.sessions, read_sessions=rt.read_sessions, vault=vault, keys=rt.keys,
+            observe=self.metrics.observe_store,
             deid=DeidOptions(**dataclasses.asdict(s.deid)),
             chest=ChestRule(frozenset(p.upper() for p in s.dicom.chest_body_parts), s.dicom.min_image_size),
             non_chest=s.dicom.non_chest, min_free_mb=s.storage.min_free_mb, hostname=rt.hostname)
@@ -116,6 +117,9 @@ class Service:
                                                max_batch_wait_ms=s.model.max_batch_wait_ms),
                 results_enabled=s.results.enabled, audit_host=rt.hostname,
                 observe=self.metrics.observe_prediction))
+        if s.results.enabled:
+            from daemon import results
+            stages.append(results.from_settings(rt, vault))
         if s.http.enabled:
             self.metrics.attach_state(StateCollector(rt.read_sessions, rt.state_dir, s.storage.min_free_mb,
                                                      rt.registry.current))

@@ -19,6 +19,13 @@ bytes per object, not the object (`rewrap` overwrites that header region in plac
 single sector write, the usual trade-off of envelope encryption); a flipped bit anywhere fails the tag
 and raises `TamperError` naming the object, never wrong plaintext.
 
+Fast path for ingest: `reserve()` hands out the id of an EMPTY file created ahead of time by a
+background thread, whose directory entry is already durable (one directory fsync per 64 files);
+`put_reserved(id, data)` writes into it and fsyncs the file only. That takes the directory fsync out
+of the C-STORE's critical path. An empty file is not an object: `get` says not found, listings skip it.
+A crash mid-write leaves a partial file no database row points at; the daemon's orphan sweep
+shreds it. Reserved files left over at start-up are reused.
+
 Durability: `put` writes a temp file in the target directory, fsyncs it, renames it over the final
 name and fsyncs the directory. Ingest can group-commit instead: `put(..., fsync=False)` for each
 image of a batch, then one `sync(ids)` (fsyncs those files and each distinct directory once) before
@@ -124,6 +131,9 @@ class Vault:
         self._dir_lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._make_fanout()
+        self._spare: list[str] = []
+        self._spare_lock = threading.Lock()
+        self._refilling = threading.Event()
 
     def _make_fanout(self) -> None:
         """Create the 256 fan-out directories once, so no put pays for a new directory's fsync."""
@@ -239,6 +249,71 @@ class Vault:
             raise VaultError(f"cannot write vault objects: {exc.strerror}") from None
         return [n for _, _, n in staged]
 
+    # -- reserved files: the ingest fast path
+    SPARE_LOW, SPARE_BATCH = 32, 64
+
+    def reserve(self) -> str:
+        """The id of an empty, durably created object file to fill with `put_reserved`."""
+        with self._spare_lock:
+            oid = self._spare.pop() if self._spare else None
+            low = len(self._spare) < self.SPARE_LOW
+        if low and not self._refilling.is_set():
+            self._refilling.set()
+            threading.Thread(target=self._refill_in_background, name="cxrd-vault-spares", daemon=True).start()
+        return oid if oid is not None else self._create_spares(1)[0]
+
+    def put_reserved(self, object_id: str, data: bytes) -> int:
+        """Encrypt into a reserved (empty) file and fsync it; durable when this returns."""
+        p = self.path(object_id)
+        header, body = self._encrypt(object_id, data)
+        try:
+            fd = os.open(p, os.O_WRONLY)
+        except FileNotFoundError:
+            raise VaultError(f"vault object {object_id} was not reserved") from None
+        except OSError as exc:
+            raise VaultError(f"cannot write vault object {object_id}: {exc.strerror}") from None
+        try:
+            if os.fstat(fd).st_size != 0:
+                raise VaultError(f"vault object {object_id} is not an empty reservation")
+            n = _write_all(fd, [header, body])
+            os.fsync(fd)
+        except OSError as exc:
+            raise VaultError(f"cannot write vault object {object_id}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        return n
+
+    def _refill_in_background(self) -> None:
+        try:
+            self._create_spares(self.SPARE_BATCH)
+        except OSError:
+            pass  # disk trouble: reserve() falls back to creating one file at a time and reports it
+        finally:
+            self._refilling.clear()
+
+    def _create_spares(self, n: int) -> list[str]:
+        """Create n empty files in ONE fan-out directory (ids chosen to hash there), fsync it once."""
+        fan = secrets.token_hex(1)
+        d = self.root / fan
+        self._ensure_dir(d)
+        made = []
+        try:
+            while len(made) < n:
+                oid = secrets.token_hex(16)
+                if hashlib.sha256(oid.encode()).hexdigest()[:2] != fan:
+                    continue
+                os.close(os.open(d / (oid + SUFFIX), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                made.append(oid)
+            _fsync_path(d, directory=True)
+        except OSError as exc:
+            for oid in made:
+                (d / (oid + SUFFIX)).unlink(missing_ok=True)
+            raise VaultError(f"cannot create vault files: {exc.strerror}") from None
+        if n > 1:
+            with self._spare_lock:
+                self._spare.extend(made)
+        return made
+
     def sync(self, object_ids: Iterable[str]) -> None:
         """Make objects written with `put(..., fsync=False)` durable: fsync files, then their dirs."""
         dirs: set[Path] = set()
@@ -277,6 +352,8 @@ class Vault:
             return self._decrypt(object_id, raw)
 
     def _decrypt(self, object_id: str, raw: bytes) -> bytes:
+        if not raw:
+            raise ObjectNotFoundError(object_id)  # a reservation never written: not an object
         if len(raw) < HEADER_LEN + TAG_LEN:
             raise TamperError(object_id, "truncated")
         dek = self._unwrap(object_id, raw[:HEADER_LEN])
@@ -286,7 +363,10 @@ class Vault:
             raise TamperError(object_id, "payload does not authenticate") from None
 
     def exists(self, object_id: str) -> bool:
-        return self.path(object_id).exists()
+        try:
+            return self.path(object_id).stat().st_size > 0  # an empty file is an unused reservation
+        except FileNotFoundError:
+            return False
 
     def object_ids(self) -> Iterator[str]:
         """Every stored object id (order unspecified)."""
@@ -294,6 +374,11 @@ class Vault:
             if sub.is_dir():
                 for f in sub.iterdir():
                     if f.name.endswith(SUFFIX) and not f.name.startswith("."):
+                        try:
+                            if f.stat().st_size == 0:
+                                continue  # a reservation, not an object
+                        except FileNotFoundError:
+                            continue
                         yield f.name[: -len(SUFFIX)]
 
     # -- deleting
@@ -377,12 +462,18 @@ class Vault:
 
     # -- start-up
     def recover(self) -> int:
-        """Remove temp files left by a crash mid-write; number removed. Call before serving."""
+        """Remove temp files left by a crash mid-write (number removed) and take back empty
+        reservations for reuse. Call before serving."""
         removed = 0
+        spares = []
         for sub in self.root.iterdir():
             if sub.is_dir():
                 for f in sub.iterdir():
                     if f.name.startswith(".") and f.name.endswith(".tmp"):
                         f.unlink(missing_ok=True)
                         removed += 1
+                    elif f.name.endswith(SUFFIX) and f.stat().st_size == 0:
+                        spares.append(f.name[: -len(SUFFIX)])
+        with self._spare_lock:
+            self._spare = spares
         return removed

@@ -174,3 +174,23 @@ def test_seal_binds_associated_data_and_detects_tampering():
         open_sealed(key, b"features:2.25.1", blob[:-1] + bytes([blob[-1] ^ 1]))
     with pytest.raises(TamperError, match="truncated"):
         open_sealed(key, b"x", blob[:10])
+
+
+def test_reserved_files_are_not_objects_until_written_and_are_reused_after_restart(vault, ring, dicom_bytes):
+    from storage.errors import ObjectNotFoundError
+    oid = vault.reserve()
+    assert vault.path(oid).exists() and vault.path(oid).stat().st_size == 0
+    assert not vault.exists(oid) and oid not in set(vault.object_ids())
+    with pytest.raises(ObjectNotFoundError):
+        vault.get(oid)
+    assert vault.put_reserved(oid, dicom_bytes) > len(dicom_bytes)
+    assert vault.get(oid) == dicom_bytes and oid in set(vault.object_ids())
+    with pytest.raises(VaultError, match="not an empty reservation"):
+        vault.put_reserved(oid, b"again")  # never overwrites an object
+    with pytest.raises(VaultError, match="was not reserved"):
+        vault.put_reserved("never-reserved-id", b"x")
+    assert b"DICM" not in vault.path(oid).read_bytes()[:200]
+    spares = {p.name for p in vault.root.rglob("*.cxv") if p.stat().st_size == 0}
+    restarted = Vault(vault.root, ring)
+    restarted.recover()
+    assert {oid + ".cxv" for oid in restarted._spare} == spares  # handed out again, not leaked
