@@ -99,6 +99,12 @@ class Retrain:
                                min=0.0, max=1.0)
     threads: int = _f(1, "CPU threads for the training child process", min=1, max=1024)
     nice: int = _f(10, "Scheduling niceness of the training child process", min=0, max=19)
+    mode: str = _f("frozen", "frozen = backbone fixed, head trained on cached features (CPU); finetune = "
+                             "whole network (GPU)", choices=("frozen", "finetune"))
+    epochs: int = _f(10, "Training epochs per run", min=1, max=1000)
+    size: int = _f(224, "Input size in pixels for training", min=32, max=1024)
+    views: int = _f(4, "Augmented views cached per image (frozen mode)", min=1, max=64)
+    timeout_minutes: int = _f(720, "Give up a training run after this long", min=1)
 
 
 @dataclass(frozen=True)

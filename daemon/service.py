@@ -22,7 +22,9 @@ from daemon.http import HttpEndpoint
 from daemon.ingest import Ingest, sweep_orphans
 from daemon.logs import event
 from daemon.metrics import Metrics, StateCollector
+from daemon import retrain
 from daemon.runtime import Runtime
+from daemon.scheduler import RetrainScheduler
 from daemon.worker import EngineSettings, Worker
 from storage import audit, db
 from storage.deid import DeidOptions
@@ -120,6 +122,9 @@ class Service:
         if s.results.enabled:
             from daemon import results
             stages.append(results.from_settings(rt, vault))
+        if s.retrain.enabled:
+            retrain.install(rt)
+            stages.append(RetrainScheduler(engine=rt.engine, state_dir=rt.state_dir, cron=s.retrain.schedule))
         if s.http.enabled:
             self.metrics.attach_state(StateCollector(rt.read_sessions, rt.state_dir, s.storage.min_free_mb,
                                                      rt.registry.current))
