@@ -24,6 +24,9 @@ COMMAND_MODULES = [
     "daemon.cmd_audit",       # audit verify / query / export
     "daemon.cmd_reidentify",  # reidentify (break glass)
     "daemon.cmd_keys",        # keys list / rotate / rewrap / retire
+    "daemon.cmd_retrain",     # retrain now / list runs
+    "daemon.cmd_purge",       # purge expired images (crypto-shredding)
+    "daemon.cmd_predictions", # predictions; results list / retry
 ]
 
 log = logging.getLogger("cxrd.cli")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +49,19 @@ class Runtime:
 
     @property
     def actor(self) -> str:
-        """Who is running this command, for audit rows (OS user, never a patient)."""
+        """Who is running this command, for audit rows (OS user, never a patient).
+
+        Under sudo (or `systemd-run -E SUDO_USER`, as docs/compliance.md does) the person who asked is
+        named first: `os:alice(as:cxrd)`, so `--actor 'os:alice*'` finds their actions.
+        """
         try:
-            return f"os:{getpass.getuser()}"
+            user = getpass.getuser()
         except Exception:  # no passwd entry in some containers
-            return "os:unknown"
+            user = "unknown"
+        sudo = os.environ.get("SUDO_USER", "").strip()
+        if sudo and sudo != user and sudo.isprintable() and len(sudo) <= 64:
+            return f"os:{sudo}(as:{user})"
+        return f"os:{user}"
 
     @property
     def hostname(self) -> str:
