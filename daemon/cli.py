@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2)
     logs.configure(settings.log.level, settings.log.format)
     try:
-        return int(args.func(args, Runtime(settings)) or 0)
+        return int(args.func(args, Runtime(settings, getattr(args, "config", None))) or 0)
     except CommandError as exc:
         return _fail(str(exc), exc.exit_code)
     except ConfigError as exc:

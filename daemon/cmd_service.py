@@ -39,8 +39,11 @@ def initialise(rt: Runtime) -> dict[str, str]:
     state = rt.ensure_state_dir()
     for sub in ("vault", "models", "inbox", "cache"):
         (state / sub).mkdir(exist_ok=True, mode=0o700)
+    before = db.schema_revision(rt.engine)
     revision = db.migrate(rt.engine)
     key_state = rt.ensure_keys()
+    if before != revision:
+        rt.audit("app.init", schema_from=before, schema=revision)
     return {"schema": revision or "", "key_file": key_state}
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.chest import ChestRule, is_chest_radiograph
 from daemon.logs import event
 from storage import audit, reid
-from storage.deid import DeidOptions, deidentify
+from storage.deid import PROFILE_EDITION, DeidOptions, deidentify
 from storage.errors import DeidError, VaultError
 from storage.keys import Keys
 from storage.models import RECEIVED, Instance, Job
@@ -153,7 +153,8 @@ class Ingest:
                 audit.append(session, self.keys.audit_key, event_type="instance.stored",
                              study_uid=result.study_uid, object_uid=sop,
                              details={"bytes": len(data), "transfer_syntax": transfer_syntax,
-                                      "deid": result.applied_codes, "burned_in": result.burned_in},
+                                      "deid": result.applied_codes, "deid_edition": PROFILE_EDITION,
+                                      "burned_in": result.burned_in},
                              **actor)
         except IntegrityError:
             # A concurrent copy of the same instance committed first: one stored object, one job.

@@ -197,3 +197,15 @@ def scheduled(trigger: str = "schedule") -> None:
     if _RUNTIME is None:
         raise RuntimeError("retrain runtime not installed")
     retrain_once(_RUNTIME, trigger)
+
+
+def scheduled_purge() -> None:
+    """Daily: crypto-shred images older than `storage.retention_days` (audited by the purge itself)."""
+    if _RUNTIME is None:
+        raise RuntimeError("retrain runtime not installed")
+    from storage.retention import purge_expired
+    from storage.vault import Vault
+    rt = _RUNTIME
+    report = purge_expired(rt.sessions, Vault(rt.vault_dir, rt.keys.keyring), rt.keys.audit_key,
+                           rt.settings.storage.retention_days, actor="cxrd:retention", host=rt.hostname)
+    event(log, "retention.purged", report=str(report))

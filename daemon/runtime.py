@@ -22,6 +22,7 @@ from storage import db
 @dataclass
 class Runtime:
     settings: Settings
+    config_file: str | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -97,6 +98,16 @@ class Runtime:
         """The encrypted object store, keyed by the keyring (which reloads itself after a rotation)."""
         from storage.vault import Vault
         return Vault(self.vault_dir, self.keys.keyring)
+
+    def audit(self, event_type: str, *, outcome: int = 0, study_uid: str = "", object_uid: str = "",
+              **details) -> None:  # noqa: ANN003
+        """Append one audit row for an action of the person running this command, in its own
+        transaction (commands that change models, keys or state call this)."""
+        from storage import audit
+        with self.sessions() as session, session.begin():
+            audit.append(session, self.keys.audit_key, event_type=event_type, outcome=outcome,
+                         actor=self.actor, host=self.hostname, study_uid=study_uid, object_uid=object_uid,
+                         details=details)
 
     @functools.cached_property
     def registry(self):  # noqa: ANN201 - cxrmodel.registry.Registry

@@ -22,8 +22,9 @@ from daemon.logs import event
 log = logging.getLogger("cxrd.scheduler")
 
 LEADER_LOCK_ID = 7437003  # storage.db 7437001 migrations, storage.audit 7437002 audit chain
-RETRY_S = 30.0
+RETRY_S = 10.0
 JOB_ID = "cxrd-retrain"
+PURGE_JOB_ID = "cxrd-retention-purge"
 
 
 class LeaderLock:
@@ -70,9 +71,10 @@ class RetrainScheduler:
 
     name = "scheduler"
 
-    def __init__(self, *, engine: Engine, state_dir: Path, cron: str, job: str = "daemon.retrain:scheduled"):
+    def __init__(self, *, engine: Engine, state_dir: Path, cron: str | None, purge_daily: bool = False,
+                 job: str = "daemon.retrain:scheduled"):
         self.lock = LeaderLock(engine, state_dir)
-        self.engine, self.cron, self.job = engine, cron, job
+        self.engine, self.cron, self.job, self.purge_daily = engine, cron, job, purge_daily
         self.scheduler = None
         self.leader = False
         self._stop = threading.Event()
@@ -102,11 +104,18 @@ class RetrainScheduler:
         self.scheduler = BackgroundScheduler(jobstores={"default": store},
                                              job_defaults={"coalesce": True, "max_instances": 1,
                                                            "misfire_grace_time": 6 * 3600})
-        self.scheduler.add_job(self.job, CronTrigger.from_crontab(self.cron), args=["schedule"], id=JOB_ID,
-                               replace_existing=True, name="retrain from new labeled data")
+        if self.cron:
+            self.scheduler.add_job(self.job, CronTrigger.from_crontab(self.cron), args=["schedule"], id=JOB_ID,
+                                   replace_existing=True, name="retrain from new labeled data")
+        elif self.scheduler.get_job(JOB_ID) is not None:
+            self.scheduler.remove_job(JOB_ID)
+        if self.purge_daily:
+            self.scheduler.add_job("daemon.retrain:scheduled_purge", CronTrigger.from_crontab("30 3 * * *"),
+                                   id=PURGE_JOB_ID, replace_existing=True, name="retention purge")
         self.scheduler.start()
-        nxt = self.scheduler.get_job(JOB_ID).next_run_time
-        event(log, "scheduler.leader", cron=self.cron, next_run=nxt.isoformat() if nxt else "")
+        jobs = {j.id: j.next_run_time for j in self.scheduler.get_jobs()}
+        event(log, "scheduler.leader", cron=self.cron or "off",
+              next_run={k: v.isoformat() if v else "" for k, v in jobs.items()})
 
     def stop(self) -> None:
         self._stop.set()

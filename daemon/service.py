@@ -83,7 +83,7 @@ class Service:
         if s.dicom.enabled:
             try:
                 self.scp = scp.start(s.dicom, on_store=self._on_store(), on_reject=self._on_reject,
-                                     on_accept=lambda aet, host: self.metrics.associations.labels("accepted").inc())
+                                     on_accept=self._on_accept)
             except OSError as exc:
                 self._stop_stages()
                 raise CommandError(f"cannot listen for DICOM on {s.dicom.bind}:{s.dicom.port}: "
@@ -92,6 +92,8 @@ class Service:
         event(log, "service.started", state_dir=str(rt.state_dir),
               database=rt.engine.url.render_as_string(hide_password=True), schema=revision, dicom=where,
               stages=",".join(st.name for st in self.stages), pid=os.getpid())
+        self._audit_service("config.loaded", config_file=self.rt.config_file or "(embedded defaults)",
+                            settings_sha256=settings_digest(self.rt.settings))
         self._audit_service("app.start", dicom=where, schema=revision, pid=os.getpid())
         print(f"cxrd: DICOM {where}; state in {rt.state_dir}", flush=True)
         systemd.notify("READY=1", f"STATUS=DICOM {where}")
@@ -122,9 +124,11 @@ class Service:
         if s.results.enabled:
             from daemon import results
             stages.append(results.from_settings(rt, vault))
-        if s.retrain.enabled:
+        if s.retrain.enabled or s.storage.retention_days > 0:
             retrain.install(rt)
-            stages.append(RetrainScheduler(engine=rt.engine, state_dir=rt.state_dir, cron=s.retrain.schedule))
+            stages.append(RetrainScheduler(engine=rt.engine, state_dir=rt.state_dir,
+                                           cron=s.retrain.schedule if s.retrain.enabled else None,
+                                           purge_daily=s.storage.retention_days > 0))
         if s.http.enabled:
             self.metrics.attach_state(StateCollector(rt.read_sessions, rt.state_dir, s.storage.min_free_mb,
                                                      rt.registry.current))
@@ -155,6 +159,10 @@ class Service:
     def _on_store(self):  # noqa: ANN202
         return self.ingest.store
 
+    def _on_accept(self, calling_aet: str, host: str) -> None:
+        self.metrics.associations.labels("accepted").inc()
+        self._audit_service("association.accepted", actor=f"aet:{calling_aet}", host=host)
+
     def _on_reject(self, calling_aet: str, host: str, reason: str) -> None:
         self.metrics.associations.labels("rejected").inc()
         event(log, "association.refused", logging.WARNING, calling_aet=calling_aet, host=host, reason=reason)
@@ -166,11 +174,11 @@ class Service:
         except Exception as exc:  # the refusal itself must not fail because the audit could not be written
             log.error("audit.write_failed", exc_info=exc)
 
-    def _audit_service(self, event_type: str, **details) -> None:  # noqa: ANN003
+    def _audit_service(self, event_type: str, *, actor: str = "", host: str = "", **details) -> None:  # noqa: ANN003
         try:
             with self.rt.sessions() as session, session.begin():
                 audit.append(session, self.rt.keys.audit_key, event_type=event_type,
-                             actor=self.rt.actor, host=self.rt.hostname, details=details)
+                             actor=actor or self.rt.actor, host=host or self.rt.hostname, details=details)
         except Exception as exc:
             log.error("audit.write_failed", exc_info=exc)
 
@@ -200,6 +208,14 @@ class Service:
                 stage.stop()
             except Exception as exc:  # keep stopping the others
                 log.error("stage.stop_failed", exc_info=exc, extra={"cxrd_fields": {"stage": stage.name}})
+
+
+def settings_digest(settings) -> str:  # noqa: ANN001
+    """sha256 of the effective settings (secrets redacted): which configuration was running, in the audit."""
+    import hashlib
+    import json
+    from config import redacted
+    return hashlib.sha256(json.dumps(redacted(settings), sort_keys=True).encode()).hexdigest()
 
 
 def serve(rt: Runtime) -> int:
