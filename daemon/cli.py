@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "daemon.cmd_keys",        # keys list / rotate / rewrap / retire
     "daemon.cmd_retrain",     # retrain now / list runs
     "daemon.cmd_purge",       # purge expired images (crypto-shredding)
+    "daemon.cmd_backup",      # backup / restore
     "daemon.cmd_predictions", # predictions; results list / retry
 ]
 

@@ -77,6 +77,8 @@ EVENTS: dict[str, tuple[str, str]] = {
     "model.imported": (IMPORT, "C"),
     "reid.lookup": (PATIENT_RECORD, "R"),
     "reid.refused": (PATIENT_RECORD, "R"),
+    "backup.created": (EXPORT, "R"),
+    "backup.restored": (IMPORT, "C"),
     "keys.created": (SECURITY_ALERT, "C"),
     "keys.rotated": (SECURITY_ALERT, "U"),
     "keys.retired": (SECURITY_ALERT, "D"),
