@@ -1,0 +1,212 @@
+"""End to end: C-STORE into a real `cxrd serve` -> prediction committed, next to the bare forward rate.
+
+    .venv/bin/python benchmarks/end_to_end.py [--n 40] [--backend fp32] [--threads 2] [--batch-size 8]
+
+Measured in one run, on the same machine and backend:
+  bare     cxrmodel Engine.predict on a batch of 8 preprocessed real images (images/s), before the daemon
+           starts so nothing competes with it;
+  idle     single images pushed to an idle daemon: latency from acknowledgement (instance received_at) to
+           prediction committed (prediction created_at), a few samples;
+  burst    N images (real pixels, fresh UIDs) pushed over one storescu association: sustained images/s
+           from the first C-STORE to the last prediction committed, and p50/p99 of the same latency.
+Prints numbers only; it never passes or fails on time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = (REPO / ".." / "shared" / "data").resolve()
+SRC = DATA / "dicom" / "derived" / "nih_00000001_000_explicit-vr-le.dcm"
+CXRD = str(Path(sys.executable).with_name("cxrd"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def make_files(out: Path, n: int, prefix: str) -> list[Path]:
+    import pydicom
+    from pydicom.uid import generate_uid
+    out.mkdir(parents=True, exist_ok=True)
+    ds = pydicom.dcmread(SRC)
+    study = generate_uid()
+    paths = []
+    for i in range(n):
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, generate_uid(), generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        p = out / f"{prefix}{i:05d}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
+
+
+def push(port: int, files: list[Path]) -> None:
+    r = subprocess.run(["storescu", "-aec", "CXRD", "127.0.0.1", str(port), *map(str, files)],
+                       env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True)
+    if r.returncode != 0 or "Store Failed" in r.stderr:
+        raise SystemExit(f"storescu failed: {r.stderr[-400:]}")
+
+
+def bare_forward(models_dir: Path, backend: str, threads: int, batch_size: int, repeats: int = 3) -> float:
+    """Images/s of Engine.predict on one batch of real preprocessed images (best of `repeats`)."""
+    import torch
+    from cxrmodel.engine import Engine
+    from cxrmodel.registry import Registry
+    loaded = Registry(models_dir).load()
+    batch = torch.stack([loaded.preprocess(SRC.read_bytes()) for _ in range(batch_size)])
+    with Engine.for_model(loaded, backend=backend, threads=threads, batch_size=batch_size) as engine:
+        engine.predict(batch)  # warm-up (graph capture, allocator)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            engine.predict(batch)
+            best = min(best, time.perf_counter() - t0)
+    return batch_size / best
+
+
+def latencies(db_url: str, since: datetime) -> tuple[list[float], datetime | None, int]:
+    """Per instance received after `since`: seconds from received_at to its first prediction."""
+    from sqlalchemy import create_engine, func, select
+    from storage.models import Instance, Prediction
+    engine = create_engine(db_url)
+    with engine.connect() as c:
+        rows = c.execute(select(Instance.received_at, func.min(Prediction.created_at))
+                         .join(Prediction, Prediction.instance_id == Instance.id)
+                         .where(Instance.received_at >= since)
+                         .group_by(Instance.id)).all()
+    engine.dispose()
+    fix = lambda t: t if t.tzinfo else t.replace(tzinfo=timezone.utc)  # noqa: E731
+    lat = [(fix(p) - fix(r)).total_seconds() for r, p in rows]
+    last = max((fix(p) for _, p in rows), default=None)
+    return lat, last, len(rows)
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=40, help="images in the burst")
+    ap.add_argument("--idle", type=int, default=3, help="single-image samples at idle")
+    ap.add_argument("--backend", default="fp32")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-batch-wait-ms", type=int, default=50)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary state directory")
+    args = ap.parse_args()
+    if shutil.which("storescu") is None:
+        raise SystemExit("dcmtk storescu not found")
+
+    import torch
+    torch.set_num_threads(args.threads)
+    from cxrmodel.network import build_model
+    from cxrmodel.registry import Registry
+
+    work = Path(tempfile.mkdtemp(prefix="cxrd-e2e-"))
+    state = work / "state"
+    port, http = free_port(), free_port()
+    env = {**os.environ, "TCP_NODELAY": "1", "CXRD_STORAGE__STATE_DIR": str(state), "CXRD_STORAGE__MIN_FREE_MB": "1",
+           "CXRD_DICOM__PORT": str(port), "CXRD_DICOM__BIND": "127.0.0.1", "CXRD_HTTP__PORT": str(http),
+           "CXRD_RETRAIN__ENABLED": "false", "CXRD_MODEL__BACKEND": args.backend,
+           "CXRD_MODEL__THREADS": str(args.threads), "CXRD_MODEL__BATCH_SIZE": str(args.batch_size),
+           "CXRD_MODEL__MAX_BATCH_WAIT_MS": str(args.max_batch_wait_ms), "CXRD_LOG__LEVEL": "warning"}
+    db_url = f"sqlite:///{state / 'cxrd.db'}"
+    proc = None
+    try:
+        state.mkdir(parents=True)
+        subprocess.run([CXRD, "init"], env=env, check=True, capture_output=True)
+        version = Registry(state / "models").add(build_model(seed=0), promote=True)
+        bare = bare_forward(state / "models", args.backend, args.threads, args.batch_size)
+        idle_files = make_files(work / "idle", args.idle, "idle")
+        burst_files = make_files(work / "burst", args.n, "burst")
+
+        log = open(work / "serve.log", "wb")
+        proc = subprocess.Popen([CXRD, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: _port_open(port) or proc.poll() is not None, 120, "the DICOM port")
+        # Warm the worker (model load, first forward) with one image so the idle samples are idle, not cold.
+        t = datetime.now(timezone.utc)
+        push(port, make_files(work / "warm", 1, "warm"))
+        wait_until(lambda: latencies(db_url, t)[2] == 1, 300, "the warm-up prediction")
+
+        idle = []
+        for f in idle_files:
+            time.sleep(1.0)
+            t = datetime.now(timezone.utc)
+            push(port, [f])
+            wait_until(lambda: latencies(db_url, t)[2] == 1, 120, "an idle prediction")
+            idle += latencies(db_url, t)[0]
+
+        time.sleep(1.0)
+        t_first = datetime.now(timezone.utc)
+        push(port, burst_files)
+        t_pushed = datetime.now(timezone.utc)
+        wait_until(lambda: latencies(db_url, t_first)[2] == args.n, 60 + 10 * args.n, "the burst's predictions")
+        lat, t_last, n = latencies(db_url, t_first)
+        span = (t_last - t_first).total_seconds()
+        # Bare forward again, with the daemon idle: on a shared machine the spread of the two is the noise.
+        bare_after = bare_forward(state / "models", args.backend, args.threads, args.batch_size)
+        out = {
+            "backend": args.backend, "threads": args.threads, "batch_size": args.batch_size, "model": version,
+            "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+            "bare_forward_images_per_s": round(bare, 2), "bare_forward_after_images_per_s": round(bare_after, 2),
+            "idle_latency_s": {"samples": [round(x, 3) for x in idle], "p50": round(statistics.median(idle), 3)},
+            "burst": {"n": n, "push_s": round((t_pushed - t_first).total_seconds(), 2),
+                      "first_store_to_last_prediction_s": round(span, 2),
+                      "sustained_images_per_s": round(n / span, 2),
+                      "ratio_to_bare": round(n / span / max(bare, bare_after), 2),
+                      "latency_p50_s": round(pct(lat, 50), 3), "latency_p99_s": round(pct(lat, 99), 3)},
+        }
+        print(json.dumps(out, indent=2))
+        print(f"bare forward {bare:.1f}/{bare_after:.1f} img/s (before/after) | sustained {n / span:.1f} img/s "
+              f"({n / span / max(bare, bare_after):.2f}x best bare) | "
+              f"burst latency p50 {pct(lat, 50):.2f}s p99 {pct(lat, 99):.2f}s | idle p50 {statistics.median(idle):.3f}s")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"state kept in {work}")
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Results back to the PACS with real peers: Orthanc pushes a chest DICOM to `cxrd serve`, the SR and the
+Grad-CAM Secondary Capture come back into the ORIGINAL study; a destination that is down parks the
+result as failed after a capped number of attempts, and `cxrd results retry` sends it once it is back."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import create_engine, select
+
+from conftest import copy_with_new_uids, dcmtk, storescu
+from cxrmodel.labels import LABELS
+from cxrmodel.network import build_model
+from cxrmodel.registry import Registry
+from storage.models import AuditEvent, Instance, Result
+
+SRC = "dicom/derived/nih_00000001_000_explicit-vr-le.dcm"
+MARKERS = {"PatientID": "CXRDPID4711", "PatientName": "ZEBRA^QUINCY", "AccessionNumber": "ACCX9931"}
+
+
+def wait_for(predicate, timeout: float = 90.0, every: float = 0.25):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def results_env(orthanc, **extra: str) -> dict[str, str]:  # noqa: ANN001
+    return {"CXRD_MODEL__BACKEND": "fp32", "CXRD_MODEL__MAX_BATCH_WAIT_MS": "10",
+            "CXRD_RESULTS__ENABLED": "true", "CXRD_RESULTS__HOST": "127.0.0.1",
+            "CXRD_RESULTS__PORT": str(orthanc.dicom_port), "CXRD_RESULTS__AE_TITLE": orthanc.aet, **extra}
+
+
+def started_daemon(daemon_factory, env: dict[str, str]):  # noqa: ANN001, ANN201
+    d = daemon_factory(env)
+    d.state_dir.mkdir(parents=True)
+    d.cli("init", check=True)
+    Registry(d.state_dir / "models").add(build_model(seed=0), promote=True)
+    return d.start()
+
+
+def db_rows(state_dir: Path, stmt):  # noqa: ANN001, ANN201
+    engine = create_engine(f"sqlite:///{state_dir / 'cxrd.db'}")
+    try:
+        with engine.connect() as c:
+            return c.execute(stmt).all()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_sr_and_heatmap_land_in_the_original_study_in_orthanc(orthanc, daemon_factory, shared_data, tmp_path):
+    d = started_daemon(daemon_factory, results_env(orthanc, CXRD_RESULTS__SEND_HEATMAP="true"))
+    orthanc.add_modality("cxrd", "CXRD", d.dicom_port)
+    [src] = copy_with_new_uids(shared_data / SRC, tmp_path / "in", 1, markers=MARKERS)
+    original = pydicom.dcmread(src, stop_before_pixels=True)
+    uploaded = orthanc.upload(src)
+    t0 = time.monotonic()
+    orthanc.push("cxrd", [uploaded["ID"]])
+
+    def back_in_orthanc() -> list[dict]:
+        insts = orthanc.study_instances(original.StudyInstanceUID)
+        return insts if {i.get("Modality") for i in insts} >= {"SR", "OT"} else []
+    instances = wait_for(back_in_orthanc)
+    took = time.monotonic() - t0
+    assert len(orthanc.get("/studies")) == 1, "results must join the original study, not open a new one"
+    by_modality = {i["Modality"]: i for i in instances}
+    sr_tags, sc_tags = by_modality["SR"], by_modality["OT"]
+    for tags in (sr_tags, sc_tags):
+        assert tags["StudyInstanceUID"] == original.StudyInstanceUID
+        assert tags["PatientID"] == MARKERS["PatientID"]
+        assert tags["AccessionNumber"] == MARKERS["AccessionNumber"]
+        assert tags["SeriesInstanceUID"] != original.SeriesInstanceUID
+        assert tags["SOPInstanceUID"] != original.SOPInstanceUID
+
+    sr_file = tmp_path / "sr.dcm"
+    sr_file.write_bytes(orthanc.get(f"/instances/{sr_tags['ID']}/file", raw=True))
+    dump = dcmtk("dsrdump", "-v", str(sr_file))
+    assert dump.returncode == 0 and "Error" not in dump.stderr and "Warning" not in dump.stderr, dump.stderr
+    assert dump.stdout.count('"Finding")=') == len(LABELS)
+    assert "Not for diagnostic use without" in pydicom.dcmread(sr_file).ContentSequence[2].TextValue
+    sr = pydicom.dcmread(sr_file)
+    assert sr.PatientName == MARKERS["PatientName"]
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == original.StudyInstanceUID
+    ref = evidence.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == original.SeriesInstanceUID
+    assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
+    sc = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{sc_tags['ID']}/file", raw=True)))
+    assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.ndim == 3
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
+
+    assert [r[0] for r in db_rows(d.state_dir, select(Instance.state))] == ["reported"]
+    assert [(r.state, r.attempts) for r in db_rows(d.state_dir, select(Result))] == [("sent", 1)]
+    events = db_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.actor, AuditEvent.details))
+    assert ("reid.lookup", "cxrd:results") in {(e, a) for e, a, _ in events}
+    sent = [json.loads(det) for e, _, det in events if e == "result.sent"]
+    assert len(sent) == 1 and sorted(sent[0]["objects"]) == ["heatmap", "sr"]
+    # `cxrd predictions` finds the study by the ORIGINAL UID (keyed mapping) and by its pseudonym.
+    by_original = json.loads(d.cli("predictions", "--study", original.StudyInstanceUID, "--format", "json",
+                                   check=True).stdout)
+    assert len(by_original) == 1 and set(by_original[0]["probabilities"]) == set(LABELS)
+    pseudo = by_original[0]["study_uid"]
+    assert pseudo.startswith("2.25.") and pseudo != original.StudyInstanceUID
+    assert json.loads(d.cli("predictions", "--study", pseudo, "--format", "json", check=True).stdout) == by_original
+    table = list(csv.DictReader(io.StringIO(d.cli("predictions", "--format", "csv", check=True).stdout)))
+    assert len(table) == 1 and float(table[0]["Atelectasis"]) == by_original[0]["probabilities"]["Atelectasis"]
+    assert d.cli("predictions", "--since", "2999-01-01", "--format", "json", check=True).stdout.strip() == "[]"
+    unknown = "1.2.826.0.1.3680043.2.1125.999999"  # an original UID we never received: audited as its pseudonym
+    assert json.loads(d.cli("predictions", "--study", unknown, "--format", "json", check=True).stdout) == []
+    listing = d.cli("predictions", check=True).stdout
+    assert pseudo in listing and by_original[0]["instance_uid"] in listing and "positive:" in listing
+    bad = d.cli("predictions", "--since", "yesterday-ish")
+    assert bad.returncode != 0 and "ISO 8601" in bad.stderr and "Traceback" not in bad.stderr
+    queries = db_rows(d.state_dir, select(AuditEvent.study_uid).where(AuditEvent.event_type == "predictions.query"))
+    assert len(queries) == 6 and queries[0][0] == pseudo
+    assert unknown not in json.dumps([tuple(q) for q in queries]) and queries[4][0].startswith("2.25.")
+    # No PHI in the daemon's log or the audit trail: pseudonyms only.
+    events = db_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.actor, AuditEvent.details))
+    text = d.log_text() + json.dumps([tuple(e) for e in events])
+    for secret in (*MARKERS.values(), original.StudyInstanceUID, original.SOPInstanceUID):
+        assert secret not in text
+    print(f"push -> SR+heatmap in Orthanc: {took:.1f}s")
+
+
+@pytest.mark.slow
+def test_destination_down_parks_result_failed_then_retry_sends_it(orthanc, daemon_factory, shared_data, tmp_path):
+    orthanc.stop()  # the PACS is down when the result is ready
+    d = started_daemon(daemon_factory, results_env(orthanc, CXRD_RESULTS__RETRY_BASE_S="0.2",
+                                                   CXRD_RESULTS__MAX_ATTEMPTS="3"))
+    files = copy_with_new_uids(shared_data / SRC, tmp_path / "in", 2, markers=MARKERS)
+    original = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert storescu(d.dicom_port, *files)[1] == ["Success"] * 2
+
+    def result_row():  # noqa: ANN202
+        rows = db_rows(d.state_dir, select(Result.state, Result.attempts, Result.last_error))
+        return rows[0] if rows and rows[0].state == "failed" else None
+    row = wait_for(result_row)
+    assert row.attempts == 3 and "not reachable" in row.last_error
+    time.sleep(1.0)  # parked means parked: no further attempts
+    assert db_rows(d.state_dir, select(Result.attempts))[0][0] == 3
+    failed = [json.loads(det) for (det,) in db_rows(
+        d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "result.failed"))]
+    assert [f["final"] for f in failed] == [False, False, True]
+    status = json.loads(d.cli("status", "--format", "json", check=True).stdout)
+    assert status["results"] == {"failed": 1}
+    assert {r[0] for r in db_rows(d.state_dir, select(Instance.state))} == {"predicted"}
+
+    orthanc.start()
+    retry = d.cli("results", "retry", "--format", "json", check=True)
+    assert json.loads(retry.stdout) == {"requeued": 1}
+    wait_for(lambda: db_rows(d.state_dir, select(Result.state))[0][0] == "sent")
+    [sr] = wait_for(lambda: orthanc.study_instances(original.StudyInstanceUID))
+    assert sr["Modality"] == "SR" and sr["StudyInstanceUID"] == original.StudyInstanceUID
+    assert {r[0] for r in db_rows(d.state_dir, select(Instance.state))} == {"reported"}
+
+    assert original.StudyInstanceUID not in d.log_text()
