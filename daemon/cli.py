@@ -15,6 +15,7 @@ from typing import Sequence
 
 from config import ConfigError, load_settings
 from daemon import logs
+from daemon.cliargs import config_parent
 from daemon.errors import CommandError
 from daemon.runtime import Runtime
 
@@ -27,6 +28,7 @@ COMMAND_MODULES = [
     "daemon.cmd_retrain",     # retrain now / list runs
     "daemon.cmd_purge",       # purge expired images (crypto-shredding)
     "daemon.cmd_backup",      # backup / restore
+    "daemon.cmd_labels",      # labels import / export
     "daemon.cmd_predictions", # predictions; results list / retry
 ]
 
@@ -34,9 +36,7 @@ log = logging.getLogger("cxrd.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="TOML settings file (default: embedded defaults + CXRD_* environment)")
+    common = config_parent()
     parser = argparse.ArgumentParser(
         prog="cxrd", parents=[common],
         description="Chest X-ray AI gateway: DICOM in, de-identified and encrypted at rest, "

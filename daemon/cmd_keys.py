@@ -12,6 +12,7 @@ import json
 import sys
 
 from daemon.errors import CommandError
+from daemon.cliargs import config_parent
 from daemon.runtime import Runtime
 from storage import audit
 from storage.errors import KeyringError
@@ -20,7 +21,7 @@ from storage.errors import KeyringError
 def register(sub) -> None:  # noqa: ANN001
     p = sub.add_parser("keys", help="list, rotate or retire key-encryption keys (KEKs)")
     actions = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    common = _common()
+    common = config_parent()
     a = actions.add_parser("list", parents=[common], help="KEKs, which is primary, how many objects each wraps")
     a.add_argument("--format", choices=("table", "json"), default="table")
     a.set_defaults(func=run_list)
@@ -38,19 +39,6 @@ def register(sub) -> None:  # noqa: ANN001
     a.add_argument("kek_id", metavar="KEK_ID")
     a.add_argument("--format", choices=("table", "json"), default="table")
     a.set_defaults(func=run_retire)
-
-
-def _common() -> argparse.ArgumentParser:
-    """Nested actions accept `--config` after the action name too."""
-    c = argparse.ArgumentParser(add_help=False)
-    c.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="TOML settings file")
-    return c
-
-
-def _audit(rt: Runtime, event_type: str, outcome: int = 0, **details) -> None:  # noqa: ANN003
-    with rt.sessions.begin() as s:
-        audit.append(s, rt.keys.audit_key, event_type=event_type, outcome=outcome, actor=rt.actor,
-                     host=rt.hostname, details=details)
 
 
 def _emit(args: argparse.Namespace, payload: dict, line: str) -> None:
@@ -91,7 +79,7 @@ def run_rotate(args: argparse.Namespace, rt: Runtime) -> int:
     old = keyring.primary_id
     new = keyring.rotate()
     count, failed = _rewrap(rt, new)
-    _audit(rt, "keys.rotated", 0 if not failed else 8, old_primary=old, new_primary=new,
+    rt.audit("keys.rotated", outcome=0 if not failed else 8, old_primary=old, new_primary=new,
            rewrapped=count, failed=len(failed))
     _emit(args, {"old_primary": old, "new_primary": new, "rewrapped": count, "failed": failed},
           f"cxrd: new primary KEK {new} (was {old}); re-wrapped {count} object(s)")
@@ -104,7 +92,7 @@ def run_rotate(args: argparse.Namespace, rt: Runtime) -> int:
 def run_rewrap(args: argparse.Namespace, rt: Runtime) -> int:
     target = rt.keys.keyring.primary_id
     count, failed = _rewrap(rt, target)
-    _audit(rt, "keys.rotated", 0 if not failed else 8, primary=target, rewrapped=count,
+    rt.audit("keys.rotated", outcome=0 if not failed else 8, primary=target, rewrapped=count,
            failed=len(failed), rewrap_only=True)
     _emit(args, {"primary": target, "rewrapped": count, "failed": failed},
           f"cxrd: re-wrapped {count} object(s) under KEK {target}")
@@ -118,9 +106,9 @@ def run_retire(args: argparse.Namespace, rt: Runtime) -> int:
     try:
         rt.keys.keyring.retire(args.kek_id, in_use)
     except KeyringError as exc:
-        _audit(rt, "keys.retired", 4, kek=args.kek_id, refused=str(exc))
+        rt.audit("keys.retired", outcome=4, kek=args.kek_id, refused=str(exc))
         raise CommandError(str(exc)) from None
-    _audit(rt, "keys.retired", 0, kek=args.kek_id)
+    rt.audit("keys.retired", outcome=0, kek=args.kek_id)
     _emit(args, {"retired": args.kek_id}, f"cxrd: KEK {args.kek_id} retired and shredded")
     return 0
 
