@@ -1,7 +1,7 @@
 """`cxrd purge [--dry-run]`: crypto-shred images older than `storage.retention_days`, audited.
 
 The daemon runs the same `storage.retention.purge_expired` daily; this command lets an operator see
-what is due (`--dry-run`) or run it now. Audit rows are never purged (see docs/compliance.md).
+what is due (`--dry-run`) or run it now. Audit rows are never purged (see the README's Compliance section).
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ class Runtime:
     def actor(self) -> str:
         """Who is running this command, for audit rows (OS user, never a patient).
 
-        Under sudo (or `systemd-run -E SUDO_USER`, as docs/compliance.md does) the person who asked is
+        Under sudo (or `systemd-run -E SUDO_USER`, as the README's Compliance section does) the person who asked is
         named first: `os:alice(as:cxrd)`, so `--actor 'os:alice*'` finds their actions.
         """
         try:

@@ -1,4 +1,4 @@
-"""The compliance walk-through of docs/compliance.md, run command by command against a real state dir.
+"""The compliance walk-through of the README's Compliance section, run command by command against a real state dir.
 
 The commands are read out of the document itself, so the doc and the behaviour cannot drift apart.
 """
@@ -20,21 +20,22 @@ from daemon.runtime import Runtime
 from storage import audit, audit_export
 from storage.deid import pseudonymize_uid
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "compliance.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 PSEUDO_STUDY = "2.25.314159265358979323846264338327950288"
 ORIGINAL_STUDY = "1.2.826.0.1.3680043.8.498.1234567"
 
 
 def doc_commands() -> list[str]:
     """Every `cxrd ...` line inside a fenced code block of the Compliance section."""
-    blocks = re.findall(r"```sh\n(.*?)```", DOC.read_text(), flags=re.S)
+    section = README.read_text().split("\n## Compliance\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
     return [line.strip() for b in blocks for line in b.splitlines() if line.strip().startswith("cxrd ")]
 
 
 def step(fragment: str) -> list[str]:
     """The one documented command containing `fragment`, as argv (without the leading `cxrd`)."""
     found = [c for c in doc_commands() if fragment in c]
-    assert len(found) == 1, f"docs/compliance.md should show exactly one command with {fragment!r}: {found}"
+    assert len(found) == 1, f"README's Compliance section should show exactly one command with {fragment!r}: {found}"
     return shlex.split(found[0])[1:]
 
 
