@@ -26,17 +26,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import NIH_DICOM as SRC, REPO, free_port, make_files, push as push_as
+
 sys.path.insert(0, str(REPO))
-DATA = (REPO / ".." / "shared" / "data").resolve()
-SRC = DATA / "dicom" / "derived" / "nih_00000001_000_explicit-vr-le.dcm"
 CXRD = str(Path(sys.executable).with_name("cxrd"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str):  # noqa: ANN001, ANN201
@@ -49,27 +42,8 @@ def wait_until(predicate, timeout: float, what: str):  # noqa: ANN001, ANN201
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def make_files(out: Path, n: int, prefix: str) -> list[Path]:
-    import pydicom
-    from pydicom.uid import generate_uid
-    out.mkdir(parents=True, exist_ok=True)
-    ds = pydicom.dcmread(SRC)
-    study = generate_uid()
-    paths = []
-    for i in range(n):
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, generate_uid(), generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        p = out / f"{prefix}{i:05d}.dcm"
-        ds.save_as(p, enforce_file_format=True)
-        paths.append(p)
-    return paths
-
-
 def push(port: int, files: list[Path]) -> None:
-    r = subprocess.run(["storescu", "-aec", "CXRD", "127.0.0.1", str(port), *map(str, files)],
-                       env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True)
-    if r.returncode != 0 or "Store Failed" in r.stderr:
-        raise SystemExit(f"storescu failed: {r.stderr[-400:]}")
+    push_as(port, "CXRD", files)
 
 
 def bare_forward(models_dir: Path, backend: str, threads: int, batch_size: int, repeats: int = 3) -> float:
@@ -144,15 +118,15 @@ def main() -> None:
         subprocess.run([CXRD, "init"], env=env, check=True, capture_output=True)
         version = Registry(state / "models").add(build_model(seed=0), promote=True)
         bare = bare_forward(state / "models", args.backend, args.threads, args.batch_size)
-        idle_files = make_files(work / "idle", args.idle, "idle")
-        burst_files = make_files(work / "burst", args.n, "burst")
+        idle_files = make_files(SRC, work / "idle", args.idle, "idle")
+        burst_files = make_files(SRC, work / "burst", args.n, "burst")
 
         log = open(work / "serve.log", "wb")
         proc = subprocess.Popen([CXRD, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: _port_open(port) or proc.poll() is not None, 120, "the DICOM port")
         # Warm the worker (model load, first forward) with one image so the idle samples are idle, not cold.
         t = datetime.now(timezone.utc)
-        push(port, make_files(work / "warm", 1, "warm"))
+        push(port, make_files(SRC, work / "warm", 1, "warm"))
         wait_until(lambda: latencies(db_url, t)[2] == 1, 300, "the warm-up prediction")
 
         idle = []

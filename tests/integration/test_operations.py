@@ -1,15 +1,13 @@
 """What hospital IT sees: systemd notifications, health, readiness and Prometheus metrics."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
 
-from conftest import CXRD, free_port, storescu
+from conftest import storescu
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
