@@ -117,11 +117,19 @@ class Daemon:
                               timeout=timeout, check=check)
 
     def start(self, timeout: float = 60.0) -> "Daemon":
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([CXRD, "serve"], env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
-        dicom_off = self.env.get("CXRD_DICOM__ENABLED") == "false"  # worker-only: wait for HTTP instead
-        wait_for_port(self.http_port if dicom_off else self.dicom_port, timeout, self.proc)
+        # Wait for the line `serve` prints once its ports are bound (READY), rather than probing the
+        # DICOM port: a probe connection would occupy an association slot until the ACSE timeout.
+        deadline = time.monotonic() + timeout
+        while "cxrd: DICOM " not in self.log_text(since_start=True):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cxrd serve exited with {self.proc.returncode}: {self.log_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cxrd serve not ready within {timeout}s")
+            time.sleep(0.05)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
@@ -138,8 +146,11 @@ class Daemon:
         self._log.close()
         return rc
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def log_text(self, since_start: bool = False) -> str:
+        if not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace")
+        return text[getattr(self, "_log_offset", 0):] if since_start else text
 
 
 @pytest.fixture()
