@@ -244,3 +244,34 @@ def test_planted_identifiers_appear_in_no_file_row_or_log_line(daemon_factory, s
             for row in c.execute(text(f"SELECT * FROM {table}")):
                 flat = repr(tuple(row)).encode()
                 assert marker.encode() not in flat and not any(u.encode() in flat for u in originals)
+
+
+def test_sigterm_mid_push_finishes_in_flight_work_and_exits_0_within_the_bound(daemon_factory, shared_data, tmp_path):
+    files = copy_with_new_uids(shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm", tmp_path / "term", 40)
+    d = daemon_factory().start()
+    proc = subprocess.Popen(["storescu", "-v", "-aec", "CXRD", "127.0.0.1", str(d.dicom_port), *map(str, files)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TCP_NODELAY": "1"})
+    acked, sending = [], None
+    assert proc.stdout is not None
+    t_term = None
+    for line in proc.stdout:
+        if "Sending file:" in line:
+            sending = line.split("Sending file:")[1].strip()
+        if "Received Store Response (Success)" in line:
+            acked.append(sending)
+            if len(acked) == 5 and t_term is None:
+                d.proc.send_signal(signal.SIGTERM)
+                t_term = time.monotonic()
+    proc.wait()
+    rc = d.proc.wait(60)
+    assert rc == 0 and time.monotonic() - t_term < 45  # drain bound 20 s, plus stopping the stages
+    d.proc = None
+    d._log.close()
+    engine, keys, vault = state(d)
+    with engine.connect() as c:
+        stored = {r[0]: r[1] for r in c.execute(select(Instance.sop_instance_uid, Instance.vault_object))}
+    for path in acked:
+        pseudo = pseudonymize_uid(keys.uid_key, str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+        assert pseudo in stored and vault.get(stored[pseudo])
+    assert "event=service.stopped" in d.log_text()
