@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # database, vault, keys, models and exports: readable by the service user only
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -12,6 +12,9 @@ set -eu
 
 PREFIX=/opt/cxrd
 START=yes
+# The distribution's Python: the service user must be able to run it (a pyenv build under /root is
+# not), and `apt-get install python3-venv` provides venv where it is missing.
+PYTHON=${PYTHON:-/usr/bin/python3}
 while [ $# -gt 0 ]; do
     case "$1" in
         --no-start) START=no ;;
@@ -34,7 +37,12 @@ rm -rf "$PREFIX/src.new"
 mkdir "$PREFIX/src.new"
 (cd "$SRC" && tar --exclude=.venv --exclude=.git --exclude=var --exclude='__pycache__' -cf - .) | tar -C "$PREFIX/src.new" -xf -
 rm -rf "$PREFIX/src" && mv "$PREFIX/src.new" "$PREFIX/src"
-[ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || { echo "install.sh: $PYTHON cannot create virtual environments (apt-get install python3-venv)" >&2; exit 1; }
+home=$(dirname "$(readlink -f "$PYTHON")")
+if [ -f "$PREFIX/venv/pyvenv.cfg" ] && ! grep -qx "home = $home" "$PREFIX/venv/pyvenv.cfg"; then
+    rm -rf "$PREFIX/venv"   # built with another Python: rebuild
+fi
+[ -x "$PREFIX/venv/bin/python" ] || "$PYTHON" -m venv "$PREFIX/venv"
 "$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check "$PREFIX/src"
 
 # 3. configuration and master key (kept if present)
