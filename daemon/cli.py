@@ -22,6 +22,7 @@ from daemon.runtime import Runtime
 # Modules that add sub-commands, in the order `cxrd --help` lists them.
 COMMAND_MODULES = [
     "daemon.cmd_service",     # init, serve, check-config, status
+    "daemon.cmd_model",       # predict; model list / import / promote / rollback
     "daemon.cmd_audit",       # audit verify / query / export
     "daemon.cmd_reidentify",  # reidentify (break glass)
     "daemon.cmd_keys",        # keys list / rotate / rewrap / retire
@@ -29,6 +30,7 @@ COMMAND_MODULES = [
     "daemon.cmd_purge",       # purge expired images (crypto-shredding)
     "daemon.cmd_backup",      # backup / restore
     "daemon.cmd_labels",      # labels import / export
+    "daemon.cmd_train",       # train / evaluate
     "daemon.cmd_predictions", # predictions; results list / retry
 ]
 
