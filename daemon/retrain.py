@@ -31,6 +31,7 @@ from cxrmodel.train import load_trained
 from daemon.logs import event
 from daemon.runtime import Runtime
 from storage import audit
+from storage.keys import derive_key, read_master_key
 from storage.models import RetrainRun, utcnow
 
 log = logging.getLogger("cxrd.retrain")
@@ -148,14 +149,18 @@ def _current(rt: Runtime):  # noqa: ANN202 - LoadedModel | None
 def train_in_child(rt: Runtime, data: Path, out: Path, init: Path | None) -> dict[str, Any]:
     """`python -m cxrmodel.train` with a thread cap and niceness; raises ModelError on failure."""
     s = rt.settings.retrain
+    # Features of images seen in earlier runs are reused (same backbone: frozen mode starts from the
+    # current model); the cache is sealed with a key handed to the child on stdin, never on disk.
+    cache_key = derive_key(read_master_key(rt.key_file), "feature-cache")
     cmd = [sys.executable, "-m", "cxrmodel.train", "--data", str(data), "--out", str(out),
            "--mode", s.mode, "--epochs", str(s.epochs), "--size", str(s.size), "--views", str(s.views),
-           "--threads", str(s.threads), "--n-boot", "200", "--quiet"]
+           "--threads", str(s.threads), "--n-boot", "200", "--quiet",
+           "--cache-dir", str(rt.state_dir / "cache" / "features"), "--cache-key-file", "/dev/stdin"]
     if init is not None:
         cmd += ["--init", str(init)]
     env = {**os.environ, "OMP_NUM_THREADS": str(s.threads), "MKL_NUM_THREADS": str(s.threads)}
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+    proc = subprocess.run(cmd, env=env, input=cache_key.hex(), capture_output=True, text=True,
                           preexec_fn=lambda: os.nice(s.nice), timeout=s.timeout_minutes * 60)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
