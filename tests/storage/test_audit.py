@@ -13,14 +13,6 @@ from storage.models import AuditEvent
 KEY = b"\x07" * 32
 
 
-@pytest.fixture
-def engine(tmp_path):
-    eng = db.engine_from_url(f"sqlite:///{tmp_path / 'cxrd.db'}")
-    db.migrate(eng)
-    yield eng
-    eng.dispose()
-
-
 def _fill(engine, n: int = 10) -> None:
     sessions = db.sessions(engine)
     for i in range(n):

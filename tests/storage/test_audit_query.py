@@ -14,14 +14,6 @@ T0 = datetime(2026, 10, 14, 9, 30, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def engine(tmp_path):
-    eng = db.engine_from_url(f"sqlite:///{tmp_path / 'cxrd.db'}")
-    db.migrate(eng)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
 def utc_tz(monkeypatch):
     """Pin the local time zone so 'local time' assertions are exact."""
     monkeypatch.setenv("TZ", "Europe/Berlin")
