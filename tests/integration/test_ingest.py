@@ -173,9 +173,9 @@ def _closed_by_peer_within(s: socket.socket, seconds: float) -> bool:
     return False
 
 
-def test_kill9_loses_no_acknowledged_instance(daemon_factory, shared_data, tmp_path):
-    files = copy_with_new_uids(shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm", tmp_path / "push", 60)
-    d = daemon_factory().start()
+def push_and_interrupt(d, files: list, after_acks: int, sig: int) -> list[str]:  # noqa: ANN001
+    """Push with storescu, send `sig` to the daemon after `after_acks` acknowledgements; return the
+    files the daemon acknowledged (what the PACS may now forget)."""
     proc = subprocess.Popen(["storescu", "-v", "-aec", "CXRD", "127.0.0.1", str(d.dicom_port), *map(str, files)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "TCP_NODELAY": "1"})
@@ -187,11 +187,19 @@ def test_kill9_loses_no_acknowledged_instance(daemon_factory, shared_data, tmp_p
             sending = line.split("Sending file:")[1].strip()
         if "Received Store Response (Success)" in line:
             acked.append(sending)
-            if len(acked) == 25:
-                d.proc.send_signal(signal.SIGKILL)
-                break
+            if len(acked) == after_acks:
+                d.proc.send_signal(sig)
+                if sig == signal.SIGKILL:
+                    break
     proc.kill()
     proc.wait()
+    return acked
+
+
+def test_kill9_loses_no_acknowledged_instance(daemon_factory, shared_data, tmp_path):
+    files = copy_with_new_uids(shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm", tmp_path / "push", 60)
+    d = daemon_factory().start()
+    acked = push_and_interrupt(d, files, 25, signal.SIGKILL)
     d.proc.wait()
     d.proc = None
     d._log.close()
@@ -249,21 +257,8 @@ def test_planted_identifiers_appear_in_no_file_row_or_log_line(daemon_factory, s
 def test_sigterm_mid_push_finishes_in_flight_work_and_exits_0_within_the_bound(daemon_factory, shared_data, tmp_path):
     files = copy_with_new_uids(shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm", tmp_path / "term", 40)
     d = daemon_factory().start()
-    proc = subprocess.Popen(["storescu", "-v", "-aec", "CXRD", "127.0.0.1", str(d.dicom_port), *map(str, files)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TCP_NODELAY": "1"})
-    acked, sending = [], None
-    assert proc.stdout is not None
-    t_term = None
-    for line in proc.stdout:
-        if "Sending file:" in line:
-            sending = line.split("Sending file:")[1].strip()
-        if "Received Store Response (Success)" in line:
-            acked.append(sending)
-            if len(acked) == 5 and t_term is None:
-                d.proc.send_signal(signal.SIGTERM)
-                t_term = time.monotonic()
-    proc.wait()
+    t_term = time.monotonic()
+    acked = push_and_interrupt(d, files, 5, signal.SIGTERM)
     rc = d.proc.wait(60)
     assert rc == 0 and time.monotonic() - t_term < 45  # drain bound 20 s, plus stopping the stages
     d.proc = None
