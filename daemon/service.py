@@ -116,7 +116,8 @@ class Service:
         if s.model.workers > 0:
             stages.append(Worker(
                 sessions=rt.sessions, vault=vault, keys=rt.keys, registry=rt.registry,
-                engine_settings=EngineSettings(backend=s.model.backend, threads=s.model.threads,
+                engine_settings=EngineSettings(backend=s.model.backend,
+                                               threads=s.model.threads or max(1, (os.cpu_count() or 2) - 1),
                                                batch_size=s.model.batch_size,
                                                max_batch_wait_ms=s.model.max_batch_wait_ms),
                 results_enabled=s.results.enabled, audit_host=rt.hostname,

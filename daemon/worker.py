@@ -7,8 +7,9 @@ host and its process is gone, otherwise after `LEASE_S`). On PostgreSQL the clai
 SQLite the write lock taken by BEGIN IMMEDIATE serialises claimers. Predictions are unique per
 (instance, model version, label), so a batch replayed after a crash never writes twice.
 
-Decoding and preprocessing run in their own thread ahead of inference, so the forward pass (the
-bottleneck) never waits on vault reads, JPEG 2000 decoding or resizing.
+Three threads form a pipeline: claim + decrypt + decode + preprocess, then the forward pass (the
+bottleneck), then the database writes, so the forward pass never waits on vault reads, JPEG 2000
+decoding, resizing or commits.
 """
 from __future__ import annotations
 
@@ -132,6 +133,7 @@ class Worker:
         self.observe = observe or (lambda latency_s, n: None)
         self._stop = threading.Event()
         self._ready: queue.Queue[list[Prepared] | None] = queue.Queue(maxsize=2)
+        self._done: queue.Queue[tuple] = queue.Queue(maxsize=2)
         self._threads: list[threading.Thread] = []
         self._model: LoadedModel | None = None
         self._engine: Engine | None = None
@@ -145,7 +147,8 @@ class Worker:
         if released:
             event(log, "worker.reclaimed", jobs=released)
         self._threads = [threading.Thread(target=self._guard(self._prepare_loop), name="cxrd-prepare", daemon=True),
-                         threading.Thread(target=self._guard(self._infer_loop), name="cxrd-infer", daemon=True)]
+                         threading.Thread(target=self._guard(self._infer_loop), name="cxrd-infer", daemon=True),
+                         threading.Thread(target=self._guard(self._record_loop), name="cxrd-record", daemon=True)]
         for t in self._threads:
             t.start()
 
@@ -246,7 +249,17 @@ class Worker:
             model, engine = self._model, self._engine
             good = [p for p in batch if p.tensor is not None]
             probs = engine.predict(torch.stack([p.tensor for p in good])) if good else []
-            self._record(model, good, probs, [p for p in batch if p.tensor is None])
+            self._done.put((model, good, probs, [p for p in batch if p.tensor is None]))
+
+    def _record_loop(self) -> None:
+        """Database writes of one batch overlap the next batch's forward pass."""
+        while not self._stop.is_set() or not self._done.empty() or any(
+                t.is_alive() for t in self._threads if t.name == "cxrd-infer"):
+            try:
+                item = self._done.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self._record(*item)
 
     def _record(self, model: LoadedModel, good: list[Prepared], probs, bad: list[Prepared]) -> None:  # noqa: ANN001
         version = model.version
