@@ -14,14 +14,9 @@ from typing import Any
 
 from cxrmodel.errors import ModelError
 from cxrmodel.labels import LABELS
+from daemon.cliargs import config_parent
 from daemon.errors import CommandError
 from daemon.runtime import Runtime
-
-
-def _common() -> argparse.ArgumentParser:
-    c = argparse.ArgumentParser(add_help=False)
-    c.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="TOML settings file")
-    return c
 
 
 def register(sub) -> None:  # noqa: ANN001
@@ -36,18 +31,18 @@ def register(sub) -> None:  # noqa: ANN001
     m = sub.add_parser("model", help="list, import, promote and roll back model versions")
     actions = m.add_subparsers(dest="model_command", metavar="ACTION", required=True)
 
-    a = actions.add_parser("list", parents=[_common()], help="model versions, the current one marked")
+    a = actions.add_parser("list", parents=[config_parent()], help="model versions, the current one marked")
     a.add_argument("--format", choices=("table", "json"), default="table")
     a.set_defaults(func=run_list)
 
-    a = actions.add_parser("promote", parents=[_common()], help="make VERSION the model used for new images")
+    a = actions.add_parser("promote", parents=[config_parent()], help="make VERSION the model used for new images")
     a.add_argument("version", metavar="VERSION")
     a.set_defaults(func=run_promote)
 
-    a = actions.add_parser("rollback", parents=[_common()], help="return to the model that was current before")
+    a = actions.add_parser("rollback", parents=[config_parent()], help="return to the model that was current before")
     a.set_defaults(func=run_rollback)
 
-    a = actions.add_parser("import", parents=[_common()], help="add a model from a local weights file")
+    a = actions.add_parser("import", parents=[config_parent()], help="add a model from a local weights file")
     a.add_argument("file", metavar="FILE", help="weights file (state dict)")
     a.add_argument("--format", dest="weights_format", required=True,
                    choices=("torchvision", "chexnet", "torchxrayvision"),
@@ -64,22 +59,10 @@ def register(sub) -> None:  # noqa: ANN001
     a.set_defaults(func=run_import)
 
 
-def _registry(rt: Runtime):  # noqa: ANN202 - cxrmodel.registry.Registry
-    from cxrmodel.registry import Registry
-    return Registry(rt.models_dir)
-
-
-def _audit(rt: Runtime, event: str, **details: Any) -> None:
-    """Audit hook for registry changes; a no-op until the runtime has an `audit` callable."""
-    hook = getattr(rt, "audit", None)
-    if callable(hook):
-        hook(event, **details)
-
-
 def run_predict(args: argparse.Namespace, rt: Runtime) -> int:
     from cxrmodel.preprocess import preprocess
 
-    reg = _registry(rt)
+    reg = rt.registry
     try:
         loaded = reg.load(args.model)
     except ModelError as exc:
@@ -123,7 +106,7 @@ def run_predict(args: argparse.Namespace, rt: Runtime) -> int:
 
 
 def run_list(args: argparse.Namespace, rt: Runtime) -> int:
-    infos = _registry(rt).list()
+    infos = rt.registry.list()
     if args.format == "json":
         json.dump([i.to_dict() for i in infos], sys.stdout, indent=2)
         print()
@@ -140,19 +123,19 @@ def run_list(args: argparse.Namespace, rt: Runtime) -> int:
 
 
 def run_promote(args: argparse.Namespace, rt: Runtime) -> int:
-    reg = _registry(rt)
+    reg = rt.registry
     reg.load(args.version)  # refuse to promote a version whose weights fail verification
     previous = reg.promote(args.version)
-    _audit(rt, "model.promoted", version=args.version, previous=previous)
+    rt.audit("model.promoted", version=args.version, previous=previous)
     print(f"current model: {args.version}" + (f" (was {previous})" if previous and previous != args.version else ""))
     return 0
 
 
 def run_rollback(args: argparse.Namespace, rt: Runtime) -> int:
-    reg = _registry(rt)
+    reg = rt.registry
     before = reg.current()
     version = reg.rollback()
-    _audit(rt, "model.rollback", version=version, previous=before.version if before else None)
+    rt.audit("model.rollback", version=version, previous=before.version if before else None)
     print(f"current model: {version}" + (f" (was {before.version})" if before else ""))
     return 0
 
@@ -169,14 +152,14 @@ def run_import(args: argparse.Namespace, rt: Runtime) -> int:
     elif args.labels or args.allow_pickle:
         raise CommandError("--labels and --allow-pickle do not apply to --format torchvision")
     imported = import_file(Path(args.file), args.weights_format, **kwargs)
-    reg = _registry(rt)
+    reg = rt.registry
     rt.ensure_state_dir()
     before = reg.current()
     version = reg.add(imported, version=args.version, promote=args.promote)
-    _audit(rt, "model.imported", version=version, format=args.weights_format,
+    rt.audit("model.imported", version=version, format=args.weights_format,
            sha256=imported.source.get("sha256"), promoted=bool(args.promote))
     if args.promote:
-        _audit(rt, "model.promoted", version=version, previous=before.version if before else None)
+        rt.audit("model.promoted", version=version, previous=before.version if before else None)
     if args.out_format == "json":
         json.dump({"version": version, "promoted": bool(args.promote), "source": imported.source}, sys.stdout, indent=2)
         print()

@@ -82,11 +82,10 @@ def run_train(args: argparse.Namespace, rt: Runtime) -> int:
     from cxrmodel import train as T
     from cxrmodel.chestxray14 import read_dataset
     from cxrmodel.errors import NoModelError
-    from cxrmodel.registry import Registry
 
     T.apply_recipe(args)
     args.threads = _threads(args, rt)
-    registry = Registry(rt.models_dir)
+    registry = rt.registry
     rt.ensure_state_dir()
     if args.from_current:
         current = registry.load()
@@ -181,10 +180,9 @@ def run_evaluate(args: argparse.Namespace, rt: Runtime) -> int:
 
     from cxrmodel import evaluate as E
     from cxrmodel.chestxray14 import read_dataset
-    from cxrmodel.registry import Registry
 
     torch.set_num_threads(_threads(args, rt))
-    loaded = Registry(rt.models_dir).load(args.model)
+    loaded = rt.registry.load(args.model)
     data = read_dataset(args.data)
     entries = data.entries if args.split == "all" else data.splits[args.split]
     if not entries:

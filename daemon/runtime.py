@@ -100,14 +100,15 @@ class Runtime:
         return Vault(self.vault_dir, self.keys.keyring)
 
     def audit(self, event_type: str, *, outcome: int = 0, study_uid: str = "", object_uid: str = "",
-              **details) -> None:  # noqa: ANN003
-        """Append one audit row for an action of the person running this command, in its own
-        transaction (commands that change models, keys or state call this)."""
+              actor: str | None = None, host: str | None = None, **details) -> None:  # noqa: ANN003
+        """Append one audit row in its own transaction; the actor is the person running this command
+        unless another (a calling AE title) is named."""
         from storage import audit
         with self.sessions() as session, session.begin():
             audit.append(session, self.keys.audit_key, event_type=event_type, outcome=outcome,
-                         actor=self.actor, host=self.hostname, study_uid=study_uid, object_uid=object_uid,
-                         details=details)
+                         actor=self.actor if actor is None else actor,
+                         host=self.hostname if host is None else host,
+                         study_uid=study_uid, object_uid=object_uid, details=details)
 
     @functools.cached_property
     def registry(self):  # noqa: ANN201 - cxrmodel.registry.Registry

@@ -26,7 +26,7 @@ from daemon import retrain
 from daemon.runtime import Runtime
 from daemon.scheduler import RetrainScheduler
 from daemon.worker import EngineSettings, Worker
-from storage import audit, db
+from storage import db
 from storage.deid import DeidOptions
 from storage.vault import Vault
 
@@ -167,19 +167,14 @@ class Service:
     def _on_reject(self, calling_aet: str, host: str, reason: str) -> None:
         self.metrics.associations.labels("rejected").inc()
         event(log, "association.refused", logging.WARNING, calling_aet=calling_aet, host=host, reason=reason)
-        try:
-            with self.rt.sessions() as session, session.begin():
-                audit.append(session, self.rt.keys.audit_key, event_type="association.rejected", outcome=4,
-                             actor=f"aet:{calling_aet}" if calling_aet else "", host=host,
-                             details={"reason": reason})
-        except Exception as exc:  # the refusal itself must not fail because the audit could not be written
-            log.error("audit.write_failed", exc_info=exc)
+        self._audit_service("association.rejected", outcome=4, actor=f"aet:{calling_aet}" if calling_aet else "",
+                            host=host, reason=reason)
 
-    def _audit_service(self, event_type: str, *, actor: str = "", host: str = "", **details) -> None:  # noqa: ANN003
+    def _audit_service(self, event_type: str, **fields) -> None:  # noqa: ANN003
+        """Audit from a network or lifecycle callback: a failed audit write is logged, never raised
+        (a refusal or a stop must not fail because the audit row could not be written)."""
         try:
-            with self.rt.sessions() as session, session.begin():
-                audit.append(session, self.rt.keys.audit_key, event_type=event_type,
-                             actor=actor or self.rt.actor, host=host or self.rt.hostname, details=details)
+            self.rt.audit(event_type, **fields)
         except Exception as exc:
             log.error("audit.write_failed", exc_info=exc)
 

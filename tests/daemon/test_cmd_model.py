@@ -127,19 +127,3 @@ def test_bad_weights_file_is_refused(cxrd, tmp_path):
     junk.write_bytes(b"no weights here")
     code, _, err = cxrd("model", "import", str(junk), "--format", "torchxrayvision")
     assert code == 1 and "junk.pth" in err and err.count("\n") == 1
-
-
-def test_audit_hook_calls_runtime_audit_when_wired():
-    from daemon.cmd_model import _audit
-
-    class Rt:
-        def __init__(self):
-            self.events = []
-
-        def audit(self, event, **details):
-            self.events.append((event, details))
-
-    rt = Rt()
-    _audit(rt, "model.promote", version="v2", previous="v1")
-    assert rt.events == [("model.promote", {"version": "v2", "previous": "v1"})]
-    _audit(object(), "model.rollback", version="v1")  # no audit attribute yet: nothing happens
