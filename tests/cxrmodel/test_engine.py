@@ -83,20 +83,28 @@ def run_all(runner, x: torch.Tensor, activation: str = "sigmoid") -> np.ndarray:
                            for i in range(0, len(x), 8)])
 
 
-@pytest.fixture(scope="module")
-def fp32_probs(model, real_batch):
-    return run_all(E.make_runner(model, "fp32"), real_batch[0])
+_FP32: dict[int, np.ndarray] = {}
+
+
+def fp32_reference(seed: int, x: torch.Tensor) -> np.ndarray:
+    if seed not in _FP32:
+        _FP32[seed] = run_all(E.make_runner(build_model(seed=seed).eval(), "fp32"), x)
+    return _FP32[seed]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["bf16", "onnx"])
-def test_backend_keeps_every_label_auroc_within_0005_of_fp32(backend, model, real_batch, fp32_probs, tmp_path):
+@pytest.mark.parametrize("backend,seed", [("bf16", 0), ("bf16", 1), ("onnx", 0)])
+def test_backend_keeps_every_label_auroc_within_0005_of_fp32(backend, seed, real_batch, tmp_path):
+    """Random initialisations are the hard case: their probabilities barely differ between films, so
+    small arithmetic differences reorder them. bf16 is checked on two of them."""
     x, y = real_batch
-    probs = run_all(E.make_runner(model, backend, threads=2, sample=x[:1], onnx_path=tmp_path / "m.onnx"), x)
-    deltas = {label: abs(auroc(probs[:, j], y[:, j]) - auroc(fp32_probs[:, j], y[:, j]))
+    reference = fp32_reference(seed, x)
+    probs = run_all(E.make_runner(build_model(seed=seed).eval(), backend, threads=2, sample=x[:1],
+                                  onnx_path=tmp_path / "m.onnx"), x)
+    deltas = {label: abs(auroc(probs[:, j], y[:, j]) - auroc(reference[:, j], y[:, j]))
               for j, label in enumerate(LABELS)}
-    print(f"{backend}: max AUROC delta {max(deltas.values()):.4f}, max |p| diff "
-          f"{np.abs(probs - fp32_probs).max():.2e}")
+    print(f"{backend} seed {seed}: max AUROC delta {max(deltas.values()):.4f}, max |p| diff "
+          f"{np.abs(probs - reference).max():.2e}")
     assert max(deltas.values()) <= AUROC_TOLERANCE, deltas
 
 
