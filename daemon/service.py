@@ -108,7 +108,7 @@ class Service:
         self.vault = vault
         self.ingest = Ingest(
             sessions=rt.sessions, read_sessions=rt.read_sessions, vault=vault, keys=rt.keys,
-            observe=self.metrics.observe_store,
+            observe=self._observe_store,
             deid=DeidOptions(**dataclasses.asdict(s.deid)),
             chest=ChestRule(frozenset(p.upper() for p in s.dicom.chest_body_parts), s.dicom.min_image_size),
             non_chest=s.dicom.non_chest, min_free_mb=s.storage.min_free_mb, hostname=rt.hostname)
@@ -156,6 +156,13 @@ class Service:
         if self.ingest._free_bytes() < self.ingest.min_free_bytes:
             return False, "disk below the free-space floor: new images are refused"
         return True, "ready"
+
+    def _observe_store(self, outcome: str, seconds: float, nbytes: int) -> None:
+        self.metrics.observe_store(outcome, seconds, nbytes)
+        if outcome == "stored":
+            for stage in self.stages:
+                if isinstance(stage, Worker):
+                    stage.wake()
 
     def _on_store(self):  # noqa: ANN202
         return self.ingest.store

@@ -9,7 +9,8 @@ SQLite the write lock taken by BEGIN IMMEDIATE serialises claimers. Predictions 
 
 Three threads form a pipeline: claim + decrypt + decode + preprocess, then the forward pass (the
 bottleneck), then the database writes, so the forward pass never waits on vault reads, JPEG 2000
-decoding, resizing or commits.
+decoding, resizing or commits. In `cxrd serve` ingest wakes the claimer as soon as it commits a job;
+polling is only for jobs committed by other daemons.
 """
 from __future__ import annotations
 
@@ -132,6 +133,8 @@ class Worker:
         self.me = worker_id()
         self.observe = observe or (lambda latency_s, n: None)
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._carry: list[Prepared] = []
         self._ready: queue.Queue[list[Prepared] | None] = queue.Queue(maxsize=2)
         self._done: queue.Queue[tuple] = queue.Queue(maxsize=2)
         self._threads: list[threading.Thread] = []
@@ -154,10 +157,16 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         for t in self._threads:
             t.join(timeout=60)
         if self._engine is not None:
             self._engine.close()
+
+    def wake(self) -> None:
+        """A job was just committed in this process: claim it now rather than at the next poll.
+        (Polling stays, for jobs committed by other daemons on a shared database.)"""
+        self._wake.set()
 
     def healthy(self) -> bool:
         return all(t.is_alive() for t in self._threads) and time.monotonic() - self.last_beat < 120
@@ -206,6 +215,7 @@ class Worker:
             if model is None:
                 self._stop.wait(1.0)
                 continue
+            self._wake.clear()
             with self.sessions() as session, session.begin():
                 ids = claim_jobs(session, self.me, self.engine_settings.batch_size)
                 rows = session.execute(
@@ -213,7 +223,7 @@ class Worker:
                            Instance.vault_object, Instance.received_at)
                     .join(Instance, Instance.id == Job.instance_id).where(Job.id.in_(ids))).all() if ids else []
             if not rows:
-                self._stop.wait(IDLE_POLL_S)
+                self._wake.wait(IDLE_POLL_S)
                 continue
             batch = [self._prepare_one(model, *row) for row in rows]
             while not self._stop.is_set():
@@ -240,16 +250,37 @@ class Worker:
 
     # -- stage 2: infer and record -----------------------------------------------------------------
     def _infer_loop(self) -> None:
-        while not self._stop.is_set() or not self._ready.empty():
-            try:
-                batch = self._ready.get(timeout=0.5)
-            except queue.Empty:
+        while not self._stop.is_set() or not self._ready.empty() or self._carry:
+            batch = self._next_batch()
+            if not batch:
                 continue
             self.last_beat = time.monotonic()
             model, engine = self._model, self._engine
             good = [p for p in batch if p.tensor is not None]
             probs = engine.predict(torch.stack([p.tensor for p in good])) if good else []
             self._done.put((model, good, probs, [p for p in batch if p.tensor is None]))
+
+    def _next_batch(self) -> list[Prepared]:
+        """Up to `batch_size` prepared images: the first claim waited for, then whatever else is ready.
+
+        Claims are as small as what was queued at that instant (one image at idle, so its latency is
+        one forward). Under load several small claims wait here together; merging them keeps the
+        forward at full batches, where DenseNet on CPU does ~1.4x more images per second than at 1-4.
+        """
+        size = self.engine_settings.batch_size
+        batch, self._carry = self._carry, []
+        if not batch:
+            try:
+                batch = list(self._ready.get(timeout=0.5))
+            except queue.Empty:
+                return []
+        while len(batch) < size:
+            try:
+                batch.extend(self._ready.get_nowait())
+            except queue.Empty:
+                break
+        batch, self._carry = batch[:size], batch[size:]
+        return batch
 
     def _record_loop(self) -> None:
         """Database writes of one batch overlap the next batch's forward pass."""

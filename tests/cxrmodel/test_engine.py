@@ -117,6 +117,25 @@ def test_channels_last_is_fp32_arithmetic(model, real_batch):
     assert set(E.AUTO_CANDIDATES) <= {"fp32", "channels_last", "bf16", "onnx"}  # each proven here
 
 
+@pytest.mark.parametrize("backend", ["fp32", "bf16"])
+def test_traced_graph_serves_every_batch_size_like_the_eager_module(backend, model, real_batch):
+    """The graph is traced on the first call (here a single image); later batches of other sizes
+    must give what the eager module gives, not a shape baked into the trace."""
+    x = real_batch[0][:5]
+    runner = E.make_runner(model, backend)
+    first = runner(x[:1])
+    with torch.inference_mode():
+        if backend == "bf16":
+            import copy
+            cl = torch.channels_last
+            expected = E._Bf16Blocks(copy.deepcopy(model).to(memory_format=cl))(x.contiguous(memory_format=cl))
+        else:
+            expected = model(x)
+    np.testing.assert_allclose(first.numpy(), expected[:1].numpy(), atol=1e-5)
+    np.testing.assert_allclose(runner(x[1:4]).numpy(), expected[1:4].numpy(), atol=1e-5)
+    np.testing.assert_allclose(runner(x).numpy(), expected.numpy(), atol=1e-5)
+
+
 def test_submit_collects_batches_and_returns_each_images_result(model, real_batch):
     x = real_batch[0][:6]
     engine = E.Engine(model, backend="fp32", batch_size=4, max_batch_wait_ms=500)
