@@ -7,9 +7,10 @@ Two layers:
   and runs them as one batch: DenseNet121 on CPU does several times more images per second in
   batches than one by one, and a PACS often sends a study's images together.
 
-Backends: "fp32" (eager), "channels_last" (NHWC memory layout; oneDNN's preferred layout),
+Backends: "fp32", "channels_last" (NHWC memory layout; oneDNN's preferred layout),
 "bf16" (channels_last, dense blocks in bfloat16 autocast, stem and head in fp32; AVX-512 BF16/AMX) and
-"onnx" (ONNX Runtime, graph exported once to the model's directory). "auto" measures the
+"onnx" (ONNX Runtime, graph exported once to the model's directory). The torch backends run as a
+traced TorchScript graph (`_Graph`: no GIL per operator). "auto" measures the
 `AUTO_CANDIDATES` once on this machine (a few seconds), rejects any whose probabilities stray from
 fp32 on the measurement batch, picks the fastest and caches the choice beside the model, keyed by
 a machine fingerprint.
@@ -63,7 +64,8 @@ def bf16_supported() -> bool:
 
 def make_runner(module: ChestNet, backend: str, *, threads: int = 0, onnx_path: Path | None = None,
                 sample: torch.Tensor | None = None) -> Runner:
-    """A callable computing logits with one backend. The module is not modified (copies are made)."""
+    """A callable computing logits with one backend. The module is not modified (fp32 traces it
+    as it is, sharing its parameters; the other backends work on a copy)."""
     import copy
 
     if backend not in BACKENDS:
@@ -82,6 +84,7 @@ def make_runner(module: ChestNet, backend: str, *, threads: int = 0, onnx_path: 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return graph(x.contiguous(memory_format=layout))
+    run.graph = graph  # type: ignore[attr-defined]  # for tests: was it really traced?
     return run
 
 
@@ -116,7 +119,7 @@ class _Graph:
                 warnings.simplefilter("ignore")
                 return torch.jit.trace(self.module, x, check_trace=False)
         except Exception as exc:  # an exotic imported module: slower but correct
-            log.warning("engine.trace_failed, running eager: %s", type(exc).__name__)
+            log.warning("engine.trace_failed, running eager: %s: %s", type(exc).__name__, str(exc)[:200])
             return self.module
 
 
@@ -299,6 +302,8 @@ class Engine:
         self.backend = backend
         self._run = make_runner(module, backend, threads=threads, sample=sample,
                                 onnx_path=(self.cache_dir / "model.onnx") if self.cache_dir is not None else None)
+        for _ in range(2):  # trace + the JIT's profiling run now, not on the first study
+            self._run(sample)
         self._lock = threading.Lock()  # one forward at a time: parallel forwards only fight for cores
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None

@@ -111,7 +111,8 @@ class Service:
             observe=self._observe_store,
             deid=DeidOptions(**dataclasses.asdict(s.deid)),
             chest=ChestRule(frozenset(p.upper() for p in s.dicom.chest_body_parts), s.dicom.min_image_size),
-            non_chest=s.dicom.non_chest, min_free_mb=s.storage.min_free_mb, hostname=rt.hostname)
+            non_chest=s.dicom.non_chest, min_free_mb=s.storage.min_free_mb, hostname=rt.hostname,
+            max_writers=s.dicom.max_associations)
         stages: list[Stage] = []
         if s.model.workers > 0:
             stages.append(Worker(

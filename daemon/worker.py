@@ -113,6 +113,8 @@ class Prepared:
     quarantine: bool = False
     attempts: int = 0
     received_at: datetime | None = None
+    object_id: str | None = None
+    version: str = ""  # the model whose preprocessing made `tensor`
 
 
 class Worker:
@@ -216,6 +218,8 @@ class Worker:
                 self._stop.wait(1.0)
                 continue
             self._wake.clear()
+            if self._stop.is_set():
+                return
             with self.sessions() as session, session.begin():
                 ids = claim_jobs(session, self.me, self.engine_settings.batch_size)
                 rows = session.execute(
@@ -226,16 +230,14 @@ class Worker:
                 self._wake.wait(IDLE_POLL_S)
                 continue
             batch = [self._prepare_one(model, *row) for row in rows]
-            while not self._stop.is_set():
-                try:
-                    self._ready.put(batch, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
+            # Claimed jobs are always handed on (the infer loop runs until this thread has ended),
+            # never dropped at stop: a dropped claim would sit `running` until the next start.
+            self._ready.put(batch)
 
     def _prepare_one(self, model: LoadedModel, job_id: int, attempts: int, instance_id: int, sop: str,
                      study: str, object_id: str | None, received_at: datetime) -> Prepared:
-        p = Prepared(job_id, instance_id, sop, study, None, attempts=attempts, received_at=received_at)
+        p = Prepared(job_id, instance_id, sop, study, None, attempts=attempts, received_at=received_at,
+                     object_id=object_id, version=model.version)
         try:
             if object_id is None:
                 raise StorageError("instance has no stored object")
@@ -250,14 +252,25 @@ class Worker:
 
     # -- stage 2: infer and record -----------------------------------------------------------------
     def _infer_loop(self) -> None:
-        while not self._stop.is_set() or not self._ready.empty() or self._carry:
+        preparing = next(t for t in self._threads if t.name == "cxrd-prepare")
+        while not self._stop.is_set() or not self._ready.empty() or self._carry or preparing.is_alive():
             batch = self._next_batch()
             if not batch:
                 continue
             self.last_beat = time.monotonic()
             model, engine = self._model, self._engine
+            if batch[0].version != model.version:  # a model was promoted while these waited
+                batch = [self._prepare_one(model, p.job_id, p.attempts, p.instance_id, p.sop_uid, p.study_uid,
+                                           p.object_id, p.received_at) if p.tensor is not None else p
+                         for p in batch]
             good = [p for p in batch if p.tensor is not None]
-            probs = engine.predict(torch.stack([p.tensor for p in good])) if good else []
+            try:
+                probs = engine.predict(torch.stack([p.tensor for p in good])) if good else []
+            except Exception as exc:  # the jobs go back to the queue (with backoff), not lost
+                log.error("worker.inference_failed", exc_info=exc)
+                for p in good:
+                    p.tensor, p.error = None, f"inference failed ({type(exc).__name__})"
+                good, probs = [], []
             self._done.put((model, good, probs, [p for p in batch if p.tensor is None]))
 
     def _next_batch(self) -> list[Prepared]:
@@ -279,7 +292,10 @@ class Worker:
                 batch.extend(self._ready.get_nowait())
             except queue.Empty:
                 break
-        batch, self._carry = batch[:size], batch[size:]
+        limit = min(size, len(batch))
+        # never mix two models' preprocessing in one forward (a promotion while claims wait)
+        cut = next((i for i in range(limit) if batch[i].version != batch[0].version), limit)
+        batch, self._carry = batch[:cut], batch[cut:]
         return batch
 
     def _record_loop(self) -> None:

@@ -117,20 +117,27 @@ def test_channels_last_is_fp32_arithmetic(model, real_batch):
     assert set(E.AUTO_CANDIDATES) <= {"fp32", "channels_last", "bf16", "onnx"}  # each proven here
 
 
-@pytest.mark.parametrize("backend", ["fp32", "bf16"])
-def test_traced_graph_serves_every_batch_size_like_the_eager_module(backend, model, real_batch):
+@pytest.mark.parametrize("backend,outputs", [("fp32", 14), ("channels_last", 14), ("bf16", 14), ("fp32", 18)])
+def test_traced_graph_serves_every_batch_size_like_the_eager_module(backend, outputs, real_batch):
     """The graph is traced on the first call (here a single image); later batches of other sizes
-    must give what the eager module gives, not a shape baked into the trace."""
+    must give what the eager module gives, not a shape baked into the trace. 18 outputs: a
+    TorchXRayVision-style model whose 14 labels are picked by index inside the graph."""
+    import copy
+
+    from cxrmodel.network import ArchSpec, build
+    model = (build_model(seed=0) if outputs == 14 else
+             build(ArchSpec(num_outputs=18, output_index=tuple(range(17, 3, -1))), seed=0)).eval()
     x = real_batch[0][:5]
     runner = E.make_runner(model, backend)
     first = runner(x[:1])
+    assert isinstance(runner.graph._traced, torch.jit.ScriptModule)  # not the silent eager fallback
+    cl = torch.channels_last
     with torch.inference_mode():
         if backend == "bf16":
-            import copy
-            cl = torch.channels_last
             expected = E._Bf16Blocks(copy.deepcopy(model).to(memory_format=cl))(x.contiguous(memory_format=cl))
         else:
             expected = model(x)
+    assert expected.shape == (5, 14)
     np.testing.assert_allclose(first.numpy(), expected[:1].numpy(), atol=1e-5)
     np.testing.assert_allclose(runner(x[1:4]).numpy(), expected[1:4].numpy(), atol=1e-5)
     np.testing.assert_allclose(runner(x).numpy(), expected.numpy(), atol=1e-5)
