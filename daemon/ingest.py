@@ -14,7 +14,6 @@ The meaning of each failure as a DICOM status is decided here and nowhere else.
 """
 from __future__ import annotations
 
-import io
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 import shutil
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Callable
 
 from pydicom.dataset import Dataset
-from pydicom.filewriter import dcmwrite
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError, InterfaceError
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,6 +31,7 @@ from daemon.chest import ChestRule, is_chest_radiograph
 from daemon.logs import event
 from storage import audit, reid
 from storage.deid import PROFILE_EDITION, DeidOptions, deidentify
+from storage.dicomfile import file_parts
 from storage.errors import DeidError, VaultError
 from storage.keys import Keys
 from storage.models import RECEIVED, Instance, Job
@@ -130,23 +129,22 @@ class Ingest:
             return "failed", CANNOT_DEIDENTIFY, 0
 
         sop = result.sop_instance_uid
-        buf = io.BytesIO()
-        dcmwrite(buf, result.dataset, enforce_file_format=True)
-        data = buf.getvalue()
+        parts = file_parts(result.dataset)  # Part 10 bytes; the pixel data is not copied
+        size = sum(len(p) for p in parts)
         try:
             object_id = self.vault.reserve()  # unique per attempt; its directory entry is already durable
         except VaultError as exc:
             event(log, "store.vault_failed", logging.ERROR, error=str(exc), calling_aet=calling_aet)
             return "refused_disk", OUT_OF_RESOURCES, 0
         # Encrypt + write + fsync runs beside the database statements; the commit waits for it.
-        write = self._writer.submit(self.vault.put_reserved, object_id, data)
+        write = self._writer.submit(self.vault.put_reserved, object_id, parts)
         try:
             with self._session() as session, session.begin():
                 instance = Instance(
                     sop_instance_uid=sop, study_uid=result.study_uid, series_uid=result.series_uid,
                     sop_class_uid=result.sop_class_uid, modality=str(ds.get("Modality", ""))[:16],
                     view_position=str(ds.get("ViewPosition", ""))[:16], transfer_syntax=transfer_syntax,
-                    state=RECEIVED, vault_object=object_id, size_bytes=len(data),
+                    state=RECEIVED, vault_object=object_id, size_bytes=size,
                     burned_in_annotation=result.burned_in, calling_aet=calling_aet[:16])
                 session.add(instance)
                 session.flush()
@@ -155,7 +153,7 @@ class Ingest:
                                  pseudo_study_uid=result.study_uid, original=result.original)
                 audit.append(session, self.keys.audit_key, event_type="instance.stored",
                              study_uid=result.study_uid, object_uid=sop,
-                             details={"bytes": len(data), "transfer_syntax": transfer_syntax,
+                             details={"bytes": size, "transfer_syntax": transfer_syntax,
                                       "deid": result.applied_codes, "deid_edition": PROFILE_EDITION,
                                       "burned_in": result.burned_in},
                              **actor)

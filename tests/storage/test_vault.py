@@ -198,3 +198,17 @@ def test_reserved_files_are_not_objects_until_written_and_are_reused_after_resta
     restarted = Vault(vault.root, ring)
     restarted.recover()
     assert {oid + ".cxv" for oid in restarted._spare} == spares  # handed out again, not leaked
+
+
+def test_put_reserved_encrypts_several_buffers_as_one_object_across_chunk_boundaries(vault):
+    """Ingest hands the serialised DICOM header and the pixel data as separate buffers; they must
+    read back as one plaintext, in a file of exactly the layout `put` writes (header + ciphertext +
+    tag), including when a buffer straddles the 1 MiB encryption chunks."""
+    from storage import vault as V
+    parts = [os.urandom(1000), memoryview(os.urandom(V._CHUNK + 333)), b"", os.urandom(V._CHUNK * 2 + 7)]
+    plain = b"".join(bytes(p) for p in parts)
+    oid = vault.reserve()
+    written = vault.put_reserved(oid, parts)
+    assert written == vault.path(oid).stat().st_size == V.HEADER_LEN + len(plain) + 16
+    assert vault.get(oid) == plain
+    assert vault.put("joined-" + oid, plain) == written

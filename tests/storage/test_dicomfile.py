@@ -1,0 +1,53 @@
+"""file_parts: the stored bytes are exactly dcmwrite's, for every real file and transfer syntax."""
+from __future__ import annotations
+
+import copy
+import io
+
+import pydicom
+import pytest
+from pydicom.filewriter import dcmwrite
+
+from storage.dicomfile import PIXEL_DATA, file_parts
+
+
+def dcmwrite_bytes(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_every_shared_file_serialises_byte_for_byte_like_dcmwrite_and_pixels_are_not_copied(shared_data):
+    files = sorted((shared_data / "dicom").rglob("*.dcm"))
+    assert len(files) >= 8
+    passthrough = set()
+    for path in files:
+        ds = pydicom.dcmread(path, force=True)  # one file is a bare dataset without a Part 10 header
+        if "TransferSyntaxUID" not in ds.file_meta:  # as pynetdicom supplies from the presentation context
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        expected = dcmwrite_bytes(copy.deepcopy(ds))
+        before = list(ds.keys())
+        parts = file_parts(ds)
+        assert b"".join(bytes(p) for p in parts) == expected, path.name
+        assert list(ds.keys()) == before  # the dataset is left as it was
+        if len(parts) > 1:
+            assert parts[2].obj is ds[PIXEL_DATA].value  # a view of the dataset's own bytes
+            passthrough.add(str(ds.file_meta.TransferSyntaxUID))
+    # native (explicit and implicit VR) and encapsulated syntaxes all took the no-copy path
+    assert {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50"} <= passthrough, passthrough
+
+
+@pytest.mark.parametrize("case", ["big-endian", "trailing element", "odd length"])
+def test_unusual_datasets_fall_back_to_plain_dcmwrite(shared_data, case):
+    ds = pydicom.dcmread(shared_data / "dicom" / "derived" / "nih_00000001_000_explicit-vr-le.dcm")
+    if case == "big-endian":
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.2"
+    elif case == "trailing element":
+        ds.add_new(0xFFFCFFFC, "OB", b"\0\0")  # Data Set Trailing Padding after Pixel Data
+    else:
+        ds.PixelData = ds.PixelData[:-1]
+    parts = file_parts(ds)
+    assert len(parts) == 1
+    assert bytes(parts[0]) == dcmwrite_bytes(copy.deepcopy(ds))
