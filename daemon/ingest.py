@@ -14,6 +14,7 @@ The meaning of each failure as a DICOM status is decided here and nowhere else.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 import shutil
@@ -86,6 +87,9 @@ class Ingest:
         outcome, status, nbytes = "failed", PROCESSING_FAILURE, 0
         try:
             outcome, status, nbytes = self._store(ds, file_meta, calling_aet, host)
+        except StoreConflict as exc:
+            outcome, status = "failed", PROCESSING_FAILURE
+            event(log, "store.refused", logging.ERROR, reason=str(exc), calling_aet=calling_aet)
         except DatabaseDown:
             outcome, status = "refused_database", OUT_OF_RESOURCES
             event(log, "store.refused", logging.ERROR, reason="database unavailable", calling_aet=calling_aet)
@@ -160,9 +164,15 @@ class Ingest:
                 session.flush()
                 nbytes = write.result()  # VaultError here rolls the transaction back
         except IntegrityError:
+            self._discard_after(write, object_id)
+            if not self._already_stored(sop):  # another constraint failed: never report that as stored
+                reason = "a database constraint refused the instance (not a duplicate)"
+                with contextlib.suppress(Exception):
+                    self._audit_only("instance.failed", outcome=8, study_uid=result.study_uid, object_uid=sop,
+                                     details={"reason": reason}, **actor)
+                raise StoreConflict(reason) from None
             # This SOP Instance UID is already stored (sent again, or a concurrent copy committed
             # first): one stored object, one job, and the sender gets success.
-            self._discard_after(write, object_id)
             self._audit_only("instance.duplicate", study_uid=result.study_uid, object_uid=sop, **actor)
             return "duplicate", SUCCESS, 0
         except VaultError as exc:
@@ -184,6 +194,10 @@ class Ingest:
         except OSError:
             return 0
 
+    def _already_stored(self, sop: str) -> bool:
+        with _guarded(self.read_sessions) as session:
+            return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop)) is not None
+
     def _audit_only(self, event_type: str, **fields) -> None:  # noqa: ANN003
         with self._session() as session, session.begin():
             audit.append(session, self.keys.audit_key, event_type=event_type, **fields)
@@ -198,6 +212,10 @@ class Ingest:
             self.vault.delete(object_id)
         except Exception as exc:  # the orphan sweep at next start removes it
             log.error("store.discard_failed", exc_info=exc)
+
+
+class StoreConflict(Exception):
+    """A constraint other than the SOP Instance UID's refused the rows; a processing failure (0xC211)."""
 
 
 class DatabaseDown(Exception):

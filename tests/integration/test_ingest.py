@@ -270,3 +270,30 @@ def test_sigterm_mid_push_finishes_in_flight_work_and_exits_0_within_the_bound(d
         pseudo = pseudonymize_uid(keys.uid_key, str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
         assert pseudo in stored and vault.get(stored[pseudo])
     assert "event=service.stopped" in d.log_text()
+
+
+def test_a_constraint_failure_that_is_not_a_duplicate_is_a_failure_not_success(daemon_factory, shared_data):
+    """Duplicates are recognised by the unique index on the SOP Instance UID. Any other constraint
+    refusing the rows (here a real SQLite trigger on the jobs table) must reach the sender as a
+    failure, leave no object behind and be audited, never pass as an already-stored duplicate."""
+    import sqlite3
+    d = daemon_factory().start()
+    con = sqlite3.connect(d.state_dir / "cxrd.db")
+    con.execute("CREATE TRIGGER refuse_jobs BEFORE INSERT ON jobs BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    con.commit()
+    f = shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm"
+    r, statuses = storescu(d.dicom_port, f)
+    assert statuses == ["Error: CannotUnderstand"], r.stdout[-400:]  # dcmtk's name for 0xC2xx: 0xC211 here
+    assert stored_objects(d) == []
+    engine, _, _ = state(d)
+    assert count(engine, Instance) == 0
+    with engine.connect() as c:
+        failed = c.execute(select(AuditEvent.details).where(AuditEvent.event_type == "instance.failed")).scalars().all()
+    assert len(failed) == 1 and "constraint" in failed[0]
+    con.execute("DROP TRIGGER refuse_jobs")
+    con.commit()
+    con.close()
+    assert storescu(d.dicom_port, f)[1] == ["Success"]  # the PACS's retry then succeeds
+    assert count(engine, Instance) == 1
+    assert "Traceback" not in d.log_text()
+    assert d.stop() == 0
