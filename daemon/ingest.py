@@ -1,14 +1,16 @@
 """Ingest: one received dataset in, one DICOM status out — and 0x0000 only once the image is durable.
 
 Order of work for a chest radiograph: de-identify -> serialise -> encrypt + write + fsync (vault),
-and meanwhile the database statements of one transaction (instance + job + re-identification entry
-+ audit row) -> commit, only once the vault write is durable -> 0x0000. The two fsyncs (object file,
+and meanwhile the first statements of one transaction (instance + job + re-identification entry)
+-> once the object is durable, the audit row -> commit -> 0x0000. The two fsyncs (object file,
 database log) stay in that order; what overlaps is the encryption and write with the statements.
-If anything fails before the commit, the vault object written for this attempt is shredded, so a
-failure leaves nothing half-written and the PACS can simply send again. Every vault object id is
-unique per attempt, so a concurrent duplicate can never shred the copy another thread committed.
-A duplicate SOP Instance UID is found by the unique index at insert time (no separate read first:
-duplicates are rare and the read cost every image ~0.7 ms).
+If anything fails before the object is durable or the database refuses the rows, the vault object
+written for this attempt is shredded, so a failure leaves nothing half-written and the PACS can
+simply send again. A failure during the commit itself keeps the object (the commit may have
+landed; the orphan sweep at start shreds it if not). Every vault object id is unique per attempt,
+so a concurrent duplicate can never shred the copy another thread committed. A duplicate SOP
+Instance UID is found by the unique index at insert time, then confirmed by a read (only on that
+rare path), so another failed constraint is never mistaken for "already stored".
 
 The meaning of each failure as a DICOM status is decided here and nowhere else.
 """
@@ -142,6 +144,7 @@ class Ingest:
             return "refused_disk", OUT_OF_RESOURCES, 0
         # Encrypt + write + fsync runs beside the database statements; the commit waits for it.
         write = self._writer.submit(self.vault.put_reserved, object_id, parts)
+        durable = False
         try:
             with self._session() as session, session.begin():
                 instance = Instance(
@@ -155,14 +158,17 @@ class Ingest:
                 session.add(Job(instance_id=instance.id, kind="predict"))
                 reid.store_entry(session, self.keys.reid_key, pseudo_sop_uid=sop,
                                  pseudo_study_uid=result.study_uid, original=result.original)
+                session.flush()
+                # Wait here, before the audit row: on PostgreSQL appending to the chain takes the
+                # audit lock, which no other association should have to wait on during our fsync.
+                nbytes = write.result()  # VaultError here rolls the transaction back
+                durable = True
                 audit.append(session, self.keys.audit_key, event_type="instance.stored",
                              study_uid=result.study_uid, object_uid=sop,
                              details={"bytes": size, "transfer_syntax": transfer_syntax,
                                       "deid": result.applied_codes, "deid_edition": PROFILE_EDITION,
                                       "burned_in": result.burned_in},
                              **actor)
-                session.flush()
-                nbytes = write.result()  # VaultError here rolls the transaction back
         except IntegrityError:
             self._discard_after(write, object_id)
             if not self._already_stored(sop):  # another constraint failed: never report that as stored
@@ -180,7 +186,11 @@ class Ingest:
             event(log, "store.vault_failed", logging.ERROR, error=str(exc), calling_aet=calling_aet)
             return "refused_disk", OUT_OF_RESOURCES, 0
         except BaseException:
-            self._discard_after(write, object_id)
+            # Once the object is durable, a failure can only come from the commit, whose outcome may
+            # be unknown (connection lost after COMMIT was sent): keep the object then. If the rows
+            # did not land, the orphan sweep shreds it at the next start.
+            if not durable:
+                self._discard_after(write, object_id)
             raise
         return "stored", SUCCESS, nbytes
 

@@ -61,6 +61,8 @@ def _pixel_data_passthrough(ds: Dataset) -> tuple[object, bytes, bool] | None:
     value, vr, undefined = elem.value, elem.VR, elem.is_undefined_length
     if not isinstance(value, bytes) or (not undefined and len(value) % 2):
         return None
+    if undefined != ts.is_compressed:  # dcmwrite decides encapsulation by the syntax, not the flag
+        return None
     if undefined and not value.startswith(b"\xfe\xff\x00\xe0"):  # not encapsulated: let pydicom complain
         return None
     length = 0xFFFFFFFF if undefined else len(value)

@@ -112,6 +112,7 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
 
 
 _CHUNK = 1 << 20  # plaintext bytes encrypted per update_into: bounded memory per writer thread
+_MAX_PLAINTEXT = 2**31 - 17  # what AESGCM.decrypt (used by get) accepts, ciphertext and tag included
 
 
 def _write_all(fd: int, parts: list[bytes | memoryview]) -> int:
@@ -282,6 +283,8 @@ class Vault:
         `put` writes for the joined plaintext. Returns the bytes written (header + ciphertext + tag).
         """
         parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+        if sum(memoryview(part).nbytes for part in parts) > _MAX_PLAINTEXT:
+            raise VaultError(f"vault object {object_id} would exceed the 2 GiB a vault object can hold")
         p = self.path(object_id)
         header, dek, nonce = self._new_header(object_id)
         enc = Cipher(algorithms.AES(dek), modes.GCM(nonce)).encryptor()

@@ -51,3 +51,12 @@ def test_unusual_datasets_fall_back_to_plain_dcmwrite(shared_data, case):
     parts = file_parts(ds)
     assert len(parts) == 1
     assert bytes(parts[0]) == dcmwrite_bytes(copy.deepcopy(ds))
+
+
+def test_encapsulation_follows_the_transfer_syntax_as_dcmwrite_does(shared_data):
+    """dcmwrite encapsulates by the transfer syntax, whatever the element's undefined-length flag says;
+    a flag that disagrees takes the plain path, so the bytes still match."""
+    ds = pydicom.dcmread(shared_data / "dicom" / "derived" / "nih_00000001_000_jpeg-baseline-q95.dcm")
+    ds[PIXEL_DATA].is_undefined_length = False
+    parts = file_parts(ds)
+    assert len(parts) == 1 and bytes(parts[0]) == dcmwrite_bytes(copy.deepcopy(ds))

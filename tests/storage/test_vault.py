@@ -212,3 +212,13 @@ def test_put_reserved_encrypts_several_buffers_as_one_object_across_chunk_bounda
     assert written == vault.path(oid).stat().st_size == V.HEADER_LEN + len(plain) + 16
     assert vault.get(oid) == plain
     assert vault.put("joined-" + oid, plain) == written
+
+
+def test_put_reserved_refuses_what_get_could_not_decrypt(vault, monkeypatch):
+    """AESGCM.decrypt takes at most 2 GiB; a larger object must be refused, not acknowledged."""
+    from storage import vault as V
+    monkeypatch.setattr(V, "_MAX_PLAINTEXT", 1000)
+    oid = vault.reserve()
+    with pytest.raises(VaultError, match="2 GiB"):
+        vault.put_reserved(oid, [b"x" * 600, b"y" * 600])
+    assert vault.path(oid).stat().st_size == 0  # nothing written; the reservation is still empty
