@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from common import DATA, ENV, NIH_DICOM, free_port, make_files, push, wait_port
@@ -75,6 +77,8 @@ def main() -> None:
             for label, files in sets.items():
                 target = work / f"{name}-{label}"
                 target.mkdir()
+                os.sync()  # the previous target's unsynced writes must not be flushed during this one's fsyncs
+                time.sleep(1)
                 proc, port, aec = starter(target)
                 try:
                     push(port, aec, files[:warm])

@@ -1,8 +1,9 @@
 """Ingest: one received dataset in, one DICOM status out — and 0x0000 only once the image is durable.
 
 Order of work for a chest radiograph: de-identify -> serialise -> encrypt + write + fsync (vault),
-and meanwhile the first statements of one transaction (instance + job + re-identification entry)
--> once the object is durable, the audit row -> commit -> 0x0000. The two fsyncs (object file,
+and meanwhile the statements of one transaction (instance + job + re-identification entry + audit
+row; on PostgreSQL the audit row waits for the object, see `_store`) -> commit once the object is
+durable -> 0x0000. The two fsyncs (object file,
 database log) stay in that order; what overlaps is the encryption and write with the statements.
 If anything fails before the object is durable or the database refuses the rows, the vault object
 written for this attempt is shredded, so a failure leaves nothing half-written and the PACS can
@@ -158,17 +159,21 @@ class Ingest:
                 session.add(Job(instance_id=instance.id, kind="predict"))
                 reid.store_entry(session, self.keys.reid_key, pseudo_sop_uid=sop,
                                  pseudo_study_uid=result.study_uid, original=result.original)
-                session.flush()
-                # Wait here, before the audit row: on PostgreSQL appending to the chain takes the
-                # audit lock, which no other association should have to wait on during our fsync.
-                nbytes = write.result()  # VaultError here rolls the transaction back
-                durable = True
+                # On PostgreSQL the audit append takes the chain's lock, which no other association
+                # should wait on during our fsync: wait for the object first. SQLite's one write
+                # lock is held from the first statement anyway, so there the audit row overlaps too.
+                audit_after_write = session.get_bind().dialect.name != "sqlite"
+                if audit_after_write:
+                    session.flush()
+                    nbytes, durable = write.result(), True  # VaultError here rolls the transaction back
                 audit.append(session, self.keys.audit_key, event_type="instance.stored",
                              study_uid=result.study_uid, object_uid=sop,
                              details={"bytes": size, "transfer_syntax": transfer_syntax,
                                       "deid": result.applied_codes, "deid_edition": PROFILE_EDITION,
                                       "burned_in": result.burned_in},
                              **actor)
+                if not audit_after_write:
+                    nbytes, durable = write.result(), True
         except IntegrityError:
             self._discard_after(write, object_id)
             if not self._already_stored(sop):  # another constraint failed: never report that as stored
