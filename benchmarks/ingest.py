@@ -6,7 +6,8 @@ cxrd, to dcmtk's bare storescp and to Orthanc, all measured in the same run.
 1 MB images: NIH 00000001_000 (1024x1024, 8-bit, Explicit VR LE) with fresh UIDs.
 7 MB images: NEMA WG04 RG1 (1955x1841, 15-bit CR) decompressed to Explicit VR LE, fresh UIDs.
 cxrd does de-identification, AES-GCM encryption, an fsync of the object file (its directory entry
-was made durable ahead of time), a database commit and an audit row per image; storescp only writes files (no fsync); Orthanc writes files and its index.
+was made durable ahead of time), a database commit and an audit row per image; storescp only
+writes files (no fsync); Orthanc writes files and its index.
 """
 from __future__ import annotations
 
