@@ -3,15 +3,15 @@
 Order of work for a chest radiograph: de-identify -> serialise -> encrypt + write + fsync (vault),
 and meanwhile the statements of one transaction (instance + job + re-identification entry + audit
 row; on PostgreSQL the audit row waits for the object, see `_store`) -> commit once the object is
-durable -> 0x0000. The two fsyncs (object file,
-database log) stay in that order; what overlaps is the encryption and write with the statements.
-If anything fails before the object is durable or the database refuses the rows, the vault object
-written for this attempt is shredded, so a failure leaves nothing half-written and the PACS can
-simply send again. A failure during the commit itself keeps the object (the commit may have
-landed; the orphan sweep at start shreds it if not). Every vault object id is unique per attempt,
-so a concurrent duplicate can never shred the copy another thread committed. A duplicate SOP
-Instance UID is found by the unique index at insert time, then confirmed by a read (only on that
-rare path), so another failed constraint is never mistaken for "already stored".
+durable -> 0x0000. The two fsyncs (object file, database log) stay in that order; what overlaps is
+the encryption and write with the statements. If anything fails before the object is durable or
+the database refuses the rows, the vault object written for this attempt is shredded, so a failure
+leaves nothing half-written and the PACS can simply send again. A failure during the commit itself
+keeps the object (the commit may have landed; the orphan sweep at start shreds it if not). Every
+vault object id is unique per attempt, so a concurrent duplicate can never shred the copy another
+thread committed. A duplicate SOP Instance UID is found by the unique index at insert time, then
+confirmed by a read (only on that rare path), so another failed constraint is never mistaken for
+"already stored".
 
 The meaning of each failure as a DICOM status is decided here and nowhere else.
 """
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
