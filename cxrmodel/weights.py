@@ -97,6 +97,20 @@ def rename_old_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+def _head_index(state: Mapping[str, torch.Tensor], labels: Sequence[str], path: Path, *, names: str,
+                missing: str) -> list[int]:
+    """Check a checkpoint's head against the output names it comes with; where each of our labels sits."""
+    head = state.get("classifier.weight")
+    if head is None:
+        raise ModelError(f"{path.name}: {missing}")
+    if head.shape[0] != len(labels):
+        raise ModelError(f"{path.name}: head has {head.shape[0]} outputs but {len(labels)} {names} were given")
+    try:
+        return output_index(labels)
+    except ValueError as exc:
+        raise ModelError(f"{path.name}: {exc}") from None
+
+
 def _load_into(module: ChestNet, state: Mapping[str, torch.Tensor], name: str, *, skip_head: bool = False) -> None:
     own = module.state_dict()
     wanted = {k for k in own if not (skip_head and k.startswith("classifier."))}
@@ -167,15 +181,8 @@ def import_chexnet(path: str | Path, *, labels: Sequence[str] = CHEXNET_LABELS,
         k = k.replace("classifier.0.", "classifier.")
         state[k] = value
     state = rename_old_keys(state)
-    head = state.get("classifier.weight")
-    if head is None:
-        raise ModelError(f"{path.name}: no classifier weights (expected module.densenet121.classifier.0.weight)")
-    if head.shape[0] != len(labels):
-        raise ModelError(f"{path.name}: head has {head.shape[0]} outputs but {len(labels)} label names were given")
-    try:
-        index = output_index(labels)
-    except ValueError as exc:
-        raise ModelError(f"{path.name}: {exc}") from None
+    index = _head_index(state, labels, path, names="label names",
+                        missing="no classifier weights (expected module.densenet121.classifier.0.weight)")
     arch = ArchSpec(num_outputs=len(labels), output_index=None if index == list(range(len(LABELS))) and
                     len(labels) == len(LABELS) else tuple(index))
     module = build(arch)
@@ -195,15 +202,8 @@ def import_torchxrayvision(path: str | Path, *, pathologies: Sequence[str] = XRV
     path = Path(path)
     state = rename_old_keys(read_state_dict(path, allow_pickle=allow_pickle))
     op_threshs = state.pop("op_threshs", None)
-    head = state.get("classifier.weight")
-    if head is None:
-        raise ModelError(f"{path.name}: no classifier.weight (not a TorchXRayVision DenseNet state dict)")
-    if head.shape[0] != len(pathologies):
-        raise ModelError(f"{path.name}: head has {head.shape[0]} outputs but {len(pathologies)} pathologies were given")
-    try:
-        index = output_index(pathologies)
-    except ValueError as exc:
-        raise ModelError(f"{path.name}: {exc}") from None
+    index = _head_index(state, pathologies, path, names="pathologies",
+                        missing="no classifier.weight (not a TorchXRayVision DenseNet state dict)")
     arch = ArchSpec(in_channels=1, num_outputs=len(pathologies), output_index=tuple(index))
     module = build(arch)
     _load_into(module, state, path.name)
