@@ -329,27 +329,30 @@ class Vault:
             self._refilling.clear()
 
     def _create_spares(self, n: int) -> list[str]:
-        """Create n empty files in ONE fan-out directory (ids chosen to hash there), fsync it once."""
-        fan = secrets.token_hex(1)
-        d = self.root / fan
-        self._ensure_dir(d)
-        made = []
+        """Create n empty files wherever their ids hash to, then fsync each directory touched.
+
+        The first directory fsync commits the filesystem journal for all of them, so the others
+        are nearly free; choosing ids that all hash into one directory instead cost ~256 hash
+        tries per id (0.4 ms of CPU per image, taken from the receive path's core)."""
+        made: list[tuple[Path, str]] = []
         try:
-            while len(made) < n:
+            for _ in range(n):
                 oid = secrets.token_hex(16)
-                if hashlib.sha256(oid.encode()).hexdigest()[:2] != fan:
-                    continue
-                os.close(os.open(d / (oid + SUFFIX), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-                made.append(oid)
-            _fsync_path(d, directory=True)
+                p = self.path(oid)
+                self._ensure_dir(p.parent)
+                os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                made.append((p, oid))
+            for d in {p.parent for p, _ in made}:
+                _fsync_path(d, directory=True)
         except OSError as exc:
-            for oid in made:
-                (d / (oid + SUFFIX)).unlink(missing_ok=True)
+            for p, _ in made:
+                p.unlink(missing_ok=True)
             raise VaultError(f"cannot create vault files: {exc.strerror}") from None
+        ids = [oid for _, oid in made]
         if n > 1:
             with self._spare_lock:
-                self._spare.extend(made)
-        return made
+                self._spare.extend(ids)
+        return ids
 
     def sync(self, object_ids: Iterable[str]) -> None:
         """Make objects written with `put(..., fsync=False)` durable: fsync files, then their dirs."""
