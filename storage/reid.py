@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from storage import audit
@@ -43,11 +43,13 @@ def open_reid(key: bytes, pseudo_sop_uid: str, blob: bytes) -> dict[str, str]:
 
 
 def store_entry(session: Session, key: bytes, *, pseudo_sop_uid: str, pseudo_study_uid: str,
-                original: dict[str, str]) -> ReidEntry:
-    """Add (or replace, for a re-sent instance) the sealed entry in the caller's transaction."""
-    entry = ReidEntry(sop_instance_uid=pseudo_sop_uid, study_uid=pseudo_study_uid,
-                      sealed=seal_reid(key, pseudo_sop_uid, original))
-    return session.merge(entry)
+                original: dict[str, str]) -> None:
+    """Insert the sealed entry in the caller's transaction (one Core statement: this is on the
+    C-STORE path). Ingest inserts the instance row first, in the same transaction, and its SOP
+    Instance UID is unique, so an entry for this pseudonym cannot exist yet."""
+    session.execute(insert(ReidEntry.__table__), {
+        "sop_instance_uid": pseudo_sop_uid, "study_uid": pseudo_study_uid,
+        "sealed": seal_reid(key, pseudo_sop_uid, original)})
 
 
 def open_entry(session: Session, key: bytes, pseudo_sop_uid: str) -> dict[str, str] | None:
