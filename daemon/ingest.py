@@ -150,14 +150,15 @@ class Ingest:
         try:
             with self._session() as session, session.begin():
                 # Core statements, not the ORM's unit of work: ~0.6 ms less per image.
-                instance_id = session.execute(insert(_INSTANCES), {
+                conn = session.connection()
+                instance_id = conn.execute(insert(_INSTANCES), {
                     "sop_instance_uid": sop, "study_uid": result.study_uid, "series_uid": result.series_uid,
                     "sop_class_uid": result.sop_class_uid, "modality": str(ds.get("Modality", ""))[:16],
                     "view_position": str(ds.get("ViewPosition", ""))[:16], "transfer_syntax": transfer_syntax,
                     "state": RECEIVED, "vault_object": object_id, "size_bytes": size,
                     "burned_in_annotation": result.burned_in, "calling_aet": calling_aet[:16],
                 }).inserted_primary_key[0]
-                session.execute(insert(_JOBS), {"instance_id": instance_id, "kind": "predict"})
+                conn.execute(insert(_JOBS), {"instance_id": instance_id, "kind": "predict"})
                 reid.store_entry(session, self.keys.reid_key, pseudo_sop_uid=sop,
                                  pseudo_study_uid=result.study_uid, original=result.original)
                 # On PostgreSQL the audit append takes the chain's lock, which no other association

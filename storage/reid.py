@@ -47,7 +47,7 @@ def store_entry(session: Session, key: bytes, *, pseudo_sop_uid: str, pseudo_stu
     """Insert the sealed entry in the caller's transaction (one Core statement: this is on the
     C-STORE path). Ingest inserts the instance row first, in the same transaction, and its SOP
     Instance UID is unique, so an entry for this pseudonym cannot exist yet."""
-    session.execute(insert(ReidEntry.__table__), {
+    session.connection().execute(insert(ReidEntry.__table__), {
         "sop_instance_uid": pseudo_sop_uid, "study_uid": pseudo_study_uid,
         "sealed": seal_reid(key, pseudo_sop_uid, original)})
 
