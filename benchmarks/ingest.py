@@ -1,7 +1,7 @@
 """Ingest throughput: dcmtk storescu pushing real-pixel chest DICOMs over one association to
 cxrd, to dcmtk's bare storescp and to Orthanc, all measured in the same run.
 
-    .venv/bin/python benchmarks/ingest.py [--n1 200] [--n7 40]
+    .venv/bin/python benchmarks/ingest.py [--n1 200] [--n7 40] [--rounds 3]
 
 1 MB images: NIH 00000001_000 (1024x1024, 8-bit, Explicit VR LE) with fresh UIDs.
 7 MB images: NEMA WG04 RG1 (1955x1841, 15-bit CR) decompressed to Explicit VR LE, fresh UIDs.
@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n1", type=int, default=200, help="number of ~1 MB images")
     ap.add_argument("--n7", type=int, default=40, help="number of ~7 MB images")
+    ap.add_argument("--rounds", type=int, default=3, help="measure every target this many times, alternating order")
     args = ap.parse_args()
     for tool in ("storescu", "storescp", "Orthanc"):
         if shutil.which(tool) is None:
@@ -72,28 +74,41 @@ def main() -> None:
         warm = 5  # first association, imports, page cache: not measured, not re-sent
         sets = {"1MB": make_files(NIH_DICOM, work / "in1", args.n1 + warm),
                 "7MB": make_files(DATA / "dicom/chest/wg04_RG1_J2KI.dcm", work / "in7", args.n7 + warm)}
-        print(f"{'target':10} {'set':4} {'n':>5} {'MB each':>8} {'inst/s':>8} {'MB/s':>7}")
-        results = {}
-        for name, starter in (("storescp", start_storescp), ("orthanc", start_orthanc), ("cxrd", start_cxrd)):
+        print(f"{'round':5} {'target':10} {'set':4} {'n':>5} {'MB each':>8} {'inst/s':>8} {'MB/s':>7}")
+        starters = {"storescp": start_storescp, "orthanc": start_orthanc, "cxrd": start_cxrd}
+        results: dict[tuple[str, str], list[float]] = {}
+        for r in range(args.rounds):
+            # Alternate the order of Orthanc and cxrd: on this VM the later slot was often slower.
+            order = ("storescp", "orthanc", "cxrd") if r % 2 == 0 else ("storescp", "cxrd", "orthanc")
             for label, files in sets.items():
-                target = work / f"{name}-{label}"
-                target.mkdir()
-                os.sync()  # the previous target's unsynced writes must not be flushed during this one's fsyncs
-                time.sleep(1)
-                proc, port, aec = starter(target)
-                try:
-                    push(port, aec, files[:warm])
-                    elapsed = push(port, aec, files[warm:])
-                finally:
-                    proc.terminate()
-                    proc.wait(30)
-                size = files[0].stat().st_size / 1e6
-                rate = (len(files) - warm) / elapsed
-                results[(name, label)] = rate
-                print(f"{name:10} {label:4} {len(files) - warm:5d} {size:8.2f} {rate:8.1f} {rate * size:7.1f}", flush=True)
+                for name in order:
+                    rate = _measure(starters[name], work / f"{name}-{label}-{r}", files, warm)
+                    results.setdefault((name, label), []).append(rate)
+                    size = files[0].stat().st_size / 1e6
+                    print(f"{r:5d} {name:10} {label:4} {len(files) - warm:5d} {size:8.2f} {rate:8.1f} "
+                          f"{rate * size:7.1f}", flush=True)
         for label in sets:
-            print(f"cxrd / orthanc ({label}): {results[('cxrd', label)] / results[('orthanc', label)]:.2f}x; "
-                  f"cxrd / storescp: {results[('cxrd', label)] / results[('storescp', label)]:.2f}x")
+            ratios = [c / o for c, o in zip(results[("cxrd", label)], results[("orthanc", label)])]
+            bare = [c / b for c, b in zip(results[("cxrd", label)], results[("storescp", label)])]
+            print(f"cxrd / orthanc ({label}): median {statistics.median(ratios):.2f}x "
+                  f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); "
+                  f"cxrd / storescp: median {statistics.median(bare):.2f}x")
+
+
+def _measure(starter, target: Path, files: list[Path], warm: int) -> float:  # noqa: ANN001
+    """Images/s of one push to a freshly started target (after `warm` unmeasured images)."""
+    target.mkdir()
+    os.sync()  # the previous target's unsynced writes must not be flushed during this one's fsyncs
+    time.sleep(1)
+    proc, port, aec = starter(target)
+    try:
+        push(port, aec, files[:warm])
+        elapsed = push(port, aec, files[warm:])
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    shutil.rmtree(target, ignore_errors=True)
+    return (len(files) - warm) / elapsed
 
 
 if __name__ == "__main__":
