@@ -48,7 +48,9 @@ def initialise(rt: Runtime) -> dict[str, str]:
 
 
 def run_serve(args: argparse.Namespace, rt: Runtime) -> int:
+    from daemon.allocator import keep_large_buffers
     from daemon.service import serve
+    keep_large_buffers()
     initialise(rt)
     return serve(rt)
 
