@@ -25,7 +25,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from config.schema import Dicom
-from daemon import reactor_waits
+from daemon import fast_recv, reactor_waits
 from daemon.logs import event
 
 log = logging.getLogger("cxrd.scp")
@@ -151,6 +151,7 @@ def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = Non
           on_accept: Callable[[str, str], None] | None = None) -> ScpHandle:
     """Bind the port and serve in background threads; raises OSError if the port cannot be bound."""
     reactor_waits.install()
+    fast_recv.install()
     ae = AE(ae_title=cfg.ae_title)
     ae.require_called_aet = True
     ae.require_calling_aet = list(cfg.allowed_calling_aets)
