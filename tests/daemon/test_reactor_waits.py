@@ -3,7 +3,6 @@ pynetdicom threads and objects; the time bounds are generous (a wait that was NO
 the full second), so they check the wake-up, not speed."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pynetdicom.association
@@ -27,9 +26,6 @@ def _in_thread_of(thread_cls, target):
     result = {}
 
     class Probe(thread_cls):
-        def __init__(self, *a):
-            thread_cls.__init__(self, *a)
-
         def run(self):
             t0 = time.monotonic()
             target(self)
