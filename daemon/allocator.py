@@ -7,9 +7,10 @@ the copying itself. Measured here on a 1 MB radiograph: preprocessing takes 6-7 
 defaults and 3.6-4.1 ms when freed blocks are reused.
 
 The thresholds below keep blocks up to 32 MiB (glibc's largest allowed mmap threshold) on the
-heap, and give memory back only when more than 256 MiB is free at its top. The price is a
-resident size up to that much higher after a burst of large images. Where glibc is not the C
-library (musl, macOS), nothing changes.
+heap, and give memory back only when more than 256 MiB is free at its top. The price could be a
+resident size up to that much higher after a burst of large images. Measured for ingest alone: 614
+MiB after 40 images of 7 MB, against 615 MiB with glibc's defaults (577 MiB before the push).
+Where glibc is not the C library (musl, macOS), nothing changes.
 """
 from __future__ import annotations
 
