@@ -26,7 +26,6 @@ import queue
 import select
 import threading
 import time
-import types
 import weakref
 from typing import Any
 
@@ -47,7 +46,7 @@ def install() -> None:
             module.time = _Clock()
 
 
-class _Clock(types.SimpleNamespace):
+class _Clock:
     """`time`, except that `sleep` in a reactor thread returns as soon as that thread has work."""
 
     def __getattr__(self, name: str) -> Any:

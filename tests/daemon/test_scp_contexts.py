@@ -8,22 +8,16 @@ import copy
 import pytest
 from pynetdicom import AE, AllStoragePresentationContexts
 
+from conftest import free_port
 from config.schema import Dicom
 from daemon import scp
 
 
 @pytest.fixture
 def handle():
-    h = scp.start(Dicom(bind="127.0.0.1", port=_free_port()), on_store=lambda *a: 0)
+    h = scp.start(Dicom(bind="127.0.0.1", port=free_port()), on_store=lambda *a: 0)
     yield h
     h.stop(drain_s=1)
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_tuples(contexts) -> list[tuple]:
