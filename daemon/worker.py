@@ -136,6 +136,7 @@ class Worker:
         self.observe = observe or (lambda latency_s, n: None)
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._last_arrival = self._arrival_gap = float("-inf")
         self._carry: list[Prepared] = []
         self._ready: queue.Queue[list[Prepared] | None] = queue.Queue(maxsize=2)
         self._done: queue.Queue[tuple] = queue.Queue(maxsize=2)
@@ -168,7 +169,13 @@ class Worker:
     def wake(self) -> None:
         """A job was just committed in this process: claim it now rather than at the next poll.
         (Polling stays, for jobs committed by other daemons on a shared database.)"""
+        now = time.monotonic()
+        self._arrival_gap, self._last_arrival = now - self._last_arrival, now
         self._wake.set()
+
+    def _streaming(self, window_s: float) -> bool:
+        """Images are arriving faster than one per `window_s`, and the last came within it."""
+        return self._arrival_gap < window_s and time.monotonic() - self._last_arrival < window_s
 
     def healthy(self) -> bool:
         return all(t.is_alive() for t in self._threads) and time.monotonic() - self.last_beat < 120
@@ -279,6 +286,9 @@ class Worker:
         Claims are as small as what was queued at that instant (one image at idle, so its latency is
         one forward). Under load several small claims wait here together; merging them keeps the
         forward at full batches, where DenseNet on CPU does ~1.4x more images per second than at 1-4.
+        While images stream in (a PACS pushing a study), a short batch waits up to `max_batch_wait_ms`
+        for the rest: measured at the start of a 200-image burst, forwards of 1, 2, 3 and 7 images
+        took 0.84 s for 13 images, where full batches do 13 in 0.52 s. A lone image never waits.
         """
         size = self.engine_settings.batch_size
         batch, self._carry = self._carry, []
@@ -287,9 +297,18 @@ class Worker:
                 batch = list(self._ready.get(timeout=0.5))
             except queue.Empty:
                 return []
+        window = self.engine_settings.max_batch_wait_ms / 1000.0
+        deadline = None
         while len(batch) < size:
             try:
                 batch.extend(self._ready.get_nowait())
+                continue
+            except queue.Empty:
+                if not self._streaming(window):
+                    break
+            deadline = deadline or time.monotonic() + window
+            try:
+                batch.extend(self._ready.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
         limit = min(size, len(batch))

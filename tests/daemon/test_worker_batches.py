@@ -2,6 +2,9 @@
 and two models' preprocessing never share a forward."""
 from __future__ import annotations
 
+import threading
+import time
+
 from daemon.worker import EngineSettings, Prepared, Worker
 
 
@@ -44,3 +47,42 @@ def test_claims_prepared_for_different_models_never_share_a_forward():
     w._ready.put(claim(1, 2, "old"))
     w._ready.put(claim(3, 2, "new"))
     assert drain(w) == [[1, 2], [3, 4]]
+
+
+def stream(w: Worker, arrivals: int, gap_s: float) -> None:
+    """`arrivals` ingest commits `gap_s` apart, as `cxrd serve` reports them to the worker."""
+    for i in range(arrivals):
+        if i:
+            time.sleep(gap_s)
+        w.wake()
+
+
+def test_while_images_stream_in_a_short_batch_waits_for_the_claim_that_follows():
+    w = worker(8)
+    stream(w, 3, 0.005)
+    w._ready.put(claim(1, 3))
+    later = threading.Timer(0.03, lambda: (w.wake(), w._ready.put(claim(4, 5))))
+    later.start()
+    t0 = time.monotonic()
+    batch = [p.job_id for p in w._next_batch()]
+    later.join()
+    assert batch == list(range(1, 9))
+    assert time.monotonic() - t0 < 0.2
+
+
+def test_a_stream_that_stops_releases_the_short_batch_after_the_window():
+    w = worker(8)  # max_batch_wait_ms=50
+    stream(w, 3, 0.005)
+    w._ready.put(claim(1, 3))
+    t0 = time.monotonic()
+    assert [p.job_id for p in w._next_batch()] == [1, 2, 3]
+    assert 0.02 < time.monotonic() - t0 < 0.5
+
+
+def test_an_image_after_an_idle_spell_is_not_held_back():
+    w = worker(8)
+    stream(w, 1, 0)
+    w._ready.put(claim(1, 1))
+    t0 = time.monotonic()
+    assert [p.job_id for p in w._next_batch()] == [1]
+    assert time.monotonic() - t0 < 0.02
