@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/end_to_end.py [--n 200] [--backend bf16] [--threads CORES-1] [--batch-size 8]
 
 Measured in one run, on the same machine and backend:
-  bare     cxrmodel Engine.predict on a batch of 8 preprocessed real images (images/s), before the daemon
-           starts so nothing competes with it;
+  bare     cxrmodel Engine.predict on batches of 8 preprocessed real images, back to back for 3 s
+           (images/s), before the daemon starts and again after the burst, with the daemon idle;
+           the ratio is to the higher of the two (the best single batch is printed too);
   idle     single images pushed to an idle daemon: latency from acknowledgement (instance received_at) to
            prediction committed (prediction created_at), a few samples;
   burst    N images (real pixels, fresh UIDs) pushed over one storescu association: sustained images/s
@@ -46,8 +47,14 @@ def push(port: int, files: list[Path]) -> None:
     push_as(port, "CXRD", files)
 
 
-def bare_forward(models_dir: Path, backend: str, threads: int, batch_size: int, repeats: int = 3) -> float:
-    """Images/s of Engine.predict on one batch of real preprocessed images (best of `repeats`)."""
+def bare_forward(models_dir: Path, backend: str, threads: int, batch_size: int,
+                 seconds: float = 3.0) -> tuple[float, float]:
+    """Images/s of Engine.predict on batches of real preprocessed images: (sustained, best batch).
+
+    Sustained is batches back to back for `seconds`, the same kind of figure as the pipeline's
+    sustained rate; best batch is the fastest single forward, a peak the pipeline cannot hold
+    (on this VM it runs 2-6% above the sustained rate).
+    """
     import torch
     from cxrmodel.engine import Engine
     from cxrmodel.registry import Registry
@@ -55,12 +62,13 @@ def bare_forward(models_dir: Path, backend: str, threads: int, batch_size: int, 
     batch = torch.stack([loaded.preprocess(SRC.read_bytes()) for _ in range(batch_size)])
     with Engine.for_model(loaded, backend=backend, threads=threads, batch_size=batch_size) as engine:
         engine.predict(batch)  # warm-up (graph capture, allocator)
-        best = float("inf")
-        for _ in range(repeats):
+        times: list[float] = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds or len(times) < 3:
             t0 = time.perf_counter()
             engine.predict(batch)
-            best = min(best, time.perf_counter() - t0)
-    return batch_size / best
+            times.append(time.perf_counter() - t0)
+    return batch_size * len(times) / sum(times), batch_size / min(times)
 
 
 def latencies(db_url: str, since: datetime) -> tuple[list[float], datetime | None, int]:
@@ -119,7 +127,7 @@ def main() -> None:
         state.mkdir(parents=True)
         subprocess.run([CXRD, "init"], env=env, check=True, capture_output=True)
         version = Registry(state / "models").add(build_model(seed=0), promote=True)
-        bare = bare_forward(state / "models", args.backend, args.threads, args.batch_size)
+        bare, bare_peak = bare_forward(state / "models", args.backend, args.threads, args.batch_size)
         idle_files = make_files(SRC, work / "idle", args.idle, "idle")
         burst_files = make_files(SRC, work / "burst", args.n, "burst")
 
@@ -147,21 +155,24 @@ def main() -> None:
         lat, t_last, n = latencies(db_url, t_first)
         span = (t_last - t_first).total_seconds()
         # Bare forward again, with the daemon idle: on a shared machine the spread of the two is the noise.
-        bare_after = bare_forward(state / "models", args.backend, args.threads, args.batch_size)
+        bare_after, bare_peak_after = bare_forward(state / "models", args.backend, args.threads, args.batch_size)
+        reference, peak = max(bare, bare_after), max(bare_peak, bare_peak_after)
         out = {
             "backend": args.backend, "threads": args.threads, "batch_size": args.batch_size, "model": version,
             "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
             "bare_forward_images_per_s": round(bare, 2), "bare_forward_after_images_per_s": round(bare_after, 2),
+            "bare_forward_best_batch_images_per_s": round(peak, 2),
             "idle_latency_s": {"samples": [round(x, 3) for x in idle], "p50": round(statistics.median(idle), 3)},
             "burst": {"n": n, "push_s": round((t_pushed - t_first).total_seconds(), 2),
                       "first_store_to_last_prediction_s": round(span, 2),
                       "sustained_images_per_s": round(n / span, 2),
-                      "ratio_to_bare": round(n / span / max(bare, bare_after), 2),
+                      "ratio_to_bare": round(n / span / reference, 2),
+                      "ratio_to_best_batch": round(n / span / peak, 2),
                       "latency_p50_s": round(pct(lat, 50), 3), "latency_p99_s": round(pct(lat, 99), 3)},
         }
         print(json.dumps(out, indent=2))
-        print(f"bare forward {bare:.1f}/{bare_after:.1f} img/s (before/after) | sustained {n / span:.1f} img/s "
-              f"({n / span / max(bare, bare_after):.2f}x best bare) | "
+        print(f"bare forward {bare:.1f}/{bare_after:.1f} img/s (before/after; best batch {peak:.1f}) | "
+              f"sustained {n / span:.1f} img/s ({n / span / reference:.2f}x bare, {n / span / peak:.2f}x best batch) | "
               f"burst latency p50 {pct(lat, 50):.2f}s p99 {pct(lat, 99):.2f}s | idle p50 {statistics.median(idle):.3f}s")
     finally:
         if proc is not None and proc.poll() is None:
