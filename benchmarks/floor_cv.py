@@ -8,7 +8,8 @@ on a patient-disjoint validation part of each training side) are then scored
 - on the project's own patient-hash test split (what `cxrd train` reports), and
 - over K patient-disjoint folds of all images (every image tested once),
 for the floor and two cheap head variants on the same features: pooled features of every dense
-stage, and a 2x2 spatial grid of the last one. A recipe "clearly above the floor" should beat the
+stage, and a 2x2 spatial grid of the last one; and, as a yardstick, the same head on a 16x16
+thumbnail of the input image, with no network at all. A recipe "clearly above the floor" should beat the
 fold mean by more than the spread between folds that this prints.
 """
 from __future__ import annotations
@@ -33,7 +34,8 @@ from cxrmodel.preprocess import PreprocessSpec, preprocess  # noqa: E402
 STAGES = ("transition1", "transition2", "transition3", "norm5")
 HEADS = {"floor: last stage pooled (1024)": ["norm5"],
          "all four stages pooled (1920)": list(STAGES),
-         "last stage, 2x2 grid (4096)": ["grid"]}
+         "last stage, 2x2 grid (4096)": ["grid"],
+         "no network: 16x16 thumbnail (256)": ["thumb"]}
 L2 = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 
@@ -42,11 +44,13 @@ def features(paths: list[Path], size: int, seed: int) -> dict[str, torch.Tensor]
     taps: dict[str, torch.Tensor] = {}
     for name in STAGES:
         getattr(model.features, name).register_forward_hook(lambda m, i, o, n=name: taps.__setitem__(n, o))
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in (*STAGES, "grid")}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in (*STAGES, "grid", "thumb")}
     spec = PreprocessSpec(size=size)
     with torch.inference_mode():
         for start in range(0, len(paths), 32):
-            model.features(torch.stack([preprocess(p, spec) for p in paths[start:start + 32]]))
+            batch = torch.stack([preprocess(p, spec) for p in paths[start:start + 32]])
+            model.features(batch)
+            out["thumb"].append(F.adaptive_avg_pool2d(batch[:, :1], 16).flatten(1))
             for name in STAGES:
                 t = F.relu(taps[name]) if name == "norm5" else taps[name]
                 out[name].append(F.adaptive_avg_pool2d(t, 1).flatten(1))
