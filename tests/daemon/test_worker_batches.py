@@ -8,9 +8,10 @@ import time
 from daemon.worker import EngineSettings, Prepared, Worker
 
 
-def worker(batch_size: int) -> Worker:
+def worker(batch_size: int, max_batch_wait_ms: int = 50) -> Worker:
     return Worker(sessions=None, vault=None, keys=None, registry=None,  # type: ignore[arg-type]
-                  engine_settings=EngineSettings(batch_size=batch_size), results_enabled=False)
+                  engine_settings=EngineSettings(batch_size=batch_size, max_batch_wait_ms=max_batch_wait_ms),
+                  results_enabled=False)
 
 
 def claim(first_job: int, n: int, version: str = "v1") -> list[Prepared]:
@@ -57,8 +58,10 @@ def stream(w: Worker, arrivals: int, gap_s: float) -> None:
         w.wake()
 
 
+# Windows far longer than the timings asserted, so a slow CI machine cannot flip an outcome.
+
 def test_while_images_stream_in_a_short_batch_waits_for_the_claim_that_follows():
-    w = worker(8)
+    w = worker(8, max_batch_wait_ms=600)
     stream(w, 3, 0.005)
     w._ready.put(claim(1, 3))
     later = threading.Timer(0.03, lambda: (w.wake(), w._ready.put(claim(4, 5))))
@@ -67,22 +70,22 @@ def test_while_images_stream_in_a_short_batch_waits_for_the_claim_that_follows()
     batch = [p.job_id for p in w._next_batch()]
     later.join()
     assert batch == list(range(1, 9))
-    assert time.monotonic() - t0 < 0.2
+    assert time.monotonic() - t0 < 0.5  # taken as soon as the batch was full, not at the deadline
 
 
 def test_a_stream_that_stops_releases_the_short_batch_after_the_window():
-    w = worker(8)  # max_batch_wait_ms=50
+    w = worker(8, max_batch_wait_ms=300)
     stream(w, 3, 0.005)
     w._ready.put(claim(1, 3))
     t0 = time.monotonic()
     assert [p.job_id for p in w._next_batch()] == [1, 2, 3]
-    assert 0.02 < time.monotonic() - t0 < 0.5
+    assert 0.25 < time.monotonic() - t0 < 2.0
 
 
 def test_an_image_after_an_idle_spell_is_not_held_back():
-    w = worker(8)
+    w = worker(8, max_batch_wait_ms=600)
     stream(w, 1, 0)
     w._ready.put(claim(1, 1))
     t0 = time.monotonic()
     assert [p.job_id for p in w._next_batch()] == [1]
-    assert time.monotonic() - t0 < 0.02
+    assert time.monotonic() - t0 < 0.3
