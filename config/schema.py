@@ -81,8 +81,8 @@ class Deid:
 class Model:
     device: str = _f("cpu", "Torch device for inference (cpu, cuda, cuda:0, ...)")
     batch_size: int = _f(8, "Images per inference batch", min=1, max=512)
-    max_batch_wait_ms: int = _f(50, "While images stream in, longest wait to fill a short batch "
-                                    "(a lone image never waits)", min=0, max=60000)
+    max_batch_wait_ms: int = _f(50, "Longest wait to fill a short batch with images already being "
+                                    "prepared (a lone image never waits)", min=0, max=60000)
     threads: int = _f(0, "Inference threads; 0 = CPU cores minus one, so receiving never waits on the model",
                       min=0, max=1024)
     backend: str = _f("auto", "Inference backend; auto = fastest measured on this machine within "

@@ -50,21 +50,17 @@ def test_claims_prepared_for_different_models_never_share_a_forward():
     assert drain(w) == [[1, 2], [3, 4]]
 
 
-def stream(w: Worker, arrivals: int, gap_s: float) -> None:
-    """`arrivals` ingest commits `gap_s` apart, as `cxrd serve` reports them to the worker."""
-    for i in range(arrivals):
-        if i:
-            time.sleep(gap_s)
-        w.wake()
-
-
 # Windows far longer than the timings asserted, so a slow CI machine cannot flip an outcome.
 
-def test_while_images_stream_in_a_short_batch_waits_for_the_claim_that_follows():
+def test_a_short_batch_waits_for_the_claim_being_prepared():
     w = worker(8, max_batch_wait_ms=600)
-    stream(w, 3, 0.005)
     w._ready.put(claim(1, 3))
-    later = threading.Timer(0.03, lambda: (w.wake(), w._ready.put(claim(4, 5))))
+    w._claimed = 5  # the prepare stage holds five more, decrypting and resizing them
+
+    def handed_on() -> None:
+        w._claimed = 0
+        w._ready.put(claim(4, 5))
+    later = threading.Timer(0.03, handed_on)
     later.start()
     t0 = time.monotonic()
     batch = [p.job_id for p in w._next_batch()]
@@ -73,19 +69,19 @@ def test_while_images_stream_in_a_short_batch_waits_for_the_claim_that_follows()
     assert time.monotonic() - t0 < 0.5  # taken as soon as the batch was full, not at the deadline
 
 
-def test_a_stream_that_stops_releases_the_short_batch_after_the_window():
+def test_a_claim_that_never_arrives_releases_the_short_batch_after_the_window():
     w = worker(8, max_batch_wait_ms=300)
-    stream(w, 3, 0.005)
     w._ready.put(claim(1, 3))
+    w._claimed = 5
     t0 = time.monotonic()
     assert [p.job_id for p in w._next_batch()] == [1, 2, 3]
     assert 0.25 < time.monotonic() - t0 < 2.0
 
 
-def test_an_image_after_an_idle_spell_is_not_held_back():
+def test_with_nothing_being_prepared_a_short_batch_is_not_held_back():
     w = worker(8, max_batch_wait_ms=600)
-    stream(w, 1, 0)
-    w._ready.put(claim(1, 1))
+    w.wake()  # images may well be arriving; none is claimed yet, so there is nothing to wait for
+    w._ready.put(claim(1, 3))
     t0 = time.monotonic()
-    assert [p.job_id for p in w._next_batch()] == [1]
+    assert [p.job_id for p in w._next_batch()] == [1, 2, 3]
     assert time.monotonic() - t0 < 0.3
