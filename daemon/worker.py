@@ -231,8 +231,10 @@ class Worker:
                 self._wake.wait(IDLE_POLL_S)
                 continue
             self._claimed = len(rows)
-            batch = [self._prepare_one(model, *row) for row in rows]
-            self._claimed = 0  # before the put: a forward must never wait on a claim already queued
+            try:
+                batch = [self._prepare_one(model, *row) for row in rows]
+            finally:
+                self._claimed = 0  # before the put: a forward must never wait on a claim already queued
             # Claimed jobs are always handed on (the infer loop runs until this thread has ended),
             # never dropped at stop: a dropped claim would sit `running` until the next start.
             self._ready.put(batch)
