@@ -167,6 +167,16 @@ def daemon_factory(tmp_path: Path) -> Iterator:
         d.stop(signal.SIGKILL)
 
 
+@pytest.fixture()
+def scp_handle() -> Iterator:
+    """cxrd's Storage SCP in this process on a free loopback port, answering every C-STORE with success."""
+    from config.schema import Dicom
+    from daemon import scp
+    handle = scp.start(Dicom(bind="127.0.0.1", port=free_port()), on_store=lambda *a: 0)
+    yield handle
+    handle.stop(drain_s=1)
+
+
 def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run a dcmtk tool with TCP_NODELAY (otherwise Nagle adds ~40 ms per message)."""
     exe = shutil.which(tool)

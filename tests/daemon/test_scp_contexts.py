@@ -5,19 +5,9 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 from pynetdicom import AE, AllStoragePresentationContexts
 
-from conftest import free_port
-from config.schema import Dicom
 from daemon import scp
-
-
-@pytest.fixture
-def handle():
-    h = scp.start(Dicom(bind="127.0.0.1", port=free_port()), on_store=lambda *a: 0)
-    yield h
-    h.stop(drain_s=1)
 
 
 def _as_tuples(contexts) -> list[tuple]:
@@ -25,8 +15,8 @@ def _as_tuples(contexts) -> list[tuple]:
             for cx in contexts]
 
 
-def test_per_association_copy_equals_a_deep_copy_and_is_independent(handle):
-    contexts = handle.server.contexts
+def test_per_association_copy_equals_a_deep_copy_and_is_independent(scp_handle):
+    contexts = scp_handle.server.contexts
     assert isinstance(contexts, scp._Contexts)
     assert len(contexts) > len(AllStoragePresentationContexts)  # storage classes + Verification
     cheap = copy.deepcopy(contexts)
@@ -38,11 +28,11 @@ def test_per_association_copy_equals_a_deep_copy_and_is_independent(handle):
     assert _as_tuples(contexts) == before
 
 
-def test_an_association_negotiates_through_the_copied_contexts(handle):
+def test_an_association_negotiates_through_the_copied_contexts(scp_handle):
     ae = AE("PROBE")
     ae.add_requested_context("1.2.840.10008.1.1")
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1", ["1.2.840.10008.1.2.1"])  # DX for presentation
-    assoc = ae.associate("127.0.0.1", handle.port, ae_title="CXRD")
+    assoc = ae.associate("127.0.0.1", scp_handle.port, ae_title="CXRD")
     try:
         assert assoc.is_established
         assert {cx.abstract_syntax for cx in assoc.accepted_contexts} == {
