@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 from pydicom.dataset import Dataset
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError, OperationalError, InterfaceError
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, InterfaceError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.chest import ChestRule, is_chest_radiograph
@@ -38,11 +39,11 @@ from storage.deid import PROFILE_EDITION, DeidOptions, deidentify
 from storage.dicomfile import file_parts
 from storage.errors import DeidError, VaultError
 from storage.keys import Keys
-from storage.models import RECEIVED, Instance, Job
+from storage.models import RECEIVED, Instance
+from storage.rows import IngestRows, RowConflict, RowsUnavailable
 from storage.vault import Vault
 
 log = logging.getLogger("cxrd.ingest")
-_INSTANCES, _JOBS = Instance.__table__, Job.__table__
 
 # DICOM statuses (PS3.4 Annex B / PS3.7 C): the one table of what a failure means to the sender.
 SUCCESS = 0x0000
@@ -68,10 +69,13 @@ class Ingest:
     """Holds what every C-STORE needs (keys, vault, sessions, rules); `store` is called from many
     association threads at once and is safe for that."""
 
-    def __init__(self, *, sessions: sessionmaker[Session], read_sessions: sessionmaker[Session], vault: Vault, keys: Keys, deid: DeidOptions,
+    def __init__(self, *, engine: Engine, sessions: sessionmaker[Session], read_sessions: sessionmaker[Session],
+                 vault: Vault, keys: Keys, deid: DeidOptions,
                  chest: ChestRule, non_chest: str, min_free_mb: int, hostname: str = "",
                  observe: Callable[[str, float, int], None] | None = None, max_writers: int = 8):
         self.sessions = sessions
+        self.rows = IngestRows(engine, keys.audit_key)  # the C-STORE transaction, on the driver's cursor
+        self._audit_after_write = engine.dialect.name != "sqlite"
         self.read_sessions = read_sessions
         self.vault = vault
         self.keys = keys
@@ -148,35 +152,33 @@ class Ingest:
         write = self._writer.submit(self.vault.put_reserved, object_id, parts)
         durable = False
         try:
-            with self._session() as session, session.begin():
-                # Core statements, not the ORM's unit of work: ~0.6 ms less per image.
-                conn = session.connection()
-                instance_id = conn.execute(insert(_INSTANCES), {
-                    "sop_instance_uid": sop, "study_uid": result.study_uid, "series_uid": result.series_uid,
-                    "sop_class_uid": result.sop_class_uid, "modality": str(ds.get("Modality", ""))[:16],
-                    "view_position": str(ds.get("ViewPosition", ""))[:16], "transfer_syntax": transfer_syntax,
-                    "state": RECEIVED, "vault_object": object_id, "size_bytes": size,
-                    "burned_in_annotation": result.burned_in, "calling_aet": calling_aet[:16],
-                }).inserted_primary_key[0]
-                conn.execute(insert(_JOBS), {"instance_id": instance_id, "kind": "predict"})
-                reid.store_entry(session, self.keys.reid_key, pseudo_sop_uid=sop,
-                                 pseudo_study_uid=result.study_uid, original=result.original)
+            with self.rows.transaction() as tx:
+                instance_id = tx.instance(
+                    sop_instance_uid=sop, study_uid=result.study_uid, series_uid=result.series_uid,
+                    sop_class_uid=result.sop_class_uid, modality=str(ds.get("Modality", ""))[:16],
+                    view_position=str(ds.get("ViewPosition", ""))[:16], transfer_syntax=transfer_syntax,
+                    state=RECEIVED, vault_object=object_id, size_bytes=size,
+                    burned_in_annotation=result.burned_in, calling_aet=calling_aet[:16])
+                tx.job(instance_id=instance_id, kind="predict")
+                tx.reid_entry(sop_instance_uid=sop, study_uid=result.study_uid,
+                              sealed=reid.seal_reid(self.keys.reid_key, sop, result.original))
                 # On PostgreSQL the audit append takes the chain's lock, which no other association
                 # should wait on during our fsync: wait for the object first. SQLite's one write
                 # lock is held from the first statement anyway, so there the audit row overlaps too.
-                audit_after_write = session.get_bind().dialect.name != "sqlite"
-                if audit_after_write:
-                    session.flush()
+                if self._audit_after_write:
                     nbytes, durable = write.result(), True  # VaultError here rolls the transaction back
-                audit.append(session, self.keys.audit_key, event_type="instance.stored",
-                             study_uid=result.study_uid, object_uid=sop,
-                             details={"bytes": size, "transfer_syntax": transfer_syntax,
-                                      "deid": result.applied_codes, "deid_edition": PROFILE_EDITION,
-                                      "burned_in": result.burned_in},
-                             **actor)
-                if not audit_after_write:
+                tx.audit_event(event_type="instance.stored", study_uid=result.study_uid, object_uid=sop,
+                               details={"bytes": size, "transfer_syntax": transfer_syntax,
+                                        "deid": result.applied_codes, "deid_edition": PROFILE_EDITION,
+                                        "burned_in": result.burned_in},
+                               **actor)
+                if not self._audit_after_write:
                     nbytes, durable = write.result(), True
-        except IntegrityError:
+        except RowsUnavailable:
+            if not durable:  # else the commit's outcome is unknown: as below
+                self._discard_after(write, object_id)
+            raise DatabaseDown() from None
+        except RowConflict:
             self._discard_after(write, object_id)
             if not self._already_stored(sop):  # another constraint failed: never report that as stored
                 reason = "a database constraint refused the instance (not a duplicate)"

@@ -107,7 +107,7 @@ class Service:
             event(log, "vault.recovered", temp_files=leftovers, orphans=orphans)
         self.vault = vault
         self.ingest = Ingest(
-            sessions=rt.sessions, read_sessions=rt.read_sessions, vault=vault, keys=rt.keys,
+            engine=rt.engine, sessions=rt.sessions, read_sessions=rt.read_sessions, vault=vault, keys=rt.keys,
             observe=self._observe_store,
             deid=DeidOptions(**dataclasses.asdict(s.deid)),
             chest=ChestRule(frozenset(p.upper() for p in s.dicom.chest_body_parts), s.dicom.min_image_size),

@@ -126,7 +126,22 @@ def append(session: Session, audit_key: bytes, *, event_type: str, event_id: str
 
     `event_id`/`action` default from `EVENTS`; an unknown `event_type` needs an explicit `event_id`.
     Object fields take pseudonymous UIDs only; `details` must be JSON-serialisable and PHI-free.
+    (Ingest appends through `storage.rows`, on the driver's cursor, with the same two steps.)
     """
+    values = new_event(event_type=event_type, event_id=event_id, outcome=outcome, actor=actor, host=host,
+                       study_uid=study_uid, object_uid=object_uid, details=details, action=action)
+    _lock(session)
+    session.flush()  # the caller's pending rows go first, as an ORM query's autoflush would do
+    chain(audit_key, values, session.connection().execute(_HEAD).first())
+    # A Core insert, not the ORM's unit of work: every stored image appends a row (~0.3 ms less).
+    session.connection().execute(insert(_TABLE), values)
+    return AuditEvent(**values)  # a detached copy of what was written, for the caller to read
+
+
+def new_event(*, event_type: str, event_id: str | None = None, outcome: int = 0, actor: str = "",
+              host: str = "", study_uid: str = "", object_uid: str = "",
+              details: dict[str, Any] | None = None, action: str | None = None) -> dict[str, Any]:
+    """The checked fields of one event, without its place in the chain (see `chain`)."""
     known = EVENTS.get(event_type)
     if known is None and event_id is None:
         raise AuditError(f"unknown audit event type {event_type!r} (add it to storage.audit.EVENTS)")
@@ -142,17 +157,19 @@ def append(session: Session, audit_key: bytes, *, event_type: str, event_id: str
                         ("actor", actor), ("host", host), ("study_uid", study_uid), ("object_uid", object_uid)):
         if _CONTROL.search(value):
             raise AuditError(f"audit field {name} contains control characters")
-    _lock(session)
-    session.flush()  # the caller's pending rows go first, as an ORM query's autoflush would do
-    head = session.connection().execute(_HEAD).first()
+    return {"event_id": event_id, "event_type": event_type,
+            "action": action, "outcome": outcome, "actor": actor[:128], "host": host[:64],
+            "study_uid": study_uid, "object_uid": object_uid, "details": details_json}
+
+
+def chain(audit_key: bytes, values: dict[str, Any], head: tuple | None) -> dict[str, Any]:
+    """Place an event after the chain's head (seq, hash), read under the writers' lock: sets its
+    seq, time (taken under the lock too, so time order is chain order), prev_hash and hash in
+    `values`, which it returns."""
     seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
-    values = {"seq": seq, "occurred_at": _now(), "event_id": event_id, "event_type": event_type,
-              "action": action, "outcome": outcome, "actor": actor[:128], "host": host[:64],
-              "study_uid": study_uid, "object_uid": object_uid, "details": details_json, "prev_hash": prev}
+    values["seq"], values["occurred_at"], values["prev_hash"] = seq, _now(), prev
     values["hash"] = _hash(audit_key, tuple(values[f] for f in _FIELDS))
-    # A Core insert, not the ORM's unit of work: every stored image appends a row (~0.3 ms less).
-    session.connection().execute(insert(_TABLE), values)
-    return AuditEvent(**values)  # a detached copy of what was written, for the caller to read
+    return values
 
 
 def record_tamper(session: Session, audit_key: bytes, exc: Exception, *, what: str = "vault",
