@@ -8,7 +8,9 @@ import pydicom
 import pytest
 from pydicom.filewriter import dcmwrite
 
-from storage.dicomfile import PIXEL_DATA, file_parts
+from storage.deid import deidentify
+from storage.dicomfile import PIXEL_DATA, _header, file_parts
+from storage.keys import DeidKeys
 
 
 def dcmwrite_bytes(ds: pydicom.Dataset) -> bytes:
@@ -37,6 +39,37 @@ def test_every_shared_file_serialises_byte_for_byte_like_dcmwrite_and_pixels_are
             passthrough.add(str(ds.file_meta.TransferSyntaxUID))
     # native (explicit and implicit VR) and encapsulated syntaxes all took the no-copy path
     assert {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50"} <= passthrough, passthrough
+
+
+def test_de_identified_files_take_the_fast_header_and_match_dcmwrite(shared_data):
+    """What ingest stores: every shared file, as pynetdicom hands it over, de-identified. The header
+    writer (meta group encoded here, raw elements copied) must give dcmwrite's bytes exactly."""
+    keys = DeidKeys(uid_key=b"\x01" * 32, date_key=b"\x02" * 32)
+    fast = 0
+    for path in sorted((shared_data / "dicom").rglob("*.dcm")):
+        ds = pydicom.dcmread(path, force=True)
+        meta = pydicom.dataset.FileMetaDataset()
+        meta.TransferSyntaxUID = ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian)
+        ds.file_meta = meta
+        ds = deidentify(ds, keys).dataset
+        expected = dcmwrite_bytes(copy.deepcopy(ds))
+        if len(file_parts(ds)) > 1 and _header(ds) is not None:
+            fast += 1
+        assert b"".join(bytes(p) for p in file_parts(ds)) == expected, path.name
+    assert fast >= 6, fast
+
+
+def test_header_falls_back_where_it_cannot_match_dcmwrite(shared_data):
+    keys = DeidKeys(uid_key=b"\x01" * 32, date_key=b"\x02" * 32)
+    ds = pydicom.dcmread(shared_data / "dicom" / "derived" / "nih_00000001_000_explicit-vr-le.dcm")
+    ds = deidentify(ds, keys).dataset
+    assert _header(ds) is not None
+    ds.file_meta.SourceApplicationEntityTitle = "X"  # a meta element it does not encode
+    assert _header(ds) is None
+    del ds.file_meta.SourceApplicationEntityTitle
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian  # raw elements were read explicit
+    assert _header(ds) is None
+    assert b"".join(bytes(p) for p in file_parts(ds)) == dcmwrite_bytes(copy.deepcopy(ds))
 
 
 @pytest.mark.parametrize("case", ["big-endian", "trailing element", "odd length"])
