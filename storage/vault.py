@@ -323,7 +323,7 @@ class Vault:
     def _refill_in_background(self) -> None:
         try:
             self._create_spares(self.SPARE_BATCH)
-        except OSError:
+        except (OSError, VaultError):
             pass  # disk trouble: reserve() falls back to creating one file at a time and reports it
         finally:
             self._refilling.clear()
