@@ -12,9 +12,11 @@ Data, an odd length pydicom would pad, an ambiguous VR) simply takes the plain `
 The rest (`_header`) skips `dcmwrite`'s generic machinery too: it cost 0.7 ms for the ~25 elements
 of a de-identified radiograph, on the C-STORE path, mostly per-element overhead and a deep copy of
 the file meta. The meta group that de-identification writes (five UIDs and a name) is encoded here;
-elements still as received (raw) are copied with their header; every element pydicom decoded or
-de-identification set goes through pydicom's own `write_data_element`. A dataset whose encoding or
-character set differs from how it was received, or any other meta group, takes `dcmwrite`.
+elements still as received (raw) are copied with their header; plain ASCII text, UIDs and binary
+numbers that pydicom decoded or de-identification set are packed here the way pydicom's writers
+pack them; everything else (person names, sequences, other character sets, IS/DS, dates as
+objects...) goes through pydicom's own `write_data_element`. A dataset whose encoding or character
+set differs from how it was received, or any other meta group, takes `dcmwrite`.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import struct
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_data_element
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
@@ -115,9 +118,57 @@ def _header(ds: Dataset) -> bytes | None:
         if elem.is_raw:
             if not _write_raw(fp, elem, implicit):
                 return None
-        else:
+            continue
+        value = _simple_value(elem) if encodings in _DEFAULT_CHARSETS else None
+        if value is None:
             write_data_element(fp, elem, encodings)
+        elif not _write_element(fp, elem.tag, elem.VR, value, implicit):
+            return None
     return fp.getvalue()
+
+
+_DEFAULT_CHARSETS = ("iso8859", "ISO_IR 6", "", None)
+_PADDED_TEXT = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "SH", "LO", "UR", "LT", "ST", "UC", "UT"})
+_NUMBERS = {"US": "H", "UL": "L", "SS": "h", "SL": "l", "FL": "f", "FD": "d"}
+
+
+def _simple_value(elem) -> bytes | None:  # noqa: ANN001 - DataElement
+    """The encoded value of an element pydicom would write with `write_string`/`write_text`/
+    `write_numbers` (ASCII str or list of str, ints and floats), or None to let pydicom write it."""
+    vr, value = elem.VR, elem.value
+    if value is None or value == "" or (type(value) in (list, MultiValue) and not value):
+        return b"" if vr in _PADDED_TEXT or vr == "UI" or vr in _NUMBERS else None
+    if vr == "UI" or vr in _PADDED_TEXT:
+        values = [value] if isinstance(value, str) else value  # str or UID (a str subclass)
+        if type(values) not in (list, MultiValue) or any(not isinstance(v, str) or not v.isascii() for v in values):
+            return None
+        text = "\\".join(values).encode("ascii")
+        return text + (b"\0" if vr == "UI" else b" ") if len(text) % 2 else text
+    code = _NUMBERS.get(vr)
+    if code is not None:
+        values = [value] if type(value) in (int, float) else value
+        if type(values) not in (list, MultiValue) or any(type(v) not in (int, float) for v in values):
+            return None
+        if code not in "fd" and any(type(v) is not int for v in values):
+            return None
+        try:
+            return struct.pack(f"<{len(values)}{code}", *values)
+        except struct.error:  # out of range: pydicom raises its own error for it
+            return None
+    return None
+
+
+def _write_element(fp: DicomBytesIO, tag: int, vr: str, value: bytes, implicit: bool) -> bool:
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    if implicit:
+        fp.write(head + struct.pack("<L", len(value)) + value)
+    elif vr in EXPLICIT_VR_LENGTH_32:
+        fp.write(head + vr.encode() + b"\0\0" + struct.pack("<L", len(value)) + value)
+    elif len(value) <= 0xFFFF:
+        fp.write(head + vr.encode() + struct.pack("<H", len(value)) + value)
+    else:
+        return False  # pydicom would rewrite it as UN, with a warning
+    return True
 
 
 def _write_raw(fp: DicomBytesIO, elem, implicit: bool) -> bool:  # noqa: ANN001 - RawDataElement

@@ -59,6 +59,37 @@ def test_de_identified_files_take_the_fast_header_and_match_dcmwrite(shared_data
     assert fast >= 6, fast
 
 
+@pytest.mark.parametrize("syntax", [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian])
+def test_elements_packed_by_the_header_writer_match_pydicoms_writers(shared_data, syntax):
+    """Values of every kind the header packs itself, and some it must leave to pydicom."""
+    keys = DeidKeys(uid_key=b"\x01" * 32, date_key=b"\x02" * 32)
+    ds = pydicom.dcmread(shared_data / "dicom" / "derived" / "nih_00000001_000_explicit-vr-le.dcm")
+    if syntax == pydicom.uid.ImplicitVRLittleEndian:  # as received over an implicit VR context
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds = pydicom.dcmread(io.BytesIO(dcmwrite_bytes(ds)))
+    ds = deidentify(ds, keys).dataset
+    ds.ImageType = ["DERIVED", "SECONDARY", "X"]            # CS, multi-valued, odd total
+    ds.SeriesDescription = "odd"                            # LO, padded with a space
+    ds.ReferencedSOPClassUIDInFile = "1.2.3"                # UI, padded with NUL
+    ds.add_new(0x00081150, "UI", ["1.2.3", "1.2.34"])       # UI, multi-valued
+    ds.add_new(0x00280009, "AT", [0x00181065])              # AT: left to pydicom
+    ds.add_new(0x00280107, "US", 4095)                      # US
+    ds.add_new(0x00189219, "SS", -3)                        # SS
+    ds.add_new(0x00181164, "DS", ["0.139", "0.139"])        # DS: left to pydicom
+    ds.add_new(0x00181150, "IS", "100")                     # IS: left to pydicom
+    ds.add_new(0x00189306, "FD", [1.5, -2.25])              # FD, multi-valued
+    ds.add_new(0x00189307, "FL", 0.5)                       # FL
+    ds.add_new(0x00209128, "UL", 7)                         # UL
+    ds.add_new(0x00209157, "UL", [1, 2, 3])                 # UL, multi-valued
+    ds.add_new(0x00180015, "CS", "")                        # empty
+    ds.add_new(0x00080070, "LO", None)                      # empty
+    ds.add_new(0x00081030, "LO", "Thorax ü")                # not ASCII: left to pydicom
+    ds.add_new(0x00321060, "LO", "A" * 64)                  # even, no padding
+    fast = _header(ds)
+    assert fast is not None
+    assert b"".join(bytes(p) for p in file_parts(ds)) == dcmwrite_bytes(copy.deepcopy(ds))
+
+
 def test_header_falls_back_where_it_cannot_match_dcmwrite(shared_data):
     keys = DeidKeys(uid_key=b"\x01" * 32, date_key=b"\x02" * 32)
     ds = pydicom.dcmread(shared_data / "dicom" / "derived" / "nih_00000001_000_explicit-vr-le.dcm")
