@@ -119,6 +119,9 @@ def _header(ds: Dataset) -> bytes | None:
             if not _write_raw(fp, elem, implicit):
                 return None
             continue
+        if tag == _DEID_METHOD_CODES:
+            _write_memoised_sequence(fp, elem, encodings)
+            continue
         value = _simple_value(elem) if encodings in _DEFAULT_CHARSETS else None
         if value is None:
             write_data_element(fp, elem, encodings)
@@ -128,6 +131,28 @@ def _header(ds: Dataset) -> bytes | None:
 
 
 _DEFAULT_CHARSETS = ("iso8859", "ISO_IR 6", "", None)
+_DEID_METHOD_CODES = 0x00120064  # De-identification Method Code Sequence: the same few items on every image
+_SEQUENCES: dict[tuple, bytes] = {}
+
+
+def _write_memoised_sequence(fp: DicomBytesIO, elem, encodings) -> None:  # noqa: ANN001
+    """The sequence ingest adds to every image (codes naming the de-identification profile and
+    options: no patient data) is encoded by pydicom once per distinct content and encoding, not
+    per image; that was a third of the header's cost. Anything unusual is simply written."""
+    try:
+        key = (elem.VR, fp.is_implicit_VR, str(encodings),
+               tuple(tuple((e.tag, e.VR, e.value) for e in item) for item in elem.value))
+        encoded = _SEQUENCES.get(key)
+    except TypeError:  # a value that cannot be a key (a list, say): no memo
+        key, encoded = None, None
+    if encoded is None:
+        buf = DicomBytesIO()
+        buf.is_little_endian, buf.is_implicit_VR = True, fp.is_implicit_VR
+        write_data_element(buf, elem, encodings)
+        encoded = buf.getvalue()
+        if key is not None and len(_SEQUENCES) < 32:
+            _SEQUENCES[key] = encoded
+    fp.write(encoded)
 _PADDED_TEXT = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "SH", "LO", "UR", "LT", "ST", "UC", "UT"})
 _NUMBERS = {"US": "H", "UL": "L", "SS": "h", "SL": "l", "FL": "f", "FD": "d"}
 

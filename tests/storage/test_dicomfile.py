@@ -90,6 +90,18 @@ def test_elements_packed_by_the_header_writer_match_pydicoms_writers(shared_data
     assert b"".join(bytes(p) for p in file_parts(ds)) == dcmwrite_bytes(copy.deepcopy(ds))
 
 
+def test_the_memoised_method_code_sequence_follows_its_content(shared_data):
+    keys = DeidKeys(uid_key=b"\x01" * 32, date_key=b"\x02" * 32)
+    path = shared_data / "dicom" / "derived" / "nih_00000001_000_explicit-vr-le.dcm"
+    first = deidentify(pydicom.dcmread(path), keys).dataset
+    second = deidentify(pydicom.dcmread(path), keys).dataset
+    second.DeidentificationMethodCodeSequence[0].CodeMeaning = "Another profile"
+    third = deidentify(pydicom.dcmread(path), keys).dataset
+    third.DeidentificationMethodCodeSequence[0].add_new(0x00080104, "LO", ["A", "B"])  # unhashable value
+    for ds in (first, second, third, first):
+        assert b"".join(bytes(p) for p in file_parts(ds)) == dcmwrite_bytes(copy.deepcopy(ds))
+
+
 def test_header_falls_back_where_it_cannot_match_dcmwrite(shared_data):
     keys = DeidKeys(uid_key=b"\x01" * 32, date_key=b"\x02" * 32)
     ds = pydicom.dcmread(shared_data / "dicom" / "derived" / "nih_00000001_000_explicit-vr-le.dcm")
