@@ -202,19 +202,9 @@ def _write_raw(fp: DicomBytesIO, elem, implicit: bool) -> bool:  # noqa: ANN001 
     value, vr = elem.value, elem.VR
     if elem.length == 0xFFFFFFFF or not isinstance(value, bytes):
         return False
-    tag = struct.pack("<HH", elem.tag >> 16, elem.tag & 0xFFFF)
-    if implicit:
-        fp.write(tag + struct.pack("<L", len(value)) + value)
-        return True
-    if not vr or len(vr) != 2:
+    if not implicit and (not vr or len(vr) != 2):
         return False
-    if vr in EXPLICIT_VR_LENGTH_32:
-        fp.write(tag + vr.encode() + b"\0\0" + struct.pack("<L", len(value)) + value)
-    elif len(value) <= 0xFFFF:
-        fp.write(tag + vr.encode() + struct.pack("<H", len(value)) + value)
-    else:
-        return False  # pydicom would rewrite it as UN, with a warning
-    return True
+    return _write_element(fp, elem.tag, vr, value, implicit)
 
 
 def _meta_group(meta: Dataset) -> bytes | None:
