@@ -44,9 +44,9 @@ def open_reid(key: bytes, pseudo_sop_uid: str, blob: bytes) -> dict[str, str]:
 
 def store_entry(session: Session, key: bytes, *, pseudo_sop_uid: str, pseudo_study_uid: str,
                 original: dict[str, str]) -> None:
-    """Insert the sealed entry in the caller's transaction (one Core statement: this is on the
-    C-STORE path). Ingest inserts the instance row first, in the same transaction, and its SOP
-    Instance UID is unique, so an entry for this pseudonym cannot exist yet."""
+    """Insert the sealed entry in the caller's transaction. (Ingest writes the same row through
+    `storage.rows`, after the instance row whose unique SOP Instance UID guarantees no entry for
+    this pseudonym exists yet.)"""
     session.connection().execute(insert(ReidEntry.__table__), {
         "sop_instance_uid": pseudo_sop_uid, "study_uid": pseudo_study_uid,
         "sealed": seal_reid(key, pseudo_sop_uid, original)})

@@ -113,9 +113,7 @@ class IngestRows:
         """One transaction: committed if the block returns, rolled back if it raises."""
         try:
             conn = self.engine.raw_connection()
-        except self.dbapi.Error as exc:
-            raise RowsUnavailable(type(exc).__name__) from None
-        except Exception as exc:  # SQLAlchemy wraps connect errors in its own DBAPIError
+        except Exception as exc:  # the driver's errors, or SQLAlchemy's wrapping of them
             raise RowsUnavailable(type(exc).__name__) from None
         cursor = None
         try:
