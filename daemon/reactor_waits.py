@@ -13,7 +13,8 @@ So pynetdicom's `time.sleep`, as its `dul` and `association` modules see it, bec
 ends as soon as there is something to do:
 - the DUL thread waits in `select` on its socket and on an eventfd. Putting a primitive to send,
   or an event, on its queues writes that eventfd.
-- the association thread waits on its DIMSE message queue's condition.
+- the association thread waits on its DIMSE message queue's condition, which is also notified
+  when the DUL hands it an A-RELEASE or A-ABORT.
 An idle association wakes every 10 ms to run pynetdicom's timer checks, so it costs less than
 before. Sleeps in any other thread are untouched. Returning early from a sleep is always safe:
 every caller polls in a loop and checks its condition again.
@@ -124,6 +125,23 @@ def _association_wait(assoc: Association, seconds: float) -> None:
         _real_sleep(seconds)
         return
     q = assoc.dimse.msg_queue
+    if not getattr(assoc, "_cxrd_wakes_on_acse", False):
+        _notify_on_put(assoc.dul.to_user_queue, q)
+        assoc._cxrd_wakes_on_acse = True
     with q.not_empty:
-        if not q._qsize():
+        if not q._qsize() and not assoc.dul.to_user_queue.qsize():
             q.not_empty.wait(IDLE_WAIT_S)
+
+
+def _notify_on_put(acse_queue: queue.Queue, dimse_queue: queue.Queue) -> None:
+    """Wake the association thread when the DUL hands it an A-RELEASE or A-ABORT, not only a DIMSE
+    message: otherwise it noticed a peer's release request only at its next 10 ms timer check, and
+    every association's A-RELEASE-RP went out ~10 ms late (measured: one-image storescu
+    associations spent 10 ms between A-RELEASE-RQ in and A-RELEASE-RP out)."""
+    put = acse_queue.put
+
+    def put_and_notify(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        put(item, block, timeout)
+        with dimse_queue.not_empty:
+            dimse_queue.not_empty.notify_all()
+    acse_queue.put = put_and_notify  # type: ignore[method-assign]

@@ -79,6 +79,25 @@ def test_an_association_reactor_wakes_when_a_dimse_message_completes():
     assert result["seconds"] < 0.5
 
 
+def test_an_association_reactor_wakes_when_the_peer_asks_to_release():
+    """A-RELEASE (or A-ABORT) reaches the association through the DUL's user queue, not the DIMSE
+    queue; the reactor must notice it at once, or every release answers a timer tick late."""
+    from pynetdicom.pdu_primitives import A_RELEASE
+    ae = AE()
+    Probe, result = _in_thread_of(Association, lambda a: pynetdicom.association.time.sleep(0.001))
+    assoc = Probe(ae, "acceptor")
+    reactor_waits.IDLE_WAIT_S, saved = 1.0, reactor_waits.IDLE_WAIT_S
+    try:
+        assoc.start()
+        time.sleep(0.05)
+        assoc.dul.to_user_queue.put(A_RELEASE())
+        assoc.join(2)
+    finally:
+        reactor_waits.IDLE_WAIT_S = saved
+    assert result["seconds"] < 0.5
+    assert isinstance(assoc.dul.to_user_queue.get_nowait(), A_RELEASE)  # still there for pynetdicom
+
+
 def test_a_failing_wait_falls_back_to_a_plain_sleep_instead_of_killing_the_reactor():
     assoc = Association(AE(), "acceptor")
     Probe, result = _in_thread_of(DULServiceProvider, lambda dul: pynetdicom.dul.time.sleep(0.05))
