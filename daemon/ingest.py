@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.chest import ChestRule, is_chest_radiograph
 from daemon.logs import event
-from storage import audit, reid
+from storage import reid
 from storage.deid import PROFILE_EDITION, DeidOptions, deidentify
 from storage.dicomfile import file_parts
 from storage.errors import DeidError, VaultError
@@ -66,14 +66,13 @@ class IngestStats:
 
 
 class Ingest:
-    """Holds what every C-STORE needs (keys, vault, sessions, rules); `store` is called from many
+    """Holds what every C-STORE needs (keys, vault, database, rules); `store` is called from many
     association threads at once and is safe for that."""
 
-    def __init__(self, *, engine: Engine, sessions: sessionmaker[Session], read_sessions: sessionmaker[Session],
-                 vault: Vault, keys: Keys, deid: DeidOptions,
+    def __init__(self, *, engine: Engine, read_sessions: sessionmaker[Session], vault: Vault, keys: Keys,
+                 deid: DeidOptions,
                  chest: ChestRule, non_chest: str, min_free_mb: int, hostname: str = "",
                  observe: Callable[[str, float, int], None] | None = None, max_writers: int = 8):
-        self.sessions = sessions
         self.rows = IngestRows(engine, keys.audit_key)  # the C-STORE transaction, on the driver's cursor
         self._audit_after_write = engine.dialect.name != "sqlite"
         self.read_sessions = read_sessions
@@ -204,9 +203,6 @@ class Ingest:
         return "stored", SUCCESS, nbytes
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _session(self) -> Session:
-        return _guarded(self.sessions)
-
     def _free_bytes(self) -> int:
         try:
             return shutil.disk_usage(self.vault.root).free
@@ -218,8 +214,16 @@ class Ingest:
             return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop)) is not None
 
     def _audit_only(self, event_type: str, **fields) -> None:  # noqa: ANN003
-        with self._session() as session, session.begin():
-            audit.append(session, self.keys.audit_key, event_type=event_type, **fields)
+        """An outcome that stores nothing (ignored, rejected, duplicate, failed), audited on its own."""
+        try:
+            self.rows.audit(event_type=event_type, **fields)
+        except RowsUnavailable:
+            raise DatabaseDown() from None
+
+    def audit_association(self, calling_aet: str, host: str) -> None:
+        """An accepted association, audited before its first request is served: on the driver's
+        cursor like the rest of the C-STORE path (~3 ms through the ORM, per association)."""
+        self.rows.audit(event_type="association.accepted", actor=f"aet:{calling_aet}", host=host)
 
     def _discard_after(self, write: Future, object_id: str) -> None:
         """Shred this attempt's object once its write has finished (never while it is being written)."""

@@ -107,7 +107,7 @@ class Service:
             event(log, "vault.recovered", temp_files=leftovers, orphans=orphans)
         self.vault = vault
         self.ingest = Ingest(
-            engine=rt.engine, sessions=rt.sessions, read_sessions=rt.read_sessions, vault=vault, keys=rt.keys,
+            engine=rt.engine, read_sessions=rt.read_sessions, vault=vault, keys=rt.keys,
             observe=self._observe_store,
             deid=DeidOptions(**dataclasses.asdict(s.deid)),
             chest=ChestRule(frozenset(p.upper() for p in s.dicom.chest_body_parts), s.dicom.min_image_size),
@@ -170,7 +170,10 @@ class Service:
 
     def _on_accept(self, calling_aet: str, host: str) -> None:
         self.metrics.associations.labels("accepted").inc()
-        self._audit_service("association.accepted", actor=f"aet:{calling_aet}", host=host)
+        try:
+            self.ingest.audit_association(calling_aet, host)
+        except Exception as exc:  # as _audit_service: an audit failure never fails the association
+            log.error("audit.write_failed", exc_info=exc)
 
     def _on_reject(self, calling_aet: str, host: str, reason: str) -> None:
         self.metrics.associations.labels("rejected").inc()

@@ -101,12 +101,17 @@ class IngestRows:
         self.instance = _compile(engine, Instance.__table__, returning="id")
         self.job = _compile(engine, Job.__table__, returning="id")
         self.reid = _compile(engine, ReidEntry.__table__, returning=None)
-        self.audit = _compile(engine, AuditEvent.__table__, returning=None)
+        self.audit_row = _compile(engine, AuditEvent.__table__, returning=None)
         table = AuditEvent.__table__
         self.audit_head = str(text(f"SELECT seq, hash FROM {table.name} ORDER BY seq DESC LIMIT 1")
                               .compile(dialect=engine.dialect))
         self.audit_lock = (f"SELECT pg_advisory_xact_lock({audit.ADVISORY_LOCK_ID})"
                            if self.dialect == "postgresql" else None)
+
+    def audit(self, **fields: Any) -> None:
+        """One audit event in a transaction of its own (see `Transaction.audit_event`)."""
+        with self.transaction() as tx:
+            tx.audit_event(**fields)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator["Transaction"]:
@@ -169,7 +174,7 @@ class Transaction:
         self.cursor.execute(self.rows.audit_head)
         head = self.cursor.fetchone()
         audit.chain(self.rows.audit_key, values, head)
-        self._insert(self.rows.audit, values)
+        self._insert(self.rows.audit_row, values)
 
 
 def _rollback(conn) -> None:  # noqa: ANN001

@@ -81,7 +81,14 @@ def test_host_allow_list_refuses_other_sources_and_audits_it(daemon_factory):
     assert any("host not allowed" in reason for reason in rejected_reasons(d))
     d.stop()
     allowed = daemon_factory({"CXRD_DICOM__ALLOWED_HOSTS": '["127.0.0.0/8"]'}).start()
-    assert dcmtk("echoscu", "-aec", "CXRD", "127.0.0.1", str(allowed.dicom_port)).returncode == 0
+    assert dcmtk("echoscu", "-aec", "CXRD", "-aet", "GATEPROBE", "127.0.0.1",
+                 str(allowed.dicom_port)).returncode == 0
+    engine = create_engine(f"sqlite:///{allowed.state_dir / 'cxrd.db'}")
+    with engine.connect() as c:  # an accepted association is audited too, with who and from where
+        accepted = c.execute(text("SELECT actor, host FROM audit_events "
+                                  "WHERE event_type = 'association.accepted'")).all()
+    engine.dispose()
+    assert [tuple(r) for r in accepted] == [("aet:GATEPROBE", "127.0.0.1")]
 
 
 def test_association_limit_refuses_the_one_too_many(daemon_factory):

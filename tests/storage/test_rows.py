@@ -97,6 +97,12 @@ def _check_backend(engine) -> None:  # noqa: ANN001
         assert s.scalar(select(text("count(*)")).select_from(Instance.__table__)) == 2
         assert audit.verify(s, AUDIT_KEY).rows == 2
     _store(rows, "2.25.300")  # the connection that saw the conflict is usable again
+    rows.audit(event_type="association.accepted", actor="aet:PACS", host="127.0.0.1")  # on its own
+    with db.sessions(engine)() as s:
+        report = audit.verify(s, AUDIT_KEY)
+        assert report.ok and report.rows == 4, report
+        assert s.scalars(select(AuditEvent.event_type).order_by(AuditEvent.seq.desc())).first() == \
+            "association.accepted"
 
 
 def test_sqlite_rows_match_the_orm_and_conflicts_roll_back(tmp_path):
