@@ -10,7 +10,8 @@ processor (the same code an ORM insert would run, so the stored bytes are identi
 only the driver's `execute` calls remain.
 
 The tables and their defaults stay declared in `storage.models`; a column added there with a
-Python-side default is filled here without a change. Errors come back as two exceptions whose
+Python-side default is filled here without a change, one with only a server default is left to
+the database. Errors come back as two exceptions whose
 meaning ingest already maps to DICOM statuses: `RowConflict` (a constraint refused a row) and
 `RowsUnavailable` (the database cannot be used; the connection is discarded, not reused).
 """
@@ -69,8 +70,10 @@ def _default_maker(column) -> Callable[[], Any] | None:  # noqa: ANN001 - sqlalc
 
 def _compile(engine: Engine, table: Table, returning: str | None) -> _Insert:
     dialect = engine.dialect
+    # Left to the database: the generated key we ask back, and columns it fills itself.
     columns = [c for c in table.columns
-               if not (c.primary_key and c.autoincrement is not False and c.name == returning)]
+               if not (c.primary_key and c.autoincrement is not False and c.name == returning)
+               and not (c.default is None and c.server_default is not None)]
     stmt = insert(table)
     if returning and dialect.insert_returning:
         stmt = stmt.returning(table.c[returning])
