@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 from daemon import scp, systemd
 from daemon.chest import ChestRule
@@ -170,10 +170,7 @@ class Service:
 
     def _on_accept(self, calling_aet: str, host: str) -> None:
         self.metrics.associations.labels("accepted").inc()
-        try:
-            self.ingest.audit_association(calling_aet, host)
-        except Exception as exc:  # as _audit_service: an audit failure never fails the association
-            log.error("audit.write_failed", exc_info=exc)
+        self._audit_quietly(lambda: self.ingest.audit_association(calling_aet, host))
 
     def _on_reject(self, calling_aet: str, host: str, reason: str) -> None:
         self.metrics.associations.labels("rejected").inc()
@@ -182,10 +179,14 @@ class Service:
                             host=host, reason=reason)
 
     def _audit_service(self, event_type: str, **fields) -> None:  # noqa: ANN003
+        self._audit_quietly(lambda: self.rt.audit(event_type, **fields))
+
+    @staticmethod
+    def _audit_quietly(write: Callable[[], None]) -> None:
         """Audit from a network or lifecycle callback: a failed audit write is logged, never raised
-        (a refusal or a stop must not fail because the audit row could not be written)."""
+        (an association, a refusal or a stop must not fail because the audit row could not be written)."""
         try:
-            self.rt.audit(event_type, **fields)
+            write()
         except Exception as exc:
             log.error("audit.write_failed", exc_info=exc)
 

@@ -64,37 +64,32 @@ def test_an_idle_dul_wakes_as_soon_as_a_primitive_is_queued_to_send():
     assert result["seconds"] < 0.5  # woken by the put, not by the 1 s timeout
 
 
-def test_an_association_reactor_wakes_when_a_dimse_message_completes():
-    ae = AE()
+def _association_wait_woken_by(put) -> tuple[float, Association]:  # noqa: ANN001
+    """Seconds an idle association reactor's 1 s wait lasted when `put(assoc)` ran 50 ms into it."""
     Probe, result = _in_thread_of(Association, lambda a: pynetdicom.association.time.sleep(0.001))
-    assoc = Probe(ae, "acceptor")
+    assoc = Probe(AE(), "acceptor")
     reactor_waits.IDLE_WAIT_S, saved = 1.0, reactor_waits.IDLE_WAIT_S
     try:
         assoc.start()
         time.sleep(0.05)
-        assoc.dimse.msg_queue.put((1, "a message"))
+        put(assoc)
         assoc.join(2)
     finally:
         reactor_waits.IDLE_WAIT_S = saved
-    assert result["seconds"] < 0.5
+    return result["seconds"], assoc
+
+
+def test_an_association_reactor_wakes_when_a_dimse_message_completes():
+    seconds, _ = _association_wait_woken_by(lambda assoc: assoc.dimse.msg_queue.put((1, "a message")))
+    assert seconds < 0.5
 
 
 def test_an_association_reactor_wakes_when_the_peer_asks_to_release():
     """A-RELEASE (or A-ABORT) reaches the association through the DUL's user queue, not the DIMSE
     queue; the reactor must notice it at once, or every release answers a timer tick late."""
     from pynetdicom.pdu_primitives import A_RELEASE
-    ae = AE()
-    Probe, result = _in_thread_of(Association, lambda a: pynetdicom.association.time.sleep(0.001))
-    assoc = Probe(ae, "acceptor")
-    reactor_waits.IDLE_WAIT_S, saved = 1.0, reactor_waits.IDLE_WAIT_S
-    try:
-        assoc.start()
-        time.sleep(0.05)
-        assoc.dul.to_user_queue.put(A_RELEASE())
-        assoc.join(2)
-    finally:
-        reactor_waits.IDLE_WAIT_S = saved
-    assert result["seconds"] < 0.5
+    seconds, assoc = _association_wait_woken_by(lambda a: a.dul.to_user_queue.put(A_RELEASE()))
+    assert seconds < 0.5
     assert isinstance(assoc.dul.to_user_queue.get_nowait(), A_RELEASE)  # still there for pynetdicom
 
 
