@@ -114,7 +114,7 @@ def main() -> None:
 
     import torch
     torch.set_num_threads(args.threads)
-    from daemon.allocator import keep_large_buffers
+    from daemon.ops.allocator import keep_large_buffers
     keep_large_buffers()  # the bare forward runs under the allocator settings `cxrd serve` uses
     from cxrmodel.network import build_model
     from cxrmodel.registry import Registry

@@ -1,9 +1,8 @@
-"""Errors the CLI prints as one line; library errors are mapped to these in `daemon.cli`."""
+"""The error the service, its stages and operations raise for what an operator must fix.
+
+The message is one safe line (no patient data): the CLI prints it as it is, `cxrd serve` exits with it.
+"""
 
 
-class CommandError(Exception):
-    """A command could not do what was asked; the message is one safe line (no PHI)."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
+class DaemonError(Exception):
+    """Something the operator must fix (a directory, a port, a destination, an input file)."""

@@ -15,17 +15,18 @@ import threading
 import time
 from typing import Callable, Protocol
 
-from daemon import scp, systemd
-from daemon.chest import ChestRule
-from daemon.errors import CommandError
-from daemon.http import HttpEndpoint
-from daemon.ingest import Ingest, sweep_orphans
-from daemon.logs import event
-from daemon.metrics import Metrics, StateCollector
-from daemon import retrain
+from daemon.dicom import scp
+from daemon.ops import systemd
+from daemon.stages.chest_rule import ChestRule
+from daemon.errors import DaemonError
+from daemon.ops.http import HttpEndpoint
+from daemon.stages.ingest import Ingest, sweep_orphans
+from daemon.ops.logs import event
+from daemon.ops.prometheus import Metrics, StateCollector
+from daemon.stages import retraining as retrain
 from daemon.runtime import Runtime
-from daemon.scheduler import RetrainScheduler
-from daemon.worker import EngineSettings, Worker
+from daemon.stages.scheduling import RetrainScheduler
+from daemon.stages.worker import EngineSettings, Worker
 from storage import db
 from storage.deid import DeidOptions
 from storage.vault import Vault
@@ -55,7 +56,7 @@ def probe_state_dir(rt: Runtime) -> None:
             os.close(fd)
         probe.unlink()
     except OSError as exc:
-        raise CommandError(f"state directory {rt.state_dir} is not writable: {exc.strerror}") from None
+        raise DaemonError(f"state directory {rt.state_dir} is not writable: {exc.strerror}") from None
 
 
 class Service:
@@ -79,14 +80,14 @@ class Service:
         except OSError as exc:
             self.stages = started
             self._stop_stages()
-            raise CommandError(str(exc.strerror or exc)) from None
+            raise DaemonError(str(exc.strerror or exc)) from None
         if s.dicom.enabled:
             try:
                 self.scp = scp.start(s.dicom, on_store=self._on_store(), on_reject=self._on_reject,
                                      on_accept=self._on_accept)
             except OSError as exc:
                 self._stop_stages()
-                raise CommandError(f"cannot listen for DICOM on {s.dicom.bind}:{s.dicom.port}: "
+                raise DaemonError(f"cannot listen for DICOM on {s.dicom.bind}:{s.dicom.port}: "
                                    f"{exc.strerror or exc}") from None
         where = f"{s.dicom.ae_title}@{s.dicom.bind}:{self.scp.port}" if self.scp else "off (worker-only)"
         event(log, "service.started", state_dir=str(rt.state_dir),
@@ -124,7 +125,7 @@ class Service:
                 results_enabled=s.results.enabled, audit_host=rt.hostname,
                 observe=self.metrics.observe_prediction))
         if s.results.enabled:
-            from daemon import results
+            from daemon.stages import results
             stages.append(results.from_settings(rt, vault))
         if s.retrain.enabled or s.storage.retention_days > 0:
             retrain.install(rt)

@@ -171,7 +171,7 @@ def daemon_factory(tmp_path: Path) -> Iterator:
 def scp_handle() -> Iterator:
     """cxrd's Storage SCP in this process on a free loopback port, answering every C-STORE with success."""
     from config.schema import Dicom
-    from daemon import scp
+    from daemon.dicom import scp
     handle = scp.start(Dicom(bind="127.0.0.1", port=free_port()), on_store=lambda *a: 0)
     yield handle
     handle.stop(drain_s=1)

@@ -1,0 +1,122 @@
+"""`cxrd init`, `serve`, `check-config`, `status`: setting up, running and looking at the service."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sqlalchemy import func, select
+
+from config import redacted
+from daemon.cli.errors import CommandError
+from daemon.runtime import Runtime
+from storage import db
+from storage.models import INSTANCE_STATES, Instance, Job, Result, RetrainRun
+
+
+def register(sub) -> None:  # noqa: ANN001
+    p = sub.add_parser("init", help="create the state directory, database schema and keys (idempotent)")
+    p.set_defaults(func=run_init)
+    p = sub.add_parser("serve", help="run the daemon in the foreground (what systemd starts)")
+    p.set_defaults(func=run_serve)
+    p = sub.add_parser("check-config", help="validate and print the effective settings, secrets redacted")
+    p.add_argument("--format", choices=("toml", "json"), default="toml")
+    p.set_defaults(func=run_check_config)
+    p = sub.add_parser("status", help="queue depth, counts by state, current model, last retrain")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=run_status)
+
+
+def run_init(args: argparse.Namespace, rt: Runtime) -> int:
+    created = initialise(rt)
+    print(f"cxrd: state directory {rt.state_dir} ready (schema {created['schema']}, "
+          f"key file {created['key_file']})")
+    return 0
+
+
+def initialise(rt: Runtime) -> dict[str, str]:
+    """What `init` does and `serve` repeats at start: directories, schema, keys. Idempotent."""
+    state = rt.ensure_state_dir()
+    for sub in ("vault", "models", "inbox", "cache"):
+        (state / sub).mkdir(exist_ok=True, mode=0o700)
+    before = db.schema_revision(rt.engine)
+    revision = db.migrate(rt.engine)
+    key_state = rt.ensure_keys()
+    if before != revision:
+        rt.audit("app.init", schema_from=before, schema=revision)
+    return {"schema": revision or "", "key_file": key_state}
+
+
+def run_serve(args: argparse.Namespace, rt: Runtime) -> int:
+    from daemon.ops.allocator import keep_large_buffers
+    from daemon.service import serve
+    keep_large_buffers()
+    initialise(rt)
+    return serve(rt)
+
+
+def run_check_config(args: argparse.Namespace, rt: Runtime) -> int:
+    effective = redacted(rt.settings)
+    if args.format == "json":
+        json.dump(effective, sys.stdout, indent=2)
+        print()
+    else:
+        sys.stdout.write(to_toml(effective))
+    print("cxrd: configuration is valid", file=sys.stderr)
+    return 0
+
+
+def to_toml(tree: dict, prefix: str = "") -> str:
+    """Render the settings tree as TOML (sections after plain keys, as TOML requires)."""
+    plain = [(k, v) for k, v in tree.items() if not isinstance(v, dict)]
+    tables = [(k, v) for k, v in tree.items() if isinstance(v, dict)]
+    out = []
+    if plain:
+        if prefix:
+            out.append(f"[{prefix}]")
+        out += [f"{k} = {json.dumps(v)}" for k, v in plain]
+        out.append("")
+    for k, v in tables:
+        out.append(to_toml(v, f"{prefix}.{k}" if prefix else k))
+    return "\n".join(out)
+
+
+def run_status(args: argparse.Namespace, rt: Runtime) -> int:
+    if db.schema_revision(rt.engine) is None:
+        raise CommandError(f"no cxrd database at {rt.settings.storage.database_url.split('@')[-1]}; "
+                           "run `cxrd init` first")
+    info = collect_status(rt)
+    if args.format == "json":
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"state directory : {info['state_dir']}")
+    print(f"database        : {info['database']} (schema {info['schema']})")
+    print(f"queue depth     : {info['queue_depth']} job(s) waiting")
+    print("instances       : " + ", ".join(f"{k} {v}" for k, v in info["instances"].items()))
+    print("results         : " + (", ".join(f"{k} {v}" for k, v in info["results"].items()) or "none"))
+    model = info["model"]
+    print(f"current model   : {model or 'none yet - studies stay queued until one is promoted (cxrd train / cxrd model import)'}")
+    last = info["last_retrain"]
+    print(f"last retrain    : {last['started_at']} {last['outcome']} {last['candidate']}" if last else
+          "last retrain    : never")
+    return 0
+
+
+def collect_status(rt: Runtime) -> dict:
+    with db.reachable(rt.engine), rt.read_sessions() as session:
+        states = dict(session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all())
+        queue = session.scalar(select(func.count()).select_from(Job).where(Job.state.in_(("queued", "running"))))
+        results = dict(session.execute(select(Result.state, func.count()).group_by(Result.state)).all())
+        last = session.scalars(select(RetrainRun).order_by(RetrainRun.id.desc()).limit(1)).first()
+    return {
+        "state_dir": str(rt.state_dir),
+        "database": rt.engine.url.render_as_string(hide_password=True),
+        "schema": db.schema_revision(rt.engine),
+        "queue_depth": queue or 0,
+        "instances": {s: states.get(s, 0) for s in INSTANCE_STATES},
+        "results": results,
+        "model": rt.current_model_summary(),
+        "last_retrain": None if last is None else {
+            "started_at": last.started_at.isoformat(), "outcome": last.outcome,
+            "candidate": last.candidate_version},
+    }

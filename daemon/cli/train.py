@@ -1,0 +1,204 @@
+"""`cxrd train` and `cxrd evaluate`: the CLI face of `cxrmodel.train` / `cxrmodel.evaluate`.
+
+Training writes into a work folder under the state directory (checkpoint per epoch, the sealed
+feature cache, the model and its report), then judges the candidate against the current model on
+the same held-out patients and registers it; it becomes current only if `compare` says so (or
+`--promote always`). The feature cache is sealed with a key derived from the master key, so
+features of patient images are never on disk in clear.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from daemon.cli.errors import CommandError
+from daemon.runtime import Runtime
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from cxrmodel.train import get_args_parser
+
+    train = subparsers.add_parser(
+        "train", parents=[get_args_parser(add_help=False, require_out=False)],
+        help="train a model from ChestX-ray14-format data and register it",
+        description="Train a DenseNet121 (frozen backbone + feature cache by default) on ChestX-ray14-format "
+                    "data, evaluate it and the current model on the same held-out patients, register it, and "
+                    "promote it if it is not worse.",
+        conflict_handler="resolve")
+    train.add_argument("--promote", choices=("auto", "always", "never"), default="auto",
+                       help="auto: only if mean AUROC is not worse and no label drops by more than the margin")
+    train.add_argument("--max-auroc-drop", type=float, default=None,
+                       help="per-label AUROC margin for --promote auto (default: [retrain] max_auroc_drop)")
+    train.add_argument("--from-current", action="store_true", help="start from the current model's weights")
+    train.add_argument("--version", default=None, help="name for the new model version")
+    train.add_argument("--format", choices=("text", "json"), default="text")
+    train.set_defaults(func=run_train)
+
+    ev = subparsers.add_parser("evaluate", help="evaluate a registered model on ChestX-ray14-format data",
+                               description="Per-label AUROC with 95%% CI, average precision, accuracy/F1 at the "
+                                           "model's operating thresholds, calibration error; writes report.json "
+                                           "and roc.png.")
+    ev.add_argument("--data", type=Path, required=True, help="folder with Data_Entry_2017.csv and images/")
+    ev.add_argument("--model", default=None, help="model version (default: the current one)")
+    ev.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
+                    help="which patients (the same deterministic patient split training uses)")
+    ev.add_argument("--out", type=Path, default=None, help="folder for report.json and roc.png")
+    ev.add_argument("--n-boot", type=int, default=1000)
+    ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--format", choices=("text", "json"), default="text")
+    ev.set_defaults(func=run_evaluate)
+
+
+def feature_cache_sealers(rt: Runtime):  # noqa: ANN201 - (seal, unseal)
+    """Seal/unseal for the feature cache with a purpose key derived from the master key."""
+    from storage import keys as key_store
+    from storage import vault
+
+    if not rt.key_file.is_file():
+        raise CommandError("no key file yet: run `cxrd init` first")
+    key = key_store.derive_key(key_store.read_master_key(rt.key_file), "feature-cache")
+
+    def seal(aad: bytes, data: bytes) -> bytes:
+        return vault.seal(key, aad, data)
+
+    def unseal(aad: bytes, blob: bytes) -> bytes:
+        return vault.open_sealed(key, aad, blob, object_id="feature cache entry")
+
+    return seal, unseal
+
+
+def _threads(args: argparse.Namespace, rt: Runtime) -> int:
+    if args.threads:
+        return args.threads
+    retrain = getattr(rt.settings, "retrain", None)
+    return int(getattr(retrain, "threads", 1) or 1)
+
+
+def run_train(args: argparse.Namespace, rt: Runtime) -> int:
+    from cxrmodel import evaluate as E
+    from cxrmodel import train as T
+    from cxrmodel.chestxray14 import read_dataset
+    from cxrmodel.errors import NoModelError
+
+    T.apply_recipe(args)
+    args.threads = _threads(args, rt)
+    registry = rt.registry
+    rt.ensure_state_dir()
+    if args.from_current:
+        current = registry.load()
+        args.init = current.path / current.manifest.weights_file
+    if args.out is None:
+        if args.resume:
+            raise CommandError("--resume needs --out (the work folder of the interrupted run)")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        args.out = rt.state_dir / "train" / stamp
+    seal, unseal = feature_cache_sealers(rt)
+    result = T.main(args, seal=seal, unseal=unseal)
+    model, result = T.load_trained(args.out)
+    test_report = result["test_report"]
+    if test_report is None:
+        raise CommandError("no held-out test images: cannot judge the model (use a larger data set)")
+
+    # judge the current model on the very same held-out patients
+    data = read_dataset(args.data, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+    names = set(result["test_images"])
+    test_entries = [e for e in data.splits["test"] if e.image in names]
+    current_report = None
+    current_version = None
+    try:
+        current = registry.load()
+        current_version = current.version
+        current_report, _, _ = E.evaluate_model(
+            current.module, test_entries, current.manifest.preprocessing,
+            activation=current.manifest.architecture.activation,
+            thresholds=dict(current.manifest.thresholds), n_boot=0)
+    except NoModelError:
+        pass
+    margin = args.max_auroc_drop
+    if margin is None:
+        margin = float(getattr(getattr(rt.settings, "retrain", None), "max_auroc_drop", 0.02))
+    better, reasons = E.compare(test_report, current_report, margin)
+    promote = args.promote == "always" or (args.promote == "auto" and better)
+
+    from cxrmodel.preprocess import PreprocessSpec
+    training = {k: v for k, v in result["training"].items() if k != "history"}
+    training["final_val_mean_auroc"] = (result["training"]["history"] or [{}])[-1].get("val_mean_auroc")
+    training["data"] = Path(args.data).name
+    version = registry.add(
+        model, version=args.version, promote=promote, thresholds=result["thresholds"],
+        metrics=E.manifest_metrics(test_report, "test split (patient-disjoint)"), training=training,
+        preprocessing=PreprocessSpec.from_dict(result["preprocessing"]),
+        source={"format": "cxrd-train", "compared_with": current_version})
+    rt.audit("model.trained", version=version, mean_auroc=test_report["mean_auroc"], data=Path(args.data).name)
+    if promote:
+        rt.audit("model.promoted", version=version, previous=current_version, reasons=reasons[:20])
+    (Path(args.out) / "test_report.json").write_text(json.dumps(test_report, indent=2) + "\n")
+    summary: dict[str, Any] = {
+        "version": version,
+        "promoted": promote,
+        "reasons": reasons,
+        "mean_auroc": test_report["mean_auroc"],
+        "mean_auroc_ci95": test_report["mean_auroc_ci95"],
+        "mean_accuracy": test_report["mean_accuracy"],
+        "current_version": current_version,
+        "current_mean_auroc": current_report["mean_auroc"] if current_report else None,
+        "work_dir": str(args.out),
+        "seconds": result["training"]["seconds"],
+    }
+    if args.format == "json":
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"model {version}: test mean AUROC {summary['mean_auroc']:.4f} "
+              f"(95% CI {summary['mean_auroc_ci95'][0]:.3f}-{summary['mean_auroc_ci95'][1]:.3f})"
+              if summary["mean_auroc_ci95"] else f"model {version}: test mean AUROC {summary['mean_auroc']:.4f}")
+        print(f"{'promoted to current' if promote else 'registered, not promoted'}: " + "; ".join(reasons))
+    return 0
+
+
+def _print_table(report: dict[str, Any], out: Any = sys.stdout) -> None:
+    print(f"{'finding':<20}{'pos':>5}{'AUROC':>8}{'95% CI':>15}{'AP':>7}{'thr':>7}{'acc':>7}{'F1':>7}{'ECE':>7}", file=out)
+
+    def f(v: Any, w: int = 7, p: int = 3) -> str:
+        return f"{v:>{w}.{p}f}" if isinstance(v, (int, float)) else f"{'n/a':>{w}}"
+
+    for label, r in report["labels"].items():
+        ci = r["auroc_ci95"]
+        cis = f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "n/a"
+        print(f"{label:<20}{r['positives']:>5}{f(r['auroc'], 8)}{cis:>15}{f(r['average_precision'])}"
+              f"{f(r['threshold'])}{f(r['accuracy'])}{f(r['f1'])}{f(r['ece'])}", file=out)
+    ci = report["mean_auroc_ci95"]
+    print(f"{'mean':<20}{report['n_images']:>5}{f(report['mean_auroc'], 8)}"
+          f"{(f'{ci[0]:.3f}-{ci[1]:.3f}' if ci else 'n/a'):>15}{f(report['mean_average_precision'])}"
+          f"{'':>7}{f(report['mean_accuracy'])}{f(report['mean_f1'])}{f(report['mean_ece'])}", file=out)
+
+
+def run_evaluate(args: argparse.Namespace, rt: Runtime) -> int:
+    import torch
+
+    from cxrmodel import evaluate as E
+    from cxrmodel.chestxray14 import read_dataset
+
+    torch.set_num_threads(_threads(args, rt))
+    loaded = rt.registry.load(args.model)
+    data = read_dataset(args.data)
+    entries = data.entries if args.split == "all" else data.splits[args.split]
+    if not entries:
+        raise CommandError(f"no images in the {args.split} split")
+    report, Y, P = E.evaluate_model(loaded.module, entries, loaded.manifest.preprocessing,
+                                    activation=loaded.manifest.architecture.activation,
+                                    thresholds=dict(loaded.manifest.thresholds), n_boot=args.n_boot)
+    report = {"model": loaded.version, "split": args.split, "skipped_rows": len(data.issues), **report}
+    out = args.out or rt.state_dir / "evaluations" / f"{loaded.version}-{args.split}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    E.write_roc_png(Y, P, out / "roc.png", title=f"{loaded.version}: ROC on {args.split} ({len(entries)} images)")
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"model {loaded.version} on {args.split} split: {len(entries)} images")
+        _print_table(report)
+        print(f"report: {out / 'report.json'}  figure: {out / 'roc.png'}")
+    return 0

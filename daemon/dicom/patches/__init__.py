@@ -1,0 +1,1 @@
+"""Adjustments to pynetdicom internals on the receive path, kept in one place."""

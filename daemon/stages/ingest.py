@@ -1,0 +1,281 @@
+"""Ingest: one received dataset in, one DICOM status out — and 0x0000 only once the image is durable.
+
+Order of work for a chest radiograph: de-identify -> serialise -> encrypt + write + fsync (vault),
+and meanwhile the statements of one transaction (instance + job + re-identification entry + audit
+row; on PostgreSQL the audit row waits for the object, see `_store`) -> commit once the object is
+durable -> 0x0000. The two fsyncs (object file, database log) stay in that order; what overlaps is
+the encryption and write with the statements. If anything fails before the object is durable or
+the database refuses the rows, the vault object written for this attempt is shredded, so a failure
+leaves nothing half-written and the PACS can simply send again. A failure during the commit itself
+keeps the object (the commit may have landed; the orphan sweep at start shreds it if not). Every
+vault object id is unique per attempt, so a concurrent duplicate can never shred the copy another
+thread committed. A duplicate SOP Instance UID is found by the unique index at insert time, then
+confirmed by a read (only on that rare path), so another failed constraint is never mistaken for
+"already stored".
+
+The meaning of each failure as a DICOM status is decided here and nowhere else.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, InterfaceError
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.stages.chest_rule import ChestRule, is_chest_radiograph
+from daemon.ops.logs import event
+from storage import reid
+from storage.deid import PROFILE_EDITION, DeidOptions, deidentify
+from storage.dicomfile import file_parts
+from storage.errors import DeidError, VaultError
+from storage.keys import Keys
+from storage.models import RECEIVED, Instance
+from storage.rows import IngestRows, RowConflict, RowsUnavailable
+from storage.vault import Vault
+
+log = logging.getLogger("cxrd.ingest")
+
+# DICOM statuses (PS3.4 Annex B / PS3.7 C): the one table of what a failure means to the sender.
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700          # disk below the floor, database unreachable: retry later
+CANNOT_UNDERSTAND = 0xC210         # dataset could not be parsed
+PROCESSING_FAILURE = 0xC211        # unexpected error of ours (logged without PHI)
+CANNOT_DEIDENTIFY = 0xC220         # required UIDs missing or malformed
+NOT_A_CHEST_RADIOGRAPH = 0xC230    # only with dicom.non_chest = "reject"
+
+
+@dataclass
+class IngestStats:
+    """Counters the metrics endpoint reads; updated without locks (approximate is fine)."""
+    by_outcome: dict[str, int] = field(default_factory=dict)
+    bytes_stored: int = 0
+    last_seconds: float = 0.0
+
+    def count(self, outcome: str) -> None:
+        self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
+
+
+class Ingest:
+    """Holds what every C-STORE needs (keys, vault, database, rules); `store` is called from many
+    association threads at once and is safe for that."""
+
+    def __init__(self, *, engine: Engine, read_sessions: sessionmaker[Session], vault: Vault, keys: Keys,
+                 deid: DeidOptions,
+                 chest: ChestRule, non_chest: str, min_free_mb: int, hostname: str = "",
+                 observe: Callable[[str, float, int], None] | None = None, max_writers: int = 8):
+        self.rows = IngestRows(engine, keys.audit_key)  # the C-STORE transaction, on the driver's cursor
+        self._audit_after_write = engine.dialect.name != "sqlite"
+        self.read_sessions = read_sessions
+        self.vault = vault
+        self.keys = keys
+        self.deid = deid
+        self.chest = chest
+        self.non_chest = non_chest
+        self.min_free_bytes = min_free_mb * 1024 * 1024
+        self.hostname = hostname
+        self.stats = IngestStats()
+        # One vault write in flight per association at most; a pool avoids a thread start per image.
+        self._writer = ThreadPoolExecutor(max_workers=max(2, max_writers), thread_name_prefix="cxrd-vault-write")
+        self.observe = observe or (lambda outcome, seconds, nbytes: None)
+
+    # -- the C-STORE path --------------------------------------------------------------------------
+    def store(self, ds: Dataset, file_meta: Dataset | None, calling_aet: str, host: str) -> int:
+        t0 = time.perf_counter()
+        outcome, status, nbytes = "failed", PROCESSING_FAILURE, 0
+        try:
+            outcome, status, nbytes = self._store(ds, file_meta, calling_aet, host)
+        except StoreConflict as exc:
+            outcome, status = "failed", PROCESSING_FAILURE
+            event(log, "store.refused", logging.ERROR, reason=str(exc), calling_aet=calling_aet)
+        except DatabaseDown:
+            outcome, status = "refused_database", OUT_OF_RESOURCES
+            event(log, "store.refused", logging.ERROR, reason="database unavailable", calling_aet=calling_aet)
+        except Exception as exc:  # never let an association thread die; never log values (PHI)
+            log.error("store.crashed", exc_info=exc, extra={"cxrd_fields": {"calling_aet": calling_aet}})
+        seconds = time.perf_counter() - t0
+        self.stats.count(outcome)
+        self.stats.bytes_stored += nbytes
+        self.stats.last_seconds = seconds
+        self.observe(outcome, seconds, nbytes)
+        return status
+
+    def _store(self, ds: Dataset, file_meta: Dataset | None, calling_aet: str, host: str) -> tuple[str, int, int]:
+        actor = {"actor": f"aet:{calling_aet}", "host": host}
+        if file_meta is not None:
+            ds.file_meta = file_meta
+        transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+
+        verdict = is_chest_radiograph(ds, self.chest)
+        if not verdict.chest:
+            self._audit_only("instance.ignored" if self.non_chest == "ignore" else "instance.rejected",
+                             outcome=0 if self.non_chest == "ignore" else 4,
+                             details={"reason": verdict.reason, "sop_class": verdict.sop_class}, **actor)
+            event(log, "store.not_chest", reason=verdict.reason, action=self.non_chest, calling_aet=calling_aet)
+            if self.non_chest == "ignore":
+                return "ignored", SUCCESS, 0
+            return "rejected", NOT_A_CHEST_RADIOGRAPH, 0
+
+        if self._free_bytes() < self.min_free_bytes:
+            self._audit_only("instance.failed", outcome=8, details={"reason": "disk below free-space floor"},
+                             **actor)
+            event(log, "store.refused", logging.ERROR, reason="disk below free-space floor",
+                  calling_aet=calling_aet)
+            return "refused_disk", OUT_OF_RESOURCES, 0
+
+        try:
+            result = deidentify(ds, self.keys.deid, self.deid)
+        except DeidError as exc:
+            self._audit_only("instance.failed", outcome=4, details={"reason": str(exc)}, **actor)
+            event(log, "store.cannot_deidentify", logging.WARNING, error=str(exc), calling_aet=calling_aet)
+            return "failed", CANNOT_DEIDENTIFY, 0
+
+        sop = result.sop_instance_uid
+        parts = file_parts(result.dataset)  # Part 10 bytes; the pixel data is not copied
+        size = sum(len(p) for p in parts)
+        try:
+            object_id = self.vault.reserve()  # unique per attempt; its directory entry is already durable
+        except VaultError as exc:
+            event(log, "store.vault_failed", logging.ERROR, error=str(exc), calling_aet=calling_aet)
+            return "refused_disk", OUT_OF_RESOURCES, 0
+        # Encrypt + write + fsync runs beside the database statements; the commit waits for it.
+        write = self._writer.submit(self.vault.put_reserved, object_id, parts)
+        durable = False
+        try:
+            with self.rows.transaction() as tx:
+                instance_id = tx.instance(
+                    sop_instance_uid=sop, study_uid=result.study_uid, series_uid=result.series_uid,
+                    sop_class_uid=result.sop_class_uid, modality=str(ds.get("Modality", ""))[:16],
+                    view_position=str(ds.get("ViewPosition", ""))[:16], transfer_syntax=transfer_syntax,
+                    state=RECEIVED, vault_object=object_id, size_bytes=size,
+                    burned_in_annotation=result.burned_in, calling_aet=calling_aet[:16])
+                tx.job(instance_id=instance_id, kind="predict")
+                tx.reid_entry(sop_instance_uid=sop, study_uid=result.study_uid,
+                              sealed=reid.seal_reid(self.keys.reid_key, sop, result.original))
+                # On PostgreSQL the audit append takes the chain's lock, which no other association
+                # should wait on during our fsync: wait for the object first. SQLite's one write
+                # lock is held from the first statement anyway, so there the audit row overlaps too.
+                if self._audit_after_write:
+                    nbytes, durable = write.result(), True  # VaultError here rolls the transaction back
+                tx.audit_event(event_type="instance.stored", study_uid=result.study_uid, object_uid=sop,
+                               details={"bytes": size, "transfer_syntax": transfer_syntax,
+                                        "deid": result.applied_codes, "deid_edition": PROFILE_EDITION,
+                                        "burned_in": result.burned_in},
+                               **actor)
+                if not self._audit_after_write:
+                    nbytes, durable = write.result(), True
+        except RowsUnavailable:
+            if not durable:  # else the commit's outcome is unknown: as below
+                self._discard_after(write, object_id)
+            raise DatabaseDown() from None
+        except RowConflict:
+            self._discard_after(write, object_id)
+            if not self._already_stored(sop):  # another constraint failed: never report that as stored
+                reason = "a database constraint refused the instance (not a duplicate)"
+                with contextlib.suppress(Exception):
+                    self._audit_only("instance.failed", outcome=8, study_uid=result.study_uid, object_uid=sop,
+                                     details={"reason": reason}, **actor)
+                raise StoreConflict(reason) from None
+            # This SOP Instance UID is already stored (sent again, or a concurrent copy committed
+            # first): one stored object, one job, and the sender gets success.
+            self._audit_only("instance.duplicate", study_uid=result.study_uid, object_uid=sop, **actor)
+            return "duplicate", SUCCESS, 0
+        except VaultError as exc:
+            self._discard_after(write, object_id)
+            event(log, "store.vault_failed", logging.ERROR, error=str(exc), calling_aet=calling_aet)
+            return "refused_disk", OUT_OF_RESOURCES, 0
+        except BaseException:
+            # Once the object is durable, a failure can only come from the commit, whose outcome may
+            # be unknown (connection lost after COMMIT was sent): keep the object then. If the rows
+            # did not land, the orphan sweep shreds it at the next start.
+            if not durable:
+                self._discard_after(write, object_id)
+            raise
+        return "stored", SUCCESS, nbytes
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _free_bytes(self) -> int:
+        try:
+            return shutil.disk_usage(self.vault.root).free
+        except OSError:
+            return 0
+
+    def _already_stored(self, sop: str) -> bool:
+        with _guarded(self.read_sessions) as session:
+            return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop)) is not None
+
+    def _audit_only(self, event_type: str, **fields) -> None:  # noqa: ANN003
+        """An outcome that stores nothing (ignored, rejected, duplicate, failed), audited on its own."""
+        try:
+            self.rows.audit(event_type=event_type, **fields)
+        except RowsUnavailable:
+            raise DatabaseDown() from None
+
+    def audit_association(self, calling_aet: str, host: str) -> None:
+        """An accepted association, audited before its first request is served: on the driver's
+        cursor like the rest of the C-STORE path (~3 ms through the ORM, per association)."""
+        self.rows.audit(event_type="association.accepted", actor=f"aet:{calling_aet}", host=host)
+
+    def _discard_after(self, write: Future, object_id: str) -> None:
+        """Shred this attempt's object once its write has finished (never while it is being written)."""
+        wait([write])
+        self._discard(object_id)
+
+    def _discard(self, object_id: str) -> None:
+        try:
+            self.vault.delete(object_id)
+        except Exception as exc:  # the orphan sweep at next start removes it
+            log.error("store.discard_failed", exc_info=exc)
+
+
+class StoreConflict(Exception):
+    """A constraint other than the SOP Instance UID's refused the rows; a processing failure (0xC211)."""
+
+
+class DatabaseDown(Exception):
+    """Raised inside ingest when the database cannot be used; becomes 0xA700."""
+
+
+class _guarded:
+    """A session whose connection-level failures surface as DatabaseDown."""
+
+    def __init__(self, factory: sessionmaker[Session]):
+        self.session = factory()
+
+    def __enter__(self) -> Session:
+        return self.session
+
+    def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
+        self.session.close()
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            raise DatabaseDown() from None
+        return False
+
+
+def sweep_orphans(sessions: sessionmaker[Session], vault: Vault, older_than_s: float = 600.0) -> int:
+    """Shred vault objects no instance row points at (a crash between write and commit), leaving
+    recent ones alone because another daemon sharing the vault may be about to commit them."""
+    with sessions() as session:
+        referenced = set(session.scalars(select(Instance.vault_object).where(Instance.vault_object.is_not(None))))
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for object_id in list(vault.object_ids()):
+        if object_id in referenced:
+            continue
+        try:
+            if Path(vault.path(object_id)).stat().st_mtime > cutoff:
+                continue
+        except FileNotFoundError:
+            continue
+        vault.delete(object_id)
+        removed += 1
+    return removed

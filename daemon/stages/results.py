@@ -1,0 +1,394 @@
+"""The results sender: claim pending `Result` rows, build the SR (and heatmap), C-STORE them to the PACS.
+
+It meets the worker only through the `results` table (the worker upserts a pending row per study
+and model version after committing predictions). A claim is a lease, like the worker's: the row
+becomes `sending`, owned by us, with `next_attempt_at` pushed `LEASE_S` ahead; a sender that dies
+simply lets the lease run out and another (or the restarted one) takes the row again. On PostgreSQL
+the claim uses `FOR UPDATE SKIP LOCKED`; on SQLite the writer's BEGIN IMMEDIATE serialises claimers.
+
+Failures to reach the destination are retried after `retry_base_s`, doubling per attempt, until
+`max_attempts` attempts; then the row is parked as `failed` (audited, visible in `cxrd status`)
+and only `cxrd results retry` puts it back. Problems no retry can fix (no re-identification entry,
+a tampered one) park the row at once. Logs and audit rows name pseudonyms only; the original
+identifiers exist in memory just long enough to build the objects.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable
+
+from pydicom.dataset import Dataset
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from cxrmodel.errors import ModelError
+from cxrmodel.labels import LABELS
+from cxrmodel.registry import LoadedModel, Registry
+from daemon.dicom import result_objects as report
+from daemon.errors import DaemonError
+from daemon.ops.logs import event
+from daemon.stages.worker import worker_id
+from storage import audit, reid
+from storage.errors import StorageError
+from storage.keys import Keys
+from storage.models import PREDICTED, REPORTED, Instance, Prediction, Result, utcnow
+from storage.vault import Vault
+
+log = logging.getLogger("cxrd.results")
+
+ACTOR = "cxrd:results"
+LEASE_S = 300.0
+IDLE_POLL_S = 0.2
+MAX_DELAY_S = 86400.0
+OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}  # success and the store warnings (coerced, elements discarded)
+
+
+class SendError(Exception):
+    """The destination could not be reached or refused an object; worth retrying later."""
+
+
+class PermanentError(Exception):
+    """Nothing to send or the source data is unusable; a retry would fail the same way."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    calling_aet: str
+    called_aet: str
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
+    timeout_s: float = 30.0
+
+    def describe(self) -> str:
+        return f"{self.called_aet}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
+
+
+def tls_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
+    """A client context that verifies the PACS against `ca` (system store if empty) and presents
+    our certificate when one is configured (mutual TLS)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca or None)
+    if cert:
+        ctx.load_cert_chain(cert, key or None)
+    return ctx
+
+
+def retry_delay_s(attempts: int, base_s: float) -> float:
+    """Seconds to wait after the `attempts`-th failure: base, 2*base, 4*base, ... capped at a day."""
+    return min(MAX_DELAY_S, base_s * (2 ** max(0, attempts - 1)))
+
+
+def send(datasets: list[Dataset], dest: Destination) -> None:
+    """C-STORE every object over one association; SendError with a one-line reason otherwise."""
+    from pynetdicom import AE
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ae = AE(ae_title=dest.calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout_s
+    ae.connection_timeout = min(dest.timeout_s, 10.0)
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    tls_args = (dest.tls, dest.host) if dest.tls is not None else None
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.called_aet, tls_args=tls_args)
+    if not assoc.is_established:
+        # pynetdicom reports a refused connection as an abort, so the two are not told apart here.
+        why = "rejected the association" if assoc.is_rejected else "not reachable (refused, aborted or timed out)"
+        raise SendError(f"{dest.describe()} {why}")
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise SendError(f"no C-STORE response from {dest.describe()}")
+            if code not in OK_STATUSES:
+                raise SendError(f"{dest.describe()} answered C-STORE with status 0x{code:04X}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def claim_results(session: Session, me: str, limit: int = 1, lease_s: float = LEASE_S) -> list[int]:
+    """Claim due rows (pending, or `sending` whose lease ran out) in the caller's transaction."""
+    now = utcnow()
+    stmt = (select(Result.id).where(or_(Result.state == "pending", Result.state == "sending"),
+                                    Result.next_attempt_at <= now)
+            .order_by(Result.next_attempt_at, Result.id).limit(limit))
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    ids = list(session.scalars(stmt))
+    if ids:
+        session.execute(update(Result).where(Result.id.in_(ids)).values(
+            state="sending", claimed_by=me, attempts=Result.attempts + 1,
+            next_attempt_at=now + timedelta(seconds=lease_s)))
+    return ids
+
+
+def retry_failed(session: Session, *, study_uid: str | None = None, include_pending: bool = False) -> int:
+    """Put parked (`failed`) rows back to `pending`, due now, with a fresh attempt count."""
+    states = ["failed", "pending"] if include_pending else ["failed"]
+    stmt = update(Result).where(Result.state.in_(states))
+    if study_uid:
+        stmt = stmt.where(Result.study_uid == study_uid)
+    return session.execute(stmt.values(state="pending", attempts=0, next_attempt_at=utcnow(), last_error="",
+                                       claimed_by="")).rowcount or 0
+
+
+@dataclass
+class _Source:
+    instance_id: int
+    pseudo_sop: str
+    vault_object: str | None
+    image: report.SourceImage
+    findings: list[report.Finding]
+
+
+class ResultsSender:
+    """One thread: claim -> re-identify (audited) -> build -> C-STORE -> record; `start`/`stop`/`healthy`."""
+
+    name = "results"
+
+    def __init__(self, *, sessions: sessionmaker[Session], vault: Vault, keys: Keys, registry: Registry,
+                 destination: Destination, send_sr: bool = True, send_heatmap: bool = False,
+                 max_attempts: int = 8, retry_base_s: float = 5.0, audit_host: str = "",
+                 sender: Callable[[list[Dataset], Destination], None] = send):
+        self.sessions = sessions
+        self.vault = vault
+        self.keys = keys
+        self.registry = registry
+        self.destination = destination
+        self.send_sr = send_sr
+        self.send_heatmap = send_heatmap
+        self.max_attempts = max_attempts
+        self.retry_base_s = retry_base_s
+        self.audit_host = audit_host
+        self.sender = sender
+        self.me = worker_id()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._models: dict[str, LoadedModel] = {}
+        self.last_beat = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cxrd-results", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def healthy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and time.monotonic() - self.last_beat < 300
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.last_beat = time.monotonic()
+            try:
+                if not self.run_once():
+                    self._stop.wait(IDLE_POLL_S)
+            except Exception as exc:  # a database hiccup must not end the stage: log, back off, go on
+                log.error("results.loop_failed", exc_info=exc)
+                self._stop.wait(2.0)
+
+    def run_once(self) -> bool:
+        """Claim and handle one due row; False when nothing was due."""
+        with self.sessions() as session, session.begin():
+            ids = claim_results(session, self.me, 1)
+        if not ids:
+            return False
+        self.handle(ids[0])
+        return True
+
+    # -- one result --------------------------------------------------------------------------------
+    def handle(self, result_id: int) -> None:
+        t0 = time.monotonic()
+        with self.sessions() as session:
+            row = session.get(Result, result_id)
+            study, version, kind, attempts = row.study_uid, row.model_version, row.kind, row.attempts
+        try:
+            sources, identity = self._collect(study, version)
+            objects = self._build(study, version, kind, sources, identity)
+        except PermanentError as exc:
+            self._finish_failed(result_id, study, version, attempts, str(exc), final=True)
+            return
+        try:
+            self.sender(objects, self.destination)
+        except Exception as exc:  # any network/TLS/protocol problem is worth another try
+            text = str(exc) if isinstance(exc, SendError) else f"send failed ({type(exc).__name__})"
+            self._finish_failed(result_id, study, version, attempts, text, final=attempts >= self.max_attempts)
+            return
+        self._finish_sent(result_id, study, version, [s.instance_id for s in sources],
+                          [report.read_kind(ds) for ds in objects], time.monotonic() - t0)
+
+    def _collect(self, study: str, version: str) -> tuple[list[_Source], report.StudyIdentity]:
+        """The study's predicted instances with their findings and ORIGINAL UIDs; each lookup audited."""
+        with self.sessions() as session, session.begin():
+            rows = session.execute(
+                select(Instance.id, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.vault_object,
+                       Prediction.label, Prediction.probability, Prediction.threshold, Prediction.positive)
+                .join(Prediction, Prediction.instance_id == Instance.id)
+                .where(Instance.study_uid == study, Instance.state.in_((PREDICTED, REPORTED)),
+                       Prediction.model_version == version)
+                .order_by(Instance.id)).all()
+            by_id: dict[int, _Source] = {}
+            originals: dict[int, dict[str, str]] = {}
+            unusable = ""
+            looked_up: set[int] = set()
+            for iid, sop, sop_class, obj, label, prob, thr, pos in rows:
+                if iid not in looked_up:
+                    looked_up.add(iid)
+                    try:
+                        orig = reid.open_entry(session, self.keys.reid_key, sop)
+                    except StorageError as exc:  # TamperError included: never send under a wrong identity
+                        audit.record_tamper(session, self.keys.audit_key, exc, what="reid", actor=ACTOR,
+                                            host=self.audit_host, study_uid=study)
+                        unusable = str(exc)
+                        break  # leave the block normally so the security alert is committed
+                    audit.append(session, self.keys.audit_key, event_type="reid.lookup", actor=ACTOR,
+                                 host=self.audit_host, study_uid=study, object_uid=sop,
+                                 details={"purpose": "result", "found": orig is not None})
+                    if orig is None or not orig.get("study_uid") or not orig.get("sop_instance_uid"):
+                        continue
+                    originals[iid] = orig
+                    by_id[iid] = _Source(iid, sop, obj, report.SourceImage(
+                        sop_class_uid=sop_class, sop_instance_uid=orig["sop_instance_uid"],
+                        series_uid=orig.get("series_uid", "")), [])
+                if iid in by_id:
+                    by_id[iid].findings.append(report.Finding(label, float(prob), float(thr), bool(pos)))
+        if unusable:
+            raise PermanentError(f"re-identification entry unusable: {unusable}")
+        if not by_id:
+            raise PermanentError("no predicted instance of this study has a re-identification entry")
+        first = originals[next(iter(by_id))]
+        identity = report.StudyIdentity(
+            study_uid=first["study_uid"], patient_id=first.get("patient_id", ""),
+            patient_name=first.get("patient_name", ""), issuer_of_patient_id=first.get("issuer_of_patient_id", ""),
+            accession_number=first.get("accession_number", ""), study_date=first.get("study_date", ""))
+        sources = list(by_id.values())
+        for s in sources:
+            s.findings.sort(key=lambda f: LABELS.index(f.label) if f.label in LABELS else len(LABELS))
+        return sources, identity
+
+    def _build(self, study: str, version: str, kind: str, sources: list[_Source],
+               identity: report.StudyIdentity) -> list[Dataset]:
+        findings = report.study_findings(s.findings for s in sources)
+        pseudos = [s.pseudo_sop for s in sources]
+        objects: list[Dataset] = []
+        try:
+            if self.send_sr:
+                series, sop = report.report_uids(study, version, "sr", pseudos)
+                objects.append(report.build_sr(identity, [s.image for s in sources], findings,
+                                               model_version=version, series_uid=series, sop_uid=sop))
+        except report.ReportError as exc:  # our own one-line reasons
+            raise PermanentError(f"cannot build the structured report: {exc}") from None
+        except Exception as exc:  # highdicom refusing odd source values: its text may quote them (PHI)
+            raise PermanentError(f"cannot build the structured report ({type(exc).__name__})") from None
+        if self.send_heatmap and findings:
+            try:
+                objects.append(self._heatmap(study, version, sources, identity, findings))
+            except Exception as exc:  # the SR still goes out; the overlay is a convenience
+                event(log, "result.heatmap_failed", logging.WARNING, study=study, model=version,
+                      error=type(exc).__name__ if not isinstance(exc, (ModelError, StorageError)) else str(exc))
+        if not objects:
+            raise PermanentError("nothing to send (results.send_sr and send_heatmap are both off)")
+        return objects
+
+    def _model(self, version: str) -> LoadedModel:
+        """Loaded once per version (Grad-CAM needs the fp32 module); only the latest two kept."""
+        model = self._models.get(version)
+        if model is None:
+            model = self.registry.load(version)
+            self._models = {k: v for k, v in list(self._models.items())[-1:]}
+            self._models[version] = model
+        return model
+
+    def _heatmap(self, study: str, version: str, sources: list[_Source], identity: report.StudyIdentity,
+                 findings: list[report.Finding]) -> Dataset:
+        import pydicom
+        from io import BytesIO
+        from cxrmodel.preprocess import load_image
+
+        top = max(findings, key=lambda f: f.probability)
+        src = max(sources, key=lambda s: next((f.probability for f in s.findings if f.label == top.label), -1.0))
+        if src.vault_object is None:
+            raise StorageError("instance has no stored object")
+        data = self.vault.get(src.vault_object)
+        model = self._model(version)
+        orientation = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True).get("PatientOrientation", "")
+        picture = report.heatmap_picture(model.module, model.preprocess(data), load_image(data), top.label)
+        series, sop = report.report_uids(study, version, "heatmap", [s.pseudo_sop for s in sources])
+        return report.build_heatmap_sc(identity, src.image, picture, label=top.label, probability=top.probability,
+                                       model_version=version, series_uid=series, sop_uid=sop,
+                                       patient_orientation="\\".join(orientation) if not isinstance(orientation, str)
+                                       else orientation)
+
+    # -- recording outcomes ------------------------------------------------------------------------
+    def _finish_sent(self, result_id: int, study: str, version: str, instance_ids: list[int],
+                     kinds: list[str], seconds: float) -> None:
+        now = utcnow()
+        with self.sessions() as session, session.begin():
+            row = session.get(Result, result_id)
+            # Images predicted while we were sending are not in this report: send a new one soon.
+            newer = session.scalar(
+                select(Instance.id).join(Prediction, Prediction.instance_id == Instance.id)
+                .where(Instance.study_uid == study, Instance.state == PREDICTED,
+                       Prediction.model_version == version, Instance.id.not_in(instance_ids)).limit(1))
+            row.sent_at, row.last_error, row.claimed_by = now, "", ""
+            if newer is None:
+                row.state = "sent"
+            else:
+                row.state, row.attempts, row.next_attempt_at = "pending", 0, now
+            session.execute(update(Instance).where(Instance.id.in_(instance_ids), Instance.state == PREDICTED)
+                            .values(state=REPORTED, updated_at=now))
+            audit.append(session, self.keys.audit_key, event_type="result.sent", actor=ACTOR, host=self.audit_host,
+                         study_uid=study, details={"model": version, "objects": kinds, "instances": len(instance_ids),
+                                                   "destination": self.destination.describe()})
+        event(log, "result.sent", study=study, model=version, objects=",".join(kinds), instances=len(instance_ids),
+              seconds=round(seconds, 3))
+
+    def _finish_failed(self, result_id: int, study: str, version: str, attempts: int, error: str,
+                       final: bool) -> None:
+        now = utcnow()
+        delay = retry_delay_s(attempts, self.retry_base_s)
+        with self.sessions() as session, session.begin():
+            session.execute(update(Result).where(Result.id == result_id).values(
+                state="failed" if final else "pending", claimed_by="", last_error=error[:500],
+                next_attempt_at=now if final else now + timedelta(seconds=delay)))
+            audit.append(session, self.keys.audit_key, event_type="result.failed", outcome=8 if final else 4,
+                         actor=ACTOR, host=self.audit_host, study_uid=study,
+                         details={"model": version, "attempt": attempts, "final": final, "error": error[:200],
+                                  "destination": self.destination.describe()})
+        if final:
+            event(log, "result.parked", logging.ERROR, study=study, model=version, attempts=attempts, error=error,
+                  hint="fix the destination, then `cxrd results retry`")
+        else:
+            event(log, "result.retry", logging.WARNING, study=study, model=version, attempt=attempts,
+                  retry_in_s=round(delay, 2), error=error)
+
+
+def from_settings(rt, vault: Vault) -> ResultsSender:  # noqa: ANN001 - daemon.runtime.Runtime
+    """Translate `[results]` (and our `[dicom]` AE title and TLS files) into a sender.
+
+    With `results.tls` the destination is verified against `dicom.tls.ca` (system store if empty) and
+    `dicom.tls.cert`/`key`, when set, are presented as our client certificate.
+    """
+    s = rt.settings
+    r = s.results
+    tls = None
+    if r.tls:
+        t = s.dicom.tls
+        try:
+            tls = tls_context(ca=t.ca, cert=t.cert, key=t.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise DaemonError("results.tls: cannot load dicom.tls ca/cert/key for the destination "
+                               f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+    dest = Destination(calling_aet=s.dicom.ae_title, called_aet=r.ae_title, host=r.host, port=r.port, tls=tls)
+    return ResultsSender(sessions=rt.sessions, vault=vault, keys=rt.keys, registry=rt.registry, destination=dest,
+                         send_sr=r.send_sr, send_heatmap=r.send_heatmap, max_attempts=r.max_attempts,
+                         retry_base_s=r.retry_base_s, audit_host=rt.hostname)

@@ -1,0 +1,216 @@
+"""One retraining run: new labeled data? -> train in a child process -> judge -> promote or keep.
+
+New data arrives as ChestX-ray14-format batches in the inbox (`{inbox}/<batch>/Data_Entry_2017.csv`
++ `images/`). A run trains on every batch (old and new), starting from the current model's weights
+when there is one, in a child process with a thread cap and lower priority so the SCP keeps its
+speed. The candidate and the current model are then evaluated on the same held-out patients and the
+candidate is promoted only if it is not worse (`cxrmodel.evaluate.compare`); otherwise it is kept,
+unpromoted, with its report. Every run, promotion and rejection is a `retrain_runs` row and audited.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from cxrmodel import evaluate as E
+from cxrmodel.chestxray14 import read_dataset
+from cxrmodel.errors import ModelError, NoModelError
+from cxrmodel.preprocess import PreprocessSpec
+from cxrmodel.train import load_trained
+from daemon.ops.logs import event
+from daemon.runtime import Runtime
+from storage import audit
+from storage.keys import derive_key, read_master_key
+from storage.models import RetrainRun, utcnow
+
+log = logging.getLogger("cxrd.retrain")
+CSV = "Data_Entry_2017.csv"
+
+
+@dataclass(frozen=True)
+class Batch:
+    name: str
+    path: Path
+    images: int
+
+
+def inbox_batches(inbox: Path) -> list[Batch]:
+    """Batches in the inbox, oldest name first; a batch is complete once its CSV exists."""
+    if not inbox.is_dir():
+        return []
+    out = []
+    for d in sorted(p for p in inbox.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        csv_path = d / CSV
+        if csv_path.is_file():
+            with open(csv_path, newline="", encoding="utf-8") as f:
+                rows = max(sum(1 for _ in csv.reader(f)) - 1, 0)
+            out.append(Batch(d.name, d, rows))
+    return out
+
+
+def used_batches(rt: Runtime) -> set[str]:
+    with rt.read_sessions() as s:
+        reports = s.scalars(select(RetrainRun.report).where(RetrainRun.outcome.in_(("promoted", "rejected"))))
+        return {name for r in reports for name in json.loads(r or "{}").get("batches", [])}
+
+
+def merge_batches(batches: list[Batch], dest: Path) -> Path:
+    """One ChestX-ray14 folder (CSV + images/ of symlinks) from several batches."""
+    images = dest / "images"
+    images.mkdir(parents=True)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    for b in batches:
+        with open(b.path / CSV, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            head = next(reader, None)
+            header = header or head
+            rows += list(reader)
+        for img in (b.path / "images").iterdir():
+            link = images / img.name
+            if not link.exists():
+                link.symlink_to(img.resolve())
+    with open(dest / CSV, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header or [])
+        w.writerows(rows)
+    return dest
+
+
+def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
+    """Run once; returns the run's summary (also stored in `retrain_runs.report`)."""
+    s = rt.settings.retrain
+    batches = inbox_batches(Path(s.inbox))
+    fresh = [b for b in batches if b.name not in used_batches(rt)]
+    new_images = sum(b.images for b in fresh)
+    with rt.sessions() as session, session.begin():
+        run = RetrainRun(trigger=trigger, outcome="running")
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    summary: dict[str, Any] = {"batches": [b.name for b in batches], "new_batches": [b.name for b in fresh],
+                               "new_images": new_images}
+    if new_images < s.min_new_images:
+        summary["reason"] = f"{new_images} new labeled images (< {s.min_new_images})"
+        return _finish(rt, run_id, "skipped", summary)
+    work = rt.state_dir / "cache" / f"retrain-{run_id}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        data = merge_batches(batches, work / "data")
+        current = _current(rt)
+        result = train_in_child(rt, data, work / "out", init=current.path / current.manifest.weights_file
+                                if current else None)
+        candidate, result = load_trained(work / "out")
+        spec = PreprocessSpec.from_dict(result["preprocessing"])
+        test_names = set(result["test_images"])
+        test = [e for e in read_dataset(data).entries if e.image in test_names]
+        cand_report, _, _ = E.evaluate_model(candidate, test, spec, activation=result["activation"],
+                                             thresholds=result["thresholds"], n_boot=200)
+        cur_report = None
+        if current is not None:
+            cur_report, _, _ = E.evaluate_model(current.module, test, current.manifest.preprocessing,
+                                                activation=current.manifest.architecture.activation,
+                                                thresholds=dict(current.manifest.thresholds), n_boot=200)
+        promote, reasons = E.compare(cand_report, cur_report, s.max_auroc_drop)
+        version = rt.registry.add(candidate, promote=promote, thresholds=result["thresholds"],
+                                  preprocessing=spec, metrics=E.manifest_metrics(cand_report, "test"),
+                                  training={**result["training"], "batches": [b.name for b in batches]},
+                                  source={"format": "cxrd-retrain", "run": run_id})
+        summary.update(candidate=version, previous=current.version if current else None, reasons=reasons,
+                       candidate_mean_auroc=cand_report.get("mean_auroc"),
+                       current_mean_auroc=cur_report.get("mean_auroc") if cur_report else None)
+        return _finish(rt, run_id, "promoted" if promote else "rejected", summary, version)
+    except Exception as exc:  # a failed run must never take the daemon or the current model down
+        summary["error"] = str(exc) if isinstance(exc, ModelError) else type(exc).__name__
+        log.error("retrain.failed", exc_info=exc)
+        return _finish(rt, run_id, "failed", summary)
+    finally:
+        shutil.rmtree(work / "data", ignore_errors=True)
+
+
+def _current(rt: Runtime):  # noqa: ANN202 - LoadedModel | None
+    try:
+        return rt.registry.load()
+    except NoModelError:
+        return None
+
+
+def train_in_child(rt: Runtime, data: Path, out: Path, init: Path | None) -> dict[str, Any]:
+    """`python -m cxrmodel.train` with a thread cap and niceness; raises ModelError on failure."""
+    s = rt.settings.retrain
+    # Features of images seen in earlier runs are reused (same backbone: frozen mode starts from the
+    # current model); the cache is sealed with a key handed to the child on stdin, never on disk.
+    cache_key = derive_key(read_master_key(rt.key_file), "feature-cache")
+    cmd = [sys.executable, "-m", "cxrmodel.train", "--data", str(data), "--out", str(out),
+           "--mode", s.mode, "--epochs", str(s.epochs), "--size", str(s.size), "--views", str(s.views),
+           "--threads", str(s.threads), "--n-boot", "200", "--quiet",
+           "--cache-dir", str(rt.state_dir / "cache" / "features"), "--cache-key-file", "/dev/stdin"]
+    if init is not None:
+        cmd += ["--init", str(init)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(s.threads), "MKL_NUM_THREADS": str(s.threads)}
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, env=env, input=cache_key.hex(), capture_output=True, text=True,
+                          preexec_fn=lambda: os.nice(s.nice), timeout=s.timeout_minutes * 60)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise ModelError(f"training child exited with {proc.returncode}: {last}")
+    event(log, "retrain.trained", seconds=round(time.monotonic() - t0, 1))
+    return json.loads((out / "result.json").read_text())
+
+
+def _finish(rt: Runtime, run_id: int, outcome: str, summary: dict[str, Any], version: str = "") -> dict[str, Any]:
+    summary["outcome"] = outcome
+    with rt.sessions() as session, session.begin():
+        run = session.get(RetrainRun, run_id)
+        run.outcome, run.finished_at, run.candidate_version = outcome, utcnow(), version
+        run.report = json.dumps(summary, default=str)
+        actor, host = "cxrd:scheduler", rt.hostname
+        if outcome in ("promoted", "rejected"):
+            audit.append(session, rt.keys.audit_key, event_type="model.trained", actor=actor, host=host,
+                         details={"run": run_id, "version": version, "new_images": summary["new_images"]})
+            audit.append(session, rt.keys.audit_key, event_type=f"model.{outcome}", actor=actor, host=host,
+                         details={"run": run_id, "version": version, "reasons": summary.get("reasons", [])[:20]})
+        elif outcome == "failed":
+            audit.append(session, rt.keys.audit_key, event_type="model.trained", outcome=8, actor=actor,
+                         host=host, details={"run": run_id, "error": summary.get("error", "")})
+    event(log, "retrain.finished", run=run_id, outcome=outcome, version=version)
+    return summary
+
+
+# APScheduler stores jobs by reference, so the scheduled callable is this module-level function
+# and the runtime it needs is installed by the service at start.
+_RUNTIME: Runtime | None = None
+
+
+def install(rt: Runtime) -> None:
+    global _RUNTIME
+    _RUNTIME = rt
+
+
+def scheduled(trigger: str = "schedule") -> None:
+    if _RUNTIME is None:
+        raise RuntimeError("retrain runtime not installed")
+    retrain_once(_RUNTIME, trigger)
+
+
+def scheduled_purge() -> None:
+    """Daily: crypto-shred images older than `storage.retention_days` (audited by the purge itself)."""
+    if _RUNTIME is None:
+        raise RuntimeError("retrain runtime not installed")
+    from storage.retention import purge_expired
+    from storage.vault import Vault
+    rt = _RUNTIME
+    report = purge_expired(rt.sessions, Vault(rt.vault_dir, rt.keys.keyring), rt.keys.audit_key,
+                           rt.settings.storage.retention_days, actor="cxrd:retention", host=rt.hostname)
+    event(log, "retention.purged", report=str(report))

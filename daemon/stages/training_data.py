@@ -1,0 +1,129 @@
+"""The hospital's own studies as training data: import ground-truth labels for images we received,
+and export labeled, de-identified images as a ChestX-ray14-format batch the retraining job reads.
+
+Labels are keyed by the pseudonymous SOP Instance UID (what `cxrd predictions` shows), in the
+ChestX-ray14 layout (`Image Index,Finding Labels,...`; `Image Index` may carry a `.png` suffix).
+Images whose BurnedInAnnotation is YES or unknown are never exported: their pixels may carry names.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from sqlalchemy import select
+
+from cxrmodel.chestxray14 import NO_FINDING
+from cxrmodel.labels import LABELS
+from cxrmodel.preprocess import load_image
+from daemon.errors import DaemonError
+from daemon.runtime import Runtime
+from storage.models import Instance, Label, utcnow
+from storage.vault import Vault
+
+HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+          "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
+
+
+@dataclass
+class ImportReport:
+    imported: int = 0
+    replaced: int = 0
+    problems: list[str] = field(default_factory=list)  # "file:line: what" (pseudonyms only)
+
+
+def import_labels(rt: Runtime, csv_path: Path) -> ImportReport:
+    report = ImportReport()
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise DaemonError(f"cannot read {csv_path}: {exc.strerror}") from None
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip() for h in next(reader, [])]
+    if "Image Index" not in header or "Finding Labels" not in header:
+        raise DaemonError(f"{csv_path.name}: header needs 'Image Index' and 'Finding Labels' (ChestX-ray14 layout)")
+    col_img, col_lab = header.index("Image Index"), header.index("Finding Labels")
+    known = set(LABELS)
+    rows: list[tuple[int, str, str]] = []
+    for row in reader:
+        line = reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) <= max(col_img, col_lab):
+            report.problems.append(f"{csv_path.name}:{line}: too few fields")
+            continue
+        image = row[col_img].strip().removesuffix(".png")
+        parts = [p.strip() for p in row[col_lab].split("|") if p.strip()]
+        bad = [p for p in parts if p not in known and p != NO_FINDING]
+        if not parts or bad or (NO_FINDING in parts and len(parts) > 1):
+            report.problems.append(f"{csv_path.name}:{line}: invalid Finding Labels for {image}"
+                                   + (f" (unknown: {', '.join(sorted(set(bad)))})" if bad else ""))
+            continue
+        findings = NO_FINDING if parts == [NO_FINDING] else "|".join(sorted(set(parts), key=LABELS.index))
+        rows.append((line, image, findings))
+    with rt.sessions() as session, session.begin():
+        for line, image, findings in rows:
+            inst = session.scalar(select(Instance).where(Instance.sop_instance_uid == image))
+            if inst is None:
+                report.problems.append(f"{csv_path.name}:{line}: no received image {image}")
+                continue
+            existing = session.get(Label, inst.id)
+            if existing is None:
+                session.add(Label(instance_id=inst.id, findings=findings))
+                report.imported += 1
+            elif existing.findings != findings:
+                existing.findings, existing.imported_at, existing.used_in_model = findings, utcnow(), ""
+                report.replaced += 1
+    rt.audit("import.labels", imported=report.imported, replaced=report.replaced, problems=len(report.problems),
+             file=csv_path.name)
+    return report
+
+
+def _patient_number(pseudonym: str) -> int:
+    """ChestX-ray14 wants an integer Patient ID; derive a stable one from the patient pseudonym."""
+    return int(hashlib.sha256(pseudonym.encode()).hexdigest()[:12], 16) % 10**8
+
+
+def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool = False) -> dict:
+    """Write labeled, de-identified images as a ChestX-ray14 batch (default: a new inbox batch)."""
+    name = "cxrd-labels-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    dest = dest or Path(rt.settings.retrain.inbox) / name
+    if dest.exists() and any(dest.iterdir()):
+        raise DaemonError(f"export destination {dest} is not empty")
+    vault = Vault(rt.vault_dir, rt.keys.keyring)
+    with rt.read_sessions() as session:
+        q = select(Instance, Label).join(Label, Label.instance_id == Instance.id)
+        if not include_exported:
+            q = q.where(Label.used_in_model == "")
+        pairs = session.execute(q.order_by(Instance.id)).all()
+    refused = [i.sop_instance_uid for i, _ in pairs if i.burned_in_annotation != "no"]
+    pairs = [(i, lab) for i, lab in pairs if i.burned_in_annotation == "no"]
+    (dest / "images").mkdir(parents=True, exist_ok=True, mode=0o700)
+    rows = []
+    for inst, lab in pairs:
+        raw = vault.get(inst.vault_object)
+        ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+        unit = load_image(raw)
+        Image.fromarray(np.round(unit * 255).astype(np.uint8), mode="L").save(
+            dest / "images" / f"{inst.sop_instance_uid}.png")
+        age = str(ds.get("PatientAge", "") or "")
+        spacing = list(ds.get("PixelSpacing", ds.get("ImagerPixelSpacing", [""] * 2)) or ["", ""])
+        rows.append([f"{inst.sop_instance_uid}.png", lab.findings, 0, _patient_number(str(ds.get("PatientID", ""))),
+                     int(age[:3]) if age[:3].isdigit() else "", str(ds.get("PatientSex", "") or ""),
+                     inst.view_position, unit.shape[1], unit.shape[0], *[str(v) for v in spacing[:2]]])
+    with open(dest / "Data_Entry_2017.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(HEADER)
+        w.writerows(rows)
+    with rt.sessions() as session, session.begin():
+        for inst, lab in pairs:
+            row = session.get(Label, lab.instance_id)
+            row.used_in_model = dest.name[:64]
+    rt.audit("export.training", images=len(rows), refused_burned_in=len(refused), batch=dest.name)
+    return {"destination": str(dest), "images": len(rows), "refused_burned_in": refused}

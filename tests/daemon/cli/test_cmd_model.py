@@ -1,0 +1,129 @@
+"""`cxrd predict` and `cxrd model list|import|promote|rollback` against a real registry on disk."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import daemon.cli.main as cli
+from cxrmodel.registry import Registry
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture()
+def cxrd(tmp_path, monkeypatch, capsys):
+    """Run `cxrd ARGS` in-process with the state dir in tmp_path; returns (exit code, stdout, stderr)."""
+    monkeypatch.setenv("CXRD_STORAGE__STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    code, _, err = run("init")  # database and keys: promote/rollback are audited
+    assert code == 0, err
+    return run
+
+
+def audit_events(tmp_path: Path) -> list[tuple[str, dict]]:
+    from sqlalchemy import select
+
+    from config import load_settings
+    from daemon.runtime import Runtime
+    from storage.models import AuditEvent
+
+    rt = Runtime(load_settings(None))
+    with rt.read_sessions() as s:
+        rows = s.execute(select(AuditEvent.event_type, AuditEvent.details).order_by(AuditEvent.seq)).all()
+    return [(t, json.loads(d)) for t, d in rows if t.startswith("model.")]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    chex = torchvision.models.densenet121(weights=None)
+    chex.classifier = nn.Sequential(nn.Linear(1024, 14), nn.Sigmoid())
+    holder = nn.Module()
+    holder.densenet121 = chex
+    torch.save({"state_dict": nn.DataParallel(holder).state_dict()}, d / "chexnet.pth.tar")
+    torch.save(torchvision.models.densenet121(weights=None).state_dict(), d / "imagenet.pth")
+    return {"chexnet": d / "chexnet.pth.tar", "torchvision": d / "imagenet.pth"}
+
+
+def test_no_model_yet_is_one_line_that_says_what_to_do(cxrd, shared_data):
+    code, out, err = cxrd("model", "list", "--format", "json")
+    assert code == 0 and json.loads(out) == []
+    code, out, err = cxrd("predict", str(shared_data / "nih/images/00000001_000.png"))
+    assert code == 1 and err.count("\n") == 1
+    assert "cxrd train" in err and "cxrd model import" in err and "Traceback" not in err
+
+
+def test_import_list_predict_promote_rollback(cxrd, checkpoints, shared_data, tmp_path):
+    code, out, err = cxrd("model", "import", str(checkpoints["chexnet"]), "--format", "chexnet",
+                          "--version", "chex1", "--promote")
+    assert code == 0, err
+    assert "chex1" in out
+    code, out, err = cxrd("model", "import", str(checkpoints["torchvision"]), "--format", "torchvision",
+                          "--version", "imagenet1", "--output", "json")
+    assert code == 0, err
+    assert json.loads(out)["source"]["head"] == "new (seed 0)"
+
+    code, out, _ = cxrd("model", "list", "--format", "json")
+    listed = {m["version"]: m for m in json.loads(out)}
+    assert set(listed) == {"chex1", "imagenet1"}
+    assert listed["chex1"]["current"] and not listed["imagenet1"]["current"]
+    assert listed["chex1"]["source"] == "chexnet"
+    code, out, _ = cxrd("model", "list")
+    assert "* chex1" in out
+
+    files = [shared_data / "nih/images/00000001_000.png",
+             shared_data / "dicom/derived/nih_00000001_000_rle-lossless.dcm"]
+    code, out, err = cxrd("predict", *map(str, files), "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["model"] for r in rows] == ["chex1", "chex1"]
+    reg = Registry(tmp_path / "state" / "models")
+    loaded = reg.load("chex1")
+    expected = loaded.predict(torch.stack([loaded.preprocess(f) for f in files]))
+    for row, exp in zip(rows, expected):
+        got = list(row["probabilities"].values())
+        assert list(row["probabilities"]) == list(loaded.manifest.labels)
+        assert max(abs(a - float(b)) for a, b in zip(got, exp)) < 1e-5
+    code, out, _ = cxrd("predict", str(files[0]))
+    assert code == 0 and "Cardiomegaly" in out and "threshold" in out
+
+    assert cxrd("model", "promote", "imagenet1")[0] == 0
+    assert reg.current().version == "imagenet1"
+    code, out, _ = cxrd("model", "rollback")
+    assert code == 0 and "chex1" in out and reg.current().version == "chex1"
+    code, _, err = cxrd("model", "rollback")
+    assert code == 1 and "nothing to roll back" in err
+    code, _, err = cxrd("model", "promote", "nope")
+    assert code == 1 and "no model version" in err
+    events = audit_events(tmp_path)
+    assert [e for e, _ in events] == ["model.imported", "model.promoted", "model.imported", "model.promoted",
+                                      "model.rollback"]
+    assert events[3][1]["version"] == "imagenet1" and events[3][1]["previous"] == "chex1"
+    assert events[4][1]["version"] == "chex1" and events[4][1]["previous"] == "imagenet1"
+
+
+def test_unreadable_file_names_the_file_only(cxrd, checkpoints, tmp_path):
+    assert cxrd("model", "import", str(checkpoints["chexnet"]), "--format", "chexnet", "--promote")[0] == 0
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x04\x00")
+    code, out, err = cxrd("predict", str(bad))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "broken.dcm" in err and "Traceback" not in err
+
+
+def test_bad_weights_file_is_refused(cxrd, tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"no weights here")
+    code, _, err = cxrd("model", "import", str(junk), "--format", "torchxrayvision")
+    assert code == 1 and "junk.pth" in err and err.count("\n") == 1

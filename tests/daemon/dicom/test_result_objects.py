@@ -1,0 +1,241 @@
+"""The SR and heatmap SC built from plain values, the sender against a real dcmtk storescp, and the
+results table's claim/lease/backoff rules on a real (migrated) SQLite database."""
+from __future__ import annotations
+
+import subprocess
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from pydicom.uid import generate_uid
+
+from conftest import SHARED_DATA, dcmtk, free_port, wait_for_port
+from cxrmodel.labels import LABELS
+from daemon.dicom import result_objects as report
+from daemon.stages.results import Destination, SendError, claim_results, retry_delay_s, retry_failed, send
+from storage import db
+from storage.models import Result, utcnow
+
+torch.set_num_threads(2)
+
+IDENTITY = report.StudyIdentity(study_uid=generate_uid(), patient_id="PID-77", patient_name="DOE^JANE",
+                                issuer_of_patient_id="HOSP-A", accession_number="ACC-5", study_date="20240131")
+DX = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+def images(n: int = 2) -> list[report.SourceImage]:
+    series = generate_uid()
+    return [report.SourceImage(DX, generate_uid(), series) for _ in range(n)]
+
+
+def findings(shift: float = 0.0) -> list[report.Finding]:
+    return [report.Finding(label, p, 0.5, p >= 0.5)
+            for label, p in zip(LABELS, np.clip(np.linspace(0.05, 0.95, len(LABELS)) + shift, 0, 1))]
+
+
+def test_sr_is_in_the_original_study_lists_every_finding_and_dsrdump_reads_it(tmp_path: Path):
+    imgs = images(2)
+    series, sop = report.report_uids("2.25.1", "v7", "sr", ["2.25.2", "2.25.3"])
+    sr = report.build_sr(IDENTITY, imgs, findings(), model_version="v7", series_uid=series, sop_uid=sop)
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(report.to_bytes(sr))
+    back = pydicom.dcmread(path)
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    assert (back.StudyInstanceUID, back.PatientID, back.PatientName, back.AccessionNumber, back.StudyDate,
+            back.IssuerOfPatientID) == (IDENTITY.study_uid, "PID-77", "DOE^JANE", "ACC-5", "20240131", "HOSP-A")
+    assert (back.SeriesInstanceUID, back.SOPInstanceUID) == (series, sop)
+    refs = back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert {r.ReferencedSOPInstanceUID for r in refs} == {im.sop_instance_uid for im in imgs}
+    dump = dcmtk("dsrdump", "-v", str(path))
+    assert dump.returncode == 0 and not dump.stderr.strip(), dump.stderr
+    assert dump.stdout.count('"Finding")=') == 14
+    assert dump.stdout.count("Positive") == sum(f.positive for f in findings())
+    assert "Not for diagnostic use without physician review" in back.ContentSequence[2].TextValue
+    assert 'Algorithm Version")="v7"' in dump.stdout
+
+
+def test_sr_without_source_images_or_study_uid_is_refused():
+    with pytest.raises(ValueError, match="source image"):
+        report.build_sr(IDENTITY, [], findings(), model_version="v", series_uid="1.2", sop_uid="1.3")
+    with pytest.raises(ValueError, match="Study Instance UID"):
+        report.build_sr(report.StudyIdentity(study_uid=""), images(1), findings(), model_version="v",
+                        series_uid="1.2", sop_uid="1.3")
+
+
+def test_study_call_is_the_highest_probability_over_its_images():
+    low, high = findings(-0.3), findings(+0.3)
+    merged = report.study_findings([low, high, low])
+    assert [f.label for f in merged] == list(LABELS)
+    assert [f.probability for f in merged] == [f.probability for f in high]
+    assert [f.positive for f in merged] == [f.probability >= 0.5 for f in high]
+
+
+def test_report_uids_repeat_for_a_retry_and_change_when_the_study_grows():
+    a = report.report_uids("2.25.9", "v1", "sr", ["2.25.1", "2.25.2"])
+    assert a == report.report_uids("2.25.9", "v1", "sr", ["2.25.2", "2.25.1"])
+    grown = report.report_uids("2.25.9", "v1", "sr", ["2.25.1", "2.25.2", "2.25.3"])
+    assert grown[0] == a[0] and grown[1] != a[1]  # same series, new instance
+    assert report.report_uids("2.25.9", "v2", "sr", ["2.25.1", "2.25.2"])[1] != a[1]
+    assert all(len(u) <= 64 and u.startswith("2.25.") for u in (*a, *grown))
+
+
+@pytest.fixture(scope="module")
+def model():  # noqa: ANN201
+    from cxrmodel.network import build_model
+    return build_model(seed=0).eval()
+
+
+@pytest.mark.slow
+def test_heatmap_sc_of_a_real_radiograph_points_back_at_its_source(model):  # noqa: ANN001
+    from cxrmodel.preprocess import load_image, preprocess
+
+    png = next((SHARED_DATA / "nih" / "images").glob("*.png"))
+    image = load_image(png)
+    picture = report.heatmap_picture(model, preprocess(png), image, "Effusion")
+    assert picture.dtype == np.uint8 and picture.shape == (*image.shape, 3)
+    assert picture[..., 0].mean() >= picture[..., 2].mean()  # red-yellow overlay drawn on the film
+    src = images(1)[0]
+    sc = report.build_heatmap_sc(IDENTITY, src, picture, label="Effusion", probability=0.61, model_version="v7",
+                                 series_uid=generate_uid(), sop_uid=generate_uid(), patient_orientation="P\\F")
+    back = report.read(report.to_bytes(sc))
+    assert back.Modality == "OT" and back.PhotometricInterpretation == "RGB"
+    assert np.array_equal(back.pixel_array, picture)
+    assert back.StudyInstanceUID == IDENTITY.study_uid and back.PatientID == "PID-77"
+    assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == src.sop_instance_uid
+    assert "Effusion" in back.ImageComments and "physician review" in back.ImageComments
+    assert list(back.PatientOrientation) == ["P", "F"]
+
+
+def test_a_large_film_is_shrunk_for_the_overlay_and_a_small_one_kept():
+    big = np.random.default_rng(0).random((2800, 2400)).astype(np.float32)
+    small = report.fit_for_overlay(big)
+    assert small.shape == (1024, 878) and 0.4 < small.mean() < 0.6
+    assert report.fit_for_overlay(small) is small
+
+
+def test_send_stores_into_a_real_storescp_and_a_closed_port_is_a_send_error(tmp_path: Path):
+    if shutil.which("storescp") is None:
+        pytest.fail("dcmtk storescp not found (apt-get install dcmtk)")
+    port = free_port()
+    out = tmp_path / "received"
+    out.mkdir()
+    proc = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(out), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, 20, proc)
+        series, sop = report.report_uids("2.25.4", "v1", "sr", ["2.25.5"])
+        sr = report.build_sr(IDENTITY, images(1), findings(), model_version="v1", series_uid=series, sop_uid=sop)
+        send([sr], Destination(calling_aet="CXRD", called_aet="PACS", host="127.0.0.1", port=port))
+        deadline = time.monotonic() + 10
+        while not list(out.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [stored] = list(out.iterdir())
+        assert pydicom.dcmread(stored).SOPInstanceUID == sop
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    t0 = time.monotonic()
+    with pytest.raises(SendError, match="not reachable"):
+        send([sr], Destination(calling_aet="CXRD", called_aet="PACS", host="127.0.0.1", port=port, timeout_s=5))
+    assert time.monotonic() - t0 < 5
+
+
+def test_retry_delay_doubles_from_the_base_and_is_capped():
+    assert [retry_delay_s(n, 0.5) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert retry_delay_s(60, 5.0) == 86400.0
+
+
+@pytest.fixture()
+def sessions(tmp_path: Path):  # noqa: ANN201
+    engine = db.engine_from_url(f"sqlite:///{tmp_path / 'cxrd.db'}")
+    db.migrate(engine)
+    yield db.sessions(engine)
+    engine.dispose()
+
+
+def test_a_claimed_result_is_leased_once_and_taken_back_after_its_lease_runs_out(sessions):
+    with sessions.begin() as s:
+        s.add(Result(study_uid="2.25.1", model_version="v1", kind="sr", next_attempt_at=utcnow()))
+        s.add(Result(study_uid="2.25.2", model_version="v1", kind="sr", next_attempt_at=utcnow() + timedelta(hours=1)))
+    with sessions.begin() as s:
+        first = claim_results(s, "host:1:a", limit=5, lease_s=0.3)
+    with sessions.begin() as s:
+        assert claim_results(s, "host:2:b", limit=5) == []  # leased, and the other is not due
+        row = s.get(Result, first[0])
+        assert (row.state, row.claimed_by, row.attempts) == ("sending", "host:1:a", 1)
+    assert len(first) == 1
+    time.sleep(0.4)
+    with sessions.begin() as s:
+        assert claim_results(s, "host:2:b", limit=5) == first  # the first owner died: lease expired
+        assert s.get(Result, first[0]).attempts == 2
+
+
+def test_retry_puts_only_failed_results_back_with_a_fresh_count(sessions):
+    with sessions.begin() as s:
+        s.add_all([Result(study_uid="2.25.1", model_version="v1", kind="sr", state="failed", attempts=8,
+                          last_error="down"),
+                   Result(study_uid="2.25.2", model_version="v1", kind="sr", state="sent", attempts=1)])
+    with sessions.begin() as s:
+        assert retry_failed(s) == 1
+    with sessions() as s:
+        rows = {r.study_uid: (r.state, r.attempts, r.last_error) for r in s.query(Result)}
+    assert rows == {"2.25.1": ("pending", 0, ""), "2.25.2": ("sent", 1, "")}
+
+
+@pytest.mark.postgres
+def test_postgresql_claimers_skip_a_row_another_sender_holds(fresh_pg_database):  # noqa: ANN001
+    engine = db.engine_from_url(fresh_pg_database)
+    db.migrate(engine)
+    sessions = db.sessions(engine)
+    with sessions.begin() as s:
+        s.add_all([Result(study_uid=f"2.25.{i}", model_version="v1", kind="sr", next_attempt_at=utcnow())
+                   for i in (1, 2)])
+    holder = sessions()
+    holder.begin()
+    try:
+        held = claim_results(holder, "host:1:a", limit=1)  # row locked until `holder` commits
+        with sessions.begin() as s:
+            other = claim_results(s, "host:2:b", limit=5)  # would block on the lock without SKIP LOCKED
+        assert len(held) == 1 and len(other) == 1 and set(held).isdisjoint(other)
+        holder.commit()
+    finally:
+        holder.close()
+        engine.dispose()
+
+
+def test_a_study_without_reidentification_entry_is_parked_at_once_and_never_sent(sessions, tmp_path: Path):
+    from cxrmodel.registry import Registry
+    from daemon.stages.results import ResultsSender
+    from storage import keys as key_store
+    from storage.models import AuditEvent, Instance, Prediction
+    from storage.vault import Vault
+
+    key_store.init_keys(tmp_path / "master.key", tmp_path / "keyring.json")
+    keys = key_store.load_keys(tmp_path / "master.key", tmp_path / "keyring.json")
+    with sessions.begin() as s:
+        inst = Instance(sop_instance_uid="2.25.11", study_uid="2.25.10", series_uid="2.25.12", sop_class_uid=DX,
+                        state="predicted")
+        s.add(inst)
+        s.flush()
+        s.add_all(Prediction(instance_id=inst.id, model_version="v1", label=label, probability=0.7, threshold=0.5,
+                             positive=True) for label in LABELS)
+        s.add(Result(study_uid="2.25.10", model_version="v1", kind="sr", next_attempt_at=utcnow()))
+    sent: list = []
+    sender = ResultsSender(sessions=sessions, vault=Vault(tmp_path / "vault", keys.keyring), keys=keys,
+                           registry=Registry(tmp_path / "models"), max_attempts=5,
+                           destination=Destination(calling_aet="CXRD", called_aet="PACS", host="127.0.0.1", port=9),
+                           sender=lambda objects, dest: sent.append(objects))
+    assert sender.run_once() is True
+    assert sender.run_once() is False  # parked, not due again
+    with sessions() as s:
+        row = s.query(Result).one()
+        assert (row.state, row.attempts) == ("failed", 1) and "re-identification" in row.last_error
+        events = [(e.event_type, e.actor, e.outcome) for e in s.query(AuditEvent).order_by(AuditEvent.seq)]
+        assert s.query(Instance).one().state == "predicted"
+    assert events == [("reid.lookup", "cxrd:results", 0), ("result.failed", "cxrd:results", 8)]
+    assert sent == []
