@@ -40,8 +40,10 @@ def test_unit_is_hardened_and_notify_type(tmp_path):
     for line in ("Type=notify", "WatchdogSec=", "User=cxrd", "StateDirectory=cxrd", "UMask=0077",
                  "ProtectSystem=strict", "PrivateTmp=yes", "NoNewPrivileges=yes", "ProtectHome=yes",
                  "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "SystemCallFilter=@system-service",
-                 "LoadCredential=cxrd.key:"):
+                 "LoadCredential=cxrd.key:", "LimitCORE=0", "MemoryMax=", "MemoryHigh=", "TasksMax="):
         assert line in text, line
+    # A reload that sends SIGTERM stops the service for good (exit 0 is not a failure to restart).
+    assert "ExecReload=/bin/kill -TERM" not in text
     r = subprocess.run([_systemd_analyze(), "security", "--offline=yes", str(_unit_for_here(tmp_path))],
                        capture_output=True, text=True)
     exposure = re.search(r"Overall exposure level for cxrd.service: ([0-9.]+)", r.stdout + r.stderr)
