@@ -23,7 +23,7 @@ from daemon.ops.http import HttpEndpoint
 from daemon.stages.ingest import Ingest, sweep_orphans
 from daemon.ops.logs import event
 from daemon.ops.prometheus import Metrics, StateCollector
-from daemon.stages import retraining as retrain
+from daemon.stages import results, retraining as retrain
 from daemon.runtime import Runtime
 from daemon.stages.scheduling import RetrainScheduler
 from daemon.stages.worker import EngineSettings, Worker
@@ -125,7 +125,6 @@ class Service:
                 results_enabled=s.results.enabled, audit_host=rt.hostname,
                 observe=self.metrics.observe_prediction))
         if s.results.enabled:
-            from daemon.stages import results
             stages.append(results.from_settings(rt, vault))
         if s.retrain.enabled or s.storage.retention_days > 0:
             retrain.install(rt)

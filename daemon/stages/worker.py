@@ -1,26 +1,23 @@
 """The worker: claim queued jobs, decrypt, preprocess, infer in batches, record predictions.
 
-It meets ingest only through the `jobs` table. Claims are leases: a job is `running` with the
-claimer's id and time; a claim whose owner died is taken back (at once when the owner ran on this
-host and its process is gone, otherwise after `LEASE_S`). On PostgreSQL the claim query uses
-`FOR UPDATE SKIP LOCKED`, so several workers and several daemons never take the same job; on
-SQLite the write lock taken by BEGIN IMMEDIATE serialises claimers. Predictions are unique per
-(instance, model version, label), so a batch replayed after a crash never writes twice.
+It meets ingest only through the `jobs` table. Claims are leases (`daemon.stages.leases`): a job is
+`running` with the claimer's id and time, and a claim whose holder died is taken back. On PostgreSQL
+the claim query uses `FOR UPDATE SKIP LOCKED`, so several workers and several daemons never take the
+same job; on SQLite the write lock taken by BEGIN IMMEDIATE serialises claimers. Predictions are
+unique per (instance, model version, label), so a batch replayed after a crash never writes twice.
 
 Three threads form a pipeline: claim + decrypt + decode + preprocess, then the forward pass (the
 bottleneck), then the database writes, so the forward pass never waits on vault reads, JPEG 2000
 decoding, resizing or commits. In `cxrd serve` ingest wakes the claimer as soon as it commits a job;
-polling is only for jobs committed by other daemons.
+polling is only for jobs committed by other daemons. After committing predictions the worker asks
+the results stage for a report of each study (`daemon.stages.results.schedule_result`).
 """
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
@@ -34,15 +31,16 @@ from cxrmodel.errors import ModelError, NoModelError
 from cxrmodel.labels import LABELS
 from cxrmodel.registry import LoadedModel, Registry
 from daemon.ops.logs import event
+from daemon.stages.leases import release_dead_claims, worker_id
+from daemon.stages.results import schedule_result
 from storage import audit
 from storage.errors import StorageError, TamperError
 from storage.keys import Keys
-from storage.models import FAILED, PREDICTED, QUARANTINED, RECEIVED, Instance, Job, Prediction, Result, utcnow
+from storage.models import FAILED, PREDICTED, QUARANTINED, RECEIVED, Instance, Job, Prediction, utcnow
 from storage.vault import Vault
 
 log = logging.getLogger("cxrd.worker")
 
-LEASE_S = 300.0
 MAX_ATTEMPTS = 3
 IDLE_POLL_S = 0.2
 
@@ -53,39 +51,6 @@ class EngineSettings:
     threads: int = 0
     batch_size: int = 8
     max_batch_wait_ms: int = 50
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def release_dead_claims(sessions: sessionmaker[Session], me: str) -> int:
-    """Put back jobs claimed by workers that are gone: same host and dead pid, or lease expired."""
-    host = me.split(":", 1)[0]
-    now = utcnow()
-    released = 0
-    with sessions() as session, session.begin():
-        rows = session.execute(select(Job.id, Job.claimed_by, Job.claimed_at).where(Job.state == "running")).all()
-        for job_id, owner, claimed_at in rows:
-            owner_host, _, rest = owner.partition(":")
-            pid = rest.split(":", 1)[0]
-            dead_here = owner_host == host and owner != me and pid.isdigit() and not _pid_alive(int(pid))
-            expired = claimed_at is None or (now - claimed_at).total_seconds() > LEASE_S
-            if dead_here or expired:
-                session.execute(update(Job).where(Job.id == job_id, Job.state == "running")
-                                .values(state="queued", claimed_by="", claimed_at=None))
-                released += 1
-    return released
 
 
 def claim_jobs(session: Session, me: str, limit: int) -> list[int]:
@@ -381,19 +346,3 @@ class Worker:
             event(log, "worker.predicted", images=len(good), failed=len(bad), model=version)
         elif bad:
             event(log, "worker.failed", logging.WARNING, images=len(bad))
-
-
-RESULT_SETTLE_S = 3.0
-
-
-def schedule_result(session: Session, study_uid: str, model_version: str, kind: str = "sr") -> None:
-    """Ask the results sender for a (new) report of this study, a few seconds from now so that
-    the rest of a study arriving together lands in the same report."""
-    due = utcnow() + timedelta(seconds=RESULT_SETTLE_S)
-    row = session.scalar(select(Result).where(Result.study_uid == study_uid, Result.model_version == model_version,
-                                              Result.kind == kind))
-    if row is None:
-        session.add(Result(study_uid=study_uid, model_version=model_version, kind=kind, state="pending",
-                           next_attempt_at=due))
-    elif row.state in ("sent", "failed", "pending"):
-        row.state, row.attempts, row.next_attempt_at, row.last_error = "pending", 0, due, ""
