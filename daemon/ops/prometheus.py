@@ -46,9 +46,8 @@ class Metrics:
         if nbytes:
             self.bytes.inc(nbytes)
 
-    def observe_prediction(self, latency_s: float, n: int) -> None:
-        for _ in range(n):
-            self.inference_latency.observe(latency_s)
+    def observe_prediction(self, latency_s: float) -> None:
+        self.inference_latency.observe(latency_s)
 
     def attach_state(self, collector: "StateCollector") -> None:
         self.registry.register(collector)
