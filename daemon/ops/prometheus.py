@@ -37,8 +37,6 @@ class Metrics:
                                            "Acknowledgement to prediction committed",
                                            buckets=(.05, .1, .25, .5, 1, 2, 5, 10, 30, 60, 300),
                                            registry=self.registry)
-        self.results = Counter("cxrd_results_total", "Result objects sent to the PACS by outcome", ["outcome"],
-                               registry=self.registry)
 
     def observe_store(self, outcome: str, seconds: float, nbytes: int) -> None:
         self.instances.labels(outcome).inc()
