@@ -37,10 +37,10 @@ from daemon.ops.logs import event
 from storage import reid
 from storage.deid import PROFILE_EDITION, DeidOptions, deidentify
 from storage.dicomfile import file_parts
-from storage.errors import DeidError, VaultError
+from storage.errors import DatabaseUnavailable, DeidError, VaultError
 from storage.keys import Keys
 from storage.models import RECEIVED, Instance
-from storage.rows import IngestRows, RowConflict, RowsUnavailable
+from storage.rows import IngestRows, RowConflict
 from storage.vault import Vault
 
 log = logging.getLogger("cxrd.ingest")
@@ -97,7 +97,7 @@ class Ingest:
         except StoreConflict as exc:
             outcome, status = "failed", PROCESSING_FAILURE
             event(log, "store.refused", logging.ERROR, reason=str(exc), calling_aet=calling_aet)
-        except DatabaseDown:
+        except DatabaseUnavailable:
             outcome, status = "refused_database", OUT_OF_RESOURCES
             event(log, "store.refused", logging.ERROR, reason="database unavailable", calling_aet=calling_aet)
         except Exception as exc:  # never let an association thread die; never log values (PHI)
@@ -173,10 +173,10 @@ class Ingest:
                                **actor)
                 if not self._audit_after_write:
                     nbytes, durable = write.result(), True
-        except RowsUnavailable:
+        except DatabaseUnavailable:
             if not durable:  # else the commit's outcome is unknown: as below
                 self._discard_after(write, object_id)
-            raise DatabaseDown() from None
+            raise
         except RowConflict:
             self._discard_after(write, object_id)
             if not self._already_stored(sop):  # another constraint failed: never report that as stored
@@ -215,10 +215,7 @@ class Ingest:
 
     def _audit_only(self, event_type: str, **fields) -> None:  # noqa: ANN003
         """An outcome that stores nothing (ignored, rejected, duplicate, failed), audited on its own."""
-        try:
-            self.rows.audit(event_type=event_type, **fields)
-        except RowsUnavailable:
-            raise DatabaseDown() from None
+        self.rows.audit(event_type=event_type, **fields)
 
     def audit_association(self, calling_aet: str, host: str) -> None:
         """An accepted association, audited before its first request is served: on the driver's
@@ -241,12 +238,8 @@ class StoreConflict(Exception):
     """A constraint other than the SOP Instance UID's refused the rows; a processing failure (0xC211)."""
 
 
-class DatabaseDown(Exception):
-    """Raised inside ingest when the database cannot be used; becomes 0xA700."""
-
-
 class _guarded:
-    """A session whose connection-level failures surface as DatabaseDown."""
+    """A session whose connection-level failures surface as DatabaseUnavailable."""
 
     def __init__(self, factory: sessionmaker[Session]):
         self.session = factory()
@@ -257,7 +250,7 @@ class _guarded:
     def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
         self.session.close()
         if isinstance(exc, (OperationalError, InterfaceError)):
-            raise DatabaseDown() from None
+            raise DatabaseUnavailable(f"database unavailable ({type(exc).__name__})") from None
         return False
 
 
