@@ -22,7 +22,6 @@ import logging
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -54,17 +53,6 @@ CANNOT_DEIDENTIFY = 0xC220         # required UIDs missing or malformed
 NOT_A_CHEST_RADIOGRAPH = 0xC230    # only with dicom.non_chest = "reject"
 
 
-@dataclass
-class IngestStats:
-    """Counters the metrics endpoint reads; updated without locks (approximate is fine)."""
-    by_outcome: dict[str, int] = field(default_factory=dict)
-    bytes_stored: int = 0
-    last_seconds: float = 0.0
-
-    def count(self, outcome: str) -> None:
-        self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
-
-
 class Ingest:
     """Holds what every C-STORE needs (keys, vault, database, rules); `store` is called from many
     association threads at once and is safe for that."""
@@ -83,7 +71,6 @@ class Ingest:
         self.non_chest = non_chest
         self.min_free_bytes = min_free_mb * 1024 * 1024
         self.hostname = hostname
-        self.stats = IngestStats()
         # One vault write in flight per association at most; a pool avoids a thread start per image.
         self._writer = ThreadPoolExecutor(max_workers=max(2, max_writers), thread_name_prefix="cxrd-vault-write")
         self.observe = observe or (lambda outcome, seconds, nbytes: None)
@@ -103,9 +90,6 @@ class Ingest:
         except Exception as exc:  # never let an association thread die; never log values (PHI)
             log.error("store.crashed", exc_info=exc, extra={"cxrd_fields": {"calling_aet": calling_aet}})
         seconds = time.perf_counter() - t0
-        self.stats.count(outcome)
-        self.stats.bytes_stored += nbytes
-        self.stats.last_seconds = seconds
         self.observe(outcome, seconds, nbytes)
         return status
 
