@@ -2,12 +2,12 @@
 
 Every acknowledged image commits four rows (instance, job, re-identification entry, audit event)
 before its C-STORE response, over an association whose sender waits for that response before it
-sends the next image. Through SQLAlchemy's Session and Core the transaction cost ~1.5 ms of CPU
-per image (statement construction, cache keys, execution contexts, session and pool bookkeeping),
-a fifth of the whole receive path at 1 MB. Here SQLAlchemy still does what it is good at, once:
-it compiles each INSERT for the engine's dialect and supplies each column's default and bind
-processor (the same code an ORM insert would run, so the stored bytes are identical). Per image
-only the driver's `execute` calls remain.
+sends the next image, so the CPU this transaction costs is paid once per image, in the sender's
+wait. Through SQLAlchemy's Session and Core that cost is mostly statement construction, cache keys,
+execution contexts, session and pool bookkeeping, all the same for every image. Here SQLAlchemy
+still does what it is good at, once: it compiles each INSERT for the engine's dialect and supplies
+each column's default and bind processor (the same code an ORM insert would run, so the stored
+bytes are identical). Per image only the driver's `execute` calls remain.
 
 The tables and their defaults stay declared in `storage.models`; a column added there with a
 Python-side default is filled here without a change, one with only a server default is left to
