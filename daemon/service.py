@@ -23,7 +23,7 @@ from daemon.ops.http import HttpEndpoint
 from daemon.stages.ingest import Ingest, sweep_orphans
 from daemon.ops.logs import event
 from daemon.ops.prometheus import Metrics, StateCollector
-from daemon.stages import retraining as retrain
+from daemon.stages import results, retraining as retrain
 from daemon.runtime import Runtime
 from daemon.stages.scheduling import RetrainScheduler
 from daemon.stages.worker import EngineSettings, Worker
@@ -65,6 +65,7 @@ class Service:
         self.stop_requested = threading.Event()
         self.stages: list[Stage] = []
         self.scp: scp.ScpHandle | None = None
+        self.worker: Worker | None = None  # woken by each stored image
         self.metrics = Metrics()
 
     def start(self) -> None:
@@ -106,7 +107,6 @@ class Service:
         orphans = sweep_orphans(rt.sessions, vault)
         if leftovers or orphans:
             event(log, "vault.recovered", temp_files=leftovers, orphans=orphans)
-        self.vault = vault
         self.ingest = Ingest(
             engine=rt.engine, read_sessions=rt.read_sessions, vault=vault, keys=rt.keys,
             observe=self._observe_store,
@@ -116,16 +116,16 @@ class Service:
             max_writers=s.dicom.max_associations)
         stages: list[Stage] = []
         if s.model.workers > 0:
-            stages.append(Worker(
+            self.worker = Worker(
                 sessions=rt.sessions, vault=vault, keys=rt.keys, registry=rt.registry,
                 engine_settings=EngineSettings(backend=s.model.backend,
                                                threads=s.model.threads or max(1, (os.cpu_count() or 2) - 1),
                                                batch_size=s.model.batch_size,
                                                max_batch_wait_ms=s.model.max_batch_wait_ms),
                 results_enabled=s.results.enabled, audit_host=rt.hostname,
-                observe=self.metrics.observe_prediction))
+                observe=self.metrics.observe_prediction)
+            stages.append(self.worker)
         if s.results.enabled:
-            from daemon.stages import results
             stages.append(results.from_settings(rt, vault))
         if s.retrain.enabled or s.storage.retention_days > 0:
             retrain.install(rt)
@@ -161,10 +161,8 @@ class Service:
 
     def _observe_store(self, outcome: str, seconds: float, nbytes: int) -> None:
         self.metrics.observe_store(outcome, seconds, nbytes)
-        if outcome == "stored":
-            for stage in self.stages:
-                if isinstance(stage, Worker):
-                    stage.wake()
+        if outcome == "stored" and self.worker is not None:
+            self.worker.wake()
 
     def _on_store(self):  # noqa: ANN202
         return self.ingest.store

@@ -2,8 +2,8 @@
 
 SQLite gets its pragmas here (WAL so readers never block the SCP's commits, synchronous=FULL so a
 commit that returned is on disk before the PACS hears 0x0000, foreign keys, a busy timeout).
-PostgreSQL is used as is. Errors that mean "the database is not there" become `DatabaseUnavailable`
-so the daemon can answer 0xA700 and the CLI can print one line.
+PostgreSQL is used as is. Errors that mean "the database is not there" become
+`storage.errors.DatabaseUnavailable` so the daemon can answer 0xA700 and the CLI can print one line.
 """
 from __future__ import annotations
 
@@ -16,11 +16,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, InterfaceError
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.errors import DatabaseUnavailable
+
 MIGRATIONS = Path(__file__).with_name("migrations")
-
-
-class DatabaseUnavailable(Exception):
-    """The database cannot be reached or used; the message names the URL without its password."""
 
 
 def engine_from_url(url: str) -> Engine:

@@ -11,6 +11,16 @@ class StorageError(Exception):
     """Base of every error raised on purpose by `storage`."""
 
 
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or used right now; the same request may succeed later.
+
+    Deliberately not a StorageError: callers treat those as final (a result parked, an image failed),
+    whereas this one calls for a retry (a DICOM sender gets 0xA700, `/readyz` answers 503). Raised by
+    `storage.db` (the message names the URL without its password) and by `storage.rows` (the message
+    names only the driver's exception type).
+    """
+
+
 class KeyFileError(StorageError):
     """The master key file or keyring is missing, unreadable, malformed or too permissive."""
 

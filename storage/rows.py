@@ -2,18 +2,18 @@
 
 Every acknowledged image commits four rows (instance, job, re-identification entry, audit event)
 before its C-STORE response, over an association whose sender waits for that response before it
-sends the next image. Through SQLAlchemy's Session and Core the transaction cost ~1.5 ms of CPU
-per image (statement construction, cache keys, execution contexts, session and pool bookkeeping),
-a fifth of the whole receive path at 1 MB. Here SQLAlchemy still does what it is good at, once:
-it compiles each INSERT for the engine's dialect and supplies each column's default and bind
-processor (the same code an ORM insert would run, so the stored bytes are identical). Per image
-only the driver's `execute` calls remain.
+sends the next image, so the CPU this transaction costs is paid once per image, in the sender's
+wait. Through SQLAlchemy's Session and Core that cost is mostly statement construction, cache keys,
+execution contexts, session and pool bookkeeping, all the same for every image. Here SQLAlchemy
+still does what it is good at, once: it compiles each INSERT for the engine's dialect and supplies
+each column's default and bind processor (the same code an ORM insert would run, so the stored
+bytes are identical). Per image only the driver's `execute` calls remain.
 
 The tables and their defaults stay declared in `storage.models`; a column added there with a
 Python-side default is filled here without a change, one with only a server default is left to
-the database. Errors come back as two exceptions whose
-meaning ingest already maps to DICOM statuses: `RowConflict` (a constraint refused a row) and
-`RowsUnavailable` (the database cannot be used; the connection is discarded, not reused).
+the database. Errors come back as two exceptions whose meaning ingest maps to DICOM statuses:
+`RowConflict` (a constraint refused a row) and `storage.errors.DatabaseUnavailable` (the database
+cannot be used; the connection is discarded, not reused).
 """
 from __future__ import annotations
 
@@ -25,15 +25,12 @@ from sqlalchemy import Table, insert, text
 from sqlalchemy.engine import Engine
 
 from storage import audit
+from storage.errors import DatabaseUnavailable
 from storage.models import AuditEvent, Instance, Job, ReidEntry
 
 
 class RowConflict(Exception):
     """A unique or foreign-key constraint refused a row; the transaction was rolled back."""
-
-
-class RowsUnavailable(Exception):
-    """The database could not be reached or used; the transaction was rolled back."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +119,7 @@ class IngestRows:
         try:
             conn = self.engine.raw_connection()
         except Exception as exc:  # the driver's errors, or SQLAlchemy's wrapping of them
-            raise RowsUnavailable(type(exc).__name__) from None
+            raise DatabaseUnavailable(f"database unavailable ({type(exc).__name__})") from None
         cursor = None
         try:
             cursor = conn.cursor()
@@ -137,7 +134,7 @@ class IngestRows:
             raise RowConflict(type(exc).__name__) from None
         except (self.dbapi.OperationalError, self.dbapi.InterfaceError) as exc:
             conn.invalidate()  # a broken connection must not go back to the pool
-            raise RowsUnavailable(type(exc).__name__) from None
+            raise DatabaseUnavailable(f"database unavailable ({type(exc).__name__})") from None
         except BaseException:
             _rollback(conn)
             raise

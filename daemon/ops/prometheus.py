@@ -37,8 +37,6 @@ class Metrics:
                                            "Acknowledgement to prediction committed",
                                            buckets=(.05, .1, .25, .5, 1, 2, 5, 10, 30, 60, 300),
                                            registry=self.registry)
-        self.results = Counter("cxrd_results_total", "Result objects sent to the PACS by outcome", ["outcome"],
-                               registry=self.registry)
 
     def observe_store(self, outcome: str, seconds: float, nbytes: int) -> None:
         self.instances.labels(outcome).inc()
@@ -46,9 +44,8 @@ class Metrics:
         if nbytes:
             self.bytes.inc(nbytes)
 
-    def observe_prediction(self, latency_s: float, n: int) -> None:
-        for _ in range(n):
-            self.inference_latency.observe(latency_s)
+    def observe_prediction(self, latency_s: float) -> None:
+        self.inference_latency.observe(latency_s)
 
     def attach_state(self, collector: "StateCollector") -> None:
         self.registry.register(collector)

@@ -22,7 +22,6 @@ import logging
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -37,10 +36,10 @@ from daemon.ops.logs import event
 from storage import reid
 from storage.deid import PROFILE_EDITION, DeidOptions, deidentify
 from storage.dicomfile import file_parts
-from storage.errors import DeidError, VaultError
+from storage.errors import DatabaseUnavailable, DeidError, VaultError
 from storage.keys import Keys
 from storage.models import RECEIVED, Instance
-from storage.rows import IngestRows, RowConflict, RowsUnavailable
+from storage.rows import IngestRows, RowConflict
 from storage.vault import Vault
 
 log = logging.getLogger("cxrd.ingest")
@@ -52,17 +51,6 @@ CANNOT_UNDERSTAND = 0xC210         # dataset could not be parsed
 PROCESSING_FAILURE = 0xC211        # unexpected error of ours (logged without PHI)
 CANNOT_DEIDENTIFY = 0xC220         # required UIDs missing or malformed
 NOT_A_CHEST_RADIOGRAPH = 0xC230    # only with dicom.non_chest = "reject"
-
-
-@dataclass
-class IngestStats:
-    """Counters the metrics endpoint reads; updated without locks (approximate is fine)."""
-    by_outcome: dict[str, int] = field(default_factory=dict)
-    bytes_stored: int = 0
-    last_seconds: float = 0.0
-
-    def count(self, outcome: str) -> None:
-        self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
 
 
 class Ingest:
@@ -83,7 +71,6 @@ class Ingest:
         self.non_chest = non_chest
         self.min_free_bytes = min_free_mb * 1024 * 1024
         self.hostname = hostname
-        self.stats = IngestStats()
         # One vault write in flight per association at most; a pool avoids a thread start per image.
         self._writer = ThreadPoolExecutor(max_workers=max(2, max_writers), thread_name_prefix="cxrd-vault-write")
         self.observe = observe or (lambda outcome, seconds, nbytes: None)
@@ -97,15 +84,12 @@ class Ingest:
         except StoreConflict as exc:
             outcome, status = "failed", PROCESSING_FAILURE
             event(log, "store.refused", logging.ERROR, reason=str(exc), calling_aet=calling_aet)
-        except DatabaseDown:
+        except DatabaseUnavailable:
             outcome, status = "refused_database", OUT_OF_RESOURCES
             event(log, "store.refused", logging.ERROR, reason="database unavailable", calling_aet=calling_aet)
         except Exception as exc:  # never let an association thread die; never log values (PHI)
             log.error("store.crashed", exc_info=exc, extra={"cxrd_fields": {"calling_aet": calling_aet}})
         seconds = time.perf_counter() - t0
-        self.stats.count(outcome)
-        self.stats.bytes_stored += nbytes
-        self.stats.last_seconds = seconds
         self.observe(outcome, seconds, nbytes)
         return status
 
@@ -173,10 +157,10 @@ class Ingest:
                                **actor)
                 if not self._audit_after_write:
                     nbytes, durable = write.result(), True
-        except RowsUnavailable:
+        except DatabaseUnavailable:
             if not durable:  # else the commit's outcome is unknown: as below
                 self._discard_after(write, object_id)
-            raise DatabaseDown() from None
+            raise
         except RowConflict:
             self._discard_after(write, object_id)
             if not self._already_stored(sop):  # another constraint failed: never report that as stored
@@ -215,10 +199,7 @@ class Ingest:
 
     def _audit_only(self, event_type: str, **fields) -> None:  # noqa: ANN003
         """An outcome that stores nothing (ignored, rejected, duplicate, failed), audited on its own."""
-        try:
-            self.rows.audit(event_type=event_type, **fields)
-        except RowsUnavailable:
-            raise DatabaseDown() from None
+        self.rows.audit(event_type=event_type, **fields)
 
     def audit_association(self, calling_aet: str, host: str) -> None:
         """An accepted association, audited before its first request is served: on the driver's
@@ -241,12 +222,8 @@ class StoreConflict(Exception):
     """A constraint other than the SOP Instance UID's refused the rows; a processing failure (0xC211)."""
 
 
-class DatabaseDown(Exception):
-    """Raised inside ingest when the database cannot be used; becomes 0xA700."""
-
-
 class _guarded:
-    """A session whose connection-level failures surface as DatabaseDown."""
+    """A session whose connection-level failures surface as DatabaseUnavailable."""
 
     def __init__(self, factory: sessionmaker[Session]):
         self.session = factory()
@@ -257,7 +234,7 @@ class _guarded:
     def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
         self.session.close()
         if isinstance(exc, (OperationalError, InterfaceError)):
-            raise DatabaseDown() from None
+            raise DatabaseUnavailable(f"database unavailable ({type(exc).__name__})") from None
         return False
 
 

@@ -1,10 +1,11 @@
 """The results sender: claim pending `Result` rows, build the SR (and heatmap), C-STORE them to the PACS.
 
-It meets the worker only through the `results` table (the worker upserts a pending row per study
-and model version after committing predictions). A claim is a lease, like the worker's: the row
-becomes `sending`, owned by us, with `next_attempt_at` pushed `LEASE_S` ahead; a sender that dies
-simply lets the lease run out and another (or the restarted one) takes the row again. On PostgreSQL
-the claim uses `FOR UPDATE SKIP LOCKED`; on SQLite the writer's BEGIN IMMEDIATE serialises claimers.
+It meets the worker only through the `results` table: in the transaction that records predictions
+the worker calls `schedule_result` here, which upserts a pending row per study and model version.
+A claim is a lease (`daemon.stages.leases`): the row becomes `sending`, held by us, with
+`next_attempt_at` pushed `LEASE_S` ahead; a sender that dies simply lets the lease run out and
+another (or the restarted one) takes the row again. On PostgreSQL the claim uses
+`FOR UPDATE SKIP LOCKED`; on SQLite the writer's BEGIN IMMEDIATE serialises claimers.
 
 Failures to reach the destination are retried after `retry_base_s`, doubling per attempt, until
 `max_attempts` attempts; then the row is parked as `failed` (audited, visible in `cxrd status`)
@@ -32,7 +33,7 @@ from cxrmodel.registry import LoadedModel, Registry
 from daemon.dicom import result_objects as report
 from daemon.errors import DaemonError
 from daemon.ops.logs import event
-from daemon.stages.worker import worker_id
+from daemon.stages.leases import LEASE_S, worker_id
 from storage import audit, reid
 from storage.errors import StorageError
 from storage.keys import Keys
@@ -42,7 +43,7 @@ from storage.vault import Vault
 log = logging.getLogger("cxrd.results")
 
 ACTOR = "cxrd:results"
-LEASE_S = 300.0
+RESULT_SETTLE_S = 3.0  # a study's images arriving together land in one report
 IDLE_POLL_S = 0.2
 MAX_DELAY_S = 86400.0
 OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}  # success and the store warnings (coerced, elements discarded)
@@ -110,6 +111,22 @@ def send(datasets: list[Dataset], dest: Destination) -> None:
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def schedule_result(session: Session, study_uid: str, model_version: str, kind: str = "sr") -> None:
+    """Ask for a (new) report of this study, due `RESULT_SETTLE_S` from now, in the caller's transaction.
+
+    A row already `sending` is left alone: its sender notices the newer predictions when it finishes
+    and puts the row back to pending itself.
+    """
+    due = utcnow() + timedelta(seconds=RESULT_SETTLE_S)
+    row = session.scalar(select(Result).where(Result.study_uid == study_uid, Result.model_version == model_version,
+                                              Result.kind == kind))
+    if row is None:
+        session.add(Result(study_uid=study_uid, model_version=model_version, kind=kind, state="pending",
+                           next_attempt_at=due))
+    elif row.state in ("sent", "failed", "pending"):
+        row.state, row.attempts, row.next_attempt_at, row.last_error = "pending", 0, due, ""
 
 
 def claim_results(session: Session, me: str, limit: int = 1, lease_s: float = LEASE_S) -> list[int]:

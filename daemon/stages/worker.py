@@ -1,29 +1,26 @@
 """The worker: claim queued jobs, decrypt, preprocess, infer in batches, record predictions.
 
-It meets ingest only through the `jobs` table. Claims are leases: a job is `running` with the
-claimer's id and time; a claim whose owner died is taken back (at once when the owner ran on this
-host and its process is gone, otherwise after `LEASE_S`). On PostgreSQL the claim query uses
-`FOR UPDATE SKIP LOCKED`, so several workers and several daemons never take the same job; on
-SQLite the write lock taken by BEGIN IMMEDIATE serialises claimers. Predictions are unique per
-(instance, model version, label), so a batch replayed after a crash never writes twice.
+It meets ingest only through the `jobs` table. Claims are leases (`daemon.stages.leases`): a job is
+`running` with the claimer's id and time, and a claim whose holder died is taken back. On PostgreSQL
+the claim query uses `FOR UPDATE SKIP LOCKED`, so several workers and several daemons never take the
+same job; on SQLite the write lock taken by BEGIN IMMEDIATE serialises claimers. Predictions are
+unique per (instance, model version, label), so a batch replayed after a crash never writes twice.
 
 Three threads form a pipeline: claim + decrypt + decode + preprocess, then the forward pass (the
 bottleneck), then the database writes, so the forward pass never waits on vault reads, JPEG 2000
 decoding, resizing or commits. In `cxrd serve` ingest wakes the claimer as soon as it commits a job;
-polling is only for jobs committed by other daemons.
+polling is only for jobs committed by other daemons. After committing predictions the worker asks
+the results stage for a report of each study (`daemon.stages.results.schedule_result`).
 """
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from sqlalchemy import insert, select, update
@@ -34,15 +31,16 @@ from cxrmodel.errors import ModelError, NoModelError
 from cxrmodel.labels import LABELS
 from cxrmodel.registry import LoadedModel, Registry
 from daemon.ops.logs import event
+from daemon.stages.leases import release_dead_claims, worker_id
+from daemon.stages.results import schedule_result
 from storage import audit
 from storage.errors import StorageError, TamperError
 from storage.keys import Keys
-from storage.models import FAILED, PREDICTED, QUARANTINED, RECEIVED, Instance, Job, Prediction, Result, utcnow
+from storage.models import FAILED, PREDICTED, QUARANTINED, RECEIVED, Instance, Job, Prediction, utcnow
 from storage.vault import Vault
 
 log = logging.getLogger("cxrd.worker")
 
-LEASE_S = 300.0
 MAX_ATTEMPTS = 3
 IDLE_POLL_S = 0.2
 
@@ -53,39 +51,6 @@ class EngineSettings:
     threads: int = 0
     batch_size: int = 8
     max_batch_wait_ms: int = 50
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def release_dead_claims(sessions: sessionmaker[Session], me: str) -> int:
-    """Put back jobs claimed by workers that are gone: same host and dead pid, or lease expired."""
-    host = me.split(":", 1)[0]
-    now = utcnow()
-    released = 0
-    with sessions() as session, session.begin():
-        rows = session.execute(select(Job.id, Job.claimed_by, Job.claimed_at).where(Job.state == "running")).all()
-        for job_id, owner, claimed_at in rows:
-            owner_host, _, rest = owner.partition(":")
-            pid = rest.split(":", 1)[0]
-            dead_here = owner_host == host and owner != me and pid.isdigit() and not _pid_alive(int(pid))
-            expired = claimed_at is None or (now - claimed_at).total_seconds() > LEASE_S
-            if dead_here or expired:
-                session.execute(update(Job).where(Job.id == job_id, Job.state == "running")
-                                .values(state="queued", claimed_by="", claimed_at=None))
-                released += 1
-    return released
 
 
 def claim_jobs(session: Session, me: str, limit: int) -> list[int]:
@@ -117,14 +82,86 @@ class Prepared:
     version: str = ""  # the model whose preprocessing made `tensor`
 
 
+@dataclass
+class Forwarded:
+    """One forward's outcome, handed from the inference thread to the record thread."""
+    model: LoadedModel
+    good: list[Prepared]  # predicted, in the order of `probs`
+    probs: Sequence       # one row of label probabilities per image of `good`
+    bad: list[Prepared]   # not predicted; each `error` says why
+
+
+def one_model_batch(images: list[Prepared], size: int) -> tuple[list[Prepared], list[Prepared]]:
+    """The first `size` images, cut short where the model changes; the rest carries over.
+
+    One forward never mixes two models' preprocessing (a model promoted while claims waited).
+    """
+    limit = min(size, len(images))
+    cut = next((i for i in range(limit) if images[i].version != images[0].version), limit)
+    return images[:cut], images[cut:]
+
+
+class BatchFormer:
+    """Prepared claims in (from the prepare thread), forward batches out (to the inference thread).
+
+    Claims are as small as what was queued at that instant: one image at idle, so its latency is one
+    forward. Under load several small claims wait here together; merging them keeps the forward at
+    full batches, which do more images per second than batches of a few. A short batch waits (up to
+    `max_wait_s`) only for images already claimed and being prepared, a few ms each, never for images
+    merely expected: claiming and preparing is what paces the queue then, so such a wait would only
+    idle the forward and still yield short batches.
+    """
+
+    def __init__(self, batch_size: int, max_wait_s: float):
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        self.ready: queue.Queue[list[Prepared]] = queue.Queue(maxsize=2)
+        self.claimed = 0  # images claimed by the prepare thread and not yet handed on
+        self._carry: list[Prepared] = []
+
+    def empty(self) -> bool:
+        """Nothing handed on is still waiting for a forward."""
+        return self.ready.empty() and not self._carry
+
+    def next_batch(self, timeout_s: float = 0.5) -> list[Prepared]:
+        """Up to `batch_size` images of one model: the first claim waited for (up to `timeout_s`),
+        then what else is ready; [] when nothing came."""
+        images, self._carry = self._carry, []
+        if not images:
+            try:
+                images = list(self.ready.get(timeout=timeout_s))
+            except queue.Empty:
+                return []
+        self._top_up(images)
+        batch, self._carry = one_model_batch(images, self.batch_size)
+        return batch
+
+    def _top_up(self, images: list[Prepared]) -> None:
+        """Add claims already handed on; wait for more only while the prepare thread holds some."""
+        deadline = None
+        while len(images) < self.batch_size:
+            try:
+                images.extend(self.ready.get_nowait())
+                continue
+            except queue.Empty:
+                if not self.claimed:
+                    return
+            deadline = deadline or time.monotonic() + self.max_wait_s
+            try:
+                images.extend(self.ready.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                return
+
+
 class Worker:
-    """One claimer/preprocessor thread feeding one inference thread; `start`/`stop`/`healthy`."""
+    """One claimer/preprocessor thread feeding one inference thread feeding one record thread;
+    `start`/`stop`/`healthy`."""
 
     name = "worker"
 
     def __init__(self, *, sessions: sessionmaker[Session], vault: Vault, keys: Keys, registry: Registry,
                  engine_settings: EngineSettings, results_enabled: bool, audit_host: str = "",
-                 observe: Callable[[float, int], None] | None = None):
+                 observe: Callable[[float], None] | None = None):
         self.sessions = sessions
         self.vault = vault
         self.keys = keys
@@ -133,13 +170,11 @@ class Worker:
         self.results_enabled = results_enabled
         self.audit_host = audit_host
         self.me = worker_id()
-        self.observe = observe or (lambda latency_s, n: None)
+        self.observe = observe or (lambda latency_s: None)  # receipt to prediction committed, per image
+        self.batches = BatchFormer(engine_settings.batch_size, engine_settings.max_batch_wait_ms / 1000.0)
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._claimed = 0  # images claimed by the prepare stage and not yet handed to the forward
-        self._carry: list[Prepared] = []
-        self._ready: queue.Queue[list[Prepared] | None] = queue.Queue(maxsize=2)
-        self._done: queue.Queue[tuple] = queue.Queue(maxsize=2)
+        self._done: queue.Queue[Forwarded] = queue.Queue(maxsize=2)
         self._threads: list[threading.Thread] = []
         self._model: LoadedModel | None = None
         self._engine: Engine | None = None
@@ -185,6 +220,9 @@ class Worker:
                     self._stop.wait(2.0)
         return run
 
+    def _thread_alive(self, name: str) -> bool:
+        return any(t.is_alive() for t in self._threads if t.name == name)
+
     # -- model -------------------------------------------------------------------------------------
     def current_model(self) -> LoadedModel | None:
         """The promoted model, reloaded when the current pointer changes; None while there is none."""
@@ -210,7 +248,7 @@ class Worker:
             self.waiting_for_model = False
             return self._model
 
-    # -- stage 1: claim, decrypt, preprocess -------------------------------------------------------
+    # -- thread 1: claim, decrypt, preprocess ------------------------------------------------------
     def _prepare_loop(self) -> None:
         while not self._stop.is_set():
             self.last_beat = time.monotonic()
@@ -230,14 +268,14 @@ class Worker:
             if not rows:
                 self._wake.wait(IDLE_POLL_S)
                 continue
-            self._claimed = len(rows)
+            self.batches.claimed = len(rows)
             try:
-                batch = [self._prepare_one(model, *row) for row in rows]
+                claim = [self._prepare_one(model, *row) for row in rows]
             finally:
-                self._claimed = 0  # before the put: a forward must never wait on a claim already queued
+                self.batches.claimed = 0  # before the put: a forward must never wait on a claim already queued
             # Claimed jobs are always handed on (the infer loop runs until this thread has ended),
             # never dropped at stop: a dropped claim would sit `running` until the next start.
-            self._ready.put(batch)
+            self.batches.ready.put(claim)
 
     def _prepare_one(self, model: LoadedModel, job_id: int, attempts: int, instance_id: int, sop: str,
                      study: str, object_id: str | None, received_at: datetime) -> Prepared:
@@ -255,11 +293,10 @@ class Worker:
             p.error = f"cannot read image ({type(exc).__name__})"
         return p
 
-    # -- stage 2: infer and record -----------------------------------------------------------------
+    # -- thread 2: the forward pass ----------------------------------------------------------------
     def _infer_loop(self) -> None:
-        preparing = next(t for t in self._threads if t.name == "cxrd-prepare")
-        while not self._stop.is_set() or not self._ready.empty() or self._carry or preparing.is_alive():
-            batch = self._next_batch()
+        while not self._stop.is_set() or not self.batches.empty() or self._thread_alive("cxrd-prepare"):
+            batch = self.batches.next_batch()
             if not batch:
                 continue
             self.last_beat = time.monotonic()
@@ -276,124 +313,82 @@ class Worker:
                 for p in good:
                     p.tensor, p.error = None, f"inference failed ({type(exc).__name__})"
                 good, probs = [], []
-            self._done.put((model, good, probs, [p for p in batch if p.tensor is None]))
+            self._done.put(Forwarded(model, good, probs, [p for p in batch if p.tensor is None]))
 
-    def _next_batch(self) -> list[Prepared]:
-        """Up to `batch_size` prepared images: the first claim waited for, then whatever else is ready.
-
-        Claims are as small as what was queued at that instant (one image at idle, so its latency is
-        one forward). Under load several small claims wait here together; merging them keeps the
-        forward at full batches, where DenseNet on CPU does ~1.4x more images per second than at 1-4.
-        A short batch waits (up to `max_batch_wait_ms`) only for images already claimed and being
-        prepared, a few ms each: at the start of a 200-image burst, forwards of 1, 2, 3 and 7 images
-        took 0.84 s for 13 images, where full batches do 13 in 0.52 s. Waiting instead for images
-        merely expected (arrivals in the last 50 ms) idled the forward 50 ms at a time and still
-        ran batches of 3-6, because claiming and preparing is what paces the queue then.
-        """
-        size = self.engine_settings.batch_size
-        batch, self._carry = self._carry, []
-        if not batch:
-            try:
-                batch = list(self._ready.get(timeout=0.5))
-            except queue.Empty:
-                return []
-        window = self.engine_settings.max_batch_wait_ms / 1000.0
-        deadline = None
-        while len(batch) < size:
-            try:
-                batch.extend(self._ready.get_nowait())
-                continue
-            except queue.Empty:
-                if not self._claimed:
-                    break
-            deadline = deadline or time.monotonic() + window
-            try:
-                batch.extend(self._ready.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                break
-        limit = min(size, len(batch))
-        # never mix two models' preprocessing in one forward (a promotion while claims wait)
-        cut = next((i for i in range(limit) if batch[i].version != batch[0].version), limit)
-        batch, self._carry = batch[:cut], batch[cut:]
-        return batch
-
+    # -- thread 3: the database writes -------------------------------------------------------------
     def _record_loop(self) -> None:
         """Database writes of one batch overlap the next batch's forward pass."""
-        while not self._stop.is_set() or not self._done.empty() or any(
-                t.is_alive() for t in self._threads if t.name == "cxrd-infer"):
+        while not self._stop.is_set() or not self._done.empty() or self._thread_alive("cxrd-infer"):
             try:
-                item = self._done.get(timeout=0.5)
+                done = self._done.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self._record(*item)
+            self._record(done)
 
-    def _record(self, model: LoadedModel, good: list[Prepared], probs, bad: list[Prepared]) -> None:  # noqa: ANN001
-        version = model.version
-        thresholds = model.manifest.threshold_list()
+    def _record(self, done: Forwarded) -> None:
+        """One transaction per batch: predictions, failures, and the result each study now needs."""
         now = utcnow()
         with self.sessions() as session, session.begin():
-            # Core statements, one per kind of row for the whole batch: this runs beside the next
-            # forward pass on a two-core machine, so its CPU is taken from the model.
-            conn = session.connection()
-            ids = [p.instance_id for p in good]
-            already = set(conn.scalars(select(Prediction.instance_id).distinct().where(
-                Prediction.instance_id.in_(ids), Prediction.model_version == version))) if ids else set()
-            rows = []
-            for p, row in zip(good, probs):
-                if p.instance_id in already:  # recorded before a crash: never twice per model version
-                    continue
-                rows.extend({"instance_id": p.instance_id, "model_version": version, "label": label,
-                             "probability": float(prob), "threshold": float(t), "positive": bool(prob >= t),
-                             "created_at": now}
-                            for label, prob, t in zip(LABELS, row, thresholds))
-                positives = [label for label, prob, t in zip(LABELS, row, thresholds) if prob >= t]
-                audit.append(session, self.keys.audit_key, event_type="prediction.created",
-                             actor="cxrd:worker", host=self.audit_host, study_uid=p.study_uid,
-                             object_uid=p.sop_uid, details={"model": version, "positive": positives})
-            if rows:
-                conn.execute(insert(Prediction.__table__), rows)
-            if good:
-                conn.execute(update(Instance.__table__).where(Instance.id.in_(ids), Instance.state == RECEIVED)
-                             .values(state=PREDICTED, updated_at=now))
-                conn.execute(update(Job.__table__).where(Job.id.in_([p.job_id for p in good]))
-                             .values(state="done", last_error=""))
-            studies = {p.study_uid for p in good}
-            for p in bad:
-                final = p.quarantine or p.attempts >= MAX_ATTEMPTS
-                session.execute(update(Job).where(Job.id == p.job_id).values(
-                    state="failed" if final else "queued", claimed_by="", claimed_at=None,
-                    last_error=p.error[:500], not_before=now + timedelta(seconds=30 * p.attempts)))
-                if final:
-                    session.execute(update(Instance).where(Instance.id == p.instance_id)
-                                    .values(state=QUARANTINED if p.quarantine else FAILED, error=p.error[:500],
-                                            updated_at=now))
-                    audit.append(session, self.keys.audit_key,
-                                 event_type="security.tamper" if p.quarantine else "instance.failed",
-                                 outcome=12 if p.quarantine else 8, actor="cxrd:worker", host=self.audit_host,
-                                 study_uid=p.study_uid, object_uid=p.sop_uid, details={"error": p.error[:200]})
+            self._record_predictions(session, done.model, done.good, done.probs, now)
+            self._record_failures(session, done.bad, now)
             if self.results_enabled:
-                for study in studies:
-                    schedule_result(session, study, version)
-        for p in good:
+                for study in {p.study_uid for p in done.good}:
+                    schedule_result(session, study, done.model.version)
+        for p in done.good:
             if p.received_at is not None:
-                self.observe((now - p.received_at).total_seconds(), 1)
-        if good:
-            event(log, "worker.predicted", images=len(good), failed=len(bad), model=version)
-        elif bad:
-            event(log, "worker.failed", logging.WARNING, images=len(bad))
+                self.observe((now - p.received_at).total_seconds())
+        if done.good:
+            event(log, "worker.predicted", images=len(done.good), failed=len(done.bad), model=done.model.version)
+        elif done.bad:
+            event(log, "worker.failed", logging.WARNING, images=len(done.bad))
 
+    def _record_predictions(self, session: Session, model: LoadedModel, good: list[Prepared], probs: Sequence,
+                            now: datetime) -> None:
+        """Prediction rows and one audit event per image, then the instances and jobs marked done.
 
-RESULT_SETTLE_S = 3.0
+        Core statements, one per kind of row for the whole batch: this runs beside the next forward
+        pass, so its CPU is taken from the model.
+        """
+        if not good:
+            return
+        version = model.version
+        thresholds = model.manifest.threshold_list()
+        conn = session.connection()
+        ids = [p.instance_id for p in good]
+        already = set(conn.scalars(select(Prediction.instance_id).distinct().where(
+            Prediction.instance_id.in_(ids), Prediction.model_version == version)))
+        rows = []
+        for p, row in zip(good, probs):
+            if p.instance_id in already:  # recorded before a crash: never twice per model version
+                continue
+            rows.extend({"instance_id": p.instance_id, "model_version": version, "label": label,
+                         "probability": float(prob), "threshold": float(t), "positive": bool(prob >= t),
+                         "created_at": now}
+                        for label, prob, t in zip(LABELS, row, thresholds))
+            positives = [label for label, prob, t in zip(LABELS, row, thresholds) if prob >= t]
+            audit.append(session, self.keys.audit_key, event_type="prediction.created",
+                         actor="cxrd:worker", host=self.audit_host, study_uid=p.study_uid,
+                         object_uid=p.sop_uid, details={"model": version, "positive": positives})
+        if rows:
+            conn.execute(insert(Prediction.__table__), rows)
+        conn.execute(update(Instance.__table__).where(Instance.id.in_(ids), Instance.state == RECEIVED)
+                     .values(state=PREDICTED, updated_at=now))
+        conn.execute(update(Job.__table__).where(Job.id.in_([p.job_id for p in good]))
+                     .values(state="done", last_error=""))
 
-
-def schedule_result(session: Session, study_uid: str, model_version: str, kind: str = "sr") -> None:
-    """Ask the results sender for a (new) report of this study, a few seconds from now so that
-    the rest of a study arriving together lands in the same report."""
-    due = utcnow() + timedelta(seconds=RESULT_SETTLE_S)
-    row = session.scalar(select(Result).where(Result.study_uid == study_uid, Result.model_version == model_version,
-                                              Result.kind == kind))
-    if row is None:
-        session.add(Result(study_uid=study_uid, model_version=model_version, kind=kind, state="pending",
-                           next_attempt_at=due))
-    elif row.state in ("sent", "failed", "pending"):
-        row.state, row.attempts, row.next_attempt_at, row.last_error = "pending", 0, due, ""
+    def _record_failures(self, session: Session, bad: list[Prepared], now: datetime) -> None:
+        """Each failed job back to the queue with a growing delay, or, once it cannot succeed
+        (tampered object, `MAX_ATTEMPTS` reached), its instance parked and audited."""
+        for p in bad:
+            final = p.quarantine or p.attempts >= MAX_ATTEMPTS
+            session.execute(update(Job).where(Job.id == p.job_id).values(
+                state="failed" if final else "queued", claimed_by="", claimed_at=None,
+                last_error=p.error[:500], not_before=now + timedelta(seconds=30 * p.attempts)))
+            if final:
+                session.execute(update(Instance).where(Instance.id == p.instance_id)
+                                .values(state=QUARANTINED if p.quarantine else FAILED, error=p.error[:500],
+                                        updated_at=now))
+                audit.append(session, self.keys.audit_key,
+                             event_type="security.tamper" if p.quarantine else "instance.failed",
+                             outcome=12 if p.quarantine else 8, actor="cxrd:worker", host=self.audit_host,
+                             study_uid=p.study_uid, object_uid=p.sop_uid, details={"error": p.error[:200]})

@@ -7,6 +7,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from storage import db
+from storage.errors import DatabaseUnavailable
+from storage.rows import IngestRows
 from storage.models import Base
 
 EXPECTED_TABLES = {"alembic_version", "apscheduler_jobs", "audit_events", "instances", "jobs", "labels",
@@ -45,13 +47,22 @@ def test_postgresql_migrates_from_empty(fresh_pg_database):
 
 def test_unreachable_database_is_one_clear_error():
     engine = db.engine_from_url("postgresql+psycopg://cxrd:pw@127.0.0.1:1/cxrd")
-    with pytest.raises(db.DatabaseUnavailable) as err:
+    with pytest.raises(DatabaseUnavailable) as err:
         db.ping(engine)
     message = str(err.value)
     assert message.startswith("database postgresql+psycopg://cxrd:***@127.0.0.1:1/cxrd:")
     assert "pw" not in message.replace("psycopg", "")
 
 
+def test_ingest_rows_report_an_unreachable_database_as_the_same_error():
+    engine = db.engine_from_url("postgresql+psycopg://cxrd:pw@127.0.0.1:1/cxrd")
+    rows = IngestRows(engine, b"k" * 32)
+    with pytest.raises(DatabaseUnavailable) as err:
+        with rows.transaction():
+            pass
+    assert str(err.value) == "database unavailable (OperationalError)"
+
+
 def test_invalid_url_is_one_clear_error():
-    with pytest.raises(db.DatabaseUnavailable, match="not a valid SQLAlchemy URL"):
+    with pytest.raises(DatabaseUnavailable, match="not a valid SQLAlchemy URL"):
         db.engine_from_url("not a url")

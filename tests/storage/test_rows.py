@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from storage import audit, db, reid
+from storage.errors import DatabaseUnavailable
 from storage.models import AuditEvent, Instance, Job, ReidEntry
-from storage.rows import IngestRows, RowConflict, RowsUnavailable
+from storage.rows import IngestRows, RowConflict
 
 AUDIT_KEY, REID_KEY = b"\x0a" * 32, b"\x0b" * 32
 
@@ -126,7 +127,7 @@ def test_postgres_lost_connections_are_unavailable_then_replaced(fresh_pg_databa
         c.execute(text(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false'))
         c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": dbname})
     try:
-        with pytest.raises(RowsUnavailable):
+        with pytest.raises(DatabaseUnavailable):
             _store(rows, "2.25.2")
     finally:
         with admin.connect() as c:
