@@ -173,12 +173,3 @@ class RetrainRun(Base):
     outcome: Mapped[str] = mapped_column(String(16), default="running")  # running promoted rejected failed skipped
     candidate_version: Mapped[str] = mapped_column(String(64), default="")
     report: Mapped[str] = mapped_column(Text, default="{}")
-
-
-class SchedulerJob(Base):
-    """APScheduler 3's SQLAlchemyJobStore table, declared here so only migrations create it."""
-    __tablename__ = "apscheduler_jobs"
-
-    id: Mapped[str] = mapped_column(String(191), primary_key=True)
-    next_run_time: Mapped[float | None] = mapped_column(Float(25), index=True, nullable=True)
-    job_state: Mapped[bytes] = mapped_column(LargeBinary)

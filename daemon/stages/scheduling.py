@@ -1,7 +1,12 @@
-"""Scheduled retraining: APScheduler with its job store in our database, one leader among daemons.
+"""Scheduled retraining and retention purge: APScheduler in memory, one leader among daemons.
 
-APScheduler 3 does not coordinate several schedulers sharing one job store, so exactly one daemon
-runs it: the one holding the leader lock — a session-level `pg_advisory_lock` on PostgreSQL (released
+The schedule lives in configuration, so the leader adds its jobs afresh each time it is elected and
+keeps them in memory. Nothing is stored in or read back from the database: a persistent APScheduler
+job store unpickles its rows, which would let anyone able to write that table run code in the
+process that holds the master key (migration 0002 drops the table). A missed run is not replayed
+after a restart; the next cron time comes, and `cxrd retrain` runs one now.
+
+Exactly one daemon runs the schedule: the one holding the leader lock — a session-level `pg_advisory_lock` on PostgreSQL (released
 by the server when that daemon dies), an `flock` on `{state_dir}/scheduler.lock` with SQLite (one
 host). The others retry every `RETRY_S`. The job itself (`daemon.stages.retraining.retrain_once`) is
 coalesced, never runs twice at once, and trains in a child process.
@@ -72,9 +77,13 @@ class RetrainScheduler:
     name = "scheduler"
 
     def __init__(self, *, engine: Engine, state_dir: Path, cron: str | None, purge_daily: bool = False,
-                 job: str = "daemon.stages.retraining:scheduled"):
+                 job: str = "daemon.stages.retraining:scheduled",
+                 purge_job: str = "daemon.stages.retraining:scheduled_purge"):
         self.lock = LeaderLock(engine, state_dir)
-        self.engine, self.cron, self.job, self.purge_daily = engine, cron, job, purge_daily
+        self.engine, self.cron, self.purge_daily = engine, cron, purge_daily
+        # "module:function" references, resolved when the leader adds the jobs, so a daemon that never
+        # leads never imports the training code.
+        self.job, self.purge_job = job, purge_job
         self.scheduler = None
         self.leader = False
         self._stop = threading.Event()
@@ -95,23 +104,18 @@ class RetrainScheduler:
             self._stop.wait(RETRY_S)
 
     def _lead(self) -> None:
-        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.cron import CronTrigger
 
         self.leader = True
-        store = SQLAlchemyJobStore(engine=self.engine, tablename="apscheduler_jobs")
-        self.scheduler = BackgroundScheduler(jobstores={"default": store},
-                                             job_defaults={"coalesce": True, "max_instances": 1,
+        self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                            "misfire_grace_time": 6 * 3600})
         if self.cron:
             self.scheduler.add_job(self.job, CronTrigger.from_crontab(self.cron), args=["schedule"], id=JOB_ID,
-                                   replace_existing=True, name="retrain from new labeled data")
-        elif self.scheduler.get_job(JOB_ID) is not None:
-            self.scheduler.remove_job(JOB_ID)
+                                   name="retrain from new labeled data")
         if self.purge_daily:
-            self.scheduler.add_job("daemon.stages.retraining:scheduled_purge", CronTrigger.from_crontab("30 3 * * *"),
-                                   id=PURGE_JOB_ID, replace_existing=True, name="retention purge")
+            self.scheduler.add_job(self.purge_job, CronTrigger.from_crontab("30 3 * * *"),
+                                   id=PURGE_JOB_ID, name="retention purge")
         self.scheduler.start()
         jobs = {j.id: j.next_run_time for j in self.scheduler.get_jobs()}
         event(log, "scheduler.leader", cron=self.cron or "off",

@@ -1,12 +1,34 @@
-"""Exactly one daemon runs the retraining schedule, with its job stored in our database."""
+"""Exactly one daemon runs the retraining schedule, from configuration, with nothing read from the database."""
 from __future__ import annotations
 
 import time
 
-from sqlalchemy import create_engine, text
+import pickle
+
+from sqlalchemy import create_engine, inspect, text
 
 
-def test_one_leader_among_daemons_sharing_state_and_job_in_the_database(daemon_factory, tmp_path):
+class _Planted:
+    """What an insider with write access to the database would plant: unpickling it creates a file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant_job_row(db_path, marker) -> None:
+    engine = create_engine(f"sqlite:///{db_path}")
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE IF NOT EXISTS apscheduler_jobs (id VARCHAR(191) PRIMARY KEY, "
+                       "next_run_time FLOAT, job_state BLOB NOT NULL)"))
+        c.execute(text("INSERT INTO apscheduler_jobs VALUES ('maintenance', 0, :state)"),
+                  {"state": pickle.dumps(_Planted(str(marker)))})
+    engine.dispose()
+
+
+def test_one_leader_among_daemons_sharing_state_and_no_job_store(daemon_factory, tmp_path):
     shared = tmp_path / "shared"
     env = {"CXRD_RETRAIN__ENABLED": "true", "CXRD_RETRAIN__SCHEDULE": "15 2 * * *",
            "CXRD_STORAGE__RETENTION_DAYS": "3650", "CXRD_MODEL__WORKERS": "0"}
@@ -15,11 +37,11 @@ def test_one_leader_among_daemons_sharing_state_and_job_in_the_database(daemon_f
     time.sleep(3)
     logs = [first.log_text(), second.log_text()]
     assert sum("event=scheduler.leader" in log for log in logs) == 1, logs
-    engine = create_engine(f"sqlite:///{shared / 'cxrd.db'}")
-    with engine.connect() as c:
-        jobs = {row[0] for row in c.execute(text("SELECT id FROM apscheduler_jobs"))}
-    assert jobs == {"cxrd-retrain", "cxrd-retention-purge"}
     leader = first if "event=scheduler.leader" in logs[0] else second
+    leader_line = next(line for line in leader.log_text().splitlines() if "event=scheduler.leader" in line)
+    assert "cxrd-retrain" in leader_line and "cxrd-retention-purge" in leader_line, leader_line
+    engine = create_engine(f"sqlite:///{shared / 'cxrd.db'}")
+    assert "apscheduler_jobs" not in inspect(engine).get_table_names()
     other = second if leader is first else first
     assert leader.stop() == 0
     # The other daemon takes over within its retry interval (10 s) once the lock is free.
@@ -28,3 +50,36 @@ def test_one_leader_among_daemons_sharing_state_and_job_in_the_database(daemon_f
         time.sleep(0.5)
     assert "event=scheduler.leader" in other.log_text()
     assert other.stop() == 0
+
+
+def test_a_pickled_job_planted_in_the_database_is_never_unpickled(daemon_factory, tmp_path):
+    """Planted before the upgrade (the table still exists) and after it (an insider re-creates the
+    table): the elected daemon runs its schedule from configuration and never reads the row."""
+    env = {"CXRD_RETRAIN__ENABLED": "true", "CXRD_RETRAIN__SCHEDULE": "* * * * *",
+           "CXRD_STORAGE__RETENTION_DAYS": "3650", "CXRD_MODEL__WORKERS": "0"}
+    d = daemon_factory(env)
+    assert d.cli("init").returncode == 0
+    before, after = tmp_path / "unpickled-before-upgrade", tmp_path / "unpickled-after-upgrade"
+    engine = create_engine(f"sqlite:///{d.state_dir / 'cxrd.db'}")
+    with engine.begin() as c:  # the state a 0001 database was in: the job store table exists
+        c.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    engine.dispose()
+    _plant_job_row(d.state_dir / "cxrd.db", before)
+    d.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "event=scheduler.leader" not in d.log_text():
+        time.sleep(0.2)
+    assert "event=scheduler.leader" in d.log_text()
+    assert not before.exists()
+    engine = create_engine(f"sqlite:///{d.state_dir / 'cxrd.db'}")
+    assert "apscheduler_jobs" not in inspect(engine).get_table_names()  # migration 0002 dropped it
+    _plant_job_row(d.state_dir / "cxrd.db", after)
+    assert d.stop() == 0
+    d.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and d.log_text(since_start=True).count("event=scheduler.leader") < 1:
+        time.sleep(0.2)
+    time.sleep(1)
+    assert "event=scheduler.leader" in d.log_text(since_start=True)
+    assert not before.exists() and not after.exists()
+    assert d.stop() == 0
