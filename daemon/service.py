@@ -22,6 +22,7 @@ from daemon.errors import DaemonError
 from daemon.ops.http import HttpEndpoint
 from daemon.stages.ingest import Ingest, sweep_orphans
 from daemon.ops.logs import event
+from daemon.ops.process_guard import forbid_core_dumps
 from daemon.ops.prometheus import Metrics, StateCollector
 from daemon.stages import results, retraining as retrain
 from daemon.runtime import Runtime
@@ -226,6 +227,7 @@ def settings_digest(settings) -> str:  # noqa: ANN001
 
 
 def serve(rt: Runtime) -> int:
+    forbid_core_dumps()  # before any key is loaded
     service = Service(rt)
 
     def on_signal(signum: int, _frame) -> None:  # noqa: ANN001

@@ -19,6 +19,15 @@ def test_serve_answers_echoscu_and_stops_on_sigterm(daemon_factory):
     assert "event=service.stopped" in log
 
 
+def test_a_serving_daemon_cannot_dump_core(daemon_factory):
+    """It holds the master key and decoded images: no core file, whoever started it."""
+    d = daemon_factory().start()
+    limits = open(f"/proc/{d.proc.pid}/limits").read()
+    core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"], core
+    assert d.stop(signal.SIGTERM, timeout=30) == 0
+
+
 def test_serve_stops_cleanly_on_sigint(daemon_factory):
     d = daemon_factory().start()
     assert d.stop(signal.SIGINT, timeout=30) == 0
