@@ -8,13 +8,7 @@ split), prints held-out mean AUROC beside the frozen-random-backbone floor, and 
 `--models-dir` registers the result (thresholds from validation, metrics from test) and makes it
 current.
 
-Measured 2026-11-25 on the shared CPU machine (2 cores, other jobs running; numbers are held-out
-mean AUROC on 255 test images of 194 patients, thresholds from validation):
-- random frozen DenseNet121 + linear head (128 px): 0.59-0.68 depending on weight decay / epochs
-- finetune 64 px: 0.660 / 0.651 / 0.659 after 5 / 11 / 15 epochs (~40-60 s per epoch)
-- finetune 128 px: 0.670 / 0.653 after 5 / 10 epochs (859 s for 10 epochs)
-- the 128 px backbone + head retrained on cached features (K=4, standardised): 0.658 (3 s warm)
-None of these clearly beats the ~0.68 floor: from scratch, 857 training images are too few.
+What it reaches, and the recipes tried, are in benchmarks/README.md ("Bootstrap model").
 """
 from __future__ import annotations
 

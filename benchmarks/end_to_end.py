@@ -55,7 +55,7 @@ def bare_forward(models_dir: Path, backend: str, threads: int, batch_size: int,
 
     Sustained is batches back to back for `seconds`, the same kind of figure as the pipeline's
     sustained rate; best batch is the fastest single forward, a peak the pipeline cannot hold
-    (on this VM it runs 2-6% above the sustained rate).
+    (a few percent above the sustained rate).
     """
     import torch
     from cxrmodel.engine import Engine

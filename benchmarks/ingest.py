@@ -10,9 +10,8 @@ was made durable ahead of time), a database commit and an audit row per image; s
 writes files (no fsync); Orthanc writes files and its index.
 
 Rounds alternate which of Orthanc and cxrd goes first, because on this VM the later slot is often
-the slower one; an even number of rounds (the default, 4) gives each the later slot equally often.
-With 3, Orthanc went first twice and the median carried that bias. The summary also prints the
-median ratio by slot.
+the slower one; an even number of rounds (the default, 4) gives each the later slot equally often,
+so the median carries no slot bias. The summary also prints the median ratio by slot.
 """
 from __future__ import annotations
 

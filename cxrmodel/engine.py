@@ -16,8 +16,8 @@ fp32 on the measurement batch, picks the fastest and caches the choice beside th
 a machine fingerprint.
 
 Only backends proven to keep every label's AUROC within 0.005 of fp32 on real radiographs
-(tests/cxrmodel/test_engine.py) are auto candidates. Autocast of the whole module was not (it moved
-a label's AUROC by ~0.007 on ~200 real ChestX-ray14 films), hence the fp32 edges of `_Bf16Blocks`.
+(tests/cxrmodel/test_engine.py) are auto candidates. Autocast of the whole module does not stay
+within that bound on real ChestX-ray14 films, hence the fp32 edges of `_Bf16Blocks`.
 Torch's own backends slow down badly when their intra-op threads compete with other processes
 for the same cores; `threads` should not exceed the cores this service really has to itself.
 """
@@ -93,9 +93,8 @@ class _Graph:
 
     In `cxrd serve` the forward shares the process with the DICOM receive path, de-identification
     and the database, all Python. Eager PyTorch takes the GIL for each of DenseNet's ~600 operator
-    calls, and with one busy Python thread beside it an eager bf16 forward fell from 20 to 2.7
-    images/s here; the traced graph ran at full speed (ONNX Runtime, also one GIL-free call, was
-    unaffected too). Tracing is exact for this network (no data-dependent control flow; the graph
+    calls, so one busy Python thread beside it starves an eager forward; the traced graph is one
+    GIL-free call (like ONNX Runtime) and keeps its speed. Tracing is exact for this network (no data-dependent control flow; the graph
     is batch-size generic) and also drops Python's per-operator overhead. `torch.jit.trace` is
     deprecated in favour of torch.compile/torch.export, which need a C++ compiler at run time; torch
     is pinned, and a trace that fails falls back to the eager module.
@@ -127,12 +126,11 @@ class _Bf16Blocks(torch.nn.Module):
     """DenseNet's dense blocks and transitions in bfloat16 autocast; the stem and the head in fp32.
 
     bf16 activations are what make autocast fast here (half the memory traffic through DenseNet's
-    growing concatenations: 2.4x fp32 at batch 8 on this machine), but plain autocast of the whole
-    module moved one label's AUROC by 0.0069 on real films. Measured on 200 real ChestX-ray14
-    films and four random initialisations, the error came from the edges: the classifier's
-    1024-term dot products in bf16 (fp32 head: max delta 0.0049) and the stem's first rounding of
-    the raw pixels (fp32 stem as well: 0.0021-0.0031). Both cost little, since the stem is one
-    convolution and the head one linear layer; the dense blocks keep their bf16 speed.
+    growing concatenations), but autocast of the whole module does not keep every label's AUROC
+    within the engine's bound of fp32. The error comes from the edges: the classifier's 1024-term
+    dot products in bf16 and the stem's first rounding of the raw pixels. Keeping those two in fp32
+    costs little, since the stem is one convolution and the head one linear layer, and the dense
+    blocks keep their bf16 speed. (Measurements: docs/performance.md.)
     """
 
     def __init__(self, net: ChestNet):

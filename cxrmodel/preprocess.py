@@ -197,7 +197,7 @@ def dicom_to_unit(ds) -> np.ndarray:
 
 
 def _modality(ds, stored: np.ndarray) -> np.ndarray:
-    """Modality LUT in float32 (exact for the <= 16-bit integers radiographs store; float64 is 2x slower)."""
+    """Modality LUT in float32 (exact for the <= 16-bit integers radiographs store, so float64 would only cost time)."""
     from pydicom.pixels import apply_modality_lut
 
     if "ModalityLUTSequence" in ds:

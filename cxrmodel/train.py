@@ -38,11 +38,10 @@ from .network import ChestNet, build_model, loss_function, probabilities
 from .preprocess import TORCHVISION_SPEC, PreprocessSpec
 
 # Presets for `--recipe`. "bootstrap": the first model when no pretrained weights exist (offline
-# machine): the whole DenseNet121 trained from scratch at 128 px. Measured on the shared 1,211-image
-# subset (255 held-out test images, 2 shared CPU cores): test mean AUROC 0.670 after 5 epochs, 0.653
-# after 10 (~15 min); 64 px: 0.65-0.66 over 5-15 epochs. That is AT the frozen-random-backbone floor
-# (~0.68), not above it: with this little data, importing pretrained weights (`cxrd model import`)
-# is what beats it. Tune here once a GPU or a quiet machine is available.
+# machine): the whole DenseNet121 trained from scratch at 128 px. On a ChestX-ray14 subset of about a
+# thousand images it reaches the frozen-random-backbone floor, not above it (benchmarks/README.md,
+# "Bootstrap model"): with this little data, importing pretrained weights (`cxrd model import`) is
+# what beats it. Tune here when more labeled data or a GPU is available.
 RECIPES: dict[str, dict[str, Any]] = {
     "bootstrap": {"mode": "finetune", "size": 128, "epochs": 10, "batch_size": 16, "lr": 1e-3},
 }

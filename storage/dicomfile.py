@@ -1,17 +1,17 @@
 """A dataset as DICOM Part 10 file bytes, in parts, without copying its pixel data.
 
 pydicom's writer copies a Pixel Data value three times through fresh buffers (element buffer,
-its `getvalue()`, the output stream); for a 1 MB radiograph that was ~1 ms of ingest's ~2 ms of
-serialisation, the page faults of fresh megabytes costing more than the copying. Here everything
+its `getvalue()`, the output stream), and the page faults of fresh megabytes cost more than the
+copying; this runs for every received image before it is acknowledged. Here everything
 but Pixel Data goes through `dcmwrite` (a few kB), and the Pixel Data element is appended as its
 8/12-byte header plus a view of the value the dataset already holds. The vault encrypts the parts
 as one plaintext, so the stored file is byte-for-byte what `dcmwrite` alone would produce (a test
 checks this on every shared file). Anything unusual (big endian, deflate, an element after Pixel
 Data, an odd length pydicom would pad, an ambiguous VR) simply takes the plain `dcmwrite` path.
 
-The rest (`_header`) skips `dcmwrite`'s generic machinery too: it cost 0.7 ms for the ~25 elements
-of a de-identified radiograph, on the C-STORE path, mostly per-element overhead and a deep copy of
-the file meta. The meta group that de-identification writes (five UIDs and a name) is encoded here;
+The rest (`_header`) skips `dcmwrite`'s generic machinery too, because for the ~25 elements of a
+de-identified radiograph that machinery is mostly per-element overhead and a deep copy of the file
+meta, paid on the C-STORE path. The meta group that de-identification writes (five UIDs and a name) is encoded here;
 elements still as received (raw) are copied with their header; plain ASCII text, UIDs and binary
 numbers that pydicom decoded or de-identification set are packed here the way pydicom's writers
 pack them; everything else (person names, sequences, other character sets, IS/DS, dates as

@@ -11,7 +11,7 @@ Why this shape:
   keyring file beside the state (each KEK sealed under the derived "kek-wrap" key, the whole file MACed),
   so `cxrd keys rotate` adds a new primary KEK and re-wraps data keys, and `cxrd keys retire ID` shreds
   an old KEK once no object uses it.
-- A running daemon notices a keyring replaced by the CLI (stat check per use, ~1 us) and reloads it,
+- A running daemon notices a keyring replaced by the CLI (a cheap stat check per use) and reloads it,
   so it never wraps new objects under a KEK that was retired behind its back.
 """
 from __future__ import annotations

@@ -332,8 +332,8 @@ class Vault:
         """Create n empty files wherever their ids hash to, then fsync each directory touched.
 
         The first directory fsync commits the filesystem journal for all of them, so the others
-        are nearly free; choosing ids that all hash into one directory instead cost ~256 hash
-        tries per id (0.4 ms of CPU per image, taken from the receive path's core)."""
+        are nearly free. Ids are never drawn until one hashes into a chosen directory: that costs
+        hundreds of hash tries per id, CPU taken from the receive path's core."""
         made: list[tuple[Path, str]] = []
         try:
             for _ in range(n):

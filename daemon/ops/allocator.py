@@ -3,14 +3,12 @@
 Every image passes through several fresh buffers of 1-30 MB: received PDUs, the dataset, the
 float32 pixel array, the resized tensor. glibc serves blocks that large with mmap, or trims them
 off the heap top once freed. So each new buffer is new pages, and the page faults cost more than
-the copying itself. Measured here on a 1 MB radiograph: preprocessing takes 6-7 ms with glibc's
-defaults and 3.6-4.1 ms when freed blocks are reused.
+the copying itself (docs/performance.md has the measurement).
 
 The thresholds below keep blocks up to 32 MiB (glibc's largest allowed mmap threshold) on the
 heap, and give memory back only when more than 256 MiB is free at its top. The price could be a
-resident size up to that much higher after a burst of large images. Measured for ingest alone: 614
-MiB after 40 images of 7 MB, against 615 MiB with glibc's defaults (577 MiB before the push).
-Where glibc is not the C library (musl, macOS), nothing changes.
+resident size up to that much higher after a burst of large images; in practice the resident size
+after a burst stays about what glibc's defaults give. Where glibc is not the C library (musl, macOS), nothing changes.
 """
 from __future__ import annotations
 

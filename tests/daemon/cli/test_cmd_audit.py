@@ -1,4 +1,4 @@
-"""The compliance walk-through of the README's Compliance section, run command by command against a real state dir.
+"""The compliance walk-through of docs/compliance.md, run command by command against a real state dir.
 
 The commands are read out of the document itself, so the doc and the behaviour cannot drift apart.
 """
@@ -20,14 +20,14 @@ from daemon.runtime import Runtime
 from storage import audit, audit_export
 from storage.deid import pseudonymize_uid
 
-README = Path(__file__).resolve().parents[3] / "README.md"
+RUNBOOK = Path(__file__).resolve().parents[3] / "docs" / "compliance.md"
 PSEUDO_STUDY = "2.25.314159265358979323846264338327950288"
 ORIGINAL_STUDY = "1.2.826.0.1.3680043.8.498.1234567"
 
 
 def doc_commands() -> list[str]:
-    """Every `cxrd ...` line inside a fenced code block of the Compliance section."""
-    section = README.read_text().split("\n## Compliance\n", 1)[1].split("\n## ", 1)[0]
+    """Every `cxrd ...` line inside a fenced code block of the compliance runbook."""
+    section = RUNBOOK.read_text()
     blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
     return [line.strip() for b in blocks for line in b.splitlines() if line.strip().startswith("cxrd ")]
 
@@ -35,7 +35,7 @@ def doc_commands() -> list[str]:
 def step(fragment: str) -> list[str]:
     """The one documented command containing `fragment`, as argv (without the leading `cxrd`)."""
     found = [c for c in doc_commands() if fragment in c]
-    assert len(found) == 1, f"README's Compliance section should show exactly one command with {fragment!r}: {found}"
+    assert len(found) == 1, f"docs/compliance.md should show exactly one command with {fragment!r}: {found}"
     return shlex.split(found[0])[1:]
 
 
