@@ -16,16 +16,14 @@ import csv
 import json
 import sys
 from datetime import datetime, time, timezone
-from typing import Any
-
-from sqlalchemy import select
+from typing import TYPE_CHECKING, Any
 
 from cxrmodel.labels import LABELS
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
-from storage import audit
-from storage.deid import pseudonymize_uid
-from storage.models import Instance, Prediction, Result
+
+if TYPE_CHECKING:
+    from storage.models import Result
 
 MAX_LIMIT = 100_000
 
@@ -38,18 +36,17 @@ def register(sub) -> None:  # noqa: ANN001
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N instances, newest first "
                                                                        "(default 100)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    p.set_defaults(func=run_predictions)
+    p.set_defaults(func=run_predictions, reads_dicom=False)
 
     r = sub.add_parser("results", help="results sent back to the PACS: list them, retry parked ones")
+    r.set_defaults(reads_dicom=False)
     actions = r.add_subparsers(dest="results_command", metavar="ACTION", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="TOML settings file")
-    ls = actions.add_parser("list", parents=[common], help="results by state, newest first")
+    ls = actions.add_parser("list", help="results by state, newest first")
     ls.add_argument("--state", choices=("pending", "sending", "sent", "failed"))
     ls.add_argument("--limit", type=int, default=100, metavar="N")
     ls.add_argument("--format", choices=("table", "json"), default="table")
     ls.set_defaults(func=run_results_list)
-    rt_ = actions.add_parser("retry", parents=[common],
+    rt_ = actions.add_parser("retry",
                              help="set failed results back to pending (after fixing the destination)")
     rt_.add_argument("--study", metavar="UID", help="only this study (pseudonymous or original UID)")
     rt_.add_argument("--failed", action="store_true", default=True,
@@ -77,6 +74,7 @@ def study_candidates(rt: Runtime, uid: str) -> tuple[str, ...]:
     uid = uid.strip()
     if not uid or len(uid) > 64 or not all(c.isdigit() or c == "." for c in uid):
         raise CommandError("--study must be a DICOM UID (digits and dots, at most 64 characters)")
+    from storage.deid import pseudonymize_uid
     return tuple(dict.fromkeys((uid, pseudonymize_uid(rt.keys.uid_key, uid))))
 
 
@@ -92,6 +90,9 @@ def _resolved_study(rt: Runtime, uid: str | None) -> str | None:
     given, *mapped = study_candidates(rt, uid)
     if not mapped:  # a well-known UID maps to itself
         return given
+    from sqlalchemy import select
+
+    from storage.models import Instance
     with rt.read_sessions() as s:
         known = s.scalar(select(Instance.id).where(Instance.study_uid == given).limit(1)) is not None
     return given if known else mapped[0]
@@ -99,6 +100,9 @@ def _resolved_study(rt: Runtime, uid: str | None) -> str | None:
 
 def query_predictions(rt: Runtime, *, study: str | None, since: datetime | None, limit: int) -> list[dict[str, Any]]:
     """One dict per (instance, model version): pseudonyms, model, time and each label's output."""
+    from sqlalchemy import select
+
+    from storage.models import Instance, Prediction
     with rt.read_sessions() as s:
         keys = (select(Prediction.instance_id, Prediction.model_version)
                 .join(Instance, Instance.id == Prediction.instance_id).group_by(Prediction.instance_id,
@@ -137,30 +141,36 @@ def run_predictions(args: argparse.Namespace, rt: Runtime) -> int:
     since = parse_since(args.since) if args.since else None
     study = _resolved_study(rt, args.study)
     records = query_predictions(rt, study=study, since=since, limit=args.limit)
-    with rt.sessions.begin() as s:
-        audit.append(s, rt.keys.audit_key, event_type="predictions.query", actor=rt.actor, host=rt.hostname,
-                     study_uid=study or "", details={"since": since.isoformat() if since else "",
-                                                     "limit": args.limit, "rows": len(records)})
+    rt.audit("predictions.query", study_uid=study or "", since=since.isoformat() if since else "",
+             limit=args.limit, rows=len(records))
     if args.format == "json":
         json.dump(records, sys.stdout, indent=2)
         print()
     elif args.format == "csv":
-        w = csv.writer(sys.stdout)
-        w.writerow(["instance_uid", "study_uid", "model_version", "created_at", "state",
-                    *LABELS, *(f"{label}_positive" for label in LABELS)])
-        for r in records:
-            w.writerow([r["instance_uid"], r["study_uid"], r["model_version"], r["created_at"], r["state"],
-                        *(r["probabilities"].get(lbl, "") for lbl in LABELS),
-                        *(int(r["positive"][lbl]) if lbl in r["positive"] else "" for lbl in LABELS)])
+        _write_csv(records)
     else:
-        if not records:
-            print("no predictions")
-        for r in records:
-            pos = [f"{lbl} {r['probabilities'][lbl]:.2f}" for lbl in LABELS if r["positive"].get(lbl)]
-            print(f"{r['created_at']}  {r['model_version']}  {r['state']:<9} study {r['study_uid']}")
-            print(f"    instance {r['instance_uid']}")
-            print(f"    positive: {', '.join(pos) if pos else 'none'}")
+        _print_records(records)
     return 0
+
+
+def _write_csv(records: list[dict[str, Any]]) -> None:
+    w = csv.writer(sys.stdout)
+    w.writerow(["instance_uid", "study_uid", "model_version", "created_at", "state",
+                *LABELS, *(f"{label}_positive" for label in LABELS)])
+    for r in records:
+        w.writerow([r["instance_uid"], r["study_uid"], r["model_version"], r["created_at"], r["state"],
+                    *(r["probabilities"].get(lbl, "") for lbl in LABELS),
+                    *(int(r["positive"][lbl]) if lbl in r["positive"] else "" for lbl in LABELS)])
+
+
+def _print_records(records: list[dict[str, Any]]) -> None:
+    if not records:
+        print("no predictions")
+    for r in records:
+        pos = [f"{lbl} {r['probabilities'][lbl]:.2f}" for lbl in LABELS if r["positive"].get(lbl)]
+        print(f"{r['created_at']}  {r['model_version']}  {r['state']:<9} study {r['study_uid']}")
+        print(f"    instance {r['instance_uid']}")
+        print(f"    positive: {', '.join(pos) if pos else 'none'}")
 
 
 def _result_dict(r: Result) -> dict[str, Any]:
@@ -170,6 +180,9 @@ def _result_dict(r: Result) -> dict[str, Any]:
 
 
 def run_results_list(args: argparse.Namespace, rt: Runtime) -> int:
+    from sqlalchemy import select
+
+    from storage.models import Result
     with rt.read_sessions() as s:
         stmt = select(Result).order_by(Result.id.desc()).limit(max(1, min(args.limit, MAX_LIMIT)))
         if args.state:
