@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from daemon.cli import times
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
 
@@ -36,8 +37,7 @@ def register_verify(actions) -> None:  # noqa: ANN001
 def _filter_options() -> argparse.ArgumentParser:
     f = argparse.ArgumentParser(add_help=False)
     g = f.add_argument_group("filters")
-    g.add_argument("--since", metavar="TIME", help="from this instant (ISO 8601, or a local date/time "
-                   "such as 2026-11-24 or '2026-11-24 08:00', or now/today/yesterday)")
+    g.add_argument("--since", metavar="TIME", help=f"from this instant: {times.FORMS}")
     g.add_argument("--until", metavar="TIME", help="before this instant (exclusive; same forms as --since)")
     g.add_argument("--month", metavar="YYYY-MM", help="one calendar month in local time (instead of "
                    "--since/--until)")
@@ -125,16 +125,16 @@ def build_filter(args: argparse.Namespace, rt: Runtime) -> tuple[AuditFilter, di
 
 def _time_window(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """--month, or --since/--until, as the UTC ISO strings audit rows are compared with."""
-    from storage import audit_query
     if args.month and (args.since or args.until):
         raise CommandError("give either --month or --since/--until, not both", 2)
     if args.month:
-        return audit_query.month_bounds(args.month)
-    since = audit_query.parse_time(args.since) if args.since else None
-    until = audit_query.parse_time(args.until) if args.until else None
+        first, after = times.month_bounds(args.month)
+        return times.stored(first), times.stored(after)
+    since = times.parse_time(args.since, "--since") if args.since else None
+    until = times.parse_time(args.until, "--until") if args.until else None
     if since and until and since >= until:
         raise CommandError("--since must be before --until", 2)
-    return since, until
+    return (times.stored(since) if since else None), (times.stored(until) if until else None)
 
 
 def _study_filter(args: argparse.Namespace, rt: Runtime) -> tuple[str | None, str]:

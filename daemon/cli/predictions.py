@@ -15,10 +15,11 @@ import argparse
 import csv
 import json
 import sys
-from datetime import datetime, time, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cxrmodel.labels import LABELS
+from daemon.cli import times
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
 
@@ -31,8 +32,7 @@ MAX_LIMIT = 100_000
 def register(sub) -> None:  # noqa: ANN001
     p = sub.add_parser("predictions", help="list predictions per instance (probability and call for each finding)")
     p.add_argument("--study", metavar="UID", help="pseudonymous (2.25...) or original Study Instance UID")
-    p.add_argument("--since", metavar="WHEN", help="only predictions made at/after WHEN: ISO 8601 "
-                                                  "(2026-11-25T08:00+01:00) or a local date (2026-11-25)")
+    p.add_argument("--since", metavar="TIME", help=f"only predictions made at/after TIME: {times.FORMS}")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N instances, newest first "
                                                                        "(default 100)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -53,20 +53,6 @@ def register(sub) -> None:  # noqa: ANN001
                      help="retry results parked as failed (the default and only selection)")
     rt_.add_argument("--format", choices=("table", "json"), default="table")
     rt_.set_defaults(func=run_results_retry)
-
-
-def parse_since(text: str) -> datetime:
-    """ISO 8601 date or date-time; a date or a time without offset is local time (what a person means)."""
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise CommandError(f"--since {text!r} is not an ISO 8601 date or date-time (e.g. 2026-11-25 or "
-                           "2026-11-25T08:00:00+01:00)") from None
-    if len(text.strip()) == 10:  # a bare date: local midnight
-        value = datetime.combine(value.date(), time())
-    if value.tzinfo is None:
-        value = value.astimezone()  # interpret as local time
-    return value.astimezone(timezone.utc)
 
 
 def study_candidates(rt: Runtime, uid: str) -> tuple[str, ...]:
@@ -138,7 +124,7 @@ def query_predictions(rt: Runtime, *, study: str | None, since: datetime | None,
 def run_predictions(args: argparse.Namespace, rt: Runtime) -> int:
     if not 1 <= args.limit <= MAX_LIMIT:
         raise CommandError(f"--limit must be within 1..{MAX_LIMIT}")
-    since = parse_since(args.since) if args.since else None
+    since = times.parse_time(args.since, "--since") if args.since else None
     study = _resolved_study(rt, args.study)
     records = query_predictions(rt, study=study, since=since, limit=args.limit)
     rt.audit("predictions.query", study_uid=study or "", since=since.isoformat() if since else "",

@@ -32,7 +32,7 @@ CASES: list[tuple[list[str], set[str]]] = [
     (["audit", "verify"], MODEL | DICOM | {"alembic"}),
     (["audit", "query", "--since", "yesterday"], MODEL | DICOM | {"alembic"}),
     (["audit", "export", "--format", "json", "--month", "2026-10"], MODEL | DICOM | {"alembic"}),
-    (["predictions"], MODEL | DICOM | {"alembic"}),
+    (["predictions", "--since", "yesterday"], MODEL | DICOM | {"alembic"}),
     (["results", "list"], MODEL | DICOM | {"alembic"}),
     (["keys", "list"], MODEL | DICOM | {"alembic"}),
     (["purge", "--dry-run"], MODEL | DICOM | {"alembic"}),
