@@ -34,11 +34,11 @@ from torch import nn
 from .errors import IntegrityError, ModelError, NoModelError
 from .manifest import Manifest
 from .network import ArchSpec, ChestNet, build, probabilities
+from .pointer import CURRENT, read_pointer
 from .preprocess import PreprocessSpec, Source, preprocess
 from .weights import Imported, sha256_file
 
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-CURRENT = "current.json"
 HISTORY = "history.jsonl"
 
 
@@ -121,14 +121,7 @@ class Registry:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _pointer(self) -> dict[str, Any]:
-        p = self.root / CURRENT
-        if not p.exists():
-            return {"version": None, "previous": []}
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelError(f"model pointer {CURRENT} is unreadable ({type(exc).__name__})") from None
-        return {"version": data.get("version"), "previous": list(data.get("previous", []))}
+        return read_pointer(self.root)
 
     def _set_pointer(self, version: str | None, previous: Sequence[str], event: str) -> None:
         at = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,7 +1,8 @@
 """Settings turned into the plain things commands and services use: engine, keys, vault, registry.
 
-Everything is created lazily and once, so `cxrd check-config` touches nothing on disk and
-`cxrd status` opens only the database.
+Everything is created lazily and once, and each library is imported only when its object is first
+asked for: `cxrd check-config` touches nothing on disk and imports no database code, `cxrd status`
+opens only the database, and only commands that use the model import torch (a test holds this).
 """
 from __future__ import annotations
 
@@ -11,12 +12,17 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from typing import TYPE_CHECKING
 
 from config import Settings
-from storage import db
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from cxrmodel.registry import Registry
+    from storage.keys import Keys
+    from storage.vault import Vault
 
 
 @dataclass
@@ -30,14 +36,17 @@ class Runtime:
 
     @functools.cached_property
     def engine(self) -> Engine:
+        from storage import db
         return db.engine_from_url(self.settings.storage.database_url)
 
     @functools.cached_property
     def sessions(self) -> sessionmaker[Session]:
+        from storage import db
         return db.sessions(self.engine)
 
     @functools.cached_property
     def read_sessions(self) -> sessionmaker[Session]:
+        from storage import db
         return db.sessions(db.readonly(self.engine))
 
     @property
@@ -52,7 +61,7 @@ class Runtime:
     def actor(self) -> str:
         """Who is running this command, for audit rows (OS user, never a patient).
 
-        Under sudo (or `systemd-run -E SUDO_USER`, as the README's Compliance section does) the person who asked is
+        Under sudo (or `systemd-run -E SUDO_USER`, as docs/compliance.md shows) the person who asked is
         named first: `os:alice(as:cxrd)`, so `--actor 'os:alice*'` finds their actions.
         """
         try:
@@ -89,12 +98,12 @@ class Runtime:
         return str(self.key_file)
 
     @functools.cached_property
-    def keys(self):  # noqa: ANN201 - storage.keys.Keys
+    def keys(self) -> Keys:
         from storage import keys as key_store
         return key_store.load_keys(self.key_file, self.keyring_file)
 
     @functools.cached_property
-    def vault(self):  # noqa: ANN201 - storage.vault.Vault
+    def vault(self) -> Vault:
         """The encrypted object store, keyed by the keyring (which reloads itself after a rotation)."""
         from storage.vault import Vault
         return Vault(self.vault_dir, self.keys.keyring)
@@ -111,10 +120,13 @@ class Runtime:
                          study_uid=study_uid, object_uid=object_uid, details=details)
 
     @functools.cached_property
-    def registry(self):  # noqa: ANN201 - cxrmodel.registry.Registry
+    def registry(self) -> Registry:
+        """The model versions on disk; importing it imports torch, so only model commands ask for it."""
         from cxrmodel.registry import Registry
         return Registry(self.models_dir)
 
     def current_model_summary(self) -> str | None:
-        info = self.registry.current()
-        return None if info is None else f"{info.version} (created {info.created}, {info.source})"
+        """One line naming the current model, read without torch (see `cxrmodel.pointer`)."""
+        from cxrmodel.pointer import current_summary
+        info = current_summary(self.models_dir)
+        return None if info is None else f"{info['version']} (created {info['created']}, {info['source']})"

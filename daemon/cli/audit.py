@@ -1,8 +1,8 @@
 """`cxrd audit verify | query | export`: the audit trail for compliance officers.
 
-Each action is a function in `ACTIONS` that adds its own sub-parser, so `query` and `export` can be
-added (here or from another module: `ACTIONS.append(register_query)`) without touching the others.
-Every use of the audit log is itself audited (event 110101 Audit Log Used).
+Each action is a function in `ACTIONS` (in `--help` order) that adds its own sub-parser. Every use of
+the audit log is itself audited (event 110101 Audit Log Used), and query and export fail closed: when
+the use cannot be recorded, nothing is shown.
 """
 from __future__ import annotations
 
@@ -13,23 +13,18 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
+from daemon.cli import times
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
-from storage import audit, audit_export, audit_query
-from storage.errors import AuditError
 
-
-def common_options() -> argparse.ArgumentParser:
-    """Options every audit action takes after its name (`--config`)."""
-    c = argparse.ArgumentParser(add_help=False)
-    c.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="TOML settings file")
-    return c
+if TYPE_CHECKING:
+    from storage.audit_query import AuditFilter
 
 
 def register_verify(actions) -> None:  # noqa: ANN001
-    p = actions.add_parser("verify", parents=[common_options()],
+    p = actions.add_parser("verify",
                            help="check the keyed hash chain; exit 1 naming the first changed, removed "
                                 "or reordered row")
     p.add_argument("--format", choices=("table", "json"), default="table")
@@ -42,8 +37,7 @@ def register_verify(actions) -> None:  # noqa: ANN001
 def _filter_options() -> argparse.ArgumentParser:
     f = argparse.ArgumentParser(add_help=False)
     g = f.add_argument_group("filters")
-    g.add_argument("--since", metavar="TIME", help="from this instant (ISO 8601, or a local date/time "
-                   "such as 2026-11-24 or '2026-11-24 08:00', or now/today/yesterday)")
+    g.add_argument("--since", metavar="TIME", help=f"from this instant: {times.FORMS}")
     g.add_argument("--until", metavar="TIME", help="before this instant (exclusive; same forms as --since)")
     g.add_argument("--month", metavar="YYYY-MM", help="one calendar month in local time (instead of "
                    "--since/--until)")
@@ -61,7 +55,7 @@ def _filter_options() -> argparse.ArgumentParser:
 
 
 def register_query(actions) -> None:  # noqa: ANN001
-    p = actions.add_parser("query", parents=[common_options(), _filter_options()],
+    p = actions.add_parser("query", parents=[_filter_options()],
                            help="list audit events matching filters (oldest first, paged); audited")
     p.add_argument("--limit", type=int, default=100, help="events per page (default 100)")
     p.add_argument("--offset", type=int, default=0, help="skip this many matching events")
@@ -72,7 +66,7 @@ def register_query(actions) -> None:  # noqa: ANN001
 
 
 def register_export(actions) -> None:  # noqa: ANN001
-    p = actions.add_parser("export", parents=[common_options(), _filter_options()],
+    p = actions.add_parser("export", parents=[_filter_options()],
                            help="export events as DICOM PS3.15 A.5 audit messages (one XML message per "
                                 "line), JSON lines or CSV; audited")
     p.add_argument("--format", choices=("dicom", "json", "csv"), default="dicom")
@@ -85,29 +79,18 @@ ACTIONS: list[Callable[[object], None]] = [register_verify, register_query, regi
 
 def register(sub) -> None:  # noqa: ANN001
     p = sub.add_parser("audit", help="query, export and verify the tamper-evident audit trail")
+    p.set_defaults(reads_dicom=False)
     actions = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     for add in ACTIONS:
         add(actions)
 
 
-def record_use(rt: Runtime, event_type: str, outcome: int, details: dict) -> None:
-    """Audit a use of the audit log (in its own committed transaction)."""
-    with rt.sessions.begin() as s:
-        audit.append(s, rt.keys.audit_key, event_type=event_type, outcome=outcome, actor=rt.actor,
-                     host=rt.hostname, details=details)
-
-
 def run_verify(args: argparse.Namespace, rt: Runtime) -> int:
-    key = rt.keys.audit_key
-    head = None
-    if args.expect_head:
-        m = re.fullmatch(r"(\d+):([0-9a-f]{64})", args.expect_head.strip())
-        if not m:
-            raise CommandError("--expect-head takes SEQ:HASH (last_seq:last_hash from `audit verify --format json`)", 2)
-        head = (int(m[1]), m[2])
+    from storage import audit
+    head = _expected_head(args.expect_head) if args.expect_head else None
     with rt.read_sessions() as s:
-        report = audit.verify(s, key, expect_head=head)
-    record_use(rt, "audit.verify", 0 if report.ok else 12, report.as_dict())
+        report = audit.verify(s, rt.keys.audit_key, expect_head=head)
+    rt.audit("audit.verify", outcome=0 if report.ok else 12, **report.as_dict())
     if args.format == "json":
         json.dump(report.as_dict(), sys.stdout, indent=2)
         print()
@@ -118,26 +101,52 @@ def run_verify(args: argparse.Namespace, rt: Runtime) -> int:
     return 0
 
 
-# -- query / export ------------------------------------------------------------------------------
-def build_filter(args: argparse.Namespace, rt: Runtime) -> tuple[audit_query.AuditFilter, dict]:
-    """Command-line filters -> an AuditFilter on pseudonyms, plus what must be audited about them.
+def _expected_head(text: str) -> tuple[int, str]:
+    m = re.fullmatch(r"(\d+):([0-9a-f]{64})", text.strip())
+    if not m:
+        raise CommandError("--expect-head takes SEQ:HASH (last_seq:last_hash from `audit verify --format json`)", 2)
+    return int(m[1]), m[2]
 
-    An original Study UID (given with --reason) is mapped with the keyed pseudonym function, the same
-    one de-identification used, so the reid map is never opened; only the pseudonym is recorded.
-    """
+
+# -- query / export ------------------------------------------------------------------------------
+def build_filter(args: argparse.Namespace, rt: Runtime) -> tuple[AuditFilter, dict]:
+    """Command-line filters -> an AuditFilter on pseudonyms, plus what must be audited about them."""
+    from storage import audit_query
+    since, until = _time_window(args)
+    events = tuple(audit_query.check_event_selector(e) for e in args.event)
+    outcomes = audit_query.parse_outcomes(args.outcome)
+    study, reason = _study_filter(args, rt)
+    extra = {"study_given_as": "original", "reason": reason[:500]} if reason else {}
+    flt = audit_query.AuditFilter(since=since, until=until, events=events, study_uid=study,
+                                  actor=args.actor, outcomes=outcomes,
+                                  after_seq=getattr(args, "after_seq", None), extra=extra)
+    return flt, {"original": bool(reason), "reason": reason}
+
+
+def _time_window(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """--month, or --since/--until, as the UTC ISO strings audit rows are compared with."""
     if args.month and (args.since or args.until):
         raise CommandError("give either --month or --since/--until, not both", 2)
     if args.month:
-        since, until = audit_query.month_bounds(args.month)
-    else:
-        since = audit_query.parse_time(args.since) if args.since else None
-        until = audit_query.parse_time(args.until) if args.until else None
+        first, after = times.month_bounds(args.month)
+        return times.stored(first), times.stored(after)
+    since = times.parse_time(args.since, "--since") if args.since else None
+    until = times.parse_time(args.until, "--until") if args.until else None
     if since and until and since >= until:
         raise CommandError("--since must be before --until", 2)
-    events = tuple(audit_query.check_event_selector(e) for e in args.event)
-    outcomes = audit_query.parse_outcomes(args.outcome)
+    return (times.stored(since) if since else None), (times.stored(until) if until else None)
+
+
+def _study_filter(args: argparse.Namespace, rt: Runtime) -> tuple[str | None, str]:
+    """(pseudonymous study UID or None, the reason if an original UID was given, else '').
+
+    An original Study UID (given with --reason) is mapped with the keyed pseudonym function, the same
+    one de-identification used, so the reid map is never opened; only the pseudonym is recorded.
+    Without --reason only a pseudonym is accepted: searching for (and recording) what is probably an
+    original identifier is refused instead.
+    """
     reason = (args.reason or "").strip()
-    study, extra, original = args.study, {}, None
+    study = args.study
     if study is not None:
         study = study.strip()
         if not study:
@@ -145,24 +154,20 @@ def build_filter(args: argparse.Namespace, rt: Runtime) -> tuple[audit_query.Aud
     if reason and study is None:
         raise CommandError("--reason is only used with --study (an original Study Instance UID)", 2)
     if study and not reason and not re.fullmatch(r"2\.25\.[1-9][0-9]{0,38}", study):
-        # refuse rather than search (and record) what is probably an original identifier
         raise CommandError("--study without --reason takes a pseudonymous UID (2.25.…); for an original "
                            "Study Instance UID add --reason", 2)
     if study and reason:
         from storage.deid import pseudonymize_uid
-        original = study
-        study = pseudonymize_uid(rt.keys.uid_key, original)
-        extra = {"study_given_as": "original", "reason": reason[:500]}
-    after = getattr(args, "after_seq", None)
-    flt = audit_query.AuditFilter(since=since, until=until, events=events, study_uid=study,
-                                  actor=args.actor, outcomes=outcomes, after_seq=after, extra=extra)
-    return flt, {"original": original is not None, "reason": reason}
+        return pseudonymize_uid(rt.keys.uid_key, study), reason
+    return study, ""
 
 
-def _record(rt: Runtime, event_type: str, flt: audit_query.AuditFilter, uses_original: bool,
+def _record(rt: Runtime, event_type: str, flt: AuditFilter, uses_original: bool,
             reason: str, **details) -> None:  # noqa: ANN003
     """Audit the use in one committed transaction; an original identifier also gets its own
     `reid.pseudonymize` event (who, why), as a break-glass lookup would."""
+    from storage import audit
+    from storage.errors import AuditError
     try:
         with rt.sessions.begin() as s:
             if uses_original:
@@ -193,6 +198,7 @@ def _cell(ev: dict, name: str, width: int) -> str:
 
 
 def run_query(args: argparse.Namespace, rt: Runtime) -> int:
+    from storage import audit_query
     if args.limit < 1 or args.limit > 100000 or args.offset < 0:
         raise CommandError("--limit must be 1..100000 and --offset not negative", 2)
     flt, use = build_filter(args, rt)
@@ -208,17 +214,23 @@ def run_query(args: argparse.Namespace, rt: Runtime) -> int:
                    "filters": flt.as_details()}, sys.stdout, indent=2, sort_keys=True)
         print()
     elif args.format == "csv":
+        from storage import audit_export
         audit_export.write_csv(rows, sys.stdout)
     else:
-        print("  ".join(n.upper().ljust(w) for n, w in TABLE).rstrip())
-        for ev in rows:
-            print("  ".join(_cell(ev, n, w).ljust(w) for n, w in TABLE[:-1]) + "  " + _cell(ev, "details", 999))
-        tail = f"; more: --after-seq {next_after}" if next_after else ""
-        print(f"({len(rows)} events, times in UTC{tail})", file=sys.stderr)
+        _print_table(rows, next_after)
     return 0
 
 
+def _print_table(rows: list[dict], next_after: int | None) -> None:
+    print("  ".join(n.upper().ljust(w) for n, w in TABLE).rstrip())
+    for ev in rows:
+        print("  ".join(_cell(ev, n, w).ljust(w) for n, w in TABLE[:-1]) + "  " + _cell(ev, "details", 999))
+    tail = f"; more: --after-seq {next_after}" if next_after else ""
+    print(f"({len(rows)} events, times in UTC{tail})", file=sys.stderr)
+
+
 def run_export(args: argparse.Namespace, rt: Runtime) -> int:
+    from storage import audit_export
     flt, use = build_filter(args, rt)
     source_id = f"{rt.settings.dicom.ae_title}@{rt.hostname}"
     writers = {"dicom": lambda evs, out: audit_export.write_dicom(evs, out, source_id=source_id),
@@ -226,29 +238,42 @@ def run_export(args: argparse.Namespace, rt: Runtime) -> int:
     write = writers[args.format]
     if args.output:
         target = Path(args.output)
-        tmp = target.with_name(f".{target.name}.part")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        except OSError as exc:
-            raise CommandError(f"cannot write {target}: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out, rt.read_sessions() as s:
-                n = write(audit_query.iter_events(s, flt), out)
-                out.flush()
-                os.fsync(out.fileno())
-            _record(rt, "audit.export", flt, use["original"], use["reason"], format=args.format,
-                    exported=n, output=target.name)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        n = _export_to_file(rt, flt, use, args.format, write, target)
         print(f"cxrd: exported {n} events to {target}", file=sys.stderr)
-        return 0
-    # standard output: the export is recorded first, so a failure to audit shows nothing
+    else:
+        _export_to_stdout(rt, flt, use, args.format, write)
+    return 0
+
+
+def _export_to_file(rt: Runtime, flt: AuditFilter, use: dict, fmt: str, write: Callable, target: Path) -> int:
+    """Write beside the target (mode 0600), fsync, audit, then rename: a reader never sees a partial
+    export, and an export whose use could not be recorded never appears."""
+    from storage import audit_query
+    tmp = target.with_name(f".{target.name}.part")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise CommandError(f"cannot write {target}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out, rt.read_sessions() as s:
+            n = write(audit_query.iter_events(s, flt), out)
+            out.flush()
+            os.fsync(out.fileno())
+        _record(rt, "audit.export", flt, use["original"], use["reason"], format=fmt, exported=n,
+                output=target.name)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
+
+
+def _export_to_stdout(rt: Runtime, flt: AuditFilter, use: dict, fmt: str, write: Callable) -> None:
+    """Record the export first (output cannot be taken back), pinned to the rows present now, so the
+    export event itself is not exported and the recorded count is what is written."""
+    from storage import audit_query
     with rt.read_sessions() as s:
-        flt = replace(flt, upto_seq=audit_query.head_seq(s))  # the export event itself is not exported
+        flt = replace(flt, upto_seq=audit_query.head_seq(s))
         n = audit_query.count(s, flt)
-    _record(rt, "audit.export", flt, use["original"], use["reason"], format=args.format, exported=n,
-            output="stdout")
+    _record(rt, "audit.export", flt, use["original"], use["reason"], format=fmt, exported=n, output="stdout")
     with rt.read_sessions() as s:
         write(audit_query.iter_events(s, flt), sys.stdout)
-    return 0

@@ -5,7 +5,6 @@ import argparse
 import json
 from pathlib import Path
 
-from daemon.ops.backup import backup, restore
 from daemon.runtime import Runtime
 
 
@@ -16,15 +15,16 @@ def register(sub) -> None:  # noqa: ANN001
     p.add_argument("--include-master-key", action="store_true",
                    help="also copy the master key (then protect the backup like the key itself)")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=run_backup)
+    p.set_defaults(func=run_backup, reads_dicom=False)
     p = sub.add_parser("restore", help="restore a backup into a new state directory and verify it "
                                        "(audit chain against the backup's head, every instance's object present)")
     p.add_argument("src", type=Path, help="a directory made by `cxrd backup`")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=run_restore)
+    p.set_defaults(func=run_restore, reads_dicom=False)
 
 
 def run_backup(args: argparse.Namespace, rt: Runtime) -> int:
+    from daemon.ops.backup import backup
     m = backup(rt, args.dest, args.include_master_key)
     if args.format == "json":
         print(json.dumps(m, indent=2))
@@ -37,6 +37,7 @@ def run_backup(args: argparse.Namespace, rt: Runtime) -> int:
 
 
 def run_restore(args: argparse.Namespace, rt: Runtime) -> int:
+    from daemon.ops.backup import restore
     r = restore(rt, args.src)
     if args.format == "json":
         print(json.dumps(r, indent=2))

@@ -12,29 +12,27 @@ import json
 import sys
 
 from daemon.cli.errors import CommandError
-from daemon.cli.args import config_parent
 from daemon.runtime import Runtime
-from storage import audit
 from storage.errors import KeyringError
 
 
 def register(sub) -> None:  # noqa: ANN001
     p = sub.add_parser("keys", help="list, rotate or retire key-encryption keys (KEKs)")
+    p.set_defaults(reads_dicom=False)
     actions = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    common = config_parent()
-    a = actions.add_parser("list", parents=[common], help="KEKs, which is primary, how many objects each wraps")
+    a = actions.add_parser("list", help="KEKs, which is primary, how many objects each wraps")
     a.add_argument("--format", choices=("table", "json"), default="table")
     a.set_defaults(func=run_list)
-    a = actions.add_parser("rotate", parents=[common],
+    a = actions.add_parser("rotate",
                            help="create a new primary KEK and re-wrap every object's data key under it")
     a.add_argument("--format", choices=("table", "json"), default="table")
     a.set_defaults(func=run_rotate)
-    a = actions.add_parser("rewrap", parents=[common],
+    a = actions.add_parser("rewrap",
                            help="re-wrap objects still under an older KEK with the current primary "
                                 "(e.g. written by a running daemon during a rotation)")
     a.add_argument("--format", choices=("table", "json"), default="table")
     a.set_defaults(func=run_rewrap)
-    a = actions.add_parser("retire", parents=[common],
+    a = actions.add_parser("retire",
                            help="shred an old KEK; refused while it is primary or any object uses it")
     a.add_argument("kek_id", metavar="KEK_ID")
     a.add_argument("--format", choices=("table", "json"), default="table")
@@ -50,6 +48,7 @@ def _emit(args: argparse.Namespace, payload: dict, line: str) -> None:
 
 
 def _rewrap(rt: Runtime, target: str) -> tuple[int, list[str]]:
+    from storage import audit
     failed: list[str] = []
 
     def tampered(object_id: str, exc: Exception) -> None:
@@ -80,7 +79,7 @@ def run_rotate(args: argparse.Namespace, rt: Runtime) -> int:
     new = keyring.rotate()
     count, failed = _rewrap(rt, new)
     rt.audit("keys.rotated", outcome=0 if not failed else 8, old_primary=old, new_primary=new,
-           rewrapped=count, failed=len(failed))
+             rewrapped=count, failed=len(failed))
     _emit(args, {"old_primary": old, "new_primary": new, "rewrapped": count, "failed": failed},
           f"cxrd: new primary KEK {new} (was {old}); re-wrapped {count} object(s)")
     if failed:
@@ -93,7 +92,7 @@ def run_rewrap(args: argparse.Namespace, rt: Runtime) -> int:
     target = rt.keys.keyring.primary_id
     count, failed = _rewrap(rt, target)
     rt.audit("keys.rotated", outcome=0 if not failed else 8, primary=target, rewrapped=count,
-           failed=len(failed), rewrap_only=True)
+             failed=len(failed), rewrap_only=True)
     _emit(args, {"primary": target, "rewrapped": count, "failed": failed},
           f"cxrd: re-wrapped {count} object(s) under KEK {target}")
     if failed:
@@ -111,6 +110,3 @@ def run_retire(args: argparse.Namespace, rt: Runtime) -> int:
     rt.audit("keys.retired", outcome=0, kek=args.kek_id)
     _emit(args, {"retired": args.kek_id}, f"cxrd: KEK {args.kek_id} retired and shredded")
     return 0
-
-
-

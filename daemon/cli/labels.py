@@ -6,19 +6,18 @@ import json
 import sys
 from pathlib import Path
 
-from daemon.cli.args import config_parent
 from daemon.runtime import Runtime
 
 
 def register(sub) -> None:  # noqa: ANN001
     p = sub.add_parser("labels", help="import ground truth for received images; export labeled images for training")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    a = actions.add_parser("import", parents=[config_parent()],
+    a = actions.add_parser("import",
                            help="ChestX-ray14-layout CSV keyed by pseudonymous SOP Instance UID")
     a.add_argument("csv", type=Path)
     a.add_argument("--format", choices=("text", "json"), default="text")
     a.set_defaults(func=run_import)
-    e = actions.add_parser("export", parents=[config_parent()], help="write labeled, de-identified images (never those that may carry "
+    e = actions.add_parser("export", help="write labeled, de-identified images (never those that may carry "
                                           "burned-in text) as a ChestX-ray14 batch; default: a new retrain inbox batch")
     e.add_argument("dest", type=Path, nargs="?", default=None)
     e.add_argument("--all", action="store_true", help="include labels exported before")

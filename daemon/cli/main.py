@@ -3,6 +3,13 @@
 Each module of `daemon.cli` registers its sub-commands; this module only parses arguments, loads
 settings, and maps every error callers must handle to a one-line message and an exit status
 (2 for configuration and usage errors, 1 for anything else), so no command ever shows a traceback.
+
+Command modules import at their top only what registering their arguments needs; the libraries a
+command uses are imported inside the function that runs it. Every command module is imported to
+build the parser, so one heavy import at module level would be paid by every command, `--help`
+included (tests/daemon/cli/test_imports.py holds the line). For the same reason a command that never
+reads DICOM says so (`set_defaults(reads_dicom=False)`), and only the others import pydicom to silence
+its warnings; a command that does not say so gets them silenced, which is never wrong, only slower.
 """
 from __future__ import annotations
 
@@ -14,9 +21,9 @@ import sys
 from typing import Sequence
 
 from config import ConfigError, load_settings
-from daemon.ops import logs
-from daemon.cli.args import config_parent
+from daemon.cli.args import CommandParser
 from daemon.cli.errors import CommandError
+from daemon.ops import logs
 from daemon.errors import DaemonError
 from daemon.runtime import Runtime
 
@@ -39,24 +46,13 @@ log = logging.getLogger("cxrd.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = config_parent()
-    parser = argparse.ArgumentParser(
-        prog="cxrd", parents=[common],
+    parser = CommandParser(
+        prog="cxrd",
         description="Chest X-ray AI gateway: DICOM in, de-identified and encrypted at rest, "
                     "DenseNet121 findings out, every step audited.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    original_add = sub.add_parser
-
-    def add_parser(name: str, **kwargs):  # noqa: ANN202 - every sub-command also takes --config
-        kwargs.setdefault("parents", [])
-        kwargs["parents"] = [common, *kwargs["parents"]]
-        if "help" in kwargs and "description" not in kwargs:
-            kwargs["description"] = kwargs["help"]
-        return original_add(name, **kwargs)
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        importlib.import_module(name).register(commands)
     return parser
 
 
@@ -69,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc), 2)
     logs.configure(settings.log.level, settings.log.format)
+    if getattr(args, "reads_dicom", True):
+        logs.quiet_pydicom()
     try:
         return int(args.func(args, Runtime(settings, getattr(args, "config", None))) or 0)
     except CommandError as exc:

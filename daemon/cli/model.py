@@ -10,13 +10,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrmodel.errors import ModelError
 from cxrmodel.labels import LABELS
-from daemon.cli.args import config_parent
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cxrmodel.registry import LoadedModel
 
 
 def register(sub) -> None:  # noqa: ANN001
@@ -31,18 +35,18 @@ def register(sub) -> None:  # noqa: ANN001
     m = sub.add_parser("model", help="list, import, promote and roll back model versions")
     actions = m.add_subparsers(dest="model_command", metavar="ACTION", required=True)
 
-    a = actions.add_parser("list", parents=[config_parent()], help="model versions, the current one marked")
+    a = actions.add_parser("list", help="model versions, the current one marked")
     a.add_argument("--format", choices=("table", "json"), default="table")
     a.set_defaults(func=run_list)
 
-    a = actions.add_parser("promote", parents=[config_parent()], help="make VERSION the model used for new images")
+    a = actions.add_parser("promote", help="make VERSION the model used for new images")
     a.add_argument("version", metavar="VERSION")
     a.set_defaults(func=run_promote)
 
-    a = actions.add_parser("rollback", parents=[config_parent()], help="return to the model that was current before")
+    a = actions.add_parser("rollback", help="return to the model that was current before")
     a.set_defaults(func=run_rollback)
 
-    a = actions.add_parser("import", parents=[config_parent()], help="add a model from a local weights file")
+    a = actions.add_parser("import", help="add a model from a local weights file")
     a.add_argument("file", metavar="FILE", help="weights file (state dict)")
     a.add_argument("--format", dest="weights_format", required=True,
                    choices=("torchvision", "chexnet", "torchxrayvision"),
@@ -60,39 +64,45 @@ def register(sub) -> None:  # noqa: ANN001
 
 
 def run_predict(args: argparse.Namespace, rt: Runtime) -> int:
-    from cxrmodel.preprocess import preprocess
-
-    reg = rt.registry
     try:
-        loaded = reg.load(args.model)
+        loaded = rt.registry.load(args.model)
     except ModelError as exc:
         raise CommandError(str(exc)) from None
+    probs = _probabilities(loaded, args.files, args.backend, rt)
+    thresholds = loaded.manifest.threshold_list()
+    rows = [{"file": f, "model": loaded.version,
+             "probabilities": {lab: round(float(v), 6) for lab, v in zip(LABELS, p)},
+             "positive": [lab for lab, v, t in zip(LABELS, p, thresholds) if v >= t]}
+            for f, p in zip(args.files, probs)]
+    if args.format == "json":
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    else:
+        _print_predictions(rows, thresholds)
+    return 0
+
+
+def _probabilities(loaded: LoadedModel, files: list[str], backend: str, rt: Runtime) -> np.ndarray:
+    """One row of 14 probabilities per file; a file that cannot be read is named in the error."""
+    import torch
+
+    from cxrmodel.preprocess import preprocess
+
     tensors = []
-    for f in args.files:
+    for f in files:
         try:
             tensors.append(preprocess(Path(f), loaded.manifest.preprocessing))
         except ModelError as exc:
             raise CommandError(f"{f}: {exc}") from None
-    import torch
+    if backend == "fp32":
+        return loaded.predict(torch.stack(tensors))
+    from cxrmodel.engine import Engine
+    with Engine.for_model(loaded, backend=backend, threads=int(rt.settings.model.threads),
+                          batch_size=int(rt.settings.model.batch_size)) as eng:
+        return eng.predict(torch.stack(tensors))
 
-    if args.backend == "fp32":
-        probs = loaded.predict(torch.stack(tensors))
-    else:
-        from cxrmodel.engine import Engine
-        threads = int(rt.settings.model.threads)
-        with Engine.for_model(loaded, backend=args.backend, threads=threads,
-                              batch_size=int(rt.settings.model.batch_size)) as eng:
-            probs = eng.predict(torch.stack(tensors))
-    thresholds = loaded.manifest.threshold_list()
-    rows = []
-    for f, p in zip(args.files, probs):
-        rows.append({"file": f, "model": loaded.version,
-                     "probabilities": {lab: round(float(v), 6) for lab, v in zip(LABELS, p)},
-                     "positive": [lab for lab, v, t in zip(LABELS, p, thresholds) if v >= t]})
-    if args.format == "json":
-        json.dump(rows, sys.stdout, indent=2)
-        print()
-        return 0
+
+def _print_predictions(rows: list[dict[str, Any]], thresholds: list[float]) -> None:
     width = max(len(lab) for lab in LABELS)
     for i, row in enumerate(rows):
         if i:
@@ -102,7 +112,6 @@ def run_predict(args: argparse.Namespace, rt: Runtime) -> int:
             p = row["probabilities"][lab]
             mark = "  POSITIVE" if lab in row["positive"] else ""
             print(f"  {lab:<{width}}  {p:6.4f}  (threshold {t:.3f}){mark}")
-    return 0
 
 
 def run_list(args: argparse.Namespace, rt: Runtime) -> int:
@@ -157,7 +166,7 @@ def run_import(args: argparse.Namespace, rt: Runtime) -> int:
     before = reg.current()
     version = reg.add(imported, version=args.version, promote=args.promote)
     rt.audit("model.imported", version=version, format=args.weights_format,
-           sha256=imported.source.get("sha256"), promoted=bool(args.promote))
+             sha256=imported.source.get("sha256"), promoted=bool(args.promote))
     if args.promote:
         rt.audit("model.promoted", version=version, previous=before.version if before else None)
     if args.out_format == "json":

@@ -15,17 +15,16 @@ import argparse
 import csv
 import json
 import sys
-from datetime import datetime, time, timezone
-from typing import Any
-
-from sqlalchemy import select
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from cxrmodel.labels import LABELS
+from daemon.cli import times
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
-from storage import audit
-from storage.deid import pseudonymize_uid
-from storage.models import Instance, Prediction, Result
+
+if TYPE_CHECKING:
+    from storage.models import Result
 
 MAX_LIMIT = 100_000
 
@@ -33,23 +32,21 @@ MAX_LIMIT = 100_000
 def register(sub) -> None:  # noqa: ANN001
     p = sub.add_parser("predictions", help="list predictions per instance (probability and call for each finding)")
     p.add_argument("--study", metavar="UID", help="pseudonymous (2.25...) or original Study Instance UID")
-    p.add_argument("--since", metavar="WHEN", help="only predictions made at/after WHEN: ISO 8601 "
-                                                  "(2026-11-25T08:00+01:00) or a local date (2026-11-25)")
+    p.add_argument("--since", metavar="TIME", help=f"only predictions made at/after TIME: {times.FORMS}")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N instances, newest first "
                                                                        "(default 100)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    p.set_defaults(func=run_predictions)
+    p.set_defaults(func=run_predictions, reads_dicom=False)
 
     r = sub.add_parser("results", help="results sent back to the PACS: list them, retry parked ones")
+    r.set_defaults(reads_dicom=False)
     actions = r.add_subparsers(dest="results_command", metavar="ACTION", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="TOML settings file")
-    ls = actions.add_parser("list", parents=[common], help="results by state, newest first")
+    ls = actions.add_parser("list", help="results by state, newest first")
     ls.add_argument("--state", choices=("pending", "sending", "sent", "failed"))
     ls.add_argument("--limit", type=int, default=100, metavar="N")
     ls.add_argument("--format", choices=("table", "json"), default="table")
     ls.set_defaults(func=run_results_list)
-    rt_ = actions.add_parser("retry", parents=[common],
+    rt_ = actions.add_parser("retry",
                              help="set failed results back to pending (after fixing the destination)")
     rt_.add_argument("--study", metavar="UID", help="only this study (pseudonymous or original UID)")
     rt_.add_argument("--failed", action="store_true", default=True,
@@ -58,25 +55,12 @@ def register(sub) -> None:  # noqa: ANN001
     rt_.set_defaults(func=run_results_retry)
 
 
-def parse_since(text: str) -> datetime:
-    """ISO 8601 date or date-time; a date or a time without offset is local time (what a person means)."""
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise CommandError(f"--since {text!r} is not an ISO 8601 date or date-time (e.g. 2026-11-25 or "
-                           "2026-11-25T08:00:00+01:00)") from None
-    if len(text.strip()) == 10:  # a bare date: local midnight
-        value = datetime.combine(value.date(), time())
-    if value.tzinfo is None:
-        value = value.astimezone()  # interpret as local time
-    return value.astimezone(timezone.utc)
-
-
 def study_candidates(rt: Runtime, uid: str) -> tuple[str, ...]:
     """The pseudonyms a --study value can mean: itself (already a pseudonym) and its keyed mapping."""
     uid = uid.strip()
     if not uid or len(uid) > 64 or not all(c.isdigit() or c == "." for c in uid):
         raise CommandError("--study must be a DICOM UID (digits and dots, at most 64 characters)")
+    from storage.deid import pseudonymize_uid
     return tuple(dict.fromkeys((uid, pseudonymize_uid(rt.keys.uid_key, uid))))
 
 
@@ -92,6 +76,9 @@ def _resolved_study(rt: Runtime, uid: str | None) -> str | None:
     given, *mapped = study_candidates(rt, uid)
     if not mapped:  # a well-known UID maps to itself
         return given
+    from sqlalchemy import select
+
+    from storage.models import Instance
     with rt.read_sessions() as s:
         known = s.scalar(select(Instance.id).where(Instance.study_uid == given).limit(1)) is not None
     return given if known else mapped[0]
@@ -99,6 +86,9 @@ def _resolved_study(rt: Runtime, uid: str | None) -> str | None:
 
 def query_predictions(rt: Runtime, *, study: str | None, since: datetime | None, limit: int) -> list[dict[str, Any]]:
     """One dict per (instance, model version): pseudonyms, model, time and each label's output."""
+    from sqlalchemy import select
+
+    from storage.models import Instance, Prediction
     with rt.read_sessions() as s:
         keys = (select(Prediction.instance_id, Prediction.model_version)
                 .join(Instance, Instance.id == Prediction.instance_id).group_by(Prediction.instance_id,
@@ -134,33 +124,39 @@ def query_predictions(rt: Runtime, *, study: str | None, since: datetime | None,
 def run_predictions(args: argparse.Namespace, rt: Runtime) -> int:
     if not 1 <= args.limit <= MAX_LIMIT:
         raise CommandError(f"--limit must be within 1..{MAX_LIMIT}")
-    since = parse_since(args.since) if args.since else None
+    since = times.parse_time(args.since, "--since") if args.since else None
     study = _resolved_study(rt, args.study)
     records = query_predictions(rt, study=study, since=since, limit=args.limit)
-    with rt.sessions.begin() as s:
-        audit.append(s, rt.keys.audit_key, event_type="predictions.query", actor=rt.actor, host=rt.hostname,
-                     study_uid=study or "", details={"since": since.isoformat() if since else "",
-                                                     "limit": args.limit, "rows": len(records)})
+    rt.audit("predictions.query", study_uid=study or "", since=since.isoformat() if since else "",
+             limit=args.limit, rows=len(records))
     if args.format == "json":
         json.dump(records, sys.stdout, indent=2)
         print()
     elif args.format == "csv":
-        w = csv.writer(sys.stdout)
-        w.writerow(["instance_uid", "study_uid", "model_version", "created_at", "state",
-                    *LABELS, *(f"{label}_positive" for label in LABELS)])
-        for r in records:
-            w.writerow([r["instance_uid"], r["study_uid"], r["model_version"], r["created_at"], r["state"],
-                        *(r["probabilities"].get(lbl, "") for lbl in LABELS),
-                        *(int(r["positive"][lbl]) if lbl in r["positive"] else "" for lbl in LABELS)])
+        _write_csv(records)
     else:
-        if not records:
-            print("no predictions")
-        for r in records:
-            pos = [f"{lbl} {r['probabilities'][lbl]:.2f}" for lbl in LABELS if r["positive"].get(lbl)]
-            print(f"{r['created_at']}  {r['model_version']}  {r['state']:<9} study {r['study_uid']}")
-            print(f"    instance {r['instance_uid']}")
-            print(f"    positive: {', '.join(pos) if pos else 'none'}")
+        _print_records(records)
     return 0
+
+
+def _write_csv(records: list[dict[str, Any]]) -> None:
+    w = csv.writer(sys.stdout)
+    w.writerow(["instance_uid", "study_uid", "model_version", "created_at", "state",
+                *LABELS, *(f"{label}_positive" for label in LABELS)])
+    for r in records:
+        w.writerow([r["instance_uid"], r["study_uid"], r["model_version"], r["created_at"], r["state"],
+                    *(r["probabilities"].get(lbl, "") for lbl in LABELS),
+                    *(int(r["positive"][lbl]) if lbl in r["positive"] else "" for lbl in LABELS)])
+
+
+def _print_records(records: list[dict[str, Any]]) -> None:
+    if not records:
+        print("no predictions")
+    for r in records:
+        pos = [f"{lbl} {r['probabilities'][lbl]:.2f}" for lbl in LABELS if r["positive"].get(lbl)]
+        print(f"{r['created_at']}  {r['model_version']}  {r['state']:<9} study {r['study_uid']}")
+        print(f"    instance {r['instance_uid']}")
+        print(f"    positive: {', '.join(pos) if pos else 'none'}")
 
 
 def _result_dict(r: Result) -> dict[str, Any]:
@@ -170,6 +166,9 @@ def _result_dict(r: Result) -> dict[str, Any]:
 
 
 def run_results_list(args: argparse.Namespace, rt: Runtime) -> int:
+    from sqlalchemy import select
+
+    from storage.models import Result
     with rt.read_sessions() as s:
         stmt = select(Result).order_by(Result.id.desc()).limit(max(1, min(args.limit, MAX_LIMIT)))
         if args.state:

@@ -1,7 +1,7 @@
 """`cxrd purge [--dry-run]`: crypto-shred images older than `storage.retention_days`, audited.
 
 The daemon runs the same `storage.retention.purge_expired` daily; this command lets an operator see
-what is due (`--dry-run`) or run it now. Audit rows are never purged (see the README's Compliance section).
+what is due (`--dry-run`) or run it now. Audit rows are never purged (see docs/compliance.md).
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import sys
 
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
-from storage.retention import purge_expired
 
 
 def register(sub) -> None:  # noqa: ANN001
@@ -19,7 +18,7 @@ def register(sub) -> None:  # noqa: ANN001
                                      "(audited; --dry-run only counts)")
     p.add_argument("--dry-run", action="store_true", help="count what would be purged; change nothing")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(func=run_purge)
+    p.set_defaults(func=run_purge, reads_dicom=False)
 
 
 def run_purge(args: argparse.Namespace, rt: Runtime) -> int:
@@ -30,6 +29,7 @@ def run_purge(args: argparse.Namespace, rt: Runtime) -> int:
         else:
             print("cxrd: storage.retention_days = 0: images are kept forever; nothing to purge")
         return 0
+    from storage.retention import purge_expired
     if not rt.vault_dir.exists():
         raise CommandError(f"no vault at {rt.vault_dir}; run `cxrd init` first")
     report = purge_expired(rt.sessions, rt.vault, rt.keys.audit_key, days, dry_run=args.dry_run,

@@ -12,7 +12,6 @@ import sys
 
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
-from storage import reid
 from storage.errors import ReidError, TamperError
 
 COLUMNS = ("pseudo_sop_instance_uid", "study_uid", "series_uid", "sop_instance_uid", "accession_number",
@@ -27,10 +26,11 @@ def register(sub) -> None:  # noqa: ANN001
     which.add_argument("--study", metavar="PSEUDO_UID", help="pseudonymous Study Instance UID (2.25...)")
     which.add_argument("--instance", metavar="PSEUDO_UID", help="pseudonymous SOP Instance UID (2.25...)")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(func=run_reidentify)
+    p.set_defaults(func=run_reidentify, reads_dicom=False)
 
 
 def run_reidentify(args: argparse.Namespace, rt: Runtime) -> int:
+    from storage import reid
     keys = rt.keys
     with rt.sessions() as s:
         try:

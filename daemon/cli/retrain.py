@@ -4,10 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from sqlalchemy import select
-
 from daemon.runtime import Runtime
-from storage.models import RetrainRun
 
 
 def register(sub) -> None:  # noqa: ANN001
@@ -19,16 +16,7 @@ def register(sub) -> None:  # noqa: ANN001
 
 def run_retrain(args: argparse.Namespace, rt: Runtime) -> int:
     if args.list:
-        with rt.read_sessions() as s:
-            runs = [{"id": r.id, "started_at": r.started_at.isoformat(), "trigger": r.trigger,
-                     "outcome": r.outcome, "candidate": r.candidate_version, "report": json.loads(r.report or "{}")}
-                    for r in s.scalars(select(RetrainRun).order_by(RetrainRun.id))]
-        if args.format == "json":
-            print(json.dumps(runs, indent=2))
-        else:
-            for r in runs:
-                print(f"{r['id']:4d} {r['started_at'][:19]} {r['trigger']:8} {r['outcome']:9} {r['candidate']}")
-        return 0
+        return _list_runs(args, rt)
     from daemon.stages.retraining import retrain_once
     summary = retrain_once(rt, "manual")
     if args.format == "json":
@@ -39,3 +27,19 @@ def run_retrain(args: argparse.Namespace, rt: Runtime) -> int:
         for line in summary.get("reasons", []):
             print(f"  {line}")
     return 0 if summary["outcome"] != "failed" else 1
+
+
+def _list_runs(args: argparse.Namespace, rt: Runtime) -> int:
+    from sqlalchemy import select
+
+    from storage.models import RetrainRun
+    with rt.read_sessions() as s:
+        runs = [{"id": r.id, "started_at": r.started_at.isoformat(), "trigger": r.trigger,
+                 "outcome": r.outcome, "candidate": r.candidate_version, "report": json.loads(r.report or "{}")}
+                for r in s.scalars(select(RetrainRun).order_by(RetrainRun.id))]
+    if args.format == "json":
+        print(json.dumps(runs, indent=2))
+    else:
+        for r in runs:
+            print(f"{r['id']:4d} {r['started_at'][:19]} {r['trigger']:8} {r['outcome']:9} {r['candidate']}")
+    return 0

@@ -5,26 +5,22 @@ import argparse
 import json
 import sys
 
-from sqlalchemy import func, select
-
 from config import redacted
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
-from storage import db
-from storage.models import INSTANCE_STATES, Instance, Job, Result, RetrainRun
 
 
 def register(sub) -> None:  # noqa: ANN001
     p = sub.add_parser("init", help="create the state directory, database schema and keys (idempotent)")
-    p.set_defaults(func=run_init)
+    p.set_defaults(func=run_init, reads_dicom=False)
     p = sub.add_parser("serve", help="run the daemon in the foreground (what systemd starts)")
     p.set_defaults(func=run_serve)
     p = sub.add_parser("check-config", help="validate and print the effective settings, secrets redacted")
     p.add_argument("--format", choices=("toml", "json"), default="toml")
-    p.set_defaults(func=run_check_config)
+    p.set_defaults(func=run_check_config, reads_dicom=False)
     p = sub.add_parser("status", help="queue depth, counts by state, current model, last retrain")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(func=run_status)
+    p.set_defaults(func=run_status, reads_dicom=False)
 
 
 def run_init(args: argparse.Namespace, rt: Runtime) -> int:
@@ -36,6 +32,7 @@ def run_init(args: argparse.Namespace, rt: Runtime) -> int:
 
 def initialise(rt: Runtime) -> dict[str, str]:
     """What `init` does and `serve` repeats at start: directories, schema, keys. Idempotent."""
+    from storage import db
     state = rt.ensure_state_dir()
     for sub in ("vault", "models", "inbox", "cache"):
         (state / sub).mkdir(exist_ok=True, mode=0o700)
@@ -82,6 +79,7 @@ def to_toml(tree: dict, prefix: str = "") -> str:
 
 
 def run_status(args: argparse.Namespace, rt: Runtime) -> int:
+    from storage import db
     if db.schema_revision(rt.engine) is None:
         raise CommandError(f"no cxrd database at {rt.settings.storage.database_url.split('@')[-1]}; "
                            "run `cxrd init` first")
@@ -103,6 +101,10 @@ def run_status(args: argparse.Namespace, rt: Runtime) -> int:
 
 
 def collect_status(rt: Runtime) -> dict:
+    from sqlalchemy import func, select
+
+    from storage import db
+    from storage.models import INSTANCE_STATES, Instance, Job, Result, RetrainRun
     with db.reachable(rt.engine), rt.read_sessions() as session:
         states = dict(session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all())
         queue = session.scalar(select(func.count()).select_from(Job).where(Job.state.in_(("queued", "running"))))

@@ -13,29 +13,23 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from daemon.cli.args import CommandParser
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from cxrmodel.train import get_args_parser
+if TYPE_CHECKING:
+    from cxrmodel.registry import Registry
 
-    train = subparsers.add_parser(
-        "train", parents=[get_args_parser(add_help=False, require_out=False)],
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    subparsers.add_parser(
+        "train", arguments=_train_parser,
         help="train a model from ChestX-ray14-format data and register it",
         description="Train a DenseNet121 (frozen backbone + feature cache by default) on ChestX-ray14-format "
                     "data, evaluate it and the current model on the same held-out patients, register it, and "
-                    "promote it if it is not worse.",
-        conflict_handler="resolve")
-    train.add_argument("--promote", choices=("auto", "always", "never"), default="auto",
-                       help="auto: only if mean AUROC is not worse and no label drops by more than the margin")
-    train.add_argument("--max-auroc-drop", type=float, default=None,
-                       help="per-label AUROC margin for --promote auto (default: [retrain] max_auroc_drop)")
-    train.add_argument("--from-current", action="store_true", help="start from the current model's weights")
-    train.add_argument("--version", default=None, help="name for the new model version")
-    train.add_argument("--format", choices=("text", "json"), default="text")
-    train.set_defaults(func=run_train)
+                    "promote it if it is not worse.")
 
     ev = subparsers.add_parser("evaluate", help="evaluate a registered model on ChestX-ray14-format data",
                                description="Per-label AUROC with 95%% CI, average precision, accuracy/F1 at the "
@@ -50,6 +44,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--threads", type=int, default=None)
     ev.add_argument("--format", choices=("text", "json"), default="text")
     ev.set_defaults(func=run_evaluate)
+
+
+def _train_parser(made_with: dict[str, Any]) -> argparse.ArgumentParser:
+    """`cxrd train`'s arguments: every option of `cxrmodel.train` plus how to register the result.
+
+    Built only when `cxrd train` is parsed or its help shown (see `CommandParser`): the training
+    options live in a module that imports torch.
+    """
+    from cxrmodel.train import get_args_parser
+
+    options = get_args_parser(add_help=False, require_out=False)
+    train = CommandParser(**{**made_with, "parents": [*made_with.get("parents", []), options]})
+    train.add_argument("--promote", choices=("auto", "always", "never"), default="auto",
+                       help="auto: only if mean AUROC is not worse and no label drops by more than the margin")
+    train.add_argument("--max-auroc-drop", type=float, default=None,
+                       help="per-label AUROC margin for --promote auto (default: [retrain] max_auroc_drop)")
+    train.add_argument("--from-current", action="store_true", help="start from the current model's weights")
+    train.add_argument("--version", default=None, help="name for the new model version")
+    train.add_argument("--format", choices=("text", "json"), default="text")
+    train.set_defaults(func=run_train)
+    return train
 
 
 def feature_cache_sealers(rt: Runtime):  # noqa: ANN201 - (seal, unseal)
@@ -80,58 +95,21 @@ def _threads(args: argparse.Namespace, rt: Runtime) -> int:
 def run_train(args: argparse.Namespace, rt: Runtime) -> int:
     from cxrmodel import evaluate as E
     from cxrmodel import train as T
-    from cxrmodel.chestxray14 import read_dataset
-    from cxrmodel.errors import NoModelError
 
-    T.apply_recipe(args)
-    args.threads = _threads(args, rt)
-    registry = rt.registry
-    rt.ensure_state_dir()
-    if args.from_current:
-        current = registry.load()
-        args.init = current.path / current.manifest.weights_file
-    if args.out is None:
-        if args.resume:
-            raise CommandError("--resume needs --out (the work folder of the interrupted run)")
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        args.out = rt.state_dir / "train" / stamp
+    _prepare(args, rt)
     seal, unseal = feature_cache_sealers(rt)
-    result = T.main(args, seal=seal, unseal=unseal)
+    T.main(args, seal=seal, unseal=unseal)
     model, result = T.load_trained(args.out)
     test_report = result["test_report"]
     if test_report is None:
         raise CommandError("no held-out test images: cannot judge the model (use a larger data set)")
-
-    # judge the current model on the very same held-out patients
-    data = read_dataset(args.data, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
-    names = set(result["test_images"])
-    test_entries = [e for e in data.splits["test"] if e.image in names]
-    current_report = None
-    current_version = None
-    try:
-        current = registry.load()
-        current_version = current.version
-        current_report, _, _ = E.evaluate_model(
-            current.module, test_entries, current.manifest.preprocessing,
-            activation=current.manifest.architecture.activation,
-            thresholds=dict(current.manifest.thresholds), n_boot=0)
-    except NoModelError:
-        pass
+    current_version, current_report = _judge_current(rt.registry, args, result)
     margin = args.max_auroc_drop
     if margin is None:
         margin = float(getattr(getattr(rt.settings, "retrain", None), "max_auroc_drop", 0.02))
     better, reasons = E.compare(test_report, current_report, margin)
     promote = args.promote == "always" or (args.promote == "auto" and better)
-
-    from cxrmodel.preprocess import PreprocessSpec
-    training = {k: v for k, v in result["training"].items() if k != "history"}
-    training["final_val_mean_auroc"] = (result["training"]["history"] or [{}])[-1].get("val_mean_auroc")
-    training["data"] = Path(args.data).name
-    version = registry.add(
-        model, version=args.version, promote=promote, thresholds=result["thresholds"],
-        metrics=E.manifest_metrics(test_report, "test split (patient-disjoint)"), training=training,
-        preprocessing=PreprocessSpec.from_dict(result["preprocessing"]),
-        source={"format": "cxrd-train", "compared_with": current_version})
+    version = _register(rt.registry, args, model, result, promote, current_version)
     rt.audit("model.trained", version=version, mean_auroc=test_report["mean_auroc"], data=Path(args.data).name)
     if promote:
         rt.audit("model.promoted", version=version, previous=current_version, reasons=reasons[:20])
@@ -151,11 +129,72 @@ def run_train(args: argparse.Namespace, rt: Runtime) -> int:
     if args.format == "json":
         print(json.dumps(summary, indent=2))
     else:
-        print(f"model {version}: test mean AUROC {summary['mean_auroc']:.4f} "
-              f"(95% CI {summary['mean_auroc_ci95'][0]:.3f}-{summary['mean_auroc_ci95'][1]:.3f})"
-              if summary["mean_auroc_ci95"] else f"model {version}: test mean AUROC {summary['mean_auroc']:.4f}")
-        print(f"{'promoted to current' if promote else 'registered, not promoted'}: " + "; ".join(reasons))
+        _print_summary(summary)
     return 0
+
+
+def _prepare(args: argparse.Namespace, rt: Runtime) -> None:
+    """Fill in what the training options leave to cxrd: recipe, threads, start weights, work folder."""
+    from cxrmodel import train as T
+
+    T.apply_recipe(args)
+    args.threads = _threads(args, rt)
+    rt.ensure_state_dir()
+    if args.from_current:
+        current = rt.registry.load()
+        args.init = current.path / current.manifest.weights_file
+    if args.out is None:
+        if args.resume:
+            raise CommandError("--resume needs --out (the work folder of the interrupted run)")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        args.out = rt.state_dir / "train" / stamp
+
+
+def _judge_current(registry: Registry, args: argparse.Namespace,
+                   result: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """(version, test report) of the current model on the very images the candidate was tested on,
+    so the two are compared on the same patients; (None, None) when no model is current."""
+    from cxrmodel import evaluate as E
+    from cxrmodel.chestxray14 import read_dataset
+    from cxrmodel.errors import NoModelError
+
+    data = read_dataset(args.data, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+    names = set(result["test_images"])
+    test_entries = [e for e in data.splits["test"] if e.image in names]
+    try:
+        current = registry.load()
+    except NoModelError:
+        return None, None
+    report, _, _ = E.evaluate_model(
+        current.module, test_entries, current.manifest.preprocessing,
+        activation=current.manifest.architecture.activation,
+        thresholds=dict(current.manifest.thresholds), n_boot=0)
+    return current.version, report
+
+
+def _register(registry: Registry, args: argparse.Namespace, model: Any, result: dict[str, Any],
+              promote: bool, current_version: str | None) -> str:
+    """Add the trained model with its thresholds, test metrics and a training summary; its version."""
+    from cxrmodel import evaluate as E
+    from cxrmodel.preprocess import PreprocessSpec
+
+    training = {k: v for k, v in result["training"].items() if k != "history"}
+    training["final_val_mean_auroc"] = (result["training"]["history"] or [{}])[-1].get("val_mean_auroc")
+    training["data"] = Path(args.data).name
+    return registry.add(
+        model, version=args.version, promote=promote, thresholds=result["thresholds"],
+        metrics=E.manifest_metrics(result["test_report"], "test split (patient-disjoint)"), training=training,
+        preprocessing=PreprocessSpec.from_dict(result["preprocessing"]),
+        source={"format": "cxrd-train", "compared_with": current_version})
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    version, ci = summary["version"], summary["mean_auroc_ci95"]
+    print(f"model {version}: test mean AUROC {summary['mean_auroc']:.4f} "
+          f"(95% CI {ci[0]:.3f}-{ci[1]:.3f})"
+          if ci else f"model {version}: test mean AUROC {summary['mean_auroc']:.4f}")
+    print(f"{'promoted to current' if summary['promoted'] else 'registered, not promoted'}: "
+          + "; ".join(summary["reasons"]))
 
 
 def _print_table(report: dict[str, Any], out: Any = sys.stdout) -> None:

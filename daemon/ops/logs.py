@@ -28,12 +28,19 @@ def configure(level: str = "info", fmt: str = "logfmt", stream=None) -> None:  #
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pydicom's value-validation warnings quote the offending values; they are not ours to act on.
-    from pydicom import config as pydicom_config
-    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     # pynetdicom logs PDU and dataset details at debug level: keep it to warnings and above always.
     for noisy in ("pynetdicom", "pydicom", "apscheduler", "alembic", "sqlalchemy", "PIL", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def quiet_pydicom() -> None:
+    """pydicom's value-validation warnings quote the offending values; they are not ours to act on.
+
+    Apart from `configure` because importing pydicom takes a good part of a second: a process that
+    never reads DICOM (`cxrd status`, the audit commands) should not pay for it.
+    """
+    from pydicom import config as pydicom_config
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:

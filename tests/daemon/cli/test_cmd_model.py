@@ -102,6 +102,10 @@ def test_import_list_predict_promote_rollback(cxrd, checkpoints, shared_data, tm
     assert reg.current().version == "imagenet1"
     code, out, _ = cxrd("model", "rollback")
     assert code == 0 and "chex1" in out and reg.current().version == "chex1"
+    code, out, err = cxrd("status", "--format", "json")  # read without torch: must agree with the registry
+    current = reg.current()
+    assert code == 0, err
+    assert json.loads(out)["model"] == f"{current.version} (created {current.created}, {current.source})"
     code, _, err = cxrd("model", "rollback")
     assert code == 1 and "nothing to roll back" in err
     code, _, err = cxrd("model", "promote", "nope")
