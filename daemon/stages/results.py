@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pydicom.dataset import Dataset
 from sqlalchemy import or_, select, update
@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cxrmodel.errors import ModelError
 from cxrmodel.labels import LABELS
-from cxrmodel.registry import LoadedModel, Registry
 from daemon.dicom import result_objects as report
 from daemon.errors import DaemonError
 from daemon.ops.logs import event
@@ -39,6 +38,9 @@ from storage.errors import StorageError
 from storage.keys import Keys
 from storage.models import PREDICTED, REPORTED, Instance, Prediction, Result, utcnow
 from storage.vault import Vault
+
+if TYPE_CHECKING:  # the model is loaded only when a heatmap is drawn; `cxrd results` never loads torch
+    from cxrmodel.registry import LoadedModel, Registry
 
 log = logging.getLogger("cxrd.results")
 

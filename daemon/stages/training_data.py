@@ -21,7 +21,6 @@ from sqlalchemy import select
 
 from cxrmodel.chestxray14 import NO_FINDING
 from cxrmodel.labels import LABELS
-from cxrmodel.preprocess import load_image
 from daemon.errors import DaemonError
 from daemon.runtime import Runtime
 from storage.models import Instance, Label, utcnow
@@ -104,6 +103,8 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
         pairs = session.execute(q.order_by(Instance.id)).all()
     refused = [i.sop_instance_uid for i, _ in pairs if i.burned_in_annotation != "no"]
     pairs = [(i, lab) for i, lab in pairs if i.burned_in_annotation == "no"]
+    from cxrmodel.preprocess import load_image  # decoding pulls in torch: only export needs it
+
     (dest / "images").mkdir(parents=True, exist_ok=True, mode=0o700)
     rows = []
     for inst, lab in pairs:

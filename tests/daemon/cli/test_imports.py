@@ -34,6 +34,8 @@ CASES: list[tuple[list[str], set[str]]] = [
     (["audit", "export", "--format", "json", "--month", "2026-10"], MODEL | DICOM | {"alembic"}),
     (["predictions", "--since", "yesterday"], MODEL | DICOM | {"alembic"}),
     (["results", "list"], MODEL | DICOM | {"alembic"}),
+    (["results", "retry"], MODEL | {"alembic"}),
+    (["labels", "import", "{tmp}/labels.csv"], MODEL | {"alembic"}),
     (["keys", "list"], MODEL | DICOM | {"alembic"}),
     (["purge", "--dry-run"], MODEL | DICOM | {"alembic"}),
     (["reidentify", "--reason", "ticket 1", "--study", "2.25.1"], MODEL | DICOM | {"alembic"}),
@@ -84,6 +86,7 @@ def imported_by(argv: list[str], cwd: Path) -> tuple[int, set[str], str]:
 @pytest.mark.parametrize("argv,forbidden", CASES, ids=[" ".join(a[:2]) for a, _ in CASES])
 def test_command_imports_only_what_it_uses(state_dir, tmp_path, argv, forbidden):
     argv = [a.format(tmp=tmp_path) for a in argv]
+    (tmp_path / "labels.csv").write_text("Image Index,Finding Labels\n")
     code, packages, err = imported_by(argv, state_dir)
     expected = 1 if argv[0] == "reidentify" else 0  # no entry for that study: refused after the lookup
     assert code == expected, err
