@@ -3,7 +3,8 @@
 It turns network events into calls with plain values (an `on_store` callable returning a status, an
 `on_reject` callable for the audit) and applies the association gate from settings: called AE title,
 calling AE and host allow-lists, association limit, timeouts, optional TLS. What a failure means as a
-DICOM status is decided in `daemon.stages.ingest`, not here.
+DICOM status is decided in `daemon.stages.ingest`, not here. It installs no adjustments to
+pynetdicom (`daemon.dicom.patches`, installed by the service), so it serves on stock pynetdicom as well.
 """
 from __future__ import annotations
 
@@ -25,10 +26,6 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from config.schema import Dicom
-from daemon.dicom.patches import fast_recv
-from daemon.dicom.patches import reactor_waits
-from daemon.dicom.patches import store_rsp
-from daemon.dicom.patches import uid_checks
 from daemon.ops.logs import event
 
 log = logging.getLogger("cxrd.scp")
@@ -153,10 +150,6 @@ def ssl_context(tls) -> ssl.SSLContext:  # noqa: ANN001 - config.schema.DicomTLS
 def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = None,
           on_accept: Callable[[str, str], None] | None = None) -> ScpHandle:
     """Bind the port and serve in background threads; raises OSError if the port cannot be bound."""
-    reactor_waits.install()
-    fast_recv.install()
-    store_rsp.install()
-    uid_checks.install()
     # pynetdicom's "standard" handlers turn every PDU and DIMSE message into info/debug lines, which
     # daemon/ops/logs.py drops (pynetdicom stays at WARNING: its details quote UIDs). Not binding them
     # saved 0.4 ms of CPU per 1 MB image (7.1-7.2 -> 6.7-6.8 ms; 117 -> 123-126 images/s).
