@@ -156,7 +156,7 @@ class Service:
             db.ping(self.rt.engine)
         except db.DatabaseUnavailable:
             return False, "database unavailable"
-        if self.ingest._free_bytes() < self.ingest.min_free_bytes:
+        if self.ingest.disk_is_low():
             return False, "disk below the free-space floor: new images are refused"
         return True, "ready"
 
