@@ -49,6 +49,8 @@ class Dicom:
                                      "BodyPartExamined values accepted as chest (empty value = accepted)",
                                      factory=True)
     min_image_size: int = _f(256, "Smallest rows/columns of an image treated as a radiograph", min=1)
+    receive_adjustments: bool = _f(True, "Speed up pynetdicom's receive path (only on the pynetdicom version "
+                                         "the adjustments were written for); false = stock pynetdicom")
     tls: DicomTLS = _f(DicomTLS, "DICOM TLS settings", factory=True)
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable, Protocol
 
-from daemon.dicom import scp
+from daemon.dicom import patches, scp
 from daemon.ops import systemd
 from daemon.stages.chest_rule import ChestRule
 from daemon.errors import DaemonError
@@ -84,6 +84,7 @@ class Service:
             self._stop_stages()
             raise DaemonError(str(exc.strerror or exc)) from None
         if s.dicom.enabled:
+            patches.install(s.dicom.receive_adjustments)
             try:
                 self.scp = scp.start(s.dicom, on_store=self._on_store(), on_reject=self._on_reject,
                                      on_accept=self._on_accept)
@@ -156,7 +157,7 @@ class Service:
             db.ping(self.rt.engine)
         except db.DatabaseUnavailable:
             return False, "database unavailable"
-        if self.ingest._free_bytes() < self.ingest.min_free_bytes:
+        if self.ingest.disk_is_low():
             return False, "disk below the free-space floor: new images are refused"
         return True, "ready"
 

@@ -2,8 +2,10 @@
 
 It turns network events into calls with plain values (an `on_store` callable returning a status, an
 `on_reject` callable for the audit) and applies the association gate from settings: called AE title,
-calling AE and host allow-lists, association limit, timeouts, optional TLS. What a failure means as a
-DICOM status is decided in `daemon.stages.ingest`, not here.
+calling AE and host allow-lists, association limit, timeouts, optional TLS. Which outcome gets which
+DICOM status is decided in `daemon.dicom.statuses`; which outcome an image has, in
+`daemon.stages.ingest`. It installs no adjustments to pynetdicom (`daemon.dicom.patches`, installed by
+the service), so it serves on stock pynetdicom as well.
 """
 from __future__ import annotations
 
@@ -25,10 +27,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from config.schema import Dicom
-from daemon.dicom.patches import fast_recv
-from daemon.dicom.patches import reactor_waits
-from daemon.dicom.patches import store_rsp
-from daemon.dicom.patches import uid_checks
+from daemon.dicom import statuses
 from daemon.ops.logs import event
 
 log = logging.getLogger("cxrd.scp")
@@ -37,6 +36,8 @@ log = logging.getLogger("cxrd.scp")
 StoreFn = Callable[[Dataset, Dataset, str, str], int]
 # on_reject(calling_aet, peer_host, reason)
 RejectFn = Callable[[str, str, str], None]
+# on_accept(calling_aet, peer_host)
+AcceptFn = Callable[[str, str], None]
 
 
 def decodable_transfer_syntaxes() -> list[str]:
@@ -81,11 +82,11 @@ class ScpHandle:
 class _Contexts(list):
     """The server's supported presentation contexts, cheap to copy per association.
 
-    pynetdicom deep-copies them for every association it accepts; for ~130 storage classes times
-    ~16 transfer syntaxes that cost ~17 ms of CPU (holding the GIL, so every other association
-    waited too) per association, and many senders open one association per image. A context's
-    only mutable part is its transfer-syntax list (UIDs are immutable strings, the rest scalars),
-    so a shallow copy with a fresh list is an equal, independent copy."""
+    pynetdicom deep-copies them for every association it accepts: every storage class times every
+    decodable transfer syntax, object by object, holding the GIL (so every other association
+    waits), and many senders open one association per image. A context's only mutable part is
+    its transfer-syntax list (UIDs are immutable strings, the rest scalars), so a shallow copy
+    with a fresh list is an equal, independent copy."""
 
     def __deepcopy__(self, memo: dict) -> list[PresentationContext]:
         out = []
@@ -151,17 +152,31 @@ def ssl_context(tls) -> ssl.SSLContext:  # noqa: ANN001 - config.schema.DicomTLS
 
 
 def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = None,
-          on_accept: Callable[[str, str], None] | None = None) -> ScpHandle:
-    """Bind the port and serve in background threads; raises OSError if the port cannot be bound."""
-    reactor_waits.install()
-    fast_recv.install()
-    store_rsp.install()
-    uid_checks.install()
+          on_accept: AcceptFn | None = None) -> ScpHandle:
+    """Bind the port and serve in background threads; raises OSError if the port cannot be bound.
+
+    Without `on_store` only Verification (C-ECHO) is offered."""
     # pynetdicom's "standard" handlers turn every PDU and DIMSE message into info/debug lines, which
-    # daemon/ops/logs.py drops (pynetdicom stays at WARNING: its details quote UIDs). Not binding them
-    # saved 0.4 ms of CPU per 1 MB image (7.1-7.2 -> 6.7-6.8 ms; 117 -> 123-126 images/s).
-    # cxrd logs and audits associations and stores itself.
+    # daemon/ops/logs.py drops (pynetdicom stays at WARNING: its details quote UIDs), at a cost per
+    # image. cxrd logs and audits associations and stores itself. A process-wide pynetdicom setting,
+    # read when an association is created: it must be set before the server accepts any.
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    ae = application_entity(cfg, storage=on_store is not None)
+    server = ae.make_server((cfg.bind, cfg.port), ssl_context=ssl_context(cfg.tls) if cfg.tls.enabled else None,
+                            evt_handlers=event_handlers(on_store, on_reject, on_accept),
+                            server_class=_GatedServer)
+    server.contexts = _Contexts(server.contexts)
+    server.allowed_networks = parse_networks(cfg.allowed_hosts)
+    server.on_reject = on_reject
+    thread = threading.Thread(target=server.serve_forever, name="cxrd-scp", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # so that ae.shutdown() stops it, as for pynetdicom's start_server
+    return ScpHandle(server=server, ae=ae)
+
+
+def application_entity(cfg: Dicom, storage: bool) -> AE:
+    """Our AE with the association gate's settings and the contexts we accept: Verification, and
+    every storage class in the transfer syntaxes we can decode when `storage` is set."""
     ae = AE(ae_title=cfg.ae_title)
     ae.require_called_aet = True
     ae.require_calling_aet = list(cfg.allowed_calling_aets)
@@ -170,55 +185,53 @@ def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = Non
     ae.acse_timeout = cfg.acse_timeout
     ae.dimse_timeout = cfg.dimse_timeout
     ae.network_timeout = cfg.network_timeout
-    syntaxes = decodable_transfer_syntaxes()
     ae.add_supported_context(Verification)
-    if on_store is not None:
+    if storage:
+        syntaxes = decodable_transfer_syntaxes()
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, syntaxes)
+    return ae
 
-    def handle_echo(_event) -> int:  # noqa: ANN001
-        return 0x0000
 
-    def handle_store(ev) -> int | tuple[int, Dataset]:  # noqa: ANN001
-        assoc = ev.assoc
-        calling = assoc.requestor.ae_title
-        host = assoc.requestor.address
-        try:
-            ds = ev.dataset
-            meta = ev.file_meta
-        except Exception as exc:  # unparseable dataset: refuse, never crash the association
-            event(log, "store.unparseable", logging.WARNING, calling_aet=calling, host=host,
-                  error=type(exc).__name__)
-            if on_reject:
-                on_reject(calling, host, "unparseable dataset")
-            return 0xC210
-        return on_store(ds, meta, calling, host)
-
-    def handle_rejected(ev) -> None:  # noqa: ANN001
-        rq = ev.assoc.requestor
-        reason = "association rejected (called AE, calling AE or limit)"
-        event(log, "association.rejected", logging.WARNING, calling_aet=rq.ae_title, host=rq.address)
-        if on_reject:
-            on_reject(rq.ae_title, rq.address, reason)
-
-    def handle_accepted(ev) -> None:  # noqa: ANN001
-        rq = ev.assoc.requestor
-        event(log, "association.accepted", logging.DEBUG, calling_aet=rq.ae_title, host=rq.address)
-        if on_accept:
-            on_accept(rq.ae_title, rq.address)
-
-    handlers = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_REJECTED, handle_rejected),
-                (evt.EVT_ACCEPTED, handle_accepted)]
+def event_handlers(on_store: StoreFn | None, on_reject: RejectFn | None,
+                   on_accept: AcceptFn | None) -> list[tuple]:
+    """pynetdicom's (event, handler, args) bindings: one small handler per event."""
+    handlers: list[tuple] = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_REJECTED, handle_rejected, [on_reject]),
+                             (evt.EVT_ACCEPTED, handle_accepted, [on_accept])]
     if on_store is not None:
-        handlers.append((evt.EVT_C_STORE, handle_store))
-    context = ssl_context(cfg.tls) if cfg.tls.enabled else None
+        handlers.append((evt.EVT_C_STORE, handle_store, [on_store, on_reject]))
+    return handlers
 
-    server = ae.make_server((cfg.bind, cfg.port), ssl_context=context, evt_handlers=handlers,
-                            server_class=_GatedServer)
-    server.contexts = _Contexts(server.contexts)
-    server.allowed_networks = parse_networks(cfg.allowed_hosts)
-    server.on_reject = on_reject
-    thread = threading.Thread(target=server.serve_forever, name="cxrd-scp", daemon=True)
-    thread.start()
-    ae._servers.append(server)
-    return ScpHandle(server=server, ae=ae)
+
+def handle_echo(_event: evt.Event) -> int:
+    return statuses.SUCCESS
+
+
+def handle_store(ev: evt.Event, on_store: StoreFn, on_reject: RejectFn | None) -> int:
+    """Decode the dataset and hand it on; an undecodable one is refused here, never crashing the
+    association (pynetdicom decodes lazily, on first access)."""
+    requestor = ev.assoc.requestor
+    try:
+        ds = ev.dataset
+        meta = ev.file_meta
+    except Exception as exc:
+        event(log, "store.unparseable", logging.WARNING, calling_aet=requestor.ae_title, host=requestor.address,
+              error=type(exc).__name__)
+        if on_reject:
+            on_reject(requestor.ae_title, requestor.address, "unparseable dataset")
+        return statuses.UNPARSEABLE.status
+    return on_store(ds, meta, requestor.ae_title, requestor.address)
+
+
+def handle_rejected(ev: evt.Event, on_reject: RejectFn | None) -> None:
+    requestor = ev.assoc.requestor
+    event(log, "association.rejected", logging.WARNING, calling_aet=requestor.ae_title, host=requestor.address)
+    if on_reject:
+        on_reject(requestor.ae_title, requestor.address, "association rejected (called AE, calling AE or limit)")
+
+
+def handle_accepted(ev: evt.Event, on_accept: AcceptFn | None) -> None:
+    requestor = ev.assoc.requestor
+    event(log, "association.accepted", logging.DEBUG, calling_aet=requestor.ae_title, host=requestor.address)
+    if on_accept:
+        on_accept(requestor.ae_title, requestor.address)

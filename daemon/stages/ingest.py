@@ -2,7 +2,7 @@
 
 Order of work for a chest radiograph: de-identify -> serialise -> encrypt + write + fsync (vault),
 and meanwhile the statements of one transaction (instance + job + re-identification entry + audit
-row; on PostgreSQL the audit row waits for the object, see `_store`) -> commit once the object is
+row; on PostgreSQL the audit row waits for the object, see `_persist`) -> commit once the object is
 durable -> 0x0000. The two fsyncs (object file, database log) stay in that order; what overlaps is
 the encryption and write with the statements. If anything fails before the object is durable or
 the database refuses the rows, the vault object written for this attempt is shredded, so a failure
@@ -13,7 +13,8 @@ thread committed. A duplicate SOP Instance UID is found by the unique index at i
 confirmed by a read (only on that rare path), so another failed constraint is never mistaken for
 "already stored".
 
-The meaning of each failure as a DICOM status is decided here and nowhere else.
+Which outcome each image has (stored, duplicate, refused, failed, ...) is decided here and nowhere
+else; which DICOM status each outcome earns, in `daemon.dicom.statuses`.
 """
 from __future__ import annotations
 
@@ -31,26 +32,19 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, InterfaceError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.stages.chest_rule import ChestRule, is_chest_radiograph
+from daemon.dicom import statuses
 from daemon.ops.logs import event
+from daemon.stages.chest_rule import ChestRule, Verdict, is_chest_radiograph
 from storage import reid
-from storage.deid import PROFILE_EDITION, DeidOptions, deidentify
+from storage.deid import PROFILE_EDITION, DeidOptions, DeidResult, deidentify
 from storage.dicomfile import file_parts
 from storage.errors import DatabaseUnavailable, DeidError, VaultError
 from storage.keys import Keys
 from storage.models import RECEIVED, Instance
-from storage.rows import IngestRows, RowConflict
+from storage.rows import IngestRows, RowConflict, Transaction
 from storage.vault import Vault
 
 log = logging.getLogger("cxrd.ingest")
-
-# DICOM statuses (PS3.4 Annex B / PS3.7 C): the one table of what a failure means to the sender.
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700          # disk below the floor, database unreachable: retry later
-CANNOT_UNDERSTAND = 0xC210         # dataset could not be parsed
-PROCESSING_FAILURE = 0xC211        # unexpected error of ours (logged without PHI)
-CANNOT_DEIDENTIFY = 0xC220         # required UIDs missing or malformed
-NOT_A_CHEST_RADIOGRAPH = 0xC230    # only with dicom.non_chest = "reject"
 
 
 class Ingest:
@@ -75,54 +69,69 @@ class Ingest:
         self._writer = ThreadPoolExecutor(max_workers=max(2, max_writers), thread_name_prefix="cxrd-vault-write")
         self.observe = observe or (lambda outcome, seconds, nbytes: None)
 
+    def disk_is_low(self) -> bool:
+        """True while the vault's filesystem is below the free-space floor (or cannot be asked):
+        new images are refused with OUT_OF_RESOURCES until space is freed."""
+        try:
+            free = shutil.disk_usage(self.vault.root).free
+        except OSError:
+            free = 0
+        return free < self.min_free_bytes
+
     # -- the C-STORE path --------------------------------------------------------------------------
     def store(self, ds: Dataset, file_meta: Dataset | None, calling_aet: str, host: str) -> int:
+        """The DICOM status for one received dataset; never raises (an association thread must not die)."""
         t0 = time.perf_counter()
-        outcome, status, nbytes = "failed", PROCESSING_FAILURE, 0
+        outcome, nbytes = statuses.FAILED, 0
         try:
-            outcome, status, nbytes = self._store(ds, file_meta, calling_aet, host)
+            outcome, nbytes = self._store(ds, file_meta, calling_aet, host)
         except StoreConflict as exc:
-            outcome, status = "failed", PROCESSING_FAILURE
             event(log, "store.refused", logging.ERROR, reason=str(exc), calling_aet=calling_aet)
         except DatabaseUnavailable:
-            outcome, status = "refused_database", OUT_OF_RESOURCES
+            outcome = statuses.REFUSED_DATABASE
             event(log, "store.refused", logging.ERROR, reason="database unavailable", calling_aet=calling_aet)
-        except Exception as exc:  # never let an association thread die; never log values (PHI)
+        except Exception as exc:  # never log values (PHI)
             log.error("store.crashed", exc_info=exc, extra={"cxrd_fields": {"calling_aet": calling_aet}})
-        seconds = time.perf_counter() - t0
-        self.observe(outcome, seconds, nbytes)
-        return status
+        self.observe(outcome.label, time.perf_counter() - t0, nbytes)
+        return outcome.status
 
-    def _store(self, ds: Dataset, file_meta: Dataset | None, calling_aet: str, host: str) -> tuple[str, int, int]:
+    def _store(self, ds: Dataset, file_meta: Dataset | None, calling_aet: str,
+               host: str) -> tuple[statuses.Outcome, int]:
+        """The checks in the documented order, then the durable write; (outcome, bytes written)."""
         actor = {"actor": f"aet:{calling_aet}", "host": host}
         if file_meta is not None:
             ds.file_meta = file_meta
         transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-
         verdict = is_chest_radiograph(ds, self.chest)
         if not verdict.chest:
-            self._audit_only("instance.ignored" if self.non_chest == "ignore" else "instance.rejected",
-                             outcome=0 if self.non_chest == "ignore" else 4,
-                             details={"reason": verdict.reason, "sop_class": verdict.sop_class}, **actor)
-            event(log, "store.not_chest", reason=verdict.reason, action=self.non_chest, calling_aet=calling_aet)
-            if self.non_chest == "ignore":
-                return "ignored", SUCCESS, 0
-            return "rejected", NOT_A_CHEST_RADIOGRAPH, 0
-
-        if self._free_bytes() < self.min_free_bytes:
-            self._audit_only("instance.failed", outcome=8, details={"reason": "disk below free-space floor"},
-                             **actor)
-            event(log, "store.refused", logging.ERROR, reason="disk below free-space floor",
-                  calling_aet=calling_aet)
-            return "refused_disk", OUT_OF_RESOURCES, 0
-
+            return self._not_chest(verdict, calling_aet, actor), 0
+        if self.disk_is_low():
+            return self._refuse_low_disk(calling_aet, actor), 0
         try:
             result = deidentify(ds, self.keys.deid, self.deid)
         except DeidError as exc:
             self._audit_only("instance.failed", outcome=4, details={"reason": str(exc)}, **actor)
             event(log, "store.cannot_deidentify", logging.WARNING, error=str(exc), calling_aet=calling_aet)
-            return "failed", CANNOT_DEIDENTIFY, 0
+            return statuses.UNDEIDENTIFIABLE, 0
+        return self._persist(ds, result, transfer_syntax, calling_aet, actor)
 
+    def _not_chest(self, verdict: Verdict, calling_aet: str, actor: dict[str, str]) -> statuses.Outcome:
+        """Acknowledged and dropped, or rejected (dicom.non_chest); audited either way, nothing stored."""
+        ignore = self.non_chest == "ignore"
+        self._audit_only("instance.ignored" if ignore else "instance.rejected", outcome=0 if ignore else 4,
+                         details={"reason": verdict.reason, "sop_class": verdict.sop_class}, **actor)
+        event(log, "store.not_chest", reason=verdict.reason, action=self.non_chest, calling_aet=calling_aet)
+        return statuses.IGNORED if ignore else statuses.REJECTED
+
+    def _refuse_low_disk(self, calling_aet: str, actor: dict[str, str]) -> statuses.Outcome:
+        self._audit_only("instance.failed", outcome=8, details={"reason": "disk below free-space floor"}, **actor)
+        event(log, "store.refused", logging.ERROR, reason="disk below free-space floor", calling_aet=calling_aet)
+        return statuses.REFUSED_DISK
+
+    def _persist(self, ds: Dataset, result: DeidResult, transfer_syntax: str, calling_aet: str,
+                 actor: dict[str, str]) -> tuple[statuses.Outcome, int]:
+        """Write the vault object and commit its rows in one transaction; STORED only once both are
+        durable. The write (encrypt + write + fsync) runs beside the statements; the commit waits."""
         sop = result.sop_instance_uid
         parts = file_parts(result.dataset)  # Part 10 bytes; the pixel data is not copied
         size = sum(len(p) for p in parts)
@@ -130,21 +139,12 @@ class Ingest:
             object_id = self.vault.reserve()  # unique per attempt; its directory entry is already durable
         except VaultError as exc:
             event(log, "store.vault_failed", logging.ERROR, error=str(exc), calling_aet=calling_aet)
-            return "refused_disk", OUT_OF_RESOURCES, 0
-        # Encrypt + write + fsync runs beside the database statements; the commit waits for it.
+            return statuses.REFUSED_DISK, 0
         write = self._writer.submit(self.vault.put_reserved, object_id, parts)
         durable = False
         try:
             with self.rows.transaction() as tx:
-                instance_id = tx.instance(
-                    sop_instance_uid=sop, study_uid=result.study_uid, series_uid=result.series_uid,
-                    sop_class_uid=result.sop_class_uid, modality=str(ds.get("Modality", ""))[:16],
-                    view_position=str(ds.get("ViewPosition", ""))[:16], transfer_syntax=transfer_syntax,
-                    state=RECEIVED, vault_object=object_id, size_bytes=size,
-                    burned_in_annotation=result.burned_in, calling_aet=calling_aet[:16])
-                tx.job(instance_id=instance_id, kind="predict")
-                tx.reid_entry(sop_instance_uid=sop, study_uid=result.study_uid,
-                              sealed=reid.seal_reid(self.keys.reid_key, sop, result.original))
+                self._insert_instance(tx, ds, result, transfer_syntax, object_id, size, calling_aet)
                 # On PostgreSQL the audit append takes the chain's lock, which no other association
                 # should wait on during our fsync: wait for the object first. SQLite's one write
                 # lock is held from the first statement anyway, so there the audit row overlaps too.
@@ -163,20 +163,11 @@ class Ingest:
             raise
         except RowConflict:
             self._discard_after(write, object_id)
-            if not self._already_stored(sop):  # another constraint failed: never report that as stored
-                reason = "a database constraint refused the instance (not a duplicate)"
-                with contextlib.suppress(Exception):
-                    self._audit_only("instance.failed", outcome=8, study_uid=result.study_uid, object_uid=sop,
-                                     details={"reason": reason}, **actor)
-                raise StoreConflict(reason) from None
-            # This SOP Instance UID is already stored (sent again, or a concurrent copy committed
-            # first): one stored object, one job, and the sender gets success.
-            self._audit_only("instance.duplicate", study_uid=result.study_uid, object_uid=sop, **actor)
-            return "duplicate", SUCCESS, 0
+            return self._duplicate_or_conflict(result, actor), 0
         except VaultError as exc:
             self._discard_after(write, object_id)
             event(log, "store.vault_failed", logging.ERROR, error=str(exc), calling_aet=calling_aet)
-            return "refused_disk", OUT_OF_RESOURCES, 0
+            return statuses.REFUSED_DISK, 0
         except BaseException:
             # Once the object is durable, a failure can only come from the commit, whose outcome may
             # be unknown (connection lost after COMMIT was sent): keep the object then. If the rows
@@ -184,15 +175,37 @@ class Ingest:
             if not durable:
                 self._discard_after(write, object_id)
             raise
-        return "stored", SUCCESS, nbytes
+        return statuses.STORED, nbytes
+
+    def _insert_instance(self, tx: Transaction, ds: Dataset, result: DeidResult, transfer_syntax: str,
+                         object_id: str, size: int, calling_aet: str) -> None:
+        """The instance row, its prediction job and its sealed re-identification entry."""
+        sop = result.sop_instance_uid
+        instance_id = tx.instance(
+            sop_instance_uid=sop, study_uid=result.study_uid, series_uid=result.series_uid,
+            sop_class_uid=result.sop_class_uid, modality=str(ds.get("Modality", ""))[:16],
+            view_position=str(ds.get("ViewPosition", ""))[:16], transfer_syntax=transfer_syntax,
+            state=RECEIVED, vault_object=object_id, size_bytes=size,
+            burned_in_annotation=result.burned_in, calling_aet=calling_aet[:16])
+        tx.job(instance_id=instance_id, kind="predict")
+        tx.reid_entry(sop_instance_uid=sop, study_uid=result.study_uid,
+                      sealed=reid.seal_reid(self.keys.reid_key, sop, result.original))
+
+    def _duplicate_or_conflict(self, result: DeidResult, actor: dict[str, str]) -> statuses.Outcome:
+        """A unique constraint refused the rows. Only an already stored SOP Instance UID (sent again, or
+        a concurrent copy committed first) is a success: one object, one job. Anything else is a
+        failure, audited and raised as StoreConflict, never reported as stored."""
+        sop = result.sop_instance_uid
+        if not self._already_stored(sop):
+            reason = "a database constraint refused the instance (not a duplicate)"
+            with contextlib.suppress(Exception):
+                self._audit_only("instance.failed", outcome=8, study_uid=result.study_uid, object_uid=sop,
+                                 details={"reason": reason}, **actor)
+            raise StoreConflict(reason) from None
+        self._audit_only("instance.duplicate", study_uid=result.study_uid, object_uid=sop, **actor)
+        return statuses.DUPLICATE
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _free_bytes(self) -> int:
-        try:
-            return shutil.disk_usage(self.vault.root).free
-        except OSError:
-            return 0
-
     def _already_stored(self, sop: str) -> bool:
         with _guarded(self.read_sessions) as session:
             return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop)) is not None
@@ -203,7 +216,7 @@ class Ingest:
 
     def audit_association(self, calling_aet: str, host: str) -> None:
         """An accepted association, audited before its first request is served: on the driver's
-        cursor like the rest of the C-STORE path (~3 ms through the ORM, per association)."""
+        cursor like the rest of the C-STORE path, which is much cheaper than through the ORM."""
         self.rows.audit(event_type="association.accepted", actor=f"aet:{calling_aet}", host=host)
 
     def _discard_after(self, write: Future, object_id: str) -> None:
@@ -219,7 +232,7 @@ class Ingest:
 
 
 class StoreConflict(Exception):
-    """A constraint other than the SOP Instance UID's refused the rows; a processing failure (0xC211)."""
+    """A constraint other than the SOP Instance UID's refused the rows: statuses.FAILED."""
 
 
 class _guarded:

@@ -24,6 +24,31 @@ from storage.vault import Vault
 CHEST = "dicom/chest"
 DERIVED = "dicom/derived"
 
+# What the running pynetdicom reports in the "pynetdicom-upgraded" receive path: not the version the
+# adjustments were written for, as after an upgrade. Loaded by Python at start (sitecustomize).
+UPGRADED_PYNETDICOM = "3.1.0"
+
+
+@pytest.fixture(params=["adjusted", "pynetdicom-upgraded", "switched-off"])
+def daemon_factory(request, daemon_factory, tmp_path):  # noqa: ANN001, ANN201
+    """Every test in this module runs against three daemons: with cxrd's adjustments to pynetdicom;
+    with the version guard failing (the running pynetdicom reports another version, so the daemon
+    must serve with stock pynetdicom); and with them switched off by the setting. Same assertions."""
+    env: dict[str, str] = {}
+    if request.param == "pynetdicom-upgraded":
+        site = tmp_path / "pynetdicom-upgraded"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(
+            f"import pynetdicom\npynetdicom.__version__ = {UPGRADED_PYNETDICOM!r}\n")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    elif request.param == "switched-off":
+        env["CXRD_DICOM__RECEIVE_ADJUSTMENTS"] = "false"
+
+    def make(extra: dict[str, str] | None = None, state_dir=None):  # noqa: ANN001, ANN202
+        return daemon_factory({**env, **(extra or {})}, state_dir)
+    make.receive_path = request.param
+    return make
+
 
 def state(d) -> tuple:  # noqa: ANN001
     """(engine, keys, vault) of a daemon's state directory, opened the way an operator would."""
@@ -296,4 +321,20 @@ def test_a_constraint_failure_that_is_not_a_duplicate_is_a_failure_not_success(d
     assert storescu(d.dicom_port, f)[1] == ["Success"]  # the PACS's retry then succeeds
     assert count(engine, Instance) == 1
     assert "Traceback" not in d.log_text()
+    assert d.stop() == 0
+
+
+def test_the_daemon_serves_with_the_receive_path_it_logs(daemon_factory, shared_data):
+    """One log line says whether the adjustments are installed and, if not, why; and the daemon
+    stores either way."""
+    d = daemon_factory().start()
+    lines = [line for line in d.log_text().splitlines() if "event=dicom.adjustments" in line]
+    assert len(lines) == 1, lines
+    path = daemon_factory.receive_path
+    if path == "adjusted":
+        assert "installed=yes" in lines[0] and "pynetdicom=3.0.4" in lines[0]
+    else:
+        assert "installed=no" in lines[0] and "pynetdicom=stock" in lines[0]
+        assert (f"pynetdicom {UPGRADED_PYNETDICOM}" if path == "pynetdicom-upgraded" else "switched off") in lines[0]
+    assert storescu(d.dicom_port, shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm")[1] == ["Success"]
     assert d.stop() == 0

@@ -1,22 +1,23 @@
 """Read a PDU in a few large socket reads instead of pynetdicom's 4 KiB ones.
 
-pynetdicom's `AssociationSocket.recv` loops over `socket.recv(4096)` and grows a bytearray, so a
-1 MB image costs ~256 system calls and as many Python loop turns. On this machine that was ~0.5 ms
-of CPU per image, in the thread that holds the GIL while the image arrives. Here the PDU is read
-straight into a buffer of its final size, as much per call as the kernel has. Contract unchanged:
-block until `nr_bytes` are read; return what arrived if the peer closed; exceptions (timeouts,
-resets) propagate to pynetdicom, which handles them as before.
+pynetdicom's `AssociationSocket.recv` loops over `socket.recv(4096)` and grows a bytearray: one
+system call and one Python loop turn per 4 KiB of every image, in the thread that holds the GIL
+while the image arrives. Here the PDU is read straight into a buffer of its final size, as much
+per call as the kernel has. Contract unchanged: block until `nr_bytes` are read; return what
+arrived if the peer closed; exceptions (timeouts, resets) propagate to pynetdicom, which handles
+them as before.
 
-`read_pdu_data` replaces the DUL's own PDU reader for the same reason at the next level up. For
-each P-DATA-TF PDU (128 KiB at a time for a typical sender) pynetdicom copied the body four times
-before the DIMSE layer saw it: appending it to the 6-byte header, `bytes()` of the whole PDU for
-an event nobody listens to, a slice per PDV item, and a slice without the message control header.
-For a 1 MB image that was ~0.3-0.4 ms of memory traffic per image in the receiving thread. Here
-the header and body are read into one buffer and a P-DATA-TF is decoded from a memoryview, so its
-PDV values are views of that buffer, copied once, into the DIMSE message's data set. Every other
-PDU type, or any association with EVT_DATA_RECV / EVT_PDU_RECV handlers bound, goes through
-pynetdicom's own `_decode_pdu` exactly as before; the FSM events for short reads, unknown types
-and undecodable PDUs are unchanged (Evt17, Evt19).
+`read_pdu_data` replaces the DUL's own PDU reader for the same reason at the next level up:
+pynetdicom copies each P-DATA-TF body several times before the DIMSE layer sees it (appended to
+the header, `bytes()` of the whole PDU for an event nobody listens to, a slice per PDV item, a
+slice without the message control header). Here the header and body are read into one buffer and
+a P-DATA-TF is decoded from a memoryview, so its PDV values are views of that buffer, copied once,
+into the DIMSE message's data set. Every other PDU type, or any association with EVT_DATA_RECV /
+EVT_PDU_RECV handlers bound, goes through pynetdicom's own `_decode_pdu` exactly as before; the
+FSM events for short reads, unknown types and undecodable PDUs are unchanged (Evt17, Evt19).
+
+Only associations cxrd accepted take these paths; an association we requested (the results
+sender's) reads with pynetdicom's own code whether or not this is installed.
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ _original_read_pdu = DULServiceProvider._read_pdu_data
 _LOG = logging.getLogger("pynetdicom.dul")  # pynetdicom's own messages, under its logger
 _PDU_TYPES = frozenset(range(0x01, 0x08))
 
+# The upstream functions this module replaces, by qualified name (their source is pinned).
+REPLACES = {"pynetdicom.transport.AssociationSocket.recv": _original,
+            "pynetdicom.dul.DULServiceProvider._read_pdu_data": _original_read_pdu}
+
 
 def install() -> None:
     """Use `recv` and `read_pdu_data` below for every association (idempotent)."""
@@ -45,8 +50,15 @@ def uninstall() -> None:
     DULServiceProvider._read_pdu_data = _original_read_pdu  # type: ignore[method-assign]
 
 
+def installed() -> bool:
+    return AssociationSocket.recv is recv
+
+
 def read_pdu_data(self: DULServiceProvider) -> None:
     """One PDU from the socket into the FSM's queues (pynetdicom's `_read_pdu_data` contract)."""
+    if not self.assoc.is_acceptor:
+        _original_read_pdu(self)
+        return
     sock = self.socket
     try:
         head = sock.recv(6)
@@ -100,6 +112,8 @@ def _recv_into(raw_socket, view: memoryview, nr_bytes: int) -> int:  # noqa: ANN
 
 
 def recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    if not self.assoc.is_acceptor:
+        return _original(self, nr_bytes)
     buf = bytearray(nr_bytes)
     with memoryview(buf) as view:
         got = _recv_into(self.socket, view, nr_bytes)

@@ -2,12 +2,10 @@
 
 Each association runs two threads that poll. The DUL thread sleeps 1 ms whenever a loop found
 nothing to do. The association thread sleeps 1 ms before every look at its DIMSE message queue.
-On the C-STORE path that is up to three 1 ms naps per image: the complete dataset waits for the
+On the C-STORE path that is up to three naps per image: the complete dataset waits for the
 association thread, our response waits for the DUL thread, and the next request's PDUs wait for
-it again. At idle the polling costs 4-5% of a core per open association. Polling faster is no
-fix: at 0.1 ms an idle association burns 24% of a core (both measured here). With the waits below
-an idle association costs 2%. On a bare pynetdicom SCP the per-image gap moved by less than this
-machine's noise; the receive path also got bigger socket reads (`fast_recv`).
+it again; and at idle the polling costs a share of a core per open association. Polling faster is
+no fix: it multiplies the idle cost.
 
 So pynetdicom's `time.sleep`, as its `dul` and `association` modules see it, becomes a wait that
 ends as soon as there is something to do:
@@ -15,9 +13,10 @@ ends as soon as there is something to do:
   or an event, on its queues writes that eventfd.
 - the association thread waits on its DIMSE message queue's condition, which is also notified
   when the DUL hands it an A-RELEASE or A-ABORT.
-An idle association wakes every 10 ms to run pynetdicom's timer checks, so it costs less than
-before. Sleeps in any other thread are untouched. Returning early from a sleep is always safe:
-every caller polls in a loop and checks its condition again.
+An idle association wakes every `IDLE_WAIT_S` to run pynetdicom's timer checks. Sleeps in any other
+thread, and in the threads of an association we requested (the results sender's), are untouched.
+Returning early from a sleep is always safe: every caller polls in a loop and checks its condition
+again.
 """
 from __future__ import annotations
 
@@ -38,13 +37,28 @@ from pynetdicom.dul import DULServiceProvider
 IDLE_WAIT_S = 0.01  # the longest an idle reactor sleeps before pynetdicom looks at its timers again
 
 _real_sleep = time.sleep
+_MODULES = (pynetdicom.dul, pynetdicom.association)
+
+# The upstream reactor loops whose sleeps become waits, by qualified name (their source is pinned).
+REPLACES = {"pynetdicom.dul.DULServiceProvider.run_reactor": DULServiceProvider.run_reactor,
+            "pynetdicom.association.Association._run_reactor": Association._run_reactor}
 
 
 def install() -> None:
     """Replace the `time` module that pynetdicom's reactors see (idempotent)."""
-    for module in (pynetdicom.dul, pynetdicom.association):
+    for module in _MODULES:
         if not isinstance(module.time, _Clock):
             module.time = _Clock()
+
+
+def uninstall() -> None:
+    """Give pynetdicom's reactors the real `time` back; a wait in progress ends at its timeout."""
+    for module in _MODULES:
+        module.time = time
+
+
+def installed() -> bool:
+    return any(isinstance(module.time, _Clock) for module in _MODULES)
 
 
 class _Clock:
@@ -67,6 +81,9 @@ class _Clock:
 
 
 def _dul_wait(dul: DULServiceProvider, seconds: float) -> None:
+    if not dul.assoc.is_acceptor:
+        _real_sleep(seconds)
+        return
     wake = _dul_wakeup(dul)
     if wake is None:
         _real_sleep(seconds)
@@ -119,8 +136,8 @@ def _wake_on_put(q: queue.Queue, fd: int) -> None:
 
 
 def _association_wait(assoc: Association, seconds: float) -> None:
-    # Teardown pauses (kill, abort) stay as pynetdicom wrote them; so does a requestor's reactor,
-    # which its user pauses before each request and must reach that checkpoint promptly.
+    # Teardown pauses (kill, abort) stay as pynetdicom wrote them; so does a requestor's reactor
+    # (only accepted associations are adjusted).
     if seconds > 0.001 or assoc.is_requestor:
         _real_sleep(seconds)
         return
@@ -135,9 +152,8 @@ def _association_wait(assoc: Association, seconds: float) -> None:
 
 def _notify_on_put(acse_queue: queue.Queue, dimse_queue: queue.Queue) -> None:
     """Wake the association thread when the DUL hands it an A-RELEASE or A-ABORT, not only a DIMSE
-    message: otherwise it noticed a peer's release request only at its next 10 ms timer check, and
-    every association's A-RELEASE-RP went out ~10 ms late (measured: one-image storescu
-    associations spent 10 ms between A-RELEASE-RQ in and A-RELEASE-RP out)."""
+    message: otherwise it notices a peer's release request only at its next timer check, and every
+    association's A-RELEASE-RP goes out that much late."""
     put = acse_queue.put
 
     def put_and_notify(item: Any, block: bool = True, timeout: float | None = None) -> None:

@@ -2,13 +2,13 @@
 
 Every acknowledged image is answered with the same six-element command set. pynetdicom builds it
 as a pydicom Dataset from the response primitive, encodes it once to learn its group length and
-again to send it: ~0.15-0.25 ms of CPU per image, in the thread the sender is waiting on (it sends
-the next image only when the response arrives). Here the command set is packed with `struct` and
+again to send it, in the thread the sender is waiting on (it sends the next image only when the
+response arrives). Here the command set is packed with `struct` and
 queued as the same single P-DATA primitive on the same DUL queue, so ordering and the state
 machine are untouched. Anything else - another message type, a response carrying an Error Comment
 or Offending Element, an association with EVT_DIMSE_SENT handlers, a peer whose maximum PDU is too
-small for one fragment - goes through pynetdicom's `send_msg` unchanged. A test checks the bytes
-equal pynetdicom's own encoding.
+small for one fragment, an association we requested rather than accepted - goes through
+pynetdicom's `send_msg` unchanged. A test checks the bytes equal pynetdicom's own encoding.
 """
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ _original = DIMSEServiceProvider.send_msg
 _C_STORE_RSP = 0x8001
 _NO_DATA_SET = 0x0101
 
+# The upstream function this module replaces, by qualified name (its source is pinned).
+REPLACES = {"pynetdicom.dimse.DIMSEServiceProvider.send_msg": _original}
+
 
 def install() -> None:
     """Use `send_msg` below for every association (idempotent)."""
@@ -33,8 +36,13 @@ def uninstall() -> None:
     DIMSEServiceProvider.send_msg = _original  # type: ignore[method-assign]
 
 
+def installed() -> bool:
+    return DIMSEServiceProvider.send_msg is send_msg
+
+
 def send_msg(self: DIMSEServiceProvider, primitive, context_id: int) -> None:  # noqa: ANN001
-    encoded = encode_store_response(primitive) if type(primitive) is C_STORE else None
+    encoded = (encode_store_response(primitive) if type(primitive) is C_STORE and self.assoc.is_acceptor
+               else None)
     if (encoded is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
             or (self.maximum_pdu_size and len(encoded) + 6 > self.maximum_pdu_size)):
         _original(self, primitive, context_id)

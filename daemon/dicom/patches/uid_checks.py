@@ -1,13 +1,17 @@
-"""Standard DICOM UIDs are checked for conformance once per process, not ~1,400 times per association.
+"""Standard DICOM UIDs are checked for conformance once per process, not once per mention.
 
-Negotiating one association with dcmtk's storescu (128 presentation contexts, three transfer
-syntaxes each) made pynetdicom validate ~1,400 UIDs, each through pydicom's `UID.is_valid` regular
-expression, mostly the same few hundred SOP Class and Transfer Syntax UIDs under the DICOM root.
-That was several milliseconds of CPU per association, holding the GIL, and many senders open an
-association per study or per image. The answer for a given string never changes, so UIDs under
-the DICOM root (1.2.840.10008.) are remembered; there are a few hundred, and the memo stops
-growing at `_LIMIT` so a peer inventing UIDs cannot grow it. Every other UID (instance UIDs, which
-never repeat) is checked as before.
+Negotiating an association makes pynetdicom validate every abstract and transfer syntax UID the
+peer proposes, each through pydicom's `UID.is_valid` regular expression: for a sender proposing
+every storage class, the same few hundred SOP Class and Transfer Syntax UIDs under the DICOM root,
+again for every association, holding the GIL, and many senders open an association per study or
+per image. The answer for a given string never changes, so UIDs under the DICOM root
+(1.2.840.10008.) are remembered; there are a few hundred, and the memo stops growing at `_LIMIT`
+so a peer inventing UIDs cannot grow it. Every other UID (instance UIDs, which never repeat) is
+checked as before.
+
+This is the one adjustment that is process-wide rather than limited to accepted associations
+(`UID.is_valid` cannot tell who asks); it is safe because it returns pydicom's own answer for
+every string, which a test checks.
 """
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ _LIMIT = 4096
 _original = UID.is_valid
 _known: dict[str, bool] = {}
 
+# The upstream function this module replaces, by qualified name (its source is pinned).
+REPLACES = {"pydicom.uid.UID.is_valid": _original.fget}
+
 
 def install() -> None:
     """Memoise `UID.is_valid` for standard UIDs (idempotent)."""
@@ -26,6 +33,11 @@ def install() -> None:
 
 def uninstall() -> None:
     UID.is_valid = _original  # type: ignore[method-assign]
+
+
+def installed() -> bool:
+    current = UID.__dict__["is_valid"]
+    return isinstance(current, property) and current.fget is _is_valid
 
 
 def _is_valid(self: UID) -> bool:

@@ -1,5 +1,5 @@
 """pynetdicom's standard logging handlers format every PDU and DIMSE message for log lines cxrd
-discards; an association accepted by cxrd must not carry them (0.4 ms of CPU per 1 MB image)."""
+discards, at a cost per image; an association accepted by cxrd must not carry them."""
 from __future__ import annotations
 
 import time

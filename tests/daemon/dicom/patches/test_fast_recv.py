@@ -13,6 +13,20 @@ from pynetdicom.transport import AssociationSocket
 
 from daemon.dicom.patches import fast_recv
 
+ACCEPTED = SimpleNamespace(is_acceptor=True)  # the side of an association cxrd's SCP accepted
+
+
+def _accepted_socket(sock: socket.socket) -> SimpleNamespace:
+    """The parts of an AssociationSocket that `recv` touches, on an association we accepted."""
+    return SimpleNamespace(socket=sock, assoc=ACCEPTED)
+
+
+@pytest.fixture(autouse=True)
+def installed():
+    fast_recv.install()
+    yield
+    fast_recv.uninstall()
+
 
 @pytest.fixture
 def pair():
@@ -33,7 +47,7 @@ def test_reads_exactly_the_pdu_however_the_peer_splits_it(pair):
         peer.sendall(payload[300_000:])
     t = threading.Thread(target=send_in_pieces)
     t.start()
-    sock = SimpleNamespace(socket=ours)
+    sock = _accepted_socket(ours)
     assert fast_recv.recv(sock, 300_000) == payload[:300_000]  # the next PDU's bytes stay unread
     t.join()
     assert fast_recv.recv(sock, 8) == b"NEXT-PDU"
@@ -43,14 +57,14 @@ def test_a_peer_that_closes_early_gives_what_arrived(pair):
     ours, peer = pair
     peer.sendall(b"half a PDU")
     peer.shutdown(socket.SHUT_WR)
-    assert fast_recv.recv(SimpleNamespace(socket=ours), 1000) == bytearray(b"half a PDU")
+    assert fast_recv.recv(_accepted_socket(ours), 1000) == bytearray(b"half a PDU")
 
 
 def test_a_timeout_propagates_as_pynetdicom_expects(pair):
     ours, _peer = pair
     ours.settimeout(0.05)
     with pytest.raises(TimeoutError):
-        fast_recv.recv(SimpleNamespace(socket=ours), 10)
+        fast_recv.recv(_accepted_socket(ours), 10)
 
 
 def test_install_replaces_pynetdicoms_readers_and_uninstall_restores_them():
@@ -61,7 +75,6 @@ def test_install_replaces_pynetdicoms_readers_and_uninstall_restores_them():
     fast_recv.uninstall()
     assert AssociationSocket.recv is fast_recv._original
     assert DULServiceProvider._read_pdu_data is fast_recv._original_read_pdu
-    fast_recv.install()
 
 
 # -- read_pdu_data: the DUL's PDU reader -------------------------------------------------------
@@ -77,8 +90,8 @@ from pynetdicom.pdu import P_DATA_TF  # noqa: E402
 def _dul(sock: socket.socket, handlers: dict | None = None) -> SimpleNamespace:
     """The parts of a DULServiceProvider that its PDU reader touches."""
     handlers = handlers or {}
-    assoc = SimpleNamespace(get_handlers=lambda event: handlers.get(event, []))
-    dul = SimpleNamespace(socket=SimpleNamespace(socket=sock), event_queue=queue.Queue(), _recv_pdu=queue.Queue(),
+    assoc = SimpleNamespace(get_handlers=lambda event: handlers.get(event, []), is_acceptor=True)
+    dul = SimpleNamespace(socket=_accepted_socket(sock), event_queue=queue.Queue(), _recv_pdu=queue.Queue(),
                           assoc=assoc)
     dul.socket.recv = lambda n: fast_recv.recv(dul.socket, n)
     dul.decoded_by_pynetdicom = []
@@ -151,3 +164,20 @@ def test_short_unknown_and_undecodable_pdus_give_pynetdicoms_events(pair, wire, 
     fast_recv.read_pdu_data(dul)
     assert dul.event_queue.get_nowait() == event
     assert dul._recv_pdu.empty()
+
+
+def test_an_association_we_requested_reads_with_pynetdicoms_own_code(pair, monkeypatch):
+    """The results sender's associations do not depend on whether the adjustments are installed."""
+    ours, peer = pair
+    ours.settimeout(1.0)  # the adjusted reader would wait for bytes that never come: fail, not hang
+    calls = []
+    monkeypatch.setattr(fast_recv, "_original", lambda self, n: calls.append(("recv", n)) or bytearray(n))
+    monkeypatch.setattr(fast_recv, "_original_read_pdu", lambda self: calls.append(("read_pdu",)))
+    requested = SimpleNamespace(is_acceptor=False)
+    assert fast_recv.recv(SimpleNamespace(socket=ours, assoc=requested), 4) == bytearray(4)
+    dul = _dul(ours)
+    dul.assoc.is_acceptor = False
+    peer.sendall(_p_data((1, b"\x03abc")))
+    fast_recv.read_pdu_data(dul)
+    assert calls == [("recv", 4), ("read_pdu",)]
+    assert dul.event_queue.empty() and dul._recv_pdu.empty()  # nothing read by the adjusted reader

@@ -19,6 +19,7 @@ from daemon.dicom.patches import reactor_waits
 def installed():
     reactor_waits.install()
     yield
+    reactor_waits.uninstall()
 
 
 def _in_thread_of(thread_cls, target):
@@ -62,6 +63,26 @@ def test_an_idle_dul_wakes_as_soon_as_a_primitive_is_queued_to_send():
     dul.to_provider_queue.put("a primitive")
     dul.join(2)
     assert result["seconds"] < 0.5  # woken by the put, not by the 1 s timeout
+
+
+def test_the_dul_of_an_association_we_requested_sleeps_as_pynetdicom_wrote_it():
+    """The results sender's associations do not depend on whether the adjustments are installed."""
+    assoc = Association(AE(), "requestor")
+    Probe, result = _in_thread_of(DULServiceProvider, lambda dul: pynetdicom.dul.time.sleep(0.5))
+    dul = Probe(assoc)
+    dul.socket = _fake_connected_socket()
+    dul.start()
+    time.sleep(0.05)
+    dul.to_provider_queue.put("a primitive")
+    dul.join(2)
+    assert result["seconds"] >= 0.45  # not woken by the put
+    assert not hasattr(dul, "_cxrd_wake")
+
+
+def test_uninstall_gives_pynetdicom_the_real_time_module_back():
+    reactor_waits.uninstall()
+    assert pynetdicom.dul.time is time and pynetdicom.association.time is time
+    assert not reactor_waits.installed()
 
 
 def _association_wait_woken_by(put) -> tuple[float, Association]:  # noqa: ANN001

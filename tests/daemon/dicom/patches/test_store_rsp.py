@@ -53,10 +53,10 @@ def test_responses_with_error_details_are_left_to_pynetdicom():
     assert store_rsp.encode_store_response(request) is None
 
 
-def _provider(handlers: dict | None = None, max_pdu: int = 131072) -> SimpleNamespace:
+def _provider(handlers: dict | None = None, max_pdu: int = 131072, accepted: bool = True) -> SimpleNamespace:
     sent, fallbacks = [], []
     dimse = SimpleNamespace(
-        assoc=SimpleNamespace(get_handlers=lambda event: (handlers or {}).get(event, [])),
+        assoc=SimpleNamespace(get_handlers=lambda event: (handlers or {}).get(event, []), is_acceptor=accepted),
         maximum_pdu_size=max_pdu, dul=SimpleNamespace(send_pdu=sent.append), sent=sent, fallbacks=fallbacks)
     return dimse
 
@@ -79,12 +79,13 @@ def test_send_msg_queues_one_p_data_and_falls_back_where_it_must(recorded_fallba
     echo.MessageIDBeingRespondedTo, echo.Status = 1, 0
     listened = _provider({evt.EVT_DIMSE_SENT: [(lambda e: None, None)]})
     tiny = _provider(max_pdu=64)
+    requested = _provider(accepted=False)  # an association we requested: pynetdicom's own code
     detailed = _rsp(status=0xC211)
     detailed.ErrorComment = "x"
-    for provider, primitive in ((dimse, echo), (listened, rsp), (tiny, rsp), (dimse, detailed)):
+    for provider, primitive in ((dimse, echo), (listened, rsp), (tiny, rsp), (dimse, detailed), (requested, rsp)):
         store_rsp.send_msg(provider, primitive, 5)
-    assert recorded_fallback == [echo, rsp, rsp, detailed]
-    assert len(dimse.sent) == 1 and listened.sent == [] and tiny.sent == []
+    assert recorded_fallback == [echo, rsp, rsp, detailed, rsp]
+    assert len(dimse.sent) == 1 and listened.sent == [] and tiny.sent == [] and requested.sent == []
 
 
 def test_install_and_uninstall():
