@@ -1,4 +1,5 @@
-"""Every DICOM status cxrd answers with, and which outcome of a C-STORE earns which.
+"""Every DICOM status cxrd answers with, which outcome of a C-STORE earns which, and which statuses
+from a PACS mean that an object cxrd sent was kept.
 
 This is the one place a status number is decided (PS3.4 Annex B, PS3.7 Annex C): the SCP and
 ingest name an outcome, never a number. What the numbers promise a sender:
@@ -19,6 +20,11 @@ CANNOT_UNDERSTAND = 0xC210         # dataset could not be parsed
 PROCESSING_FAILURE = 0xC211        # unexpected error of ours (logged without PHI)
 CANNOT_DEIDENTIFY = 0xC220         # required UIDs missing or malformed
 NOT_A_CHEST_RADIOGRAPH = 0xC230    # only with dicom.non_chest = "reject"
+
+# A PACS's answer to a result object cxrd sent: success, or a warning under which the object was still
+# stored (0xB000 coercion of data elements, 0xB006 elements discarded, 0xB007 data set does not match
+# the SOP class). Anything else means it was not kept, and the results stage retries.
+KEPT_BY_PEER = frozenset({SUCCESS, 0xB000, 0xB006, 0xB007})
 
 
 @dataclass(frozen=True)

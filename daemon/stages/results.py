@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cxrmodel.errors import ModelError
 from cxrmodel.labels import LABELS
 from daemon.dicom import result_objects as report
+from daemon.dicom import statuses
 from daemon.errors import DaemonError
 from daemon.ops.logs import event
 from daemon.stages.leases import LEASE_S, worker_id
@@ -48,7 +49,6 @@ ACTOR = "cxrd:results"
 RESULT_SETTLE_S = 3.0  # a study's images arriving together land in one report
 IDLE_POLL_S = 0.2
 MAX_DELAY_S = 86400.0
-OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}  # success and the store warnings (coerced, elements discarded)
 
 
 class SendError(Exception):
@@ -108,7 +108,7 @@ def send(datasets: list[Dataset], dest: Destination) -> None:
             code = getattr(status, "Status", None)
             if code is None:
                 raise SendError(f"no C-STORE response from {dest.describe()}")
-            if code not in OK_STATUSES:
+            if code not in statuses.KEPT_BY_PEER:
                 raise SendError(f"{dest.describe()} answered C-STORE with status 0x{code:04X}")
     finally:
         if assoc.is_established:

@@ -20,9 +20,13 @@ def test_each_outcome_answers_with_its_status():
 
 
 def test_no_other_daemon_module_writes_a_status_we_answer_with():
-    """Failure and out-of-resources statuses as numbers appear only in statuses.py."""
-    literal = re.compile(r"0x(A7|C2)[0-9A-F]{2}\b", re.IGNORECASE)
+    """Failure, out-of-resources and warning statuses as numbers appear only in statuses.py."""
+    literal = re.compile(r"0x(A7|C2|B0)[0-9A-F]{2}\b", re.IGNORECASE)
     offenders = [f"{path.relative_to(DAEMON)}:{n}" for path in DAEMON.rglob("*.py")
                  if path.name != "statuses.py"
                  for n, line in enumerate(path.read_text().splitlines(), 1) if literal.search(line)]
     assert offenders == []
+
+
+def test_a_peer_kept_our_object_on_success_and_the_store_warnings_only():
+    assert statuses.KEPT_BY_PEER == {0x0000, 0xB000, 0xB006, 0xB007}
