@@ -40,7 +40,7 @@ REPLACES = {"pynetdicom.transport.AssociationSocket.recv": _original,
 
 
 def install() -> None:
-    """Use `recv` and `read_pdu_data` below for every association (idempotent)."""
+    """Put `recv` and `read_pdu_data` below in place (idempotent); they act on accepted associations only."""
     AssociationSocket.recv = recv  # type: ignore[method-assign]
     DULServiceProvider._read_pdu_data = read_pdu_data  # type: ignore[method-assign]
 

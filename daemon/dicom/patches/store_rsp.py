@@ -28,7 +28,7 @@ REPLACES = {"pynetdicom.dimse.DIMSEServiceProvider.send_msg": _original}
 
 
 def install() -> None:
-    """Use `send_msg` below for every association (idempotent)."""
+    """Put `send_msg` below in place (idempotent); it acts on accepted associations only."""
     DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
 
 
