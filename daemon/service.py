@@ -30,6 +30,7 @@ from daemon.stages.scheduling import RetrainScheduler
 from daemon.stages.worker import EngineSettings, Worker
 from storage import db
 from storage.deid import DeidOptions
+from storage.errors import DatabaseUnavailable
 from storage.vault import Vault
 
 log = logging.getLogger("cxrd.service")
@@ -155,7 +156,7 @@ class Service:
             return False, "starting: DICOM port not bound yet"
         try:
             db.ping(self.rt.engine)
-        except db.DatabaseUnavailable:
+        except DatabaseUnavailable:
             return False, "database unavailable"
         if self.ingest.disk_is_low():
             return False, "disk below the free-space floor: new images are refused"

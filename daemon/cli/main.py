@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _known_error(exc: Exception) -> str | None:
     """One-line text for the exception types packages declare for their callers."""
-    from storage.db import DatabaseUnavailable
+    from storage.errors import DatabaseUnavailable
     if isinstance(exc, DatabaseUnavailable):
         return str(exc)
     module = type(exc).__module__
