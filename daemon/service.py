@@ -16,16 +16,16 @@ import time
 from typing import Callable, Protocol
 
 from daemon.dicom import patches, scp
-from daemon.ops import systemd
-from daemon.stages.chest_rule import ChestRule
 from daemon.errors import DaemonError
+from daemon.ops import systemd
 from daemon.ops.http import HttpEndpoint
-from daemon.stages.ingest import Ingest, sweep_orphans
 from daemon.ops.logs import event
 from daemon.ops.process_guard import forbid_core_dumps
 from daemon.ops.prometheus import Metrics, StateCollector
-from daemon.stages import results, retraining as retrain
 from daemon.runtime import Runtime
+from daemon.stages import results, retraining
+from daemon.stages.chest_rule import ChestRule
+from daemon.stages.ingest import Ingest, sweep_orphans
 from daemon.stages.scheduling import RetrainScheduler
 from daemon.stages.worker import EngineSettings, Worker
 from storage import db
@@ -131,7 +131,7 @@ class Service:
         if s.results.enabled:
             stages.append(results.from_settings(rt, vault))
         if s.retrain.enabled or s.storage.retention_days > 0:
-            retrain.install(rt)
+            retraining.install(rt)
             stages.append(RetrainScheduler(engine=rt.engine, state_dir=rt.state_dir,
                                            cron=s.retrain.schedule if s.retrain.enabled else None,
                                            purge_daily=s.storage.retention_days > 0))

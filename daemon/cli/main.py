@@ -23,8 +23,8 @@ from typing import Sequence
 from config import ConfigError, load_settings
 from daemon.cli.args import CommandParser
 from daemon.cli.errors import CommandError
-from daemon.ops import logs
 from daemon.errors import DaemonError
+from daemon.ops import logs
 from daemon.runtime import Runtime
 
 # Modules that add sub-commands, in the order `cxrd --help` lists them.

@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from config import load_settings
 from daemon.cli.service import initialise
-from daemon.stages.retraining import retrain_once
 from daemon.runtime import Runtime
+from daemon.stages.retraining import retrain_once
 from storage.models import AuditEvent, RetrainRun
 
 pytestmark = pytest.mark.slow
