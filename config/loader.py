@@ -171,8 +171,23 @@ def _derive(s: Settings, env: Mapping[str, str]) -> Settings:
         raise ConfigError("'dicom.tls.ca' is required when 'dicom.tls.require_client_cert' is true")
     if len(s.dicom.ae_title.strip()) == 0 or len(s.dicom.ae_title) > 16:
         raise ConfigError("'dicom.ae_title' must be 1 to 16 characters")
+    _check_networks("dicom.allowed_hosts", s.dicom.allowed_hosts)
+    if s.dicom.allow_any_host and s.dicom.allowed_hosts:
+        raise ConfigError("'dicom.allow_any_host' is true but 'dicom.allowed_hosts' lists addresses: "
+                          "empty the list to accept any host, or set allow_any_host = false")
     _check_cron(s.retrain.schedule)
     return dataclasses.replace(s, storage=storage, security=security, retrain=retrain)
+
+
+def _check_networks(key: str, entries: list[str]) -> None:
+    """Every entry an IP address or CIDR network, so `serve` never meets one it cannot parse."""
+    import ipaddress
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"'{key}': {entry[:60]!r} is not an IP address or CIDR network "
+                              f"(e.g. \"10.1.2.3\" or \"10.1.2.0/24\")") from None
 
 
 def _check_cron(expr: str) -> None:

@@ -36,8 +36,12 @@ class Dicom:
     port: int = _f(11112, "DICOM SCP port (104 needs CAP_NET_BIND_SERVICE)", min=1, max=65535)
     allowed_calling_aets: list[str] = _f(list, "Calling AE titles allowed to associate; empty = any",
                                          factory=True)
-    allowed_hosts: list[str] = _f(list, "Source IP addresses or CIDR networks allowed; empty = any",
-                                  factory=True)
+    allowed_hosts: list[str] = _f(lambda: ["127.0.0.1", "::1"],
+                                  "Source IP addresses or CIDR networks allowed to connect (e.g. the PACS: "
+                                  "[\"10.1.2.3\"]); default loopback only. `cxrd serve` refuses to start "
+                                  "with an empty list unless allow_any_host is true", factory=True)
+    allow_any_host: bool = _f(False, "Accept associations from any source address when allowed_hosts is "
+                                     "empty (logged as a warning at every start); prefer listing the PACS")
     max_associations: int = _f(16, "Maximum concurrent associations", min=1, max=1000)
     max_pdu: int = _f(0, "Maximum PDU size we receive in bytes (0 = unlimited)", min=0, max=2**32 - 1)
     acse_timeout: float = _f(30.0, "Seconds to wait for association messages", min=1, max=3600)

@@ -61,6 +61,19 @@ def probe_state_dir(rt: Runtime) -> None:
         raise DaemonError(f"state directory {rt.state_dir} is not writable: {exc.strerror}") from None
 
 
+def check_host_gate(allowed_hosts: list[str], allow_any_host: bool) -> None:
+    """The DICOM port fails closed: with no source allow-list, anyone who can reach the port could have
+    images stored and, with results on, a cxrd report written into a real patient's study. An empty
+    list is served only when the configuration says so explicitly, and then warned about at every start."""
+    if allowed_hosts:
+        return
+    if not allow_any_host:
+        raise DaemonError("dicom.allowed_hosts is empty: list the PACS's addresses (e.g. [\"10.1.2.3\"]), "
+                          "or set dicom.allow_any_host = true to accept associations from any host")
+    event(log, "dicom.any_host_allowed", logging.WARNING,
+          hint="dicom.allow_any_host is true: any host that reaches the DICOM port may store images")
+
+
 class Service:
     def __init__(self, rt: Runtime):
         self.rt = rt
@@ -72,6 +85,8 @@ class Service:
 
     def start(self) -> None:
         rt, s = self.rt, self.rt.settings
+        if s.dicom.enabled:
+            check_host_gate(s.dicom.allowed_hosts, s.dicom.allow_any_host)
         probe_state_dir(rt)
         revision = db.migrate(rt.engine)
         self.stages = self._build_stages()

@@ -98,3 +98,22 @@ def test_shipped_cxrd_toml_loads_to_the_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shipped = Path(__file__).resolve().parents[2] / "config" / "cxrd.toml"
     assert load_settings(shipped, env={}) == load_settings(None, env={})
+
+
+def test_the_dicom_port_admits_loopback_only_by_default():
+    s = load_settings(None, env={})
+    assert s.dicom.allowed_hosts == ["127.0.0.1", "::1"]
+    assert s.dicom.allow_any_host is False
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0/33", "banana", "10.1.2.300"])
+def test_an_allowed_host_serve_could_not_parse_is_refused_at_load(entry):
+    with pytest.raises(ConfigError, match=r"'dicom.allowed_hosts'.*not an IP address or CIDR network"):
+        load_settings(None, env={"CXRD_DICOM__ALLOWED_HOSTS": f'["10.1.2.0/24", "{entry}"]'})
+
+
+def test_allowing_any_host_beside_a_host_list_is_contradictory():
+    with pytest.raises(ConfigError, match="allow_any_host"):
+        load_settings(None, env={"CXRD_DICOM__ALLOW_ANY_HOST": "true"})
+    s = load_settings(None, env={"CXRD_DICOM__ALLOW_ANY_HOST": "true", "CXRD_DICOM__ALLOWED_HOSTS": "[]"})
+    assert s.dicom.allow_any_host and s.dicom.allowed_hosts == []

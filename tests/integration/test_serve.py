@@ -48,3 +48,38 @@ def test_calling_ae_allow_list_refuses_others(daemon_factory):
     assert dcmtk("echoscu", "-aet", "PACS1", "-aec", "CXRD", "127.0.0.1", str(d.dicom_port)).returncode == 0
     refused = dcmtk("echoscu", "-aet", "INTRUDER", "-aec", "CXRD", "127.0.0.1", str(d.dicom_port))
     assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr
+
+
+def _echo_from(source: str, port: int) -> bool:
+    """C-ECHO from a chosen loopback source address (dcmtk's echoscu cannot pick one)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 10
+    assoc = ae.associate("127.0.0.1", port, ae_title="CXRD", bind_address=(source, 0))
+    try:
+        return assoc.is_established and assoc.send_c_echo().Status == 0x0000
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_embedded_default_admits_only_loopback_sources(daemon_factory):
+    d = daemon_factory().start()
+    assert _echo_from("127.0.0.1", d.dicom_port)
+    assert not _echo_from("127.0.0.2", d.dicom_port)  # another host as far as the gate is concerned
+    assert d.stop() == 0
+    assert "host not allowed" in d.cli("audit", "query", "--format", "json").stdout
+
+
+def test_an_empty_host_allow_list_is_refused_unless_any_host_is_allowed_explicitly(daemon_factory):
+    closed = daemon_factory({"CXRD_DICOM__ALLOWED_HOSTS": "[]"})
+    r = closed.cli("serve", timeout=60)
+    assert r.returncode == 1
+    assert "dicom.allowed_hosts is empty" in r.stderr and "allow_any_host" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    opened = daemon_factory({"CXRD_DICOM__ALLOWED_HOSTS": "[]", "CXRD_DICOM__ALLOW_ANY_HOST": "true"}).start()
+    assert _echo_from("127.0.0.2", opened.dicom_port)
+    assert opened.stop() == 0
+    assert "event=dicom.any_host_allowed" in opened.log_text()
