@@ -31,6 +31,10 @@ def configure(level: str = "info", fmt: str = "logfmt", stream=None) -> None:  #
     # pynetdicom logs PDU and dataset details at debug level: keep it to warnings and above always.
     for noisy in ("pynetdicom", "pydicom", "apscheduler", "alembic", "sqlalchemy", "PIL", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # `warnings.warn` writes straight to stderr, past this formatter; pydicom warns with the offending
+    # value quoted (an original UID or date while a result object is written, say). Routed through
+    # logging ("py.warnings", not ours), those values are masked like any third-party message.
+    logging.captureWarnings(True)
 
 
 def quiet_pydicom() -> None:
