@@ -21,6 +21,7 @@ from daemon.ops import systemd
 from daemon.ops.http import HttpEndpoint
 from daemon.ops.logs import event
 from daemon.ops.process_guard import forbid_core_dumps
+from daemon.ops.refusal_audit import RefusalAudit
 from daemon.ops.prometheus import Metrics, StateCollector
 from daemon.runtime import Runtime
 from daemon.stages import results, retraining
@@ -81,6 +82,8 @@ class Service:
         self.stages: list[Stage] = []
         self.scp: scp.ScpHandle | None = None
         self.worker: Worker | None = None  # woken by each stored image
+        # Refusals are counted here and audited by its own thread, never on the accept path.
+        self.refusals = RefusalAudit(rt.audit)
         self.metrics = Metrics()
 
     def start(self) -> None:
@@ -132,7 +135,7 @@ class Service:
             chest=ChestRule(frozenset(p.upper() for p in s.dicom.chest_body_parts), s.dicom.min_image_size),
             non_chest=s.dicom.non_chest, min_free_mb=s.storage.min_free_mb, hostname=rt.hostname,
             max_writers=s.dicom.max_associations)
-        stages: list[Stage] = []
+        stages: list[Stage] = [self.refusals] if s.dicom.enabled else []  # stopped last: audits to the end
         if s.model.workers > 0:
             self.worker = Worker(
                 sessions=rt.sessions, vault=vault, keys=rt.keys, registry=rt.registry,
@@ -191,9 +194,7 @@ class Service:
 
     def _on_reject(self, calling_aet: str, host: str, reason: str) -> None:
         self.metrics.associations.labels("rejected").inc()
-        event(log, "association.refused", logging.WARNING, calling_aet=calling_aet, host=host, reason=reason)
-        self._audit_service("association.rejected", outcome=4, actor=f"aet:{calling_aet}" if calling_aet else "",
-                            host=host, reason=reason)
+        self.refusals.record(calling_aet, host, reason)
 
     def _audit_service(self, event_type: str, **fields) -> None:  # noqa: ANN003
         self._audit_quietly(lambda: self.rt.audit(event_type, **fields))

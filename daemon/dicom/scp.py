@@ -105,6 +105,10 @@ class _GatedServer(ThreadedAssociationServer):
 
     allowed_networks: list[ipaddress._BaseNetwork] = []
     on_reject: RejectFn | None = None
+    # The listen backlog (socketserver's default is 5). A host that connects in a loop fills a short
+    # backlog faster than the accept loop refuses it, and the kernel then drops everyone's SYNs,
+    # the PACS's included, which each cost a one-second retransmit.
+    request_queue_size = 1024
 
     def get_request(self):  # noqa: ANN201 - socketserver API
         client, address = self.socket.accept()

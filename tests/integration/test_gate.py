@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -48,10 +49,17 @@ def make_pki(d: Path) -> dict[str, Path]:
     return out
 
 
-def rejected_reasons(d) -> list[str]:  # noqa: ANN001
+def rejected_reasons(d, wait_s: float = 5.0) -> list[str]:  # noqa: ANN001
+    """The audited refusals; they are written off the accept path within a second, so wait a little."""
     engine = create_engine(f"sqlite:///{d.state_dir / 'cxrd.db'}")
-    with engine.connect() as c:
-        rows = c.execute(text("SELECT details FROM audit_events WHERE event_type = 'association.rejected'")).all()
+    deadline = time.monotonic() + wait_s
+    while True:
+        with engine.connect() as c:
+            rows = c.execute(text("SELECT details FROM audit_events "
+                                  "WHERE event_type = 'association.rejected'")).all()
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     engine.dispose()
     return [r[0] for r in rows]
 

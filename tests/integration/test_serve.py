@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 
 from conftest import dcmtk
 
@@ -83,3 +84,43 @@ def test_an_empty_host_allow_list_is_refused_unless_any_host_is_allowed_explicit
     assert _echo_from("127.0.0.2", opened.dicom_port)
     assert opened.stop() == 0
     assert "event=dicom.any_host_allowed" in opened.log_text()
+
+
+def test_a_refused_host_in_a_loop_costs_one_audit_row_not_one_per_connection(daemon_factory):
+    """A host not on the allow-list that connects over and over neither stalls the gate for the PACS
+    nor writes an audit row per attempt: refusals are counted and audited per source and interval."""
+    import json
+    import socket
+    import time
+    d = daemon_factory().start()
+    attempts = 300
+    for i in range(attempts):
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+            s.settimeout(5)
+            s.connect(("127.0.0.1", d.dicom_port))
+        if i == attempts // 2:
+            assert _echo_from("127.0.0.1", d.dicom_port)  # the PACS still gets in, mid-flood
+    deadline = time.monotonic() + 20  # the kernel queued the connections; the gate refuses them in turn
+    while True:
+        rows = json.loads(d.cli("audit", "query", "--event", "association.rejected",
+                                "--format", "json").stdout)["events"]
+        if sum(r["details"]["count"] for r in rows) >= attempts or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert d.stop() == 0
+    assert 1 <= len(rows) <= 10, len(rows)
+    assert all(r["host"] == "127.0.0.2" for r in rows)
+    assert sum(r["details"]["count"] for r in rows) == attempts
+
+
+def test_the_dicom_port_listens_with_a_deep_backlog(daemon_factory):
+    """A short listen backlog lets any host that connects in a loop make the kernel drop the PACS's
+    connection attempts; `ss` reports a listening socket's backlog as its Send-Q."""
+    import shutil
+    d = daemon_factory().start()
+    ss = shutil.which("ss")
+    assert ss, "ss (Debian iproute2) not found"
+    out = subprocess.run([ss, "-ltnH", f"sport = :{d.dicom_port}"], capture_output=True, text=True).stdout.split()
+    assert int(out[2]) >= 128, out
+    assert d.stop() == 0
