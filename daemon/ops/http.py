@@ -4,6 +4,11 @@
 /readyz:  the database answers, the DICOM port is bound and disk is above the floor (what a load
           balancer asks before sending images). Both answer 200 or 503 with a one-line reason.
 /metrics: Prometheus text format.
+
+Whoever can reach the port is not trusted to behave: a connection that sends nothing, or half a
+request, is closed after `request_timeout_s`, and at most `max_connections` are served at once (one
+thread each); connections beyond that are closed as soon as they are accepted, so idle or slow clients
+cannot pile up threads and memory in the process that holds the keys.
 """
 from __future__ import annotations
 
@@ -19,11 +24,40 @@ log = logging.getLogger("cxrd.http")
 Check = Callable[[], tuple[bool, str]]
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a cap on connections served at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int):
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:  # noqa: ANN001 - socketserver API
+        if not self._slots.acquire(blocking=False):
+            event(log, "http.connection_refused", logging.WARNING, reason="connection limit")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:  # noqa: ANN001
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class HttpEndpoint:
     name = "http"
 
-    def __init__(self, bind: str, port: int, *, health: Check, ready: Check, metrics: Callable[[], bytes]):
+    def __init__(self, bind: str, port: int, *, health: Check, ready: Check, metrics: Callable[[], bytes],
+                 request_timeout_s: float = 10.0, max_connections: int = 32):
         self.bind, self.port = bind, port
+        self.request_timeout_s, self.max_connections = request_timeout_s, max_connections
         self.health, self.ready, self.metrics = health, ready, metrics
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
@@ -32,6 +66,8 @@ class HttpEndpoint:
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = endpoint.request_timeout_s  # socket timeout for reading the request
+
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -53,10 +89,9 @@ class HttpEndpoint:
                 pass
 
         try:
-            self.server = ThreadingHTTPServer((self.bind, self.port), Handler)
+            self.server = _BoundedServer((self.bind, self.port), Handler, self.max_connections)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen for HTTP on {self.bind}:{self.port}: {exc.strerror}") from None
-        self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="cxrd-http", daemon=True)
         self.thread.start()
         event(log, "http.started", bind=self.bind, port=self.server.server_address[1])
