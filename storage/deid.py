@@ -14,7 +14,15 @@ we pick the choice that is conformant whatever the type):
     values by the patient's offset and keeps TM (a whole-day shift leaves the time of day unchanged);
     that dates C beats a K of another option (retaining device identity must not retain real dates).
     C of an option for a non-temporal value cannot be cleaned automatically: the basic code applies.
-Private attributes and group lengths are removed; sequences are cleaned recursively with the same rules.
+Private attributes, group lengths and command or file-meta elements found in the body are removed;
+sequences are cleaned recursively with the same rules.
+
+Attributes the table does not list are kept only if the DICOM dictionary knows them and has not
+retired them: an unknown public tag or a retired one could carry anything, so it goes. A value sent as
+UN (implicit VR inside an explicit VR data set) is read by the dictionary's VR first, so a sequence
+hidden in UN is cleaned like any other. Every kept UID that is not a well-known one is pseudonymised.
+With Retain Patient Characteristics, a Patient's Age of 90 years or more becomes 090Y (the safe
+harbour aggregate), since such ages are rare enough to identify.
 
 UIDs become `2.25.<128-bit integer of HMAC-SHA256(uid_key, uid)>` (as a version-8 UUID, <= 44 chars):
 the same original UID maps to the same pseudonym in every instance, every reference and every restart,
@@ -35,7 +43,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, get_entry
 from pydicom.multival import MultiValue
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -257,35 +265,59 @@ class _Context:
 
 
 def _vr_of(ds: Dataset, tag: BaseTag) -> str | None:
+    """The element's VR; for UN (or none) the dictionary's, which is how pydicom decodes it on access."""
     raw = ds.get_item(tag)
     vr = getattr(raw, "VR", None)
-    if vr:
+    if vr and vr != "UN":
         return vr
     try:
         return dictionary_VR(tag)
     except KeyError:
-        return None
+        return vr
+
+
+@functools.lru_cache(maxsize=4096)
+def _known_and_current(tag: int) -> bool:
+    """In the DICOM dictionary (repeating groups included) and not retired."""
+    try:
+        return get_entry(tag)[3] != "Retired"
+    except KeyError:
+        return False
 
 
 def _clean(ds: Dataset, ctx: _Context) -> None:
     dropped_overlays: set[int] = set()
     for tag in list(ds.keys()):
-        if tag.group & 1 or tag.element == 0:  # private attributes (and creators), group lengths
+        # private attributes (and creators), group lengths, command and file-meta groups in the body
+        if tag.group & 1 or tag.element == 0 or tag.group <= 0x0002:
             del ds[tag]
             continue
         rule = ctx.rule(tag)
         if rule is not None and rule.edit == "X" and tag.element == 0x3000 and tag.group & 0xFF00 == 0x6000:
             dropped_overlays.add(tag.group)
-        if rule is None:  # not in Table E.1-1: kept, but its sequence items are cleaned too
-            if _vr_of(ds, tag) == "SQ":
-                for item in ds[tag].value or ():
-                    _clean(item, ctx)
+        if rule is None:
+            _keep_unlisted(ds, tag, ctx)
             continue
         _apply(ds, tag, rule, ctx)
     # Overlay Data (60xx,3000) is removed by the table; the rest of that overlay group would then
     # describe an overlay that is not there, so the whole group goes.
     for tag in [t for t in ds.keys() if t.group in dropped_overlays]:
         del ds[tag]
+
+
+def _keep_unlisted(ds: Dataset, tag: BaseTag, ctx: _Context) -> None:
+    """Not in Table E.1-1: kept if the dictionary knows it and has not retired it, with its sequence
+    items cleaned and its UIDs pseudonymised; anything else is removed."""
+    if not _known_and_current(tag):
+        del ds[tag]
+        return
+    vr = _vr_of(ds, tag)
+    if vr == "SQ":
+        for item in ds[tag].value or ():
+            _clean(item, ctx)
+    elif vr == "UI":
+        elem = ds[tag]
+        elem.value = ctx.uid(elem.value)
 
 
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
@@ -353,6 +385,13 @@ def _apply(ds: Dataset, tag: BaseTag, rule: _Rule, ctx: _Context) -> None:
 # ---------------------------------------------------------------------------------------------- public
 
 
+def _cap_age(ds: Dataset) -> None:
+    """Patient's Age 90 years or more -> 090Y (kept ages are otherwise as sent)."""
+    age = ds.get("PatientAge")
+    if age and len(str(age)) == 4 and str(age)[3] == "Y" and str(age)[:3].isdigit() and int(str(age)[:3]) >= 90:
+        ds.PatientAge = "090Y"
+
+
 def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     return "" if value is None else str(value).strip()
@@ -406,6 +445,7 @@ def _deidentify(ds: Dataset, keys: DeidKeys, options: DeidOptions, original: dic
     exact, wild = resolved_actions(options)
     _clean(ds, _Context(exact, wild, keys.uid_key, offset))
 
+    _cap_age(ds)
     pseudo_pid = patient_pseudonym(keys.uid_key, patient_id, issuer, original["study_uid"])
     ds.PatientID = pseudo_pid
     ds.PatientName = "ANON^" + pseudo_pid

@@ -279,6 +279,36 @@ def test_planted_identifiers_appear_in_no_file_row_or_log_line(daemon_factory, s
                 assert marker.encode() not in flat and not any(u.encode() in flat for u in originals)
 
 
+def test_what_the_profile_does_not_list_never_reaches_the_stored_object(daemon_factory, shared_data, tmp_path):
+    """Planted where Table E.1-1 does not look: an unknown public tag, a retired one, a name nested in a
+    sequence the table does not list, and an age over 89. The stored objects, decrypted, hold none of it."""
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    marker = "ZZUNLISTED"
+    files = copy_with_new_uids(shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm", tmp_path / "unl", 2)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.add(DataElement(0x00101234, "LO", f"{marker}UNKNOWN"))    # not in the DICOM dictionary
+        ds.add(DataElement(0x00080010, "SH", f"{marker}RET"))        # Recognition Code, retired
+        item = Dataset()
+        item.CodeValue, item.PatientName = "P1", f"{marker}^NESTED"
+        ds.PerformedProtocolCodeSequence = Sequence([item])          # not in the table: recursed
+        ds.PatientAge = "097Y"
+        ds.save_as(path, enforce_file_format=True)
+    d = daemon_factory().start()
+    assert storescu(d.dicom_port, *files)[1] == ["Success"] * 2
+    assert d.stop() == 0
+    engine, keys, vault = state(d)
+    with engine.connect() as c:
+        objects = [r[0] for r in c.execute(select(Instance.vault_object))]
+    assert len(objects) == 2
+    for object_id in objects:
+        plain = vault.get(object_id)
+        assert marker.encode() not in plain
+        assert pydicom.dcmread(io.BytesIO(plain), stop_before_pixels=True).PatientAge == "090Y"
+
+
 def test_sigterm_mid_push_finishes_in_flight_work_and_exits_0_within_the_bound(daemon_factory, shared_data, tmp_path):
     files = copy_with_new_uids(shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm", tmp_path / "term", 40)
     d = daemon_factory().start()

@@ -312,3 +312,67 @@ def test_compressed_pixels_without_transfer_syntax_are_refused(shared_data):
     del ds.file_meta
     with pytest.raises(DeidError, match="transfer syntax"):
         deidentify(ds, KEYS)
+
+
+def _with_raw_body(ds: Dataset, body: bytes) -> Dataset:
+    """`ds` plus elements decoded from explicit VR LE bytes, as they arrive from a peer (raw, lazily)."""
+    from pydicom.filereader import read_dataset
+    extra = read_dataset(io.BytesIO(body), is_implicit_VR=False, is_little_endian=True)
+    for tag in extra.keys():
+        ds[tag] = extra.get_item(tag)
+    return ds
+
+
+def _un_sequence(tag: int, item: Dataset) -> bytes:
+    """A sequence sent as UN: its item encoded in implicit VR, the element's VR given as UN."""
+    import struct
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    write_dataset(buf, item)
+    value = struct.pack("<HHL", 0xFFFE, 0xE000, len(buf.getvalue())) + buf.getvalue()
+    return struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"UN\x00\x00" + struct.pack("<L", len(value)) + value
+
+
+def test_a_patient_name_hidden_in_a_un_sequence_is_cleaned():
+    item = Dataset()
+    item.CodeValue, item.PatientName, item.ReferencedSOPInstanceUID = "X1", MARK + "^NESTED", "1.2.3.4.777"
+    ds = _with_raw_body(_minimal(), _un_sequence(NESTING_SQ, item))
+    assert ds.get_item(NESTING_SQ).VR == "UN"
+    out = deidentify(ds, KEYS).dataset
+    nested = out[NESTING_SQ].value[0]
+    assert MARK not in str(nested.get("PatientName", ""))
+    assert nested.ReferencedSOPInstanceUID == pseudonymize_uid(KEYS.uid_key, "1.2.3.4.777")
+
+
+def test_unknown_retired_command_and_meta_elements_in_the_body_are_removed():
+    import struct
+    unknown = struct.pack("<HH", 0x0010, 0x1234) + b"LO" + struct.pack("<H", 8) + MARK.encode() + b" "
+    ds = _with_raw_body(_minimal(), unknown)
+    ds.add(DataElement(0x00080010, "SH", MARK))         # Recognition Code: retired, not in the table
+    ds.add(DataElement(0x00020016, "AE", "PHIAE"))      # Source Application Entity Title: file meta
+    ds.add(DataElement(0x00000902, "LO", MARK))         # Error Comment: command group
+    ds.add(DataElement(NESTING_SQ, "SQ", Sequence()))   # known and current, not in the table: kept
+    out = deidentify(ds, KEYS).dataset
+    for tag in (0x00101234, 0x00080010, 0x00020016, 0x00000902):
+        assert tag not in out, hex(tag)
+    assert NESTING_SQ in out
+    assert MARK not in repr(out) and "PHIAE" not in repr(out)
+
+
+def test_every_kept_uid_that_is_not_well_known_is_pseudonymised():
+    ds = _minimal()
+    ds.CodingSchemeUID = "1.2.3.4.555"                          # not in the table, not well known
+    ds.RelatedGeneralSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # well known: kept
+    out = deidentify(ds, KEYS).dataset
+    assert out.CodingSchemeUID == pseudonymize_uid(KEYS.uid_key, "1.2.3.4.555") != "1.2.3.4.555"
+    assert out.RelatedGeneralSOPClassUID == "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+@pytest.mark.parametrize("age,kept", [("091Y", "090Y"), ("090Y", "090Y"), ("104Y", "090Y"), ("089Y", "089Y"),
+                                      ("011M", "011M"), ("061Y", "061Y")])
+def test_ages_of_ninety_and_over_are_aggregated(age, kept):
+    ds = _minimal()
+    ds.PatientAge = age
+    assert deidentify(ds, KEYS).dataset.PatientAge == kept
