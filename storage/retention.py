@@ -2,8 +2,10 @@
 
 Why crypto-shredding: `Vault.delete` overwrites the object's wrapped data key before unlinking, so
 the ciphertext is unreadable even where the file system (or a backup of the vault directory taken
-after the purge) keeps its blocks. The database row stays (predictions and the audit trail refer to
-it) with `vault_object` cleared, which is what marks an image as purged.
+after the purge) keeps its blocks. The image's re-identification entry (its sealed original
+identifiers) is deleted in the same transaction: a purged image can no longer be tied back to a
+patient. The database row stays (predictions and the audit trail refer to it by pseudonym) with
+`vault_object` cleared, which is what marks an image as purged.
 
 What is never purged: an instance still waiting for inference (`received`), or one whose study
 still has a result waiting to be sent (the heatmap needs the pixels). Audit rows are not touched
@@ -19,12 +21,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import audit
 from storage.errors import StorageError
-from storage.models import RECEIVED, Instance, Result
+from storage.models import RECEIVED, Instance, ReidEntry, Result
 
 
 class RetentionError(StorageError):
@@ -82,6 +84,7 @@ def purge_expired(sessions: sessionmaker[Session], vault, audit_key: bytes, rete
         with sessions.begin() as s:
             for r in rows:
                 s.execute(update(Instance).where(Instance.id == r.id).values(vault_object=None))
+                s.execute(delete(ReidEntry).where(ReidEntry.sop_instance_uid == r.sop_instance_uid))
                 audit.append(s, audit_key, event_type="instance.deleted", actor=actor, host=host,
                              study_uid=r.study_uid, object_uid=r.sop_instance_uid,
                              details={"why": "retention", "retention_days": retention_days,

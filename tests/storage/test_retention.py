@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from storage import audit, db, keys
 from storage.errors import ObjectNotFoundError, VaultError
-from storage.models import AuditEvent, Instance, Result
+from storage.models import AuditEvent, Instance, ReidEntry, Result
 from storage.retention import RetentionError, purge_expired
 from storage.vault import Vault
 
@@ -37,6 +37,7 @@ def world(tmp_path):
             s.add(Instance(sop_instance_uid=f"2.25.{i}", study_uid=f"2.25.10{i}", series_uid="2.25.9",
                            sop_class_uid="1.2.840.10008.5.1.4.1.1.1", state=state, vault_object=f"obj{i}",
                            received_at=NOW - timedelta(days=age)))
+            s.add(ReidEntry(sop_instance_uid=f"2.25.{i}", study_uid=f"2.25.10{i}", sealed=b"sealed"))
             if pending:
                 s.add(Result(study_uid=f"2.25.10{i}", model_version="v1", kind="sr", state="pending"))
     yield sessions, vault, k.audit_key, {name: f"obj{i}" for i, name in enumerate(specs)}
@@ -62,6 +63,8 @@ def test_expired_images_are_shredded_and_each_deletion_is_audited(world):
                            .order_by(AuditEvent.seq)).all()
         assert audit.verify(s, audit_key).ok
     assert sorted(cleared) == ["2.25.0", "2.25.1"]
+    with sessions() as s:  # the purged images' originals are gone with them; the others' stay
+        assert sorted(s.scalars(select(ReidEntry.sop_instance_uid)).all()) == ["2.25.2", "2.25.3", "2.25.4"]
     assert [(t, o) for t, o, _ in events] == [("instance.deleted", "2.25.0"), ("instance.deleted", "2.25.1"),
                                               ("purge.expired", "")]
     assert json.loads(events[-1][2])["shredded"] == 2
