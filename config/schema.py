@@ -66,6 +66,8 @@ class Storage:
     min_free_mb: int = _f(1024, "Refuse new images (status 0xA700) below this much free disk", min=0)
     retention_days: int = _f(0, "Crypto-shred stored images older than this; 0 = keep forever", min=0)
     audit_retention_days: int = _f(2192, "Keep audit rows at least this long (default 6 years)", min=1)
+    audit_anchor_interval_s: float = _f(60.0, "Seconds between anchors of the audit chain's head, written to "
+                                              "{state_dir}/audit-anchors.jsonl and the journal", min=1, max=86400)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Callable, Protocol
 from daemon.dicom import patches, scp
 from daemon.errors import DaemonError
 from daemon.ops import systemd
+from daemon.ops.chain_anchoring import ChainAnchoring
 from daemon.ops.http import HttpEndpoint
 from daemon.ops.logs import event
 from daemon.ops.process_guard import forbid_core_dumps
@@ -135,7 +136,10 @@ class Service:
             chest=ChestRule(frozenset(p.upper() for p in s.dicom.chest_body_parts), s.dicom.min_image_size),
             non_chest=s.dicom.non_chest, min_free_mb=s.storage.min_free_mb, hostname=rt.hostname,
             max_writers=s.dicom.max_associations)
-        stages: list[Stage] = [self.refusals] if s.dicom.enabled else []  # stopped last: audits to the end
+        # Stopped last (reverse order), so they record up to the end.
+        self.anchoring = ChainAnchoring(rt.sessions, rt.keys.audit_key, rt.state_dir,
+                                        s.storage.audit_anchor_interval_s)
+        stages: list[Stage] = [self.anchoring] + ([self.refusals] if s.dicom.enabled else [])
         if s.model.workers > 0:
             self.worker = Worker(
                 sessions=rt.sessions, vault=vault, keys=rt.keys, registry=rt.registry,
@@ -155,7 +159,8 @@ class Service:
                                            purge_daily=s.storage.retention_days > 0))
         if s.http.enabled:
             self.metrics.attach_state(StateCollector(rt.read_sessions, rt.state_dir, s.storage.min_free_mb,
-                                                     rt.registry.current))
+                                                     rt.registry.current,
+                                                     behind_anchor=lambda: self.anchoring.behind_anchor))
             stages.append(HttpEndpoint(s.http.bind, s.http.port, health=self.health_check,
                                        ready=self.ready_check, metrics=self.metrics.render))
         return stages

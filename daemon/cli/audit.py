@@ -86,18 +86,25 @@ def register(sub) -> None:  # noqa: ANN001
 
 
 def run_verify(args: argparse.Namespace, rt: Runtime) -> int:
-    from storage import audit
-    head = _expected_head(args.expect_head) if args.expect_head else None
+    from storage import audit, audit_anchor
+    anchor = None
+    if args.expect_head:
+        head = _expected_head(args.expect_head)
+    else:  # the last head the daemon (or `cxrd init`) anchored outside the database
+        anchor, _ = audit_anchor.last(rt.state_dir / audit_anchor.FILE_NAME, rt.keys.audit_key)
+        head = anchor.head() if anchor else None
     with rt.read_sessions() as s:
         report = audit.verify(s, rt.keys.audit_key, expect_head=head)
-    rt.audit("audit.verify", outcome=0 if report.ok else 12, **report.as_dict())
+    result = report.as_dict() | {"anchor": {"seq": anchor.seq, "at": anchor.at} if anchor else None}
+    rt.audit("audit.verify", outcome=0 if report.ok else 12, **result)
     if args.format == "json":
-        json.dump(report.as_dict(), sys.stdout, indent=2)
+        json.dump(result, sys.stdout, indent=2)
         print()
         return 0 if report.ok else 1
     if not report.ok:
         raise CommandError(f"audit chain broken at row {report.first_bad_seq}: {report.reason}")
-    print(f"cxrd: audit chain intact ({report.rows} rows, last seq {report.last_seq})")
+    reached = f"; reaches the head anchored at {anchor.at} (seq {anchor.seq})" if anchor else ""
+    print(f"cxrd: audit chain intact ({report.rows} rows, last seq {report.last_seq}{reached})")
     return 0
 
 

@@ -41,7 +41,18 @@ def initialise(rt: Runtime) -> dict[str, str]:
     key_state = rt.ensure_keys()
     if before != revision:
         rt.audit("app.init", schema_from=before, schema=revision)
+        _anchor_audit_head(rt)
     return {"schema": revision or "", "key_file": key_state}
+
+
+def _anchor_audit_head(rt: Runtime) -> None:
+    """Anchor the chain's head outside the database from the first row on, so a table emptied after
+    `init` fails `cxrd audit verify` instead of verifying as a fresh, empty chain."""
+    from storage import audit_anchor
+    with rt.read_sessions() as s:
+        head = audit_anchor.current_head(s)
+    if head is not None:
+        audit_anchor.append(rt.state_dir / audit_anchor.FILE_NAME, rt.keys.audit_key, *head)
 
 
 def run_serve(args: argparse.Namespace, rt: Runtime) -> int:

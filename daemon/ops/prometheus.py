@@ -58,7 +58,9 @@ class StateCollector:
     """Gauges computed from the database, the disk and the model registry at scrape time."""
 
     def __init__(self, sessions: sessionmaker[Session], state_dir: Path, min_free_mb: int,
-                 current_model: Callable[[], object | None], cache_s: float = 5.0):
+                 current_model: Callable[[], object | None], cache_s: float = 5.0,
+                 behind_anchor: Callable[[], bool] = lambda: False):
+        self.behind_anchor = behind_anchor
         self.sessions = sessions
         self.state_dir = state_dir
         self.min_free_bytes = min_free_mb * 1024 * 1024
@@ -117,6 +119,11 @@ class StateCollector:
         out.append(g)
         g = GaugeMetricFamily("cxrd_audit_chain_head", "Sequence number of the newest audit row")
         g.add_metric([], head or 0)
+        out.append(g)
+        g = GaugeMetricFamily("cxrd_audit_chain_behind_anchor",
+                              "1 while the audit chain's head is behind (or differs from) the last anchored head: "
+                              "rows were removed or replaced")
+        g.add_metric([], 1 if self.behind_anchor() else 0)
         out.append(g)
         info = self.current_model()
         g = GaugeMetricFamily("cxrd_model_info", "The current model (1) by version", labels=["version"])

@@ -1,6 +1,7 @@
 """What hospital IT sees: systemd notifications, health, readiness and Prometheus metrics."""
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import time
@@ -81,3 +82,34 @@ def test_http_port_in_use_is_a_clear_error(daemon_factory):
     assert r.returncode == 1
     assert "cannot listen for HTTP on 127.0.0.1" in r.stderr and "Traceback" not in r.stderr
     blocker.close()
+
+
+def test_rows_cut_from_the_audit_tail_are_noticed_against_the_anchor(daemon_factory, shared_data):
+    """The running daemon anchors the head outside the database (file and journal); someone with
+    database access deleting the newest rows makes the head go backwards, which the daemon logs as an
+    error and exports as cxrd_audit_chain_behind_anchor 1, and `cxrd audit verify` reports."""
+    import sqlite3
+    from storage import audit_anchor
+    d = daemon_factory({"CXRD_STORAGE__AUDIT_ANCHOR_INTERVAL_S": "1"}).start()
+    assert storescu(d.dicom_port, shared_data / "dicom/derived/nih_00000001_000_explicit-vr-le.dcm")[1] == ["Success"]
+    anchors = d.state_dir / audit_anchor.FILE_NAME
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "event=audit.anchor " not in d.log_text():
+        time.sleep(0.2)
+    time.sleep(1.5)  # one more interval: the stored image's rows are anchored too
+    anchored = max(int(json.loads(line)["seq"]) for line in anchors.read_text().splitlines())
+    db = sqlite3.connect(d.state_dir / "cxrd.db")
+    db.execute("DELETE FROM audit_events WHERE seq > ?", (anchored - 2,))
+    db.commit()
+    db.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        text = http_get(d.http_port, "/metrics")[1]
+        if "cxrd_audit_chain_behind_anchor 1.0" in text:
+            break
+        time.sleep(0.5)
+    assert "cxrd_audit_chain_behind_anchor 1.0" in text
+    assert "event=audit.chain_regressed" in d.log_text()
+    r = d.cli("audit", "verify")
+    assert r.returncode == 1 and "removed from the end" in r.stderr
+    d.stop()

@@ -5,6 +5,7 @@ The commands are read out of the document itself, so the doc and the behaviour c
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from datetime import datetime, time, timedelta, timezone
@@ -240,3 +241,22 @@ def test_verify_against_an_anchor_finds_rows_cut_off_the_end(state, capsys):
     assert cli.main(["audit", "verify", "--expect-head", anchor]) == 1
     assert "removed from the end" in capsys.readouterr().err
     assert cli.main(["audit", "verify", "--expect-head", "12:nothex"]) == 2
+
+
+def test_an_audit_table_emptied_after_init_fails_verification(tmp_path):
+    """`init` anchors the chain's head outside the database, so deleting every row (which leaves a
+    chain that verifies as empty) or the newest ones is reported against that anchor."""
+    import sqlite3
+    import subprocess
+    from conftest import CXRD
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    assert subprocess.run([CXRD, "init"], cwd=tmp_path, env=env, capture_output=True).returncode == 0
+    ok = subprocess.run([CXRD, "audit", "verify"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0 and "reaches the head anchored at" in ok.stdout, ok.stderr
+    db = sqlite3.connect(tmp_path / "var" / "cxrd.db")
+    db.execute("DELETE FROM audit_events")
+    db.commit()
+    db.close()
+    broken = subprocess.run([CXRD, "audit", "verify"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert broken.returncode == 1
+    assert "audit chain broken at row 1" in broken.stderr and "removed from the end" in broken.stderr
