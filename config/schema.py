@@ -43,7 +43,19 @@ class Dicom:
     allow_any_host: bool = _f(False, "Accept associations from any source address when allowed_hosts is "
                                      "empty (logged as a warning at every start); prefer listing the PACS")
     max_associations: int = _f(16, "Maximum concurrent associations", min=1, max=1000)
-    max_pdu: int = _f(0, "Maximum PDU size we receive in bytes (0 = unlimited)", min=0, max=2**32 - 1)
+    max_associations_per_host: int = _f(0, "Maximum concurrent connections from one source address; a "
+                                           "host at the limit has further connections closed before any "
+                                           "DICOM byte is read, so one host cannot take every slot "
+                                           "(0 = no per-host limit)", min=0, max=1000)
+    max_pdu: int = _f(1048576, "Largest PDU we receive after an association is accepted, in bytes: "
+                               "advertised to peers as our Maximum Length (the length field of a "
+                               "P-DATA-TF PDU); a peer that sends a larger PDU is aborted. Before "
+                               "acceptance no PDU may exceed 64 KiB. 0 = unlimited: an accepted peer "
+                               "may make us hold a PDU of any size", min=0, max=2**32 - 1)
+    preassociation_timeout: float = _f(5.0, "Seconds a connection may take from being accepted to "
+                                            "delivering its A-ASSOCIATE-RQ (TLS handshake included) "
+                                            "before it is closed; a connection closed earlier frees "
+                                            "its association slot at once", min=0.1, max=3600)
     acse_timeout: float = _f(30.0, "Seconds to wait for association messages", min=1, max=3600)
     dimse_timeout: float = _f(60.0, "Seconds to wait for DIMSE messages", min=1, max=3600)
     network_timeout: float = _f(60.0, "Seconds before an idle association is dropped", min=1, max=3600)

@@ -2,7 +2,10 @@
 
 It turns network events into calls with plain values (an `on_store` callable returning a status, an
 `on_reject` callable for the audit) and applies the association gate from settings: called AE title,
-calling AE and host allow-lists, association limit, timeouts, optional TLS. Which outcome gets which
+calling AE and host allow-lists, association limits (overall and per host), timeouts, optional TLS,
+and the bounds that hold before a peer is trusted: the size of a PDU (`daemon.dicom.pdu_limits`)
+and how long a connection may hold a slot before asking for an association
+(`daemon.dicom.preassociation`). Which outcome gets which
 DICOM status is decided in `daemon.dicom.statuses`; which outcome an image has, in
 `daemon.stages.ingest`. It installs no adjustments to pynetdicom (`daemon.dicom.patches`, installed by
 the service), so it serves on stock pynetdicom as well.
@@ -28,6 +31,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from config.schema import Dicom
 from daemon.dicom import statuses
+from daemon.dicom.preassociation import ConnectionGuard
 from daemon.ops.logs import event
 
 log = logging.getLogger("cxrd.scp")
@@ -58,6 +62,7 @@ def decodable_transfer_syntaxes() -> list[str]:
 class ScpHandle:
     server: ThreadedAssociationServer
     ae: AE
+    guard: ConnectionGuard
 
     @property
     def port(self) -> int:
@@ -69,6 +74,7 @@ class ScpHandle:
     def stop(self, drain_s: float = 30.0) -> None:
         """Stop accepting, let in-flight associations finish for up to drain_s, then abort the rest."""
         self.server.shutdown()  # stops the accept loop and closes the listening socket
+        self.guard.stop()
         deadline = time.monotonic() + drain_s
         # Only associations that got past negotiation may be mid-transfer; idle or half-open
         # connections are not worth delaying a stop for.
@@ -140,6 +146,19 @@ class _GatedServer(ThreadedAssociationServer):
         return False
 
 
+_DECODE_LOG = logging.getLogger("pynetdicom.utils")
+
+
+class _NonAsciiTextNoise(logging.Filter):
+    """Drops pynetdicom's error-with-traceback for each codec it tries on a non-ASCII AE title or
+    UID in a received PDU. Any peer can send such bytes, so they must not fill the log with
+    tracebacks; pynetdicom then decodes the text with a fallback codec, or the PDU is refused as
+    undecodable, which the PDU reader logs in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], UnicodeError))
+
+
 def parse_networks(entries: list[str]) -> list[ipaddress._BaseNetwork]:
     return [ipaddress.ip_network(e, strict=False) for e in entries]
 
@@ -165,6 +184,8 @@ def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = Non
     # image. cxrd logs and audits associations and stores itself. A process-wide pynetdicom setting,
     # read when an association is created: it must be set before the server accepts any.
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    if not any(isinstance(f, _NonAsciiTextNoise) for f in _DECODE_LOG.filters):
+        _DECODE_LOG.addFilter(_NonAsciiTextNoise())
     ae = application_entity(cfg, storage=on_store is not None)
     server = ae.make_server((cfg.bind, cfg.port), ssl_context=ssl_context(cfg.tls) if cfg.tls.enabled else None,
                             evt_handlers=event_handlers(on_store, on_reject, on_accept),
@@ -172,10 +193,14 @@ def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = Non
     server.contexts = _Contexts(server.contexts)
     server.allowed_networks = parse_networks(cfg.allowed_hosts)
     server.on_reject = on_reject
+    guard = ConnectionGuard(cfg.preassociation_timeout, cfg.max_associations_per_host, on_reject)
+    for ev, handler in guard.handlers():
+        server.bind(ev, handler)
+    guard.start()
     thread = threading.Thread(target=server.serve_forever, name="cxrd-scp", daemon=True)
     thread.start()
     ae._servers.append(server)  # so that ae.shutdown() stops it, as for pynetdicom's start_server
-    return ScpHandle(server=server, ae=ae)
+    return ScpHandle(server=server, ae=ae, guard=guard)
 
 
 def application_entity(cfg: Dicom, storage: bool) -> AE:

@@ -15,6 +15,9 @@ a P-DATA-TF is decoded from a memoryview, so its PDV values are views of that bu
 into the DIMSE message's data set. Every other PDU type, or any association with EVT_DATA_RECV /
 EVT_PDU_RECV handlers bound, goes through pynetdicom's own `_decode_pdu` exactly as before; the
 FSM events for short reads, unknown types and undecodable PDUs are unchanged (Evt17, Evt19).
+Like every reader of an accepted association it checks the peer's length field against
+`daemon.dicom.pdu_limits.largest_pdu` before it allocates: the buffer is sized from the PDU's
+length only once that length is within what we accept.
 
 Only associations cxrd accepted take these paths; an association we requested (the results
 sender's) reads with pynetdicom's own code whether or not this is installed.
@@ -28,6 +31,8 @@ from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.transport import AssociationSocket
+
+from daemon.dicom import pdu_limits
 
 _original = AssociationSocket.recv
 _original_read_pdu = DULServiceProvider._read_pdu_data
@@ -54,6 +59,7 @@ def installed() -> bool:
     return AssociationSocket.recv is recv
 
 
+@pdu_limits.enforces_pdu_limit
 def read_pdu_data(self: DULServiceProvider) -> None:
     """One PDU from the socket into the FSM's queues (pynetdicom's `_read_pdu_data` contract)."""
     if not self.assoc.is_acceptor:
@@ -74,10 +80,19 @@ def read_pdu_data(self: DULServiceProvider) -> None:
         _LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
         self.event_queue.put("Evt19")
         return
-    buf = bytearray(6 + pdu_length)
-    buf[:6] = head
+    limit = pdu_limits.largest_pdu(self)
     try:
-        got = _recv_into(sock.socket, memoryview(buf)[6:], pdu_length)
+        if limit is None:  # dicom.max_pdu = 0 and accepted: grow with what arrives, as upstream does
+            buf = bytearray(head)
+            buf += _original(sock, pdu_length)
+            got = len(buf) - 6
+        elif pdu_length > limit:
+            pdu_limits.refuse(self, pdu_type, pdu_length, limit)
+            return
+        else:
+            buf = bytearray(6 + pdu_length)
+            buf[:6] = head
+            got = _recv_into(sock.socket, memoryview(buf)[6:], pdu_length)
     except (OSError, TimeoutError):
         _LOG.error("Connection closed before the entire PDU was received")
         self.event_queue.put("Evt17")

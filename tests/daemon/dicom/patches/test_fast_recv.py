@@ -90,9 +90,10 @@ from pynetdicom.pdu import P_DATA_TF  # noqa: E402
 def _dul(sock: socket.socket, handlers: dict | None = None) -> SimpleNamespace:
     """The parts of a DULServiceProvider that its PDU reader touches."""
     handlers = handlers or {}
-    assoc = SimpleNamespace(get_handlers=lambda event: handlers.get(event, []), is_acceptor=True)
+    assoc = SimpleNamespace(get_handlers=lambda event: handlers.get(event, []), is_acceptor=True,
+                            acceptor=SimpleNamespace(maximum_length=1 << 24))
     dul = SimpleNamespace(socket=_accepted_socket(sock), event_queue=queue.Queue(), _recv_pdu=queue.Queue(),
-                          assoc=assoc)
+                          assoc=assoc, state_machine=SimpleNamespace(current_state="Sta6"))  # accepted
     dul.socket.recv = lambda n: fast_recv.recv(dul.socket, n)
     dul.decoded_by_pynetdicom = []
 
