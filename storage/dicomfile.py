@@ -23,12 +23,15 @@ from __future__ import annotations
 import io
 import struct
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_data_element
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+from storage.errors import TamperError
 
 PIXEL_DATA = 0x7FE00010
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
@@ -227,3 +230,20 @@ def _meta_group(meta: Dataset) -> bytes | None:
             value += b"\0" if vr == b"UI" else b" "
         body += struct.pack("<HH", 2, tag & 0xFFFF) + vr + struct.pack("<H", len(value)) + value
     return b"\2\0\0\0UL\4\0" + struct.pack("<L", len(body)) + body
+
+
+def checked_instance(data: bytes, sop_instance_uid: str, object_id: str) -> bytes:
+    """`data` (a decrypted vault object) if it is the instance `sop_instance_uid` names; TamperError if not.
+
+    The vault authenticates an object under its own id, so an object is never altered unseen; but the
+    database row that points at it could be changed to point at another patient's object, whose pixels
+    would then be classified, and drawn into a report, as this instance's. Every object is written with
+    the instance's pseudonymous SOP Instance UID, so reading it back before use tells the two apart."""
+    try:
+        found = str(dcmread(io.BytesIO(data), stop_before_pixels=True,
+                           specific_tags=["SOPInstanceUID"]).get("SOPInstanceUID", ""))
+    except Exception:
+        found = ""
+    if found != sop_instance_uid:
+        raise TamperError(object_id, "the object holds another instance than the row points from")
+    return data

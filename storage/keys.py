@@ -336,6 +336,7 @@ class Keys:
     audit_key: bytes
     reid_key: bytes
     keyring: Keyring
+    record_key: bytes  # authenticates prediction rows (storage.records): a report is built only from ours
 
     @property
     def deid(self) -> DeidKeys:
@@ -359,4 +360,4 @@ def load_keys(key_file: str | os.PathLike, keyring_file: str | os.PathLike | Non
     ring_path = Path(keyring_file) if keyring_file else default_keyring_path(key_file)
     return Keys(uid_key=derive_key(master, "uid-pseudonym"), date_key=derive_key(master, "date-shift"),
                 audit_key=derive_key(master, "audit-chain"), reid_key=derive_key(master, "reid-map"),
-                keyring=_open_keyring(master, ring_path))
+                keyring=_open_keyring(master, ring_path), record_key=derive_key(master, "prediction-rows"))

@@ -98,6 +98,9 @@ class Prediction(Base):
     threshold: Mapped[float] = mapped_column(Float)
     positive: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # HMAC over what the row says and which instance it is for (storage.records); "" on rows written
+    # before migration 0003, which are therefore never used for a report
+    mac: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class Result(Base):

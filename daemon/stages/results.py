@@ -34,8 +34,9 @@ from daemon.dicom import statuses
 from daemon.errors import DaemonError
 from daemon.ops.logs import event
 from daemon.stages.leases import LEASE_S, worker_id
-from storage import audit, reid
-from storage.errors import StorageError
+from storage import audit, records, reid
+from storage.dicomfile import checked_instance
+from storage.errors import StorageError, TamperError
 from storage.keys import Keys
 from storage.models import PREDICTED, REPORTED, Instance, Prediction, Result, utcnow
 from storage.vault import Vault
@@ -53,6 +54,11 @@ MAX_DELAY_S = 86400.0
 
 class SendError(Exception):
     """The destination could not be reached or refused an object; worth retrying later."""
+
+
+class _PredictionsTampered(TamperError):
+    def __init__(self, sop: str):
+        super().__init__(sop, "prediction rows failed authentication (edited, moved or not written by cxrd)")
 
 
 class PermanentError(Exception):
@@ -250,7 +256,8 @@ class ResultsSender:
         with self.sessions() as session, session.begin():
             rows = session.execute(
                 select(Instance.id, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.vault_object,
-                       Prediction.label, Prediction.probability, Prediction.threshold, Prediction.positive)
+                       Prediction.label, Prediction.probability, Prediction.threshold, Prediction.positive,
+                       Prediction.mac)
                 .join(Prediction, Prediction.instance_id == Instance.id)
                 .where(Instance.study_uid == study, Instance.state.in_((PREDICTED, REPORTED)),
                        Prediction.model_version == version)
@@ -259,7 +266,14 @@ class ResultsSender:
             originals: dict[int, dict[str, str]] = {}
             unusable = ""
             looked_up: set[int] = set()
-            for iid, sop, sop_class, obj, label, prob, thr, pos in rows:
+            forged = [sop for _, sop, _, _, label, prob, thr, pos, tag in rows
+                      if not records.verify(self.keys.record_key, tag, sop, version, label, prob, thr, pos)]
+            if forged:  # an edited, moved or foreign prediction row: no report from this study's rows
+                audit.record_tamper(session, self.keys.audit_key, _PredictionsTampered(forged[0]),
+                                    what="predictions", actor=ACTOR, host=self.audit_host, study_uid=study)
+                unusable = f"{len(forged)} prediction row(s) failed authentication"
+                rows = []
+            for iid, sop, sop_class, obj, label, prob, thr, pos, _ in rows:
                 if iid not in looked_up:
                     looked_up.add(iid)
                     try:
@@ -267,7 +281,7 @@ class ResultsSender:
                     except StorageError as exc:  # TamperError included: never send under a wrong identity
                         audit.record_tamper(session, self.keys.audit_key, exc, what="reid", actor=ACTOR,
                                             host=self.audit_host, study_uid=study)
-                        unusable = str(exc)
+                        unusable = f"re-identification entry unusable: {exc}"
                         break  # leave the block normally so the security alert is committed
                     audit.append(session, self.keys.audit_key, event_type="reid.lookup", actor=ACTOR,
                                  host=self.audit_host, study_uid=study, object_uid=sop,
@@ -281,7 +295,7 @@ class ResultsSender:
                 if iid in by_id:
                     by_id[iid].findings.append(report.Finding(label, float(prob), float(thr), bool(pos)))
         if unusable:
-            raise PermanentError(f"re-identification entry unusable: {unusable}")
+            raise PermanentError(unusable)
         if not by_id:
             raise PermanentError("no predicted instance of this study has a re-identification entry")
         first = originals[next(iter(by_id))]
@@ -311,6 +325,11 @@ class ResultsSender:
         if self.send_heatmap and findings:
             try:
                 objects.append(self._heatmap(study, version, sources, identity, findings))
+            except TamperError as exc:  # a row points at another instance's object: send nothing
+                with self.sessions() as session, session.begin():
+                    audit.record_tamper(session, self.keys.audit_key, exc, what="vault", actor=ACTOR,
+                                        host=self.audit_host, study_uid=study)
+                raise PermanentError(f"stored object failed its check: {exc.reason}") from None
             except Exception as exc:  # the SR still goes out; the overlay is a convenience
                 event(log, "result.heatmap_failed", logging.WARNING, study=study, model=version,
                       error=type(exc).__name__ if not isinstance(exc, (ModelError, StorageError)) else str(exc))
@@ -337,7 +356,7 @@ class ResultsSender:
         src = max(sources, key=lambda s: next((f.probability for f in s.findings if f.label == top.label), -1.0))
         if src.vault_object is None:
             raise StorageError("instance has no stored object")
-        data = self.vault.get(src.vault_object)
+        data = checked_instance(self.vault.get(src.vault_object), src.pseudo_sop, src.vault_object)
         model = self._model(version)
         orientation = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True).get("PatientOrientation", "")
         picture = report.heatmap_picture(model.module, model.preprocess(data), load_image(data), top.label)

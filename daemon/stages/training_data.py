@@ -23,6 +23,7 @@ from cxrmodel.chestxray14 import NO_FINDING
 from cxrmodel.labels import LABELS
 from daemon.errors import DaemonError
 from daemon.runtime import Runtime
+from storage.dicomfile import checked_instance
 from storage.models import Instance, Label, utcnow
 from storage.vault import Vault
 
@@ -108,7 +109,7 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
     (dest / "images").mkdir(parents=True, exist_ok=True, mode=0o700)
     rows = []
     for inst, lab in pairs:
-        raw = vault.get(inst.vault_object)
+        raw = checked_instance(vault.get(inst.vault_object), inst.sop_instance_uid, inst.vault_object)
         ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
         unit = load_image(raw)
         Image.fromarray(np.round(unit * 255).astype(np.uint8), mode="L").save(

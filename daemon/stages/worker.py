@@ -33,7 +33,8 @@ from cxrmodel.registry import LoadedModel, Registry
 from daemon.ops.logs import event
 from daemon.stages.leases import release_dead_claims, worker_id
 from daemon.stages.results import schedule_result
-from storage import audit
+from storage import audit, records
+from storage.dicomfile import checked_instance
 from storage.errors import StorageError, TamperError
 from storage.keys import Keys
 from storage.models import FAILED, PREDICTED, QUARANTINED, RECEIVED, Instance, Job, Prediction, utcnow
@@ -284,7 +285,7 @@ class Worker:
         try:
             if object_id is None:
                 raise StorageError("instance has no stored object")
-            p.tensor = model.preprocess(self.vault.get(object_id))
+            p.tensor = model.preprocess(checked_instance(self.vault.get(object_id), sop, object_id))
         except TamperError as exc:
             p.error, p.quarantine = str(exc), True
         except (StorageError, ModelError) as exc:
@@ -363,7 +364,9 @@ class Worker:
                 continue
             rows.extend({"instance_id": p.instance_id, "model_version": version, "label": label,
                          "probability": float(prob), "threshold": float(t), "positive": bool(prob >= t),
-                         "created_at": now}
+                         "created_at": now,
+                         "mac": records.mac(self.keys.record_key, p.sop_uid, version, label, float(prob),
+                                            float(t), bool(prob >= t))}
                         for label, prob, t in zip(LABELS, row, thresholds))
             positives = [label for label, prob, t in zip(LABELS, row, thresholds) if prob >= t]
             audit.append(session, self.keys.audit_key, event_type="prediction.created",

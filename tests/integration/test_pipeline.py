@@ -80,3 +80,30 @@ def test_kill9_during_inference_resumes_and_predicts_each_instance_exactly_once(
     wait_for(lambda: counts(d.state_dir).get("predicted") == 12)
     c = counts(d.state_dir)
     assert c["predictions"] == 12 * 14 and c["jobs_done"] == 12
+
+
+def test_a_swapped_vault_pointer_is_quarantined_not_classified(daemon_factory, shared_data, tmp_path):
+    """Someone with database access points instance A at instance B's object (both real, both
+    decrypt): the worker reads the object's own SOP Instance UID, refuses both, audits the tampering,
+    and writes no prediction that could reach either patient's record; the untouched one is predicted
+    (and every written prediction row carries its MAC)."""
+    from sqlalchemy import text
+    d = daemon_factory(FAST).start()
+    files = copy_with_new_uids(shared_data / SRC, tmp_path / "s", 3)
+    assert storescu(d.dicom_port, *files)[1] == ["Success"] * 3
+    time.sleep(1)
+    engine = create_engine(f"sqlite:///{d.state_dir / 'cxrd.db'}")
+    with engine.begin() as c:
+        (a, obj_a), (b, obj_b) = c.execute(text("SELECT id, vault_object FROM instances ORDER BY id LIMIT 2")).all()
+        c.execute(text("UPDATE instances SET vault_object = :o WHERE id = :i"), {"o": obj_b, "i": a})
+        c.execute(text("UPDATE instances SET vault_object = :o WHERE id = :i"), {"o": obj_a, "i": b})
+    install_model(d.state_dir)
+    wait_for(lambda: counts(d.state_dir).get("quarantined") == 2 and counts(d.state_dir).get("predicted") == 1)
+    with engine.connect() as c:
+        tampered = c.execute(select(func.count()).select_from(AuditEvent)
+                             .where(AuditEvent.event_type == "security.tamper")).scalar()
+        predicted_for = set(c.execute(select(Prediction.instance_id)).scalars())
+        macs = set(c.execute(select(func.length(Prediction.mac))).scalars())
+    engine.dispose()
+    assert tampered == 2 and predicted_for.isdisjoint({a, b}) and macs == {64}
+    assert d.stop() == 0

@@ -136,3 +136,17 @@ def test_encapsulation_follows_the_transfer_syntax_as_dcmwrite_does(shared_data)
     ds[PIXEL_DATA].is_undefined_length = False
     parts = file_parts(ds)
     assert len(parts) == 1 and bytes(parts[0]) == dcmwrite_bytes(copy.deepcopy(ds))
+
+
+def test_an_object_read_back_must_be_the_instance_its_row_names(shared_data):
+    """A decrypted object is used only if its SOP Instance UID is the row's (a swapped pointer is not)."""
+    from storage.dicomfile import checked_instance
+    from storage.errors import TamperError
+    src = shared_data / "dicom/derived/nih_00000001_000_explicit-vr-le.dcm"
+    data = src.read_bytes()
+    sop = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+    assert checked_instance(data, sop, "obj1") is data
+    with pytest.raises(TamperError, match="another instance"):
+        checked_instance(data, sop + ".9", "obj1")
+    with pytest.raises(TamperError):
+        checked_instance(b"not dicom at all", sop, "obj1")

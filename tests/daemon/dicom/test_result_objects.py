@@ -208,6 +208,16 @@ def test_postgresql_claimers_skip_a_row_another_sender_holds(fresh_pg_database):
         engine.dispose()
 
 
+def _signed_predictions(keys, instance_id: int, sop: str, probability: float = 0.7) -> list:  # noqa: ANN001
+    """Prediction rows as the worker writes them, with their MAC (storage.records)."""
+    from storage import records
+    from storage.models import Prediction
+    return [Prediction(instance_id=instance_id, model_version="v1", label=label, probability=probability,
+                       threshold=0.5, positive=probability >= 0.5,
+                       mac=records.mac(keys.record_key, sop, "v1", label, probability, 0.5, probability >= 0.5))
+            for label in LABELS]
+
+
 def test_a_study_without_reidentification_entry_is_parked_at_once_and_never_sent(sessions, tmp_path: Path):
     from cxrmodel.registry import Registry
     from daemon.stages.results import ResultsSender
@@ -222,8 +232,7 @@ def test_a_study_without_reidentification_entry_is_parked_at_once_and_never_sent
                         state="predicted")
         s.add(inst)
         s.flush()
-        s.add_all(Prediction(instance_id=inst.id, model_version="v1", label=label, probability=0.7, threshold=0.5,
-                             positive=True) for label in LABELS)
+        s.add_all(_signed_predictions(keys, inst.id, "2.25.11"))
         s.add(Result(study_uid="2.25.10", model_version="v1", kind="sr", next_attempt_at=utcnow()))
     sent: list = []
     sender = ResultsSender(sessions=sessions, vault=Vault(tmp_path / "vault", keys.keyring), keys=keys,
@@ -239,3 +248,84 @@ def test_a_study_without_reidentification_entry_is_parked_at_once_and_never_sent
         assert s.query(Instance).one().state == "predicted"
     assert events == [("reid.lookup", "cxrd:results", 0), ("result.failed", "cxrd:results", 8)]
     assert sent == []
+
+
+@pytest.mark.parametrize("tamper", ["probability", "call", "moved", "unsigned"])
+def test_a_report_is_never_built_from_prediction_rows_cxrd_did_not_write(sessions, tmp_path: Path, tamper):
+    """An insider with database access edits a probability, flips a call, moves a row to another
+    instance, or inserts one: the result is parked as failed, audited as tampering, and nothing is sent."""
+    from sqlalchemy import text
+    from cxrmodel.registry import Registry
+    from daemon.stages.results import ResultsSender
+    from storage import keys as key_store
+    from storage import reid
+    from storage.models import AuditEvent, Instance, Prediction, ReidEntry
+    from storage.vault import Vault
+
+    key_store.init_keys(tmp_path / "master.key", tmp_path / "keyring.json")
+    keys = key_store.load_keys(tmp_path / "master.key", tmp_path / "keyring.json")
+    with sessions.begin() as s:
+        ids = []
+        for sop in ("2.25.11", "2.25.21"):
+            inst = Instance(sop_instance_uid=sop, study_uid="2.25.10", series_uid="2.25.12", sop_class_uid=DX,
+                            state="predicted")
+            s.add(inst)
+            s.flush()
+            ids.append(inst.id)
+            s.add(ReidEntry(sop_instance_uid=sop, study_uid="2.25.10", sealed=reid.seal_reid(
+                keys.reid_key, sop, {"study_uid": "1.2.3", "sop_instance_uid": "1.2.3." + sop[-2:],
+                                     "patient_id": "P1"})))
+            s.add_all(_signed_predictions(keys, inst.id, sop, probability=0.2))
+        s.add(Result(study_uid="2.25.10", model_version="v1", kind="sr", next_attempt_at=utcnow()))
+    with sessions.begin() as s:
+        edit = {"probability": "UPDATE predictions SET probability = 0.97 WHERE label = 'Pneumothorax'",
+                "call": "UPDATE predictions SET positive = 1 WHERE label = 'Mass'",
+                "moved": f"UPDATE predictions SET instance_id = {ids[1]} WHERE instance_id = {ids[0]} "
+                         "AND label = 'Nodule'",
+                "unsigned": "UPDATE predictions SET mac = '' WHERE label = 'Edema'"}[tamper]
+        if tamper == "moved":
+            s.execute(text(f"DELETE FROM predictions WHERE instance_id = {ids[1]} AND label = 'Nodule'"))
+        s.execute(text(edit))
+    sent: list = []
+    sender = ResultsSender(sessions=sessions, vault=Vault(tmp_path / "vault", keys.keyring), keys=keys,
+                           registry=Registry(tmp_path / "models"), max_attempts=5,
+                           destination=Destination(calling_aet="CXRD", called_aet="PACS", host="127.0.0.1", port=9),
+                           sender=lambda objects, dest: sent.append(objects))
+    assert sender.run_once() is True
+    with sessions() as s:
+        row = s.query(Result).one()
+        assert row.state == "failed" and "failed authentication" in row.last_error
+        events = [(e.event_type, e.outcome) for e in s.query(AuditEvent).order_by(AuditEvent.seq)]
+    assert ("security.tamper", 12) in events and ("reid.lookup", 0) not in events
+    assert sent == []
+
+
+def test_untouched_signed_rows_make_a_report(sessions, tmp_path: Path):
+    """The control for the test above: the same rows, unedited, are sent."""
+    from cxrmodel.registry import Registry
+    from daemon.stages.results import ResultsSender
+    from storage import keys as key_store
+    from storage import reid
+    from storage.models import Instance, ReidEntry
+    from storage.vault import Vault
+
+    key_store.init_keys(tmp_path / "master.key", tmp_path / "keyring.json")
+    keys = key_store.load_keys(tmp_path / "master.key", tmp_path / "keyring.json")
+    with sessions.begin() as s:
+        inst = Instance(sop_instance_uid="2.25.11", study_uid="2.25.10", series_uid="2.25.12", sop_class_uid=DX,
+                        state="predicted")
+        s.add(inst)
+        s.flush()
+        s.add(ReidEntry(sop_instance_uid="2.25.11", study_uid="2.25.10", sealed=reid.seal_reid(
+            keys.reid_key, "2.25.11", {"study_uid": "1.2.3", "sop_instance_uid": "1.2.3.11", "patient_id": "P1"})))
+        s.add_all(_signed_predictions(keys, inst.id, "2.25.11", probability=0.2))
+        s.add(Result(study_uid="2.25.10", model_version="v1", kind="sr", next_attempt_at=utcnow()))
+    sent: list = []
+    sender = ResultsSender(sessions=sessions, vault=Vault(tmp_path / "vault", keys.keyring), keys=keys,
+                           registry=Registry(tmp_path / "models"), max_attempts=5, send_heatmap=False,
+                           destination=Destination(calling_aet="CXRD", called_aet="PACS", host="127.0.0.1", port=9),
+                           sender=lambda objects, dest: sent.append(objects))
+    assert sender.run_once() is True
+    with sessions() as s:
+        assert s.query(Result).one().state == "sent"
+    assert len(sent) == 1
