@@ -64,6 +64,9 @@ class Dicom:
     chest_body_parts: list[str] = _f(lambda: ["CHEST", "THORAX", "LUNG", "RIB", "RIBS", "SPINE THORACIC"],
                                      "BodyPartExamined values accepted as chest (empty value = accepted)",
                                      factory=True)
+    max_pixels: int = _f(64 * 1024 * 1024, "Most pixels (Rows x Columns x frames) an image may declare; larger "
+                                           "ones are refused before anything decodes them (0xC210)",
+                         min=1, max=2**40)
     min_image_size: int = _f(256, "Smallest rows/columns of an image treated as a radiograph", min=1)
     receive_adjustments: bool = _f(True, "Speed up pynetdicom's receive path (only on the pynetdicom version "
                                          "the adjustments were written for); false = stock pynetdicom")

@@ -135,6 +135,7 @@ class Service:
             deid=DeidOptions(**dataclasses.asdict(s.deid)),
             chest=ChestRule(frozenset(p.upper() for p in s.dicom.chest_body_parts), s.dicom.min_image_size),
             non_chest=s.dicom.non_chest, min_free_mb=s.storage.min_free_mb, hostname=rt.hostname,
+            max_pixels=s.dicom.max_pixels,
             max_writers=s.dicom.max_associations)
         # Stopped last (reverse order), so they record up to the end.
         self.anchoring = ChainAnchoring(rt.sessions, rt.keys.audit_key, rt.state_dir,

@@ -41,5 +41,6 @@ REJECTED = Outcome("rejected", NOT_A_CHEST_RADIOGRAPH)   # not a chest radiograp
 REFUSED_DISK = Outcome("refused_disk", OUT_OF_RESOURCES)
 REFUSED_DATABASE = Outcome("refused_database", OUT_OF_RESOURCES)
 UNPARSEABLE = Outcome("unparseable", CANNOT_UNDERSTAND)
+REFUSED_PIXELS = Outcome("refused_pixels", CANNOT_UNDERSTAND)  # over the pixel budget, or a length that lies
 UNDEIDENTIFIABLE = Outcome("failed", CANNOT_DEIDENTIFY)
 FAILED = Outcome("failed", PROCESSING_FAILURE)

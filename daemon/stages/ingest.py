@@ -1,6 +1,7 @@
 """Ingest: one received dataset in, one DICOM status out — and 0x0000 only once the image is durable.
 
-Order of work for a chest radiograph: de-identify -> serialise -> encrypt + write + fsync (vault),
+Order of work for a chest radiograph whose pixel data is what its header declares
+(`pixel_checks`): de-identify -> serialise -> encrypt + write + fsync (vault),
 and meanwhile the statements of one transaction (instance + job + re-identification entry + audit
 row; on PostgreSQL the audit row waits for the object, see `_persist`) -> commit once the object is
 durable -> 0x0000. The two fsyncs (object file, database log) stay in that order; what overlaps is
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.dicom import statuses
 from daemon.ops.logs import event
 from daemon.stages.chest_rule import ChestRule, Verdict, is_chest_radiograph
+from daemon.stages.pixel_checks import pixel_problem
 from storage import reid
 from storage.deid import PROFILE_EDITION, DeidOptions, DeidResult, deidentify
 from storage.dicomfile import file_parts
@@ -54,6 +56,7 @@ class Ingest:
     def __init__(self, *, engine: Engine, read_sessions: sessionmaker[Session], vault: Vault, keys: Keys,
                  deid: DeidOptions,
                  chest: ChestRule, non_chest: str, min_free_mb: int, hostname: str = "",
+                 max_pixels: int = 64 * 1024 * 1024,
                  observe: Callable[[str, float, int], None] | None = None, max_writers: int = 8):
         self.rows = IngestRows(engine, keys.audit_key)  # the C-STORE transaction, on the driver's cursor
         self._audit_after_write = engine.dialect.name != "sqlite"
@@ -62,6 +65,7 @@ class Ingest:
         self.keys = keys
         self.deid = deid
         self.chest = chest
+        self.max_pixels = max_pixels
         self.non_chest = non_chest
         self.min_free_bytes = min_free_mb * 1024 * 1024
         self.hostname = hostname
@@ -105,6 +109,11 @@ class Ingest:
         verdict = is_chest_radiograph(ds, self.chest)
         if not verdict.chest:
             return self._not_chest(verdict, calling_aet, actor), 0
+        problem = pixel_problem(ds, self.max_pixels)
+        if problem is not None:
+            self._audit_only("instance.failed", outcome=4, details={"reason": problem}, **actor)
+            event(log, "store.pixels_refused", logging.WARNING, reason=problem, calling_aet=calling_aet)
+            return statuses.REFUSED_PIXELS, 0
         if self.disk_is_low():
             return self._refuse_low_disk(calling_aet, actor), 0
         try:

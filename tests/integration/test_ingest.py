@@ -3,6 +3,7 @@ resource exhaustion, malformed traffic, and kill -9 in the middle of a push."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -307,6 +308,33 @@ def test_what_the_profile_does_not_list_never_reaches_the_stored_object(daemon_f
         plain = vault.get(object_id)
         assert marker.encode() not in plain
         assert pydicom.dcmread(io.BytesIO(plain), stop_before_pixels=True).PatientAge == "090Y"
+
+
+def test_pixel_data_that_is_not_what_its_header_says_is_refused_not_stored(daemon_factory, shared_data, tmp_path):
+    """Truncated native pixels (60 % of what Rows x Columns declare) and a JPEG 2000 image declaring
+    65535 x 65535: each gets a failure status at once, is audited with the reason, and nothing is stored
+    or queued (the worker would otherwise fail on it out of the sender's sight, or try to decode it)."""
+    truncated = copy_with_new_uids(shared_data / DERIVED / "nih_00000001_000_explicit-vr-le.dcm",
+                                   tmp_path / "trunc", 1)[0]
+    ds = pydicom.dcmread(truncated)
+    ds.PixelData = ds.PixelData[: int(len(ds.PixelData) * 0.6) // 2 * 2]
+    ds.save_as(truncated, enforce_file_format=True)
+    bomb = copy_with_new_uids(shared_data / DERIVED / "nih_00000001_000_j2k-lossless.dcm", tmp_path / "bomb", 1)[0]
+    ds = pydicom.dcmread(bomb)
+    ds.Rows = ds.Columns = 65535
+    ds.save_as(bomb, enforce_file_format=True)
+    d = daemon_factory().start()
+    for f in (truncated, bomb):
+        r, statuses = storescu(d.dicom_port, f)
+        assert statuses == ["Error: CannotUnderstand"], r.stdout + r.stderr  # dcmtk's name for 0xC2xx
+    engine, _, _ = state(d)
+    assert count(engine, Instance) == 0 and count(engine, Job) == 0
+    with engine.connect() as c:
+        reasons = [json.loads(r[0])["reason"] for r in c.execute(select(AuditEvent.details)
+                                                                  .where(AuditEvent.event_type == "instance.failed"))]
+    assert any("pixel data is" in r for r in reasons) and any("dicom.max_pixels" in r for r in reasons)
+    assert stored_objects(d) == []
+    assert d.stop() == 0
 
 
 def test_sigterm_mid_push_finishes_in_flight_work_and_exits_0_within_the_bound(daemon_factory, shared_data, tmp_path):
