@@ -86,14 +86,16 @@ def _alembic_config(connection):  # noqa: ANN001
     return cfg
 
 
-def migrate(engine: Engine) -> str:
-    """Bring the schema to the newest revision (idempotent); return that revision."""
+def migrate(engine: Engine, revision: str = "head") -> str:
+    """Bring the schema to `revision`, the newest by default (idempotent); return the revision reached.
+
+    Only tests ask for an older revision, to build a database as an earlier release left it."""
     from alembic import command
     with reachable(engine), engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # One migrator at a time when several daemons start together.
             conn.execute(text("SELECT pg_advisory_xact_lock(7437001)"))
-        command.upgrade(_alembic_config(conn), "head")
+        command.upgrade(_alembic_config(conn), revision)
     return schema_revision(engine)
 
 

@@ -57,13 +57,15 @@ def test_a_pickled_job_planted_in_the_database_is_never_unpickled(daemon_factory
     table): the elected daemon runs its schedule from configuration and never reads the row."""
     env = {"CXRD_RETRAIN__ENABLED": "true", "CXRD_RETRAIN__SCHEDULE": "* * * * *",
            "CXRD_STORAGE__RETENTION_DAYS": "3650", "CXRD_MODEL__WORKERS": "0"}
+    from storage import audit_anchor, db
     d = daemon_factory(env)
-    assert d.cli("init").returncode == 0
-    before, after = tmp_path / "unpickled-before-upgrade", tmp_path / "unpickled-after-upgrade"
-    engine = create_engine(f"sqlite:///{d.state_dir / 'cxrd.db'}")
-    with engine.begin() as c:  # the state a 0001 database was in: the job store table exists
-        c.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    assert d.cli("init").returncode == 0  # the keys; the database is then replaced by a 0001 one
+    (d.state_dir / "cxrd.db").unlink()
+    (d.state_dir / audit_anchor.FILE_NAME).unlink()
+    engine = db.engine_from_url(f"sqlite:///{d.state_dir / 'cxrd.db'}")
+    assert db.migrate(engine, "0001") == "0001"  # as the first release left it: the job store exists
     engine.dispose()
+    before, after = tmp_path / "unpickled-before-upgrade", tmp_path / "unpickled-after-upgrade"
     _plant_job_row(d.state_dir / "cxrd.db", before)
     d.start()
     deadline = time.monotonic() + 20
