@@ -79,6 +79,26 @@ def refuse(dul: DULServiceProvider, pdu_type: int, pdu_length: int, limit: int) 
     dul.event_queue.put("Evt17")
 
 
+def read_header(dul: DULServiceProvider) -> tuple[bytes, int, int] | None:
+    """The next PDU's 6-byte header, type and length; None once the state machine has been told why
+    there is nothing to read (Evt17: closed or short; Evt19: an unknown PDU type), as upstream does."""
+    try:
+        head = dul.socket.recv(6)
+    except (OSError, TimeoutError):
+        _LOG.error("Connection closed before the entire PDU was received")
+        dul.event_queue.put("Evt17")
+        return None
+    if len(head) != 6:
+        dul.event_queue.put("Evt17")
+        return None
+    pdu_type, _, pdu_length = struct.unpack(">BBL", head)
+    if pdu_type not in _PDU_TYPES:
+        _LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+        dul.event_queue.put("Evt19")
+        return None
+    return bytes(head), pdu_type, pdu_length
+
+
 def enforces_pdu_limit(reader: Callable) -> Callable:
     """Mark a PDU reader that checks `largest_pdu` itself (the adjusted reader)."""
     reader.enforces_pdu_limit = True  # type: ignore[attr-defined]
@@ -100,20 +120,10 @@ def read_pdu_data(self: DULServiceProvider) -> None:
     undecodable PDU); upstream's error messages without its tracebacks, which say nothing a peer's
     closed connection needs."""
     sock = self.socket
-    try:
-        head = sock.recv(6)
-    except (OSError, TimeoutError):
-        _LOG.error("Connection closed before the entire PDU was received")
-        self.event_queue.put("Evt17")
+    header = read_header(self)
+    if header is None:
         return
-    if len(head) != 6:
-        self.event_queue.put("Evt17")
-        return
-    pdu_type, _, pdu_length = struct.unpack(">BBL", head)
-    if pdu_type not in _PDU_TYPES:
-        _LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
-        self.event_queue.put("Evt19")
-        return
+    head, pdu_type, pdu_length = header
     limit = largest_pdu(self)
     if limit is not None and pdu_length > limit:
         refuse(self, pdu_type, pdu_length, limit)

@@ -25,7 +25,6 @@ sender's) reads with pynetdicom's own code whether or not this is installed.
 from __future__ import annotations
 
 import logging
-import struct
 
 from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
@@ -37,7 +36,6 @@ from daemon.dicom import pdu_limits
 _original = AssociationSocket.recv
 _original_read_pdu = DULServiceProvider._read_pdu_data
 _LOG = logging.getLogger("pynetdicom.dul")  # pynetdicom's own messages, under its logger
-_PDU_TYPES = frozenset(range(0x01, 0x08))
 
 # The upstream functions this module replaces, by qualified name (their source is pinned).
 REPLACES = {"pynetdicom.transport.AssociationSocket.recv": _original,
@@ -66,20 +64,10 @@ def read_pdu_data(self: DULServiceProvider) -> None:
         _original_read_pdu(self)
         return
     sock = self.socket
-    try:
-        head = sock.recv(6)
-    except (OSError, TimeoutError):
-        _LOG.error("Connection closed before the entire PDU was received")
-        self.event_queue.put("Evt17")
+    header = pdu_limits.read_header(self)
+    if header is None:
         return
-    if len(head) != 6:
-        self.event_queue.put("Evt17")
-        return
-    pdu_type, _, pdu_length = struct.unpack(">BBL", head)
-    if pdu_type not in _PDU_TYPES:
-        _LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
-        self.event_queue.put("Evt19")
-        return
+    head, pdu_type, pdu_length = header
     limit = pdu_limits.largest_pdu(self)
     try:
         if limit is None:  # dicom.max_pdu = 0 and accepted: grow with what arrives, as upstream does
