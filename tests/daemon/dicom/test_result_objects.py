@@ -250,23 +250,21 @@ def test_a_study_without_reidentification_entry_is_parked_at_once_and_never_sent
     assert sent == []
 
 
-@pytest.mark.parametrize("tamper", ["probability", "call", "moved", "unsigned"])
-def test_a_report_is_never_built_from_prediction_rows_cxrd_did_not_write(sessions, tmp_path: Path, tamper):
-    """An insider with database access edits a probability, flips a call, moves a row to another
-    instance, or inserts one: the result is parked as failed, audited as tampering, and nothing is sent."""
-    from sqlalchemy import text
+def _signed_study(sessions, tmp_path: Path, sops: tuple[str, ...]) -> tuple[list[int], object, list]:  # noqa: ANN001
+    """A predicted study as the worker leaves it (signed rows, re-identification entries, a pending
+    result) and a results sender that records what it would send: (instance ids, sender, sent)."""
     from cxrmodel.registry import Registry
     from daemon.stages.results import ResultsSender
     from storage import keys as key_store
     from storage import reid
-    from storage.models import AuditEvent, Instance, Prediction, ReidEntry
+    from storage.models import Instance, ReidEntry
     from storage.vault import Vault
 
     key_store.init_keys(tmp_path / "master.key", tmp_path / "keyring.json")
     keys = key_store.load_keys(tmp_path / "master.key", tmp_path / "keyring.json")
+    ids = []
     with sessions.begin() as s:
-        ids = []
-        for sop in ("2.25.11", "2.25.21"):
+        for sop in sops:
             inst = Instance(sop_instance_uid=sop, study_uid="2.25.10", series_uid="2.25.12", sop_class_uid=DX,
                             state="predicted")
             s.add(inst)
@@ -277,6 +275,22 @@ def test_a_report_is_never_built_from_prediction_rows_cxrd_did_not_write(session
                                      "patient_id": "P1"})))
             s.add_all(_signed_predictions(keys, inst.id, sop, probability=0.2))
         s.add(Result(study_uid="2.25.10", model_version="v1", kind="sr", next_attempt_at=utcnow()))
+    sent: list = []
+    sender = ResultsSender(sessions=sessions, vault=Vault(tmp_path / "vault", keys.keyring), keys=keys,
+                           registry=Registry(tmp_path / "models"), max_attempts=5, send_heatmap=False,
+                           destination=Destination(calling_aet="CXRD", called_aet="PACS", host="127.0.0.1", port=9),
+                           sender=lambda objects, dest: sent.append(objects))
+    return ids, sender, sent
+
+
+@pytest.mark.parametrize("tamper", ["probability", "call", "moved", "unsigned"])
+def test_a_report_is_never_built_from_prediction_rows_cxrd_did_not_write(sessions, tmp_path: Path, tamper):
+    """An insider with database access edits a probability, flips a call, moves a row to another
+    instance, or inserts one: the result is parked as failed, audited as tampering, and nothing is sent."""
+    from sqlalchemy import text
+    from storage.models import AuditEvent
+
+    ids, sender, sent = _signed_study(sessions, tmp_path, ("2.25.11", "2.25.21"))
     with sessions.begin() as s:
         edit = {"probability": "UPDATE predictions SET probability = 0.97 WHERE label = 'Pneumothorax'",
                 "call": "UPDATE predictions SET positive = 1 WHERE label = 'Mass'",
@@ -286,11 +300,6 @@ def test_a_report_is_never_built_from_prediction_rows_cxrd_did_not_write(session
         if tamper == "moved":
             s.execute(text(f"DELETE FROM predictions WHERE instance_id = {ids[1]} AND label = 'Nodule'"))
         s.execute(text(edit))
-    sent: list = []
-    sender = ResultsSender(sessions=sessions, vault=Vault(tmp_path / "vault", keys.keyring), keys=keys,
-                           registry=Registry(tmp_path / "models"), max_attempts=5,
-                           destination=Destination(calling_aet="CXRD", called_aet="PACS", host="127.0.0.1", port=9),
-                           sender=lambda objects, dest: sent.append(objects))
     assert sender.run_once() is True
     with sessions() as s:
         row = s.query(Result).one()
@@ -302,29 +311,7 @@ def test_a_report_is_never_built_from_prediction_rows_cxrd_did_not_write(session
 
 def test_untouched_signed_rows_make_a_report(sessions, tmp_path: Path):
     """The control for the test above: the same rows, unedited, are sent."""
-    from cxrmodel.registry import Registry
-    from daemon.stages.results import ResultsSender
-    from storage import keys as key_store
-    from storage import reid
-    from storage.models import Instance, ReidEntry
-    from storage.vault import Vault
-
-    key_store.init_keys(tmp_path / "master.key", tmp_path / "keyring.json")
-    keys = key_store.load_keys(tmp_path / "master.key", tmp_path / "keyring.json")
-    with sessions.begin() as s:
-        inst = Instance(sop_instance_uid="2.25.11", study_uid="2.25.10", series_uid="2.25.12", sop_class_uid=DX,
-                        state="predicted")
-        s.add(inst)
-        s.flush()
-        s.add(ReidEntry(sop_instance_uid="2.25.11", study_uid="2.25.10", sealed=reid.seal_reid(
-            keys.reid_key, "2.25.11", {"study_uid": "1.2.3", "sop_instance_uid": "1.2.3.11", "patient_id": "P1"})))
-        s.add_all(_signed_predictions(keys, inst.id, "2.25.11", probability=0.2))
-        s.add(Result(study_uid="2.25.10", model_version="v1", kind="sr", next_attempt_at=utcnow()))
-    sent: list = []
-    sender = ResultsSender(sessions=sessions, vault=Vault(tmp_path / "vault", keys.keyring), keys=keys,
-                           registry=Registry(tmp_path / "models"), max_attempts=5, send_heatmap=False,
-                           destination=Destination(calling_aet="CXRD", called_aet="PACS", host="127.0.0.1", port=9),
-                           sender=lambda objects, dest: sent.append(objects))
+    _, sender, sent = _signed_study(sessions, tmp_path, ("2.25.11", "2.25.21"))
     assert sender.run_once() is True
     with sessions() as s:
         assert s.query(Result).one().state == "sent"
