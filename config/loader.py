@@ -3,6 +3,16 @@
 Validation is driven by the schema's dataclass fields, so a key added to the schema is documented,
 typed and overridable without touching this file. Every problem becomes one `ConfigError` whose
 message names the file or key and says what is allowed; the CLI prints it on one line.
+
+A `CXRD_` variable that names no key (`CXRD_DICOM_PORT`, `CXRD_DICOM__PROT`) is an error like an
+unknown key in the file, with the closest real variable suggested: ignoring it would run with a
+setting the operator believes changed.
+
+Relative paths must not depend on where a command happens to be run from in ways nobody can tell:
+a path written in the config file is resolved against that file's directory; one from the embedded
+defaults or the environment against the current directory. Every path leaves here absolute, so
+each command (and `cxrd check-config`) says exactly which directory it uses; `origin` says where a
+key's value came from, for messages.
 """
 from __future__ import annotations
 
@@ -11,7 +21,7 @@ import os
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from config.schema import Settings
 
@@ -33,7 +43,32 @@ def load_settings(path: str | os.PathLike | None = None,
         source = str(path)
     env_keys = _apply_env(raw, env)
     settings = _build(Settings, raw, "", _Sources(source, env_keys))
-    return _derive(settings, env)
+    file_dir = Path(path).absolute().parent if path is not None else None
+
+    def base(key: str) -> Path:
+        """The directory a relative path under `key` is relative to (see the module docstring)."""
+        section, name = key.split(".", 1)
+        in_file = file_dir is not None and name in raw.get(section, {}) and key not in env_keys
+        return file_dir if in_file else Path.cwd()
+
+    return _derive(settings, env, base)
+
+
+def origin(key: str, path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> str:
+    """Where the effective value of dotted `key` came from, in words, with what a relative path in it
+    is resolved against: for messages such as "no initialised state in DIR (...)"."""
+    env = os.environ if env is None else env
+    var = ENV_PREFIX + "__".join(p.upper() for p in key.split("."))
+    if var in env:
+        return f"set by {var}, relative to the current directory"
+    if path is not None:
+        node: Any = _read_toml(Path(path))
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            return f"set in {Path(path).absolute()}, relative to that file's directory"
+        return f"the default, not set in {Path(path).absolute()}; relative to the current directory"
+    return "the embedded default, relative to the current directory"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -71,9 +106,12 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
     """Merge `CXRD_A__B__C=value` into raw["a"]["b"]["c"]; a value that parses as TOML is typed.
     Returns dotted key -> variable name, so errors can name the variable."""
     keys: dict[str, str] = {}
+    known = _env_names()
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX):
             continue
+        if name not in known:
+            raise ConfigError(_unknown_variable(name, known))
         parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
         if any(not p for p in parts):
             raise ConfigError(f"environment variable {name}: malformed name")
@@ -86,6 +124,28 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
         node[parts[-1]] = _env_value(env[name])
         keys[".".join(parts)] = name
     return keys
+
+
+def _env_names(cls: type = Settings, prefix: str = ENV_PREFIX) -> dict[str, str]:
+    """Every variable that names a key or a section: `CXRD_DICOM__PORT` -> `dicom.port`."""
+    names: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        var = prefix + f.name.upper()
+        names[var] = var[len(ENV_PREFIX):].lower().replace("__", ".")
+        if dataclasses.is_dataclass(hints[f.name]):
+            names.update(_env_names(hints[f.name], var + "__"))
+    return names
+
+
+def _unknown_variable(name: str, known: dict[str, str]) -> str:
+    import difflib
+    # Compare with the separators removed, so CXRD_DICOM_PORT finds CXRD_DICOM__PORT.
+    flat = {var.replace("_", ""): var for var in known}
+    close = difflib.get_close_matches(name.upper().replace("_", ""), flat, n=1, cutoff=0.75)
+    hint = (f"; did you mean {flat[close[0]]} ('{known[flat[close[0]]]}')?" if close else
+            "; settings are CXRD_<SECTION>__<KEY> with two underscores, e.g. CXRD_DICOM__PORT")
+    return f"environment variable {name} names no setting{hint}"
 
 
 def _env_value(text: str) -> Any:
@@ -153,18 +213,50 @@ def _type_name(t: Any) -> str:
             list: "a list", dict: "a table"}.get(t, getattr(t, "__name__", str(t)))
 
 
-def _derive(s: Settings, env: Mapping[str, str]) -> Settings:
-    """Fill the keys whose default depends on state_dir or on systemd's credentials directory."""
-    state = Path(s.storage.state_dir).expanduser().absolute()
+def _absolute(value: str, base: Path) -> str:
+    """`value` as an absolute path, a relative one taken from `base`; empty stays empty."""
+    if not value:
+        return value
+    path = Path(value).expanduser()
+    return os.path.normpath(path if path.is_absolute() else base / path)
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file name in a SQLite URL (`sqlite:///rel.db`, `sqlite+pysqlite:////abs.db?mode=ro`), or
+    None for another database, an in-memory one or a `file:` URI. Parsed here, without SQLAlchemy,
+    so loading settings stays cheap for commands that never open the database."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+")[0] != "sqlite" or not rest.startswith("/"):
+        return None
+    name = rest[1:].split("?", 1)[0]
+    return None if not name or name == ":memory:" or name.startswith("file:") else name
+
+
+def _absolute_sqlite(url: str, base: Path) -> str:
+    """A SQLite URL with a relative file name made absolute (SQLite would open it from the cwd)."""
+    name = sqlite_file(url)
+    if name is None or name.startswith("/"):
+        return url
+    scheme, _, rest = url.partition("://")
+    query = rest[1:][len(name):]
+    return f"{scheme}:///{_absolute(name, base)}{query}"
+
+
+def _derive(s: Settings, env: Mapping[str, str], base: Callable[[str], Path]) -> Settings:
+    """Fill the keys whose default depends on state_dir or on systemd's credentials directory, and
+    make every path absolute (see the module docstring for what a relative one is relative to)."""
+    state = Path(_absolute(s.storage.state_dir, base("storage.state_dir")))
     storage = dataclasses.replace(
         s.storage, state_dir=str(state),
-        database_url=s.storage.database_url or f"sqlite:///{state / 'cxrd.db'}")
-    key_file = s.security.key_file
+        database_url=_absolute_sqlite(s.storage.database_url, base("storage.database_url"))
+        or f"sqlite:///{state / 'cxrd.db'}")
+    key_file = _absolute(s.security.key_file, base("security.key_file"))
     if not key_file:
         creds = env.get("CREDENTIALS_DIRECTORY")
         key_file = str(Path(creds) / "cxrd.key") if creds else str(state / "keys" / "master.key")
-    security = dataclasses.replace(s.security, key_file=str(Path(key_file).expanduser().absolute()))
-    retrain = dataclasses.replace(s.retrain, inbox=s.retrain.inbox or str(state / "inbox"))
+    security = dataclasses.replace(s.security, key_file=key_file)
+    retrain = dataclasses.replace(
+        s.retrain, inbox=_absolute(s.retrain.inbox, base("retrain.inbox")) or str(state / "inbox"))
     if s.dicom.tls.enabled and not (s.dicom.tls.cert and s.dicom.tls.key):
         raise ConfigError("'dicom.tls.cert' and 'dicom.tls.key' are required when 'dicom.tls.enabled' is true")
     if s.dicom.tls.require_client_cert and not s.dicom.tls.ca:

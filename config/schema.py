@@ -75,7 +75,9 @@ class Dicom:
 
 @dataclass(frozen=True)
 class Storage:
-    state_dir: str = _f("./var", "Directory holding the database, the vault, the keys and the models")
+    state_dir: str = _f("./var", "Directory holding the database, the vault, the keys and the models. A "
+                                 "relative path is relative to this file's directory (to the current "
+                                 "directory when it comes from the embedded default or CXRD_STORAGE__STATE_DIR)")
     database_url: str = _f("", "SQLAlchemy URL; empty = SQLite at {state_dir}/cxrd.db. "
                                "PostgreSQL: postgresql+psycopg://user:pass@host/db", secret=True)
     min_free_mb: int = _f(1024, "Refuse new images (status 0xA700) below this much free disk", min=0)

@@ -71,8 +71,55 @@ def test_bad_files_give_one_error_naming_the_key(tmp_path, text, needle):
 def test_bad_environment_value_names_the_variable():
     with pytest.raises(ConfigError, match="environment variable CXRD_DICOM__PORT: 'dicom.port'"):
         load_settings(None, env={"CXRD_DICOM__PORT": "zero"})
-    with pytest.raises(ConfigError, match="unknown key 'storage.statedir'"):
+    with pytest.raises(ConfigError, match="CXRD_STORAGE__STATEDIR names no setting; did you mean "
+                                          "CXRD_STORAGE__STATE_DIR"):
         load_settings(None, env={"CXRD_STORAGE__STATEDIR": "/x"})
+
+
+@pytest.mark.parametrize("name, suggestion", [
+    ("CXRD_DICOM_PORT", "did you mean CXRD_DICOM__PORT ('dicom.port')?"),       # one underscore
+    ("CXRD_DICOM__PROT", "did you mean CXRD_DICOM__PORT ('dicom.port')?"),      # misspelt key
+    ("CXRD_DICOM_TLS_ENABLED", "did you mean CXRD_DICOM__TLS__ENABLED"),        # nested, one underscore
+    ("CXRD_NONSENSE", "settings are CXRD_<SECTION>__<KEY> with two underscores"),
+])
+def test_a_variable_that_looks_like_ours_but_names_no_key_is_an_error(name, suggestion):
+    """Ignoring it would run with a setting the operator believes they changed (a port, a host list)."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, env={name: "104"})
+    assert f"environment variable {name} names no setting" in str(err.value)
+    assert suggestion in str(err.value) and "\n" not in str(err.value)
+
+
+def test_relative_paths_in_a_file_are_relative_to_the_file_elsewhere_to_the_cwd(tmp_path, monkeypatch):
+    """Whatever directory a command runs from, a config file means the same state directory."""
+    etc, cwd = tmp_path / "etc", tmp_path / "somewhere"
+    etc.mkdir()
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    f = etc / "cxrd.toml"
+    f.write_text('[storage]\nstate_dir = "state"\ndatabase_url = "sqlite:///db/cxrd.db"\n'
+                 '[security]\nkey_file = "../keys/master.key"\n')
+    s = load_settings(f, env={})
+    assert s.storage.state_dir == str(etc / "state")
+    assert s.storage.database_url == f"sqlite:///{etc / 'db' / 'cxrd.db'}"
+    assert s.security.key_file == str(tmp_path / "keys" / "master.key")
+    assert s.retrain.inbox == str(etc / "state" / "inbox")
+    # The same relative value from the environment is the shell's: relative to the current directory.
+    s = load_settings(f, env={"CXRD_STORAGE__STATE_DIR": "state"})
+    assert s.storage.state_dir == str(cwd / "state")
+    # A key the file does not set keeps its default, relative to the current directory.
+    f.write_text("[dicom]\nport = 104\n")
+    assert load_settings(f, env={}).storage.state_dir == str(cwd / "var")
+
+
+def test_origin_says_where_a_value_came_from_and_what_it_is_relative_to(tmp_path):
+    from config.loader import origin
+    f = tmp_path / "c.toml"
+    f.write_text('[storage]\nstate_dir = "state"\n')
+    assert origin("storage.state_dir", None, env={}) == "the embedded default, relative to the current directory"
+    assert origin("storage.state_dir", f, env={}) == f"set in {f}, relative to that file's directory"
+    assert origin("storage.state_dir", f, env={"CXRD_STORAGE__STATE_DIR": "/x"}).startswith(
+        "set by CXRD_STORAGE__STATE_DIR")
 
 
 def test_missing_and_unreadable_files_are_named(tmp_path):
@@ -94,9 +141,9 @@ def test_shipped_cxrd_toml_documents_every_key_with_its_default():
     assert shipped.read_text() == documented_toml()
 
 
-def test_shipped_cxrd_toml_loads_to_the_defaults(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_shipped_cxrd_toml_loads_to_the_defaults(monkeypatch):
     shipped = Path(__file__).resolve().parents[2] / "config" / "cxrd.toml"
+    monkeypatch.chdir(shipped.parent)  # its relative state_dir is relative to the file's directory
     assert load_settings(shipped, env={}) == load_settings(None, env={})
 
 
