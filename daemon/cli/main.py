@@ -42,6 +42,11 @@ COMMAND_MODULES = [
     "daemon.cli.predictions", # predictions; results list / retry
 ]
 
+# Commands that may run without an initialised state directory: `init` and `serve` create it,
+# `restore` fills a new one, `check-config` reads nothing. Every other command first checks that the
+# state exists (`Runtime.require_state`) and, if not, says where it looked and creates nothing.
+STATELESS_COMMANDS = frozenset({"init", "serve", "restore", "check-config"})
+
 log = logging.getLogger("cxrd.cli")
 
 
@@ -68,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "reads_dicom", True):
         logs.quiet_pydicom()
     try:
-        return int(args.func(args, Runtime(settings, getattr(args, "config", None))) or 0)
+        rt = Runtime(settings, getattr(args, "config", None))
+        if args.command not in STATELESS_COMMANDS:
+            rt.require_state()
+        return int(args.func(args, rt) or 0)
     except CommandError as exc:
         return _fail(str(exc), exc.exit_code)
     except DaemonError as exc:

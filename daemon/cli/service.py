@@ -6,6 +6,7 @@ import json
 import sys
 
 from config import redacted
+from config.loader import origin
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
 
@@ -70,7 +71,8 @@ def run_check_config(args: argparse.Namespace, rt: Runtime) -> int:
         print()
     else:
         sys.stdout.write(to_toml(effective))
-    print("cxrd: configuration is valid", file=sys.stderr)
+    print(f"cxrd: configuration is valid; state directory {rt.state_dir} (storage.state_dir: "
+          f"{origin('storage.state_dir', rt.config_file)})", file=sys.stderr)
     return 0
 
 
