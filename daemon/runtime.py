@@ -7,14 +7,15 @@ opens only the database, and only commands that use the model import torch (a te
 from __future__ import annotations
 
 import functools
-import getpass
 import os
+import pwd
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config import Settings
+from daemon.errors import DaemonError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -59,23 +60,41 @@ class Runtime:
 
     @property
     def actor(self) -> str:
-        """Who is running this command, for audit rows (OS user, never a patient).
-
-        Under sudo (or `systemd-run -E SUDO_USER`, as docs/compliance.md shows) the person who asked is
-        named first: `os:alice(as:cxrd)`, so `--actor 'os:alice*'` finds their actions.
-        """
-        try:
-            user = getpass.getuser()
-        except Exception:  # no passwd entry in some containers
-            user = "unknown"
-        sudo = os.environ.get("SUDO_USER", "").strip()
-        if sudo and sudo != user and sudo.isprintable() and len(sudo) <= 64:
-            return f"os:{sudo}(as:{user})"
-        return f"os:{user}"
+        """Who is running this command, for audit rows (OS user, never a patient): see `os_actor`."""
+        return os_actor()
 
     @property
     def hostname(self) -> str:
         return socket.gethostname()
+
+    def require_state(self) -> None:
+        """Refuse, creating nothing, unless `cxrd init` (or `serve`, or `restore`) made this state.
+
+        Every command except those three and `check-config` calls this first (daemon/cli/main.py), so
+        one run from the wrong directory, or with the wrong settings, says where it looked instead of
+        failing half-way or creating an empty state of its own beside the real one.
+        """
+        state = self.state_dir
+        if not state.is_dir():
+            problem = "does not exist"
+        elif (db_file := self.sqlite_file) is not None and not _non_empty_file(db_file):
+            problem = f"has no database {db_file}"
+        elif not self.keyring_file.is_file():
+            problem = f"has no keyring {self.keyring_file}"
+        else:
+            return
+        from config.loader import origin
+        raise DaemonError(
+            f"no initialised cxrd state: {state} {problem} (storage.state_dir: "
+            f"{origin('storage.state_dir', self.config_file)}); run `cxrd init` to create it there, or "
+            "point to yours with --config FILE, CXRD_STORAGE__STATE_DIR or storage.state_dir")
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database file, or None when the database is not a SQLite file."""
+        from config.loader import sqlite_file
+        name = sqlite_file(self.settings.storage.database_url)
+        return None if name is None else Path(name)
 
     def ensure_state_dir(self) -> Path:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -130,3 +149,47 @@ class Runtime:
         from cxrmodel.pointer import current_summary
         info = current_summary(self.models_dir)
         return None if info is None else f"{info['version']} (created {info['created']}, {info['source']})"
+
+
+# The kernel's "unset" login uid: a process not started from a login session (a service, a container).
+_NO_LOGIN_UID = 4294967295
+LOGINUID_FILE = Path("/proc/self/loginuid")
+
+
+def os_actor() -> str:
+    """The person behind this process, from credentials the caller cannot choose.
+
+    The effective uid says whose rights the command runs with; the kernel's login uid (set once by
+    pam_loginuid at login, kept across sudo/su, and not writable by an unprivileged process) says who
+    logged in. `sudo -u cxrd cxrd audit query` by alice is `os:alice(as:cxrd)`, so
+    `--actor 'os:alice*'` finds her actions; without a login uid, or the same user, `os:cxrd`.
+    Environment variables (SUDO_USER, USER, LOGNAME) are never read: anyone can set them.
+    """
+    euid = os.geteuid()
+    user = _user_name(euid)
+    login = _login_uid()
+    if login is None or login == euid:
+        return f"os:{user}"
+    return f"os:{_user_name(login)}(as:{user})"
+
+
+def _login_uid() -> int | None:
+    try:
+        value = int(LOGINUID_FILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return None if value in (_NO_LOGIN_UID, -1) else value
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (some containers): the number is still the truth
+        return f"uid{uid}"
+
+
+def _non_empty_file(path: Path) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False

@@ -55,6 +55,7 @@ CXRD_SECURITY__KEY_FILE=/etc/cxrd/master.key CXRD_STORAGE__STATE_DIR=/var/lib/cx
     "$PREFIX/venv/bin/cxrd" init --config /etc/cxrd/cxrd.toml
 chown -R cxrd:cxrd /var/lib/cxrd
 chmod 0600 /etc/cxrd/master.key
+chown cxrd:cxrd /etc/cxrd/master.key   # read by `sudo -u cxrd cxrd ...` (docs/compliance.md)
 
 # 4. the unit
 sed "s#/opt/cxrd/#$PREFIX/#g" "$SRC/deploy/cxrd.service" > /etc/systemd/system/cxrd.service

@@ -220,11 +220,19 @@ def test_stdout_export_does_not_include_its_own_event(state, capsys):
     assert last["event_type"] == "audit.export" and json.loads(last["details"])["exported"] == len(lines)
 
 
-def test_sudo_user_is_named_as_the_actor(state, capsys, monkeypatch):
+def test_the_person_who_logged_in_is_named_as_the_actor(state, capsys, monkeypatch, tmp_path):
+    """The kernel's login uid names them (kept across sudo); SUDO_USER, which anyone can set, does not."""
+    import pwd
+
+    from daemon import runtime
     rt, _, _ = state
+    login = tmp_path / "loginuid"
+    login.write_text(str(os.geteuid() + 4242))
+    monkeypatch.setattr(runtime, "LOGINUID_FILE", login)
     monkeypatch.setenv("SUDO_USER", "alice")
     assert cli.main(["audit", "verify"]) == 0
-    assert _events(rt)[-1]["actor"].startswith("os:alice(as:")
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert _events(rt)[-1]["actor"] == f"os:uid{os.geteuid() + 4242}(as:{me})"
 
 
 def test_verify_against_an_anchor_finds_rows_cut_off_the_end(state, capsys):
