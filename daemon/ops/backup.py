@@ -203,8 +203,7 @@ def restore(rt: Runtime, src: Path) -> dict[str, Any]:
     else:
         raise DaemonError(f"master key not found at {rt.key_file}: put the key you kept separately "
                           "there (mode 0600) and run restore again")
-    keys = load_keys(key_source, src / "keys" / "keyring.json")  # private, and the key of this backup
-    del keys
+    load_keys(key_source, src / "keys" / "keyring.json")  # refuses a key others can read, or another key
 
     # 2. Build the whole state beside the target, verify it there.
     with _beside(state, "restoring") as work:

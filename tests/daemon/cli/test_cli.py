@@ -71,10 +71,12 @@ def test_init_is_idempotent_and_status_reports_an_empty_queue(tmp_path):
 def test_status_before_init_says_what_to_do(tmp_path):
     r = run("status", cwd=tmp_path)
     assert r.returncode == 1
-    assert "run `cxrd init` first" in r.stderr
+    assert f"no initialised cxrd state: {tmp_path / 'var'} does not exist" in r.stderr
+    assert "run `cxrd init`" in r.stderr and not (tmp_path / "var").exists()
 
 
 def test_unreachable_database_is_one_line_not_a_traceback(tmp_path):
+    assert run("init", cwd=tmp_path).returncode == 0  # the state directory and keys exist
     r = run("status", cwd=tmp_path, env={"CXRD_STORAGE__DATABASE_URL": "postgresql+psycopg://u:pw@127.0.0.1:1/x"})
     assert r.returncode == 1
     assert r.stderr.startswith("cxrd: error: database postgresql+psycopg://u:***@127.0.0.1:1/x")

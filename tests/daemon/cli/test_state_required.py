@@ -126,3 +126,14 @@ def test_check_config_says_which_state_directory_and_why(elsewhere, capsys):
     err = capsys.readouterr().err
     assert f"state directory {elsewhere / 'var'} (storage.state_dir: the embedded default" in err
     assert _tree(elsewhere) == []
+
+
+@pytest.mark.parametrize("argv", [["serve"], ["check-config"], ["init"]], ids=" ".join)
+def test_a_lookalike_variable_stops_serve_and_check_config_before_anything_happens(elsewhere, capsys,
+                                                                                 monkeypatch, argv):
+    monkeypatch.setenv("CXRD_DICOM_PORT", "104")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == ("cxrd: error: environment variable CXRD_DICOM_PORT names no setting; "
+                   "did you mean CXRD_DICOM__PORT ('dicom.port')?\n")
+    assert _tree(elsewhere) == []
