@@ -143,3 +143,20 @@ def test_a_backup_never_leaves_a_half_made_directory(initialised, env, monkeypat
     monkeypatch.setattr(backup_ops, "_snapshot_sqlite", broken)
     assert cli.main(["backup", str(env / "b")]) == 1
     assert not (env / "b").exists() and _beside(env / "b") == []
+
+
+def test_a_key_kept_outside_the_state_is_used_there_or_installed_there(initialised, env, monkeypatch, capsys):
+    """`security.key_file` elsewhere (e.g. /etc/cxrd/master.key): restore reads it in place, or puts the
+    backup's copy there, and never into the state directory."""
+    assert cli.main(["backup", str(env / "with-key"), "--include-master-key"]) == 0
+    outside = env / "etc" / "master.key"
+    monkeypatch.setenv("CXRD_SECURITY__KEY_FILE", str(outside))
+    _use(monkeypatch, env / "r1")
+    assert cli.main(["restore", str(env / "with-key")]) == 0, capsys.readouterr().err
+    assert outside.read_bytes() == initialised.key_file.read_bytes()
+    assert oct(outside.stat().st_mode & 0o777) == "0o600"
+    assert not (env / "r1" / "keys" / "master.key").exists()
+    assert cli.main(["audit", "verify"]) == 0
+    _use(monkeypatch, env / "r2")  # the key is there now: used in place
+    assert cli.main(["restore", str(env / "with-key")]) == 0
+    assert not (env / "r2" / "keys" / "master.key").exists()
