@@ -129,6 +129,9 @@ def decide_view(ds: Dataset, unknown: str = "analyse") -> ViewDecision:
     statements = _coded(ds) + _described(ds)
     others = [s for s in statements if s.view != FRONTAL]
     frontal = [s for s in statements if s.view == FRONTAL]
+    if frontal and others and all(s.view == MODIFIED for s in others):
+        return ViewDecision(False, MODIFIED, f"frontal view with a modifier ({_names(frontal + others)}), not "
+                                             "a standard PA or AP; the model is for standard frontal views only")
     if others and frontal:
         return ViewDecision(False, CONFLICTING,
                             f"view attributes disagree ({_names(frontal)} frontal; {_names(others)} "
