@@ -64,6 +64,11 @@ class Dicom:
     chest_body_parts: list[str] = _f(lambda: ["CHEST", "THORAX", "LUNG", "RIB", "RIBS", "SPINE THORACIC"],
                                      "BodyPartExamined values accepted as chest (empty value = accepted)",
                                      factory=True)
+    unknown_view: str = _f("analyse", "A chest radiograph whose view no attribute states (no View Code "
+                                      "Sequence, ViewPosition or view words in its descriptions): "
+                                      "analyse it as frontal, recording that the view was assumed, or "
+                                      "skip it (stored, not analysed). Lateral and other non-frontal "
+                                      "views are never analysed", choices=("analyse", "skip"))
     max_pixels: int = _f(64 * 1024 * 1024, "Most pixels (Rows x Columns x frames) an image may declare; larger "
                                            "ones are refused before anything decodes them (0xC210)",
                          min=1, max=2**40)

@@ -26,7 +26,7 @@ from daemon.ops.refusal_audit import RefusalAudit
 from daemon.ops.prometheus import Metrics, StateCollector
 from daemon.runtime import Runtime
 from daemon.stages import results, retraining
-from daemon.stages.chest_rule import ChestRule
+from daemon.stages.chest_rule import chest_rule_from
 from daemon.stages.ingest import Ingest, sweep_orphans
 from daemon.stages.scheduling import RetrainScheduler
 from daemon.stages.worker import EngineSettings, Worker
@@ -133,8 +133,8 @@ class Service:
             engine=rt.engine, read_sessions=rt.read_sessions, vault=vault, keys=rt.keys,
             observe=self._observe_store,
             deid=DeidOptions(**dataclasses.asdict(s.deid)),
-            chest=ChestRule(frozenset(p.upper() for p in s.dicom.chest_body_parts), s.dicom.min_image_size),
-            non_chest=s.dicom.non_chest, min_free_mb=s.storage.min_free_mb, hostname=rt.hostname,
+            chest=chest_rule_from(s.dicom.chest_body_parts, s.dicom.min_image_size),
+            unknown_view=s.dicom.unknown_view, non_chest=s.dicom.non_chest, min_free_mb=s.storage.min_free_mb, hostname=rt.hostname,
             max_pixels=s.dicom.max_pixels,
             max_writers=s.dicom.max_associations)
         # Stopped last (reverse order), so they record up to the end.

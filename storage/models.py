@@ -39,10 +39,12 @@ class Base(DeclarativeBase):
     pass
 
 
-# Instance states; every move between them is a committed row update.
-RECEIVED, PREDICTED, REPORTED, IGNORED, FAILED, QUARANTINED = (
-    "received", "predicted", "reported", "ignored", "failed", "quarantined")
-INSTANCE_STATES = (RECEIVED, PREDICTED, REPORTED, IGNORED, FAILED, QUARANTINED)
+# Instance states; every move between them is a committed row update. NOT_ANALYSED is final: the
+# image is stored (acknowledged, encrypted, purged with the rest) but the model never sees it (a
+# lateral view, say); `analysis_reason` says why.
+RECEIVED, PREDICTED, REPORTED, IGNORED, FAILED, QUARANTINED, NOT_ANALYSED = (
+    "received", "predicted", "reported", "ignored", "failed", "quarantined", "not_analysed")
+INSTANCE_STATES = (RECEIVED, PREDICTED, REPORTED, IGNORED, FAILED, QUARANTINED, NOT_ANALYSED)
 
 
 class Instance(Base):
@@ -65,6 +67,12 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     error: Mapped[str] = mapped_column(Text, default="")
+    # Decided at ingest by daemon.stages.view_rule, from the original attributes (before
+    # de-identification): the view (frontal, lateral, ..., unknown) and one line saying why the
+    # image is or is not analysed, in the rule's own words (never a copied attribute value). ""
+    # on rows stored before migration 0004.
+    view: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    analysis_reason: Mapped[str] = mapped_column(String(240), default="", server_default="")
 
 
 class Job(Base):

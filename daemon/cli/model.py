@@ -1,7 +1,10 @@
 """`cxrd predict` and `cxrd model list|promote|rollback|import`: the model registry from the shell.
 
 `predict` classifies files directly (no DICOM network, no database, nothing stored), so a person
-can check a model on a few films before promoting it. Promote and rollback change what the daemon
+can check a model on a few films before promoting it, and IT can validate an installation. It
+applies the rules ingest applies (`chest_rule`, then `view_rule`, as configured) and refuses a
+file they put out of scope, naming the rule, unless `--force` is given; a forced result says so.
+A PNG carries no attributes: only its size is checked, and the output says the rules were not. Promote and rollback change what the daemon
 uses for every new image, so they are audited (`_audit`).
 """
 from __future__ import annotations
@@ -30,6 +33,9 @@ def register(sub) -> None:  # noqa: ANN001
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--backend", choices=("fp32", "channels_last", "bf16", "onnx", "auto"), default="fp32",
                    help="inference backend (default fp32: no measurement for a handful of files)")
+    p.add_argument("--force", action="store_true",
+                   help="classify files the chest and view rules put out of scope (e.g. a lateral "
+                        "view); each such result is marked as forced")
     p.set_defaults(func=run_predict)
 
     m = sub.add_parser("model", help="list, import, promote and roll back model versions")
@@ -64,6 +70,13 @@ def register(sub) -> None:  # noqa: ANN001
 
 
 def run_predict(args: argparse.Namespace, rt: Runtime) -> int:
+    scopes = [_scope(f, rt) for f in args.files]  # before the model loads: out of scope fails fast
+    refused = [(f, reason) for f, (ok, reason) in zip(args.files, scopes) if not ok]
+    if refused and not args.force:
+        for f, reason in refused[:-1]:
+            print(f"cxrd: error: {f}: out of scope: {reason} (--force classifies it anyway)", file=sys.stderr)
+        f, reason = refused[-1]
+        raise CommandError(f"{f}: out of scope: {reason} (--force classifies it anyway)")
     try:
         loaded = rt.registry.load(args.model)
     except ModelError as exc:
@@ -72,14 +85,47 @@ def run_predict(args: argparse.Namespace, rt: Runtime) -> int:
     thresholds = loaded.manifest.threshold_list()
     rows = [{"file": f, "model": loaded.version,
              "probabilities": {lab: round(float(v), 6) for lab, v in zip(LABELS, p)},
-             "positive": [lab for lab, v, t in zip(LABELS, p, thresholds) if v >= t]}
-            for f, p in zip(args.files, probs)]
+             "positive": [lab for lab, v, t in zip(LABELS, p, thresholds) if v >= t],
+             "scope": reason, "forced": not ok}
+            for f, p, (ok, reason) in zip(args.files, probs, scopes)]
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=2)
         print()
     else:
         _print_predictions(rows, thresholds)
     return 0
+
+
+def _scope(file: str, rt: Runtime) -> tuple[bool, str]:
+    """(in scope, why): the chest rule then the view rule for a DICOM file, as ingest applies them;
+    for a PNG (no attributes) only its size."""
+    import pydicom
+
+    from cxrmodel.preprocess import PNG_MAGIC
+    from daemon.stages.chest_rule import chest_rule_from, is_chest_radiograph
+    from daemon.stages.view_rule import decide_view
+
+    dicom = rt.settings.dicom
+    rule = chest_rule_from(dicom.chest_body_parts, dicom.min_image_size)
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(24)
+            if head.startswith(PNG_MAGIC):
+                width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+                if min(width, height) < rule.min_size:
+                    return False, f"image smaller than {rule.min_size} pixels"
+                return True, "PNG: no DICOM attributes, chest and view rules not applied"
+            fh.seek(0)
+            ds = pydicom.dcmread(fh, force=True, defer_size=1024)  # pixel data located, not loaded
+            verdict = is_chest_radiograph(ds, rule)
+            if not verdict.chest:
+                return False, verdict.reason
+            view = decide_view(ds, dicom.unknown_view)
+    except OSError as exc:
+        raise CommandError(f"{file}: {exc.strerror or type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - a file pydicom cannot parse: named, never a traceback
+        raise CommandError(f"{file}: not a PNG or DICOM file ({type(exc).__name__})") from None
+    return view.analyse, view.reason
 
 
 def _probabilities(loaded: LoadedModel, files: list[str], backend: str, rt: Runtime) -> np.ndarray:
@@ -108,6 +154,10 @@ def _print_predictions(rows: list[dict[str, Any]], thresholds: list[float]) -> N
         if i:
             print()
         print(f"{row['file']}  (model {row['model']})")
+        if row["forced"]:
+            print(f"  FORCED (--force): out of scope: {row['scope']}")
+        else:
+            print(f"  scope: {row['scope']}")
         for lab, t in zip(LABELS, thresholds):
             p = row["probabilities"][lab]
             mark = "  POSITIVE" if lab in row["positive"] else ""

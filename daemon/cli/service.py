@@ -104,6 +104,9 @@ def run_status(args: argparse.Namespace, rt: Runtime) -> int:
     print(f"database        : {info['database']} (schema {info['schema']})")
     print(f"queue depth     : {info['queue_depth']} job(s) waiting")
     print("instances       : " + ", ".join(f"{k} {v}" for k, v in info["instances"].items()))
+    if info["not_analysed"]:
+        print("not analysed    : " + ", ".join(f"{k} {v}" for k, v in info["not_analysed"].items())
+              + " (stored; the model is for frontal views)")
     print("results         : " + (", ".join(f"{k} {v}" for k, v in info["results"].items()) or "none"))
     model = info["model"]
     print(f"current model   : {model or 'none yet - studies stay queued until one is promoted (cxrd train / cxrd model import)'}")
@@ -117,11 +120,13 @@ def collect_status(rt: Runtime) -> dict:
     from sqlalchemy import func, select
 
     from storage import db
+    from storage.analysis import not_analysed_by_view
     from storage.models import INSTANCE_STATES, Instance, Job, Result, RetrainRun
     with db.reachable(rt.engine), rt.read_sessions() as session:
         states = dict(session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all())
         queue = session.scalar(select(func.count()).select_from(Job).where(Job.state.in_(("queued", "running"))))
         results = dict(session.execute(select(Result.state, func.count()).group_by(Result.state)).all())
+        not_analysed = not_analysed_by_view(session)
         last = session.scalars(select(RetrainRun).order_by(RetrainRun.id.desc()).limit(1)).first()
     return {
         "state_dir": str(rt.state_dir),
@@ -129,6 +134,7 @@ def collect_status(rt: Runtime) -> dict:
         "schema": db.schema_revision(rt.engine),
         "queue_depth": queue or 0,
         "instances": {s: states.get(s, 0) for s in INSTANCE_STATES},
+        "not_analysed": not_analysed,  # per view (lateral, decubitus, ...): daemon.stages.view_rule
         "results": results,
         "model": rt.current_model_summary(),
         "last_retrain": None if last is None else {

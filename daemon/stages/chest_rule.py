@@ -3,12 +3,15 @@
 An image is processed only if all of these hold (README "Which images are processed"):
 1. its SOP class is CR, DX (for presentation or processing) or a single-frame Secondary Capture;
 2. Modality is CR or DX (a Secondary Capture must say which: the NIH DICOMs are SC with Modality DX);
-3. it carries pixel data, one frame, one sample per pixel (grayscale), at least `min_size` pixels
-   on each side (thumbnails and rescaled copies are not diagnostic radiographs);
+3. it carries pixel data, one frame, one sample per pixel (grayscale);
 4. BodyPartExamined, when present, is one of the configured chest values;
 5. nothing in the descriptive attributes names another body part or a non-human patient
    (dental, skull, knee, ...; canine, feline, veterinary, ...), and PatientSpeciesDescription,
-   when present, is human.
+   when present, is human;
+6. at least `min_size` pixels on each side (thumbnails and rescaled copies are not diagnostic
+   radiographs).
+The checks run in this order and the first that fails is the reason given.
+Which of the accepted images the model then sees (frontal views only) is `view_rule`'s decision.
 Everything else is acknowledged and ignored (or rejected, if configured) and audited either way.
 """
 from __future__ import annotations
@@ -31,10 +34,12 @@ SOP_NAMES = {CR: "CR", DX_PRESENTATION: "DX", DX_PROCESSING: "DX-processing", SE
 _DESCRIPTIVE = ("BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName",
                 "AcquisitionDeviceProcessingDescription", "PerformedProcedureStepDescription",
                 "RequestedProcedureDescription", "ImageComments")
-_NOT_CHEST_WORDS = re.compile(
+_OTHER_BODY_PART_WORDS = re.compile(
     r"\b(TEETH|TOOTH|DENTAL|PANORAMIC|PANO|OPG|SKULL|SINUS|MANDIBLE|CERVICAL|HAND|WRIST|FINGER|"
     r"ELBOW|FOREARM|HUMERUS|SHOULDER|PELVIS|HIP|FEMUR|KNEE|TIBIA|ANKLE|FOOT|ABDOMEN|ABDO|KUB|LUMBAR|"
-    r"MAMMO|BREAST|CANINE|FELINE|EQUINE|BOVINE|DOG|CAT|HORSE|VETERINARY|VETERINARIAN|VET|PHANTOM)\b")
+    r"MAMMO|BREAST)\b")
+_NOT_HUMAN_WORDS = re.compile(
+    r"\b(CANINE|FELINE|EQUINE|BOVINE|DOG|CAT|HORSE|VETERINARY|VETERINARIAN|VET|PHANTOM)\b")
 _HUMAN = {"", "HUMAN", "HOMO SAPIENS"}
 
 
@@ -42,6 +47,12 @@ _HUMAN = {"", "HUMAN", "HOMO SAPIENS"}
 class ChestRule:
     body_parts: frozenset[str]
     min_size: int = 256
+
+
+def chest_rule_from(body_parts: list[str], min_size: int) -> ChestRule:
+    """The rule as configured (`dicom.chest_body_parts`, `dicom.min_image_size`): one construction
+    for ingest and `cxrd predict`, so both apply the same rule."""
+    return ChestRule(frozenset(p.strip().upper() for p in body_parts), min_size)
 
 
 @dataclass(frozen=True)
@@ -70,9 +81,6 @@ def is_chest_radiograph(ds: Dataset, rule: ChestRule) -> Verdict:
         return no("multi-frame image")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         return no("colour image")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if min(rows, cols) < rule.min_size:
-        return no(f"image smaller than {rule.min_size} pixels")
     body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
     if body_part and body_part not in rule.body_parts:
         return no("body part examined is not a chest value")
@@ -81,6 +89,12 @@ def is_chest_radiograph(ds: Dataset, rule: ChestRule) -> Verdict:
         return no("patient is not human")
     for keyword in _DESCRIPTIVE:
         text = str(ds.get(keyword, "") or "").upper()
-        if text and _NOT_CHEST_WORDS.search(text):
-            return no(f"{keyword} names another body part or a non-human patient")
+        if text and _NOT_HUMAN_WORDS.search(text):
+            return no(f"{keyword} names a non-human patient or a phantom")
+        if text and _OTHER_BODY_PART_WORDS.search(text):
+            return no(f"{keyword} names another body part")
+    # Last, so that a small veterinary or dental image is refused for what it is, not for its size.
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if min(rows, cols) < rule.min_size:
+        return no(f"image smaller than {rule.min_size} pixels")
     return Verdict(True, "chest radiograph", name)

@@ -15,7 +15,10 @@ confirmed by a read (only on that rare path), so another failed constraint is ne
 "already stored".
 
 Which outcome each image has (stored, duplicate, refused, failed, ...) is decided here and nowhere
-else; which DICOM status each outcome earns, in `daemon.dicom.statuses`.
+else; which DICOM status each outcome earns, in `daemon.dicom.statuses`. Whether a stored image is
+analysed (frontal views only, `view_rule`) is decided here too, on the original attributes before
+de-identification removes the descriptions: an image that is not gets no job, the final state
+`not_analysed` and the reason on its row and in its `instance.stored` audit event.
 """
 from __future__ import annotations
 
@@ -37,12 +40,13 @@ from daemon.dicom import statuses
 from daemon.ops.logs import event
 from daemon.stages.chest_rule import ChestRule, Verdict, is_chest_radiograph
 from daemon.stages.pixel_checks import pixel_problem
+from daemon.stages.view_rule import ViewDecision, decide_view
 from storage import reid
 from storage.deid import PROFILE_EDITION, DeidOptions, DeidResult, deidentify
 from storage.dicomfile import file_parts
 from storage.errors import DatabaseUnavailable, DeidError, VaultError
 from storage.keys import Keys
-from storage.models import RECEIVED, Instance
+from storage.models import NOT_ANALYSED, RECEIVED, Instance
 from storage.rows import IngestRows, RowConflict, Transaction
 from storage.vault import Vault
 
@@ -56,6 +60,7 @@ class Ingest:
     def __init__(self, *, engine: Engine, read_sessions: sessionmaker[Session], vault: Vault, keys: Keys,
                  deid: DeidOptions,
                  chest: ChestRule, non_chest: str, min_free_mb: int, hostname: str = "",
+                 unknown_view: str = "analyse",
                  max_pixels: int = 64 * 1024 * 1024,
                  observe: Callable[[str, float, int], None] | None = None, max_writers: int = 8):
         self.rows = IngestRows(engine, keys.audit_key)  # the C-STORE transaction, on the driver's cursor
@@ -65,6 +70,7 @@ class Ingest:
         self.keys = keys
         self.deid = deid
         self.chest = chest
+        self.unknown_view = unknown_view
         self.max_pixels = max_pixels
         self.non_chest = non_chest
         self.min_free_bytes = min_free_mb * 1024 * 1024
@@ -109,6 +115,7 @@ class Ingest:
         verdict = is_chest_radiograph(ds, self.chest)
         if not verdict.chest:
             return self._not_chest(verdict, calling_aet, actor), 0
+        view = decide_view(ds, self.unknown_view)  # before de-identification removes the descriptions
         problem = pixel_problem(ds, self.max_pixels)
         if problem is not None:
             self._audit_only("instance.failed", outcome=4, details={"reason": problem}, **actor)
@@ -122,7 +129,7 @@ class Ingest:
             self._audit_only("instance.failed", outcome=4, details={"reason": str(exc)}, **actor)
             event(log, "store.cannot_deidentify", logging.WARNING, error=str(exc), calling_aet=calling_aet)
             return statuses.UNDEIDENTIFIABLE, 0
-        return self._persist(ds, result, transfer_syntax, calling_aet, actor)
+        return self._persist(ds, result, view, transfer_syntax, calling_aet, actor)
 
     def _not_chest(self, verdict: Verdict, calling_aet: str, actor: dict[str, str]) -> statuses.Outcome:
         """Acknowledged and dropped, or rejected (dicom.non_chest); audited either way, nothing stored."""
@@ -137,8 +144,8 @@ class Ingest:
         event(log, "store.refused", logging.ERROR, reason="disk below free-space floor", calling_aet=calling_aet)
         return statuses.REFUSED_DISK
 
-    def _persist(self, ds: Dataset, result: DeidResult, transfer_syntax: str, calling_aet: str,
-                 actor: dict[str, str]) -> tuple[statuses.Outcome, int]:
+    def _persist(self, ds: Dataset, result: DeidResult, view: ViewDecision, transfer_syntax: str,
+                 calling_aet: str, actor: dict[str, str]) -> tuple[statuses.Outcome, int]:
         """Write the vault object and commit its rows in one transaction; STORED only once both are
         durable. The write (encrypt + write + fsync) runs beside the statements; the commit waits."""
         sop = result.sop_instance_uid
@@ -153,7 +160,7 @@ class Ingest:
         durable = False
         try:
             with self.rows.transaction() as tx:
-                self._insert_instance(tx, ds, result, transfer_syntax, object_id, size, calling_aet)
+                self._insert_instance(tx, ds, result, view, transfer_syntax, object_id, size, calling_aet)
                 # On PostgreSQL the audit append takes the chain's lock, which no other association
                 # should wait on during our fsync: wait for the object first. SQLite's one write
                 # lock is held from the first statement anyway, so there the audit row overlaps too.
@@ -162,7 +169,8 @@ class Ingest:
                 tx.audit_event(event_type="instance.stored", study_uid=result.study_uid, object_uid=sop,
                                details={"bytes": size, "transfer_syntax": transfer_syntax,
                                         "deid": result.applied_codes, "deid_edition": PROFILE_EDITION,
-                                        "burned_in": result.burned_in},
+                                        "burned_in": result.burned_in, "analysed": view.analyse,
+                                        "view": view.view, "analysis_reason": view.reason},
                                **actor)
                 if not self._audit_after_write:
                     nbytes, durable = write.result(), True
@@ -184,19 +192,24 @@ class Ingest:
             if not durable:
                 self._discard_after(write, object_id)
             raise
+        if not view.analyse:
+            event(log, "store.not_analysed", view=view.view, calling_aet=calling_aet)
         return statuses.STORED, nbytes
 
-    def _insert_instance(self, tx: Transaction, ds: Dataset, result: DeidResult, transfer_syntax: str,
-                         object_id: str, size: int, calling_aet: str) -> None:
-        """The instance row, its prediction job and its sealed re-identification entry."""
+    def _insert_instance(self, tx: Transaction, ds: Dataset, result: DeidResult, view: ViewDecision,
+                         transfer_syntax: str, object_id: str, size: int, calling_aet: str) -> None:
+        """The instance row, its prediction job (only if the model is to see it) and its sealed
+        re-identification entry."""
         sop = result.sop_instance_uid
         instance_id = tx.instance(
             sop_instance_uid=sop, study_uid=result.study_uid, series_uid=result.series_uid,
             sop_class_uid=result.sop_class_uid, modality=str(ds.get("Modality", ""))[:16],
             view_position=str(ds.get("ViewPosition", ""))[:16], transfer_syntax=transfer_syntax,
-            state=RECEIVED, vault_object=object_id, size_bytes=size,
+            state=RECEIVED if view.analyse else NOT_ANALYSED, view=view.view,
+            analysis_reason=view.reason[:240], vault_object=object_id, size_bytes=size,
             burned_in_annotation=result.burned_in, calling_aet=calling_aet[:16])
-        tx.job(instance_id=instance_id, kind="predict")
+        if view.analyse:
+            tx.job(instance_id=instance_id, kind="predict")
         tx.reid_entry(sop_instance_uid=sop, study_uid=result.study_uid,
                       sealed=reid.seal_reid(self.keys.reid_key, sop, result.original))
 

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
 import torch
-from sqlalchemy import insert, select, update
+from sqlalchemy import exists, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cxrmodel.engine import Engine
@@ -37,7 +37,8 @@ from storage import audit, records
 from storage.dicomfile import checked_instance
 from storage.errors import StorageError, TamperError
 from storage.keys import Keys
-from storage.models import FAILED, PREDICTED, QUARANTINED, RECEIVED, Instance, Job, Prediction, utcnow
+from storage.models import (FAILED, NOT_ANALYSED, PREDICTED, QUARANTINED, RECEIVED, Instance, Job, Prediction,
+                            utcnow)
 from storage.vault import Vault
 
 log = logging.getLogger("cxrd.worker")
@@ -57,7 +58,11 @@ class EngineSettings:
 def claim_jobs(session: Session, me: str, limit: int) -> list[int]:
     """Claim up to `limit` queued jobs in the caller's transaction; returns their ids."""
     now = utcnow()
-    stmt = (select(Job.id).where(Job.state == "queued", Job.kind == "predict", Job.not_before <= now)
+    # Ingest queues no job for an image the model must not see (a lateral view); should one exist
+    # anyway, it is never claimed. The subquery locks nothing: SKIP LOCKED applies to `jobs` only.
+    not_analysed = exists().where(Instance.id == Job.instance_id, Instance.state == NOT_ANALYSED)
+    stmt = (select(Job.id).where(Job.state == "queued", Job.kind == "predict", Job.not_before <= now,
+                                 ~not_analysed)
             .order_by(Job.id).limit(limit))
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
