@@ -50,6 +50,9 @@ BACKENDS = ("fp32", "channels_last", "bf16", "onnx")
 AUTO_CANDIDATES = ("fp32", "channels_last", "bf16", "onnx")  # each within the AUROC bound (module doc)
 AUTO_MAX_PROB_DIFF = 0.02  # run-time sanity bound vs fp32 when choosing "auto"
 _CHOICE_FILE = "backend.json"
+# Structured log fields, the key daemon.ops.logs reads (cxrmodel sits below daemon and cannot import
+# it): event names and these fields are printed as written, so they must never hold patient data.
+_FIELDS = "cxrd_fields"
 
 Runner = Callable[[torch.Tensor], torch.Tensor]  # (N, C, H, W) float32 -> (N, 14) logits
 
@@ -118,7 +121,7 @@ class _Graph:
                 warnings.simplefilter("ignore")
                 return torch.jit.trace(self.module, x, check_trace=False)
         except Exception as exc:  # an exotic imported module: slower but correct
-            log.warning("engine.trace_failed, running eager: %s: %s", type(exc).__name__, str(exc)[:200])
+            log.warning("engine.trace_failed", extra={_FIELDS: {"error": type(exc).__name__, "running": "eager"}})
             return self.module
 
 
@@ -223,10 +226,18 @@ def choose_backend(module: ChestNet, sample_shape: Sequence[int], *, threads: in
     key = machine_fingerprint(threads, batch_size)
     cache = cache_dir / _CHOICE_FILE if cache_dir is not None else None
     if cache is not None and cache.is_file():
-        with contextlib.suppress(OSError, json.JSONDecodeError, KeyError):
+        with contextlib.suppress(OSError, json.JSONDecodeError, KeyError, TypeError):
             data = json.loads(cache.read_text())
             if key in data and data[key]["backend"] in candidates:
+                log.info("engine.backend_cached", extra={_FIELDS: {
+                    "backend": data[key]["backend"], "measured": data[key].get("measured", ""),
+                    "images_per_s": _rates(data[key].get("images_per_s", {}))}})
                 return data[key]["backend"], data[key]
+    # A backlog waits on this (the first load of a model on this machine, seconds): say so.
+    log.info("engine.backend_measuring", extra={_FIELDS: {
+        "candidates": ",".join(candidates), "threads": threads, "batch_size": batch_size,
+        "why": "first load of this model on this machine; the choice is then kept beside the model"}})
+    started = time.monotonic()
     gen = torch.Generator().manual_seed(0)
     # A smooth, image-like input (not white noise) so reduced precision is judged on realistic activations.
     base = torch.rand((batch_size, 1, 16, 16), generator=gen)
@@ -258,18 +269,33 @@ def choose_backend(module: ChestNet, sample_shape: Sequence[int], *, threads: in
     report = {"backend": best, "images_per_s": {k: round(batch_size / v, 2) for k, v in timings.items()},
               "rejected": rejected, "threads": threads, "batch_size": batch_size,
               "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    fields = {"backend": best, "images_per_s": _rates(report["images_per_s"]),
+              "seconds": round(time.monotonic() - started, 1)}
+    if rejected:
+        fields["rejected"] = "; ".join(f"{k}: {v}" for k, v in rejected.items())
+    log.info("engine.backend_chosen", extra={_FIELDS: fields})
     if cache is not None:
-        with contextlib.suppress(OSError):
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        try:
             data = {}
             if cache.is_file():
                 with contextlib.suppress(json.JSONDecodeError):
                     data = json.loads(cache.read_text())
             data[key] = report
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(data, indent=2) + "\n")
             os.replace(tmp, cache)
-    log.info("inference backend %s chosen (%s)", best, report["images_per_s"])
+        except OSError as exc:  # still usable; only the next start measures again
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning("engine.backend_not_cached", extra={_FIELDS: {
+                "path": str(cache), "error": exc.strerror or type(exc).__name__,
+                "hint": "the model directory must be writable by the service user, or every start measures"}})
     return best, report
+
+
+def _rates(images_per_s: dict[str, float]) -> str:
+    """`fp32:14.03,onnx:25.1`: one logfmt token, backend names readable."""
+    return ",".join(f"{name}:{rate}" for name, rate in images_per_s.items())
 
 
 _STOP = object()

@@ -198,9 +198,9 @@ class Service:
         self.metrics.associations.labels("accepted").inc()
         self._audit_quietly(lambda: self.ingest.audit_association(calling_aet, host))
 
-    def _on_reject(self, calling_aet: str, host: str, reason: str) -> None:
+    def _on_reject(self, calling_aet: str, host: str, reason: str, called_aet: str = "") -> None:
         self.metrics.associations.labels("rejected").inc()
-        self.refusals.record(calling_aet, host, reason)
+        self.refusals.record(calling_aet, host, reason, called_aet)
 
     def _audit_service(self, event_type: str, **fields) -> None:  # noqa: ANN003
         self._audit_quietly(lambda: self.rt.audit(event_type, **fields))

@@ -107,6 +107,8 @@ def run_status(args: argparse.Namespace, rt: Runtime) -> int:
     if info["not_analysed"]:
         print("not analysed    : " + ", ".join(f"{k} {v}" for k, v in info["not_analysed"].items())
               + " (stored; the model is for frontal views)")
+    print("not stored      : " + ", ".join(f"{k} {v}" for k, v in info["not_stored"].items())
+          + " (acknowledged or refused at receipt, audited, nothing kept)")
     print("results         : " + (", ".join(f"{k} {v}" for k, v in info["results"].items()) or "none"))
     model = info["model"]
     print(f"current model   : {model or 'none yet - studies stay queued until one is promoted (cxrd train / cxrd model import)'}")
@@ -116,14 +118,28 @@ def run_status(args: argparse.Namespace, rt: Runtime) -> int:
     return 0
 
 
+# Audit events of images received but not stored: not a chest radiograph (acknowledged, or rejected
+# with dicom.non_chest = "reject"), and refused by ingest (pixel data, de-identification, disk).
+_NOT_STORED_EVENTS = ("instance.ignored", "instance.rejected", "instance.failed")
+
+
 def collect_status(rt: Runtime) -> dict:
     from sqlalchemy import func, select
 
     from storage import db
     from storage.analysis import not_analysed_by_view
-    from storage.models import INSTANCE_STATES, Instance, Job, Result, RetrainRun
+    from storage.models import IGNORED, INSTANCE_STATES, AuditEvent, Instance, Job, Result, RetrainRun
     with db.reachable(rt.engine), rt.read_sessions() as session:
         states = dict(session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all())
+        # Images that leave no instance row are counted where ingest records them: the audit trail
+        # (event_type is indexed). Ingest's failures are the ones a peer (aet:...) is the actor of;
+        # the worker's have an instance row, counted above as failed.
+        received = dict(session.execute(
+            select(AuditEvent.event_type, func.count())
+            .where(AuditEvent.event_type.in_(_NOT_STORED_EVENTS[:2])).group_by(AuditEvent.event_type)).all())
+        received[_NOT_STORED_EVENTS[2]] = session.scalar(
+            select(func.count()).select_from(AuditEvent)
+            .where(AuditEvent.event_type == _NOT_STORED_EVENTS[2], AuditEvent.actor.like("aet:%")))
         queue = session.scalar(select(func.count()).select_from(Job).where(Job.state.in_(("queued", "running"))))
         results = dict(session.execute(select(Result.state, func.count()).group_by(Result.state)).all())
         not_analysed = not_analysed_by_view(session)
@@ -133,7 +149,11 @@ def collect_status(rt: Runtime) -> dict:
         "database": rt.engine.url.render_as_string(hide_password=True),
         "schema": db.schema_revision(rt.engine),
         "queue_depth": queue or 0,
-        "instances": {s: states.get(s, 0) for s in INSTANCE_STATES},
+        # Stored instances by state; `ignored` is no state an instance row takes (ignored images are
+        # not stored), so it is counted under not_stored, from the audit trail.
+        "instances": {s: states.get(s, 0) for s in INSTANCE_STATES if s != IGNORED},
+        "not_stored": {label: received.get(event_type) or 0
+                       for label, event_type in zip(("ignored", "rejected", "refused"), _NOT_STORED_EVENTS)},
         "not_analysed": not_analysed,  # per view (lateral, decubitus, ...): daemon.stages.view_rule
         "results": results,
         "model": rt.current_model_summary(),

@@ -28,6 +28,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 
 from daemon.dicom import pdu_limits
+from daemon.dicom.gate_rules import PER_HOST_LIMIT
 from daemon.ops.logs import event
 
 log = logging.getLogger("cxrd.scp")
@@ -41,7 +42,7 @@ class ConnectionGuard:
     """Deadlines of connections not yet associated, and live connections per host, for one server."""
 
     def __init__(self, timeout_s: float, per_host: int = 0,
-                 on_reject: Callable[[str, str, str], None] | None = None) -> None:
+                 on_reject: Callable[[str, str, str, str], None] | None = None) -> None:
         self.timeout_s = timeout_s
         self.per_host = per_host
         self.on_reject = on_reject
@@ -86,10 +87,8 @@ class ConnectionGuard:
             if not over:
                 self._deadlines[assoc] = time.monotonic() + self.timeout_s
         if over:
-            event(log, "association.refused", logging.WARNING, host=host, reason="per-host limit",
-                  limit=self.per_host)
-            if self.on_reject:
-                self.on_reject("", host, "too many connections from this host")
+            if self.on_reject:  # logged and audited there, once
+                self.on_reject("", host, PER_HOST_LIMIT, "")
             _shut(assoc)
 
     def requested(self, ev: evt.Event) -> None:

@@ -25,12 +25,13 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import AllTransferSyntaxes, UID
 from pynetdicom import AE, _config as pynetdicom_config, evt
+from pynetdicom.association import Association
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from config.schema import Dicom
-from daemon.dicom import statuses
+from daemon.dicom import gate_rules, statuses
 from daemon.dicom.preassociation import ConnectionGuard
 from daemon.ops.logs import event
 
@@ -38,8 +39,8 @@ log = logging.getLogger("cxrd.scp")
 
 # on_store(dataset, file_meta, calling_aet, peer_host) -> DICOM status
 StoreFn = Callable[[Dataset, Dataset, str, str], int]
-# on_reject(calling_aet, peer_host, reason)
-RejectFn = Callable[[str, str, str], None]
+# on_reject(calling_aet, peer_host, reason, called_aet): reason names the gate rules (`gate_rules`)
+RejectFn = Callable[[str, str, str, str], None]
 # on_accept(calling_aet, peer_host)
 AcceptFn = Callable[[str, str], None]
 
@@ -142,7 +143,7 @@ class _GatedServer(ThreadedAssociationServer):
         if ip is not None and any(ip in net for net in self.allowed_networks):
             return True
         if self.on_reject:
-            self.on_reject("", host, "host not allowed")
+            self.on_reject("", host, gate_rules.HOST_NOT_ALLOWED, "")
         return False
 
 
@@ -186,6 +187,7 @@ def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = Non
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     if not any(isinstance(f, _NonAsciiTextNoise) for f in _DECODE_LOG.filters):
         _DECODE_LOG.addFilter(_NonAsciiTextNoise())
+    on_reject = on_reject or log_refusal
     ae = application_entity(cfg, storage=on_store is not None)
     server = ae.make_server((cfg.bind, cfg.port), ssl_context=ssl_context(cfg.tls) if cfg.tls.enabled else None,
                             evt_handlers=event_handlers(on_store, on_reject, on_accept),
@@ -226,7 +228,8 @@ def event_handlers(on_store: StoreFn | None, on_reject: RejectFn | None,
                    on_accept: AcceptFn | None) -> list[tuple]:
     """pynetdicom's (event, handler, args) bindings: one small handler per event."""
     handlers: list[tuple] = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_REJECTED, handle_rejected, [on_reject]),
-                             (evt.EVT_ACCEPTED, handle_accepted, [on_accept])]
+                             (evt.EVT_ACCEPTED, handle_accepted, [on_accept]),
+                             (evt.EVT_CONN_CLOSE, handle_closed)]
     if on_store is not None:
         handlers.append((evt.EVT_C_STORE, handle_store, [on_store, on_reject]))
     return handlers
@@ -244,23 +247,95 @@ def handle_store(ev: evt.Event, on_store: StoreFn, on_reject: RejectFn | None) -
         ds = ev.dataset
         meta = ev.file_meta
     except Exception as exc:
-        event(log, "store.unparseable", logging.WARNING, calling_aet=requestor.ae_title, host=requestor.address,
-              error=type(exc).__name__)
         if on_reject:
-            on_reject(requestor.ae_title, requestor.address, "unparseable dataset")
-        return statuses.UNPARSEABLE.status
-    return on_store(ds, meta, requestor.ae_title, requestor.address)
+            on_reject(requestor.ae_title, requestor.address,
+                      f"{gate_rules.UNPARSEABLE_DATASET} ({type(exc).__name__})", gate_rules.called_ae_title(ev.assoc))
+        status = statuses.UNPARSEABLE.status
+    else:
+        status = on_store(ds, meta, requestor.ae_title, requestor.address)
+    tally = _tally(ev.assoc)
+    if tally is not None:
+        tally.count(status, _dataset_bytes(ev))
+    return status
 
 
 def handle_rejected(ev: evt.Event, on_reject: RejectFn | None) -> None:
+    """Logged and audited by `on_reject` (once, aggregated): the rules broken and the called AE title."""
     requestor = ev.assoc.requestor
-    event(log, "association.rejected", logging.WARNING, calling_aet=requestor.ae_title, host=requestor.address)
     if on_reject:
-        on_reject(requestor.ae_title, requestor.address, "association rejected (called AE, calling AE or limit)")
+        on_reject(requestor.ae_title, requestor.address, gate_rules.rejection_reasons(ev.assoc),
+                  gate_rules.called_ae_title(ev.assoc))
 
 
 def handle_accepted(ev: evt.Event, on_accept: AcceptFn | None) -> None:
-    requestor = ev.assoc.requestor
-    event(log, "association.accepted", logging.DEBUG, calling_aet=requestor.ae_title, host=requestor.address)
+    """One info line per accepted association (who, asking for whom, from where: no patient data),
+    and its tally, summarised in one more line when it ends."""
+    assoc = ev.assoc
+    requestor = assoc.requestor
+    called = gate_rules.called_ae_title(assoc)
+    assoc.cxrd_tally = _AssociationTally(requestor.ae_title, requestor.address)  # type: ignore[attr-defined]
+    event(log, "association.accepted", calling_aet=requestor.ae_title, called_aet=called, host=requestor.address)
     if on_accept:
         on_accept(requestor.ae_title, requestor.address)
+
+
+def handle_closed(ev: evt.Event) -> None:
+    """An accepted association's summary, when its connection closes (in the DUL thread, which every
+    ending passes through, where EVT_RELEASED may come before or after it)."""
+    tally = _tally(ev.assoc)
+    if tally is not None:
+        tally.summarise(how_it_ended(ev.assoc))
+
+
+def how_it_ended(assoc: Association) -> str:
+    """`released`, or `aborted` (by either side, or the connection lost). The transport closes in
+    state Sta13 after our A-RELEASE-RP or our A-ABORT (which sets `is_aborted` before it is sent);
+    in any other state it was the peer's A-ABORT or a lost connection."""
+    if assoc.is_aborted:
+        return "aborted"
+    if assoc.is_released or assoc.dul.state_machine.current_state == "Sta13":
+        return "released"
+    return "aborted"
+
+
+def log_refusal(calling_aet: str, host: str, reason: str, called_aet: str) -> None:
+    """Where no `on_reject` is given (the refusal audit logs in the service): one line per refusal."""
+    event(log, "association.refused", logging.WARNING, calling_aet=calling_aet, called_aet=called_aet,
+          host=host, reason=reason)
+
+
+class _AssociationTally:
+    """What one accepted association delivered: counted in its thread, summarised once at its end."""
+
+    def __init__(self, calling_aet: str, host: str):
+        self.calling_aet, self.host = calling_aet, host
+        self.started = time.monotonic()
+        self.images = self.acknowledged = self.nbytes = 0
+        self._lock = threading.Lock()
+        self._summarised = False
+
+    def count(self, status: int, nbytes: int) -> None:
+        self.images += 1
+        self.acknowledged += status == statuses.SUCCESS
+        self.nbytes += nbytes
+
+    def summarise(self, how: str) -> None:
+        with self._lock:
+            if self._summarised:
+                return
+            self._summarised = True
+        event(log, "association.ended", logging.INFO, calling_aet=self.calling_aet, host=self.host, ended=how,
+              images=self.images, acknowledged=self.acknowledged, refused=self.images - self.acknowledged,
+              bytes=self.nbytes, seconds=round(time.monotonic() - self.started, 2))
+
+
+def _tally(assoc: object) -> _AssociationTally | None:
+    return getattr(assoc, "cxrd_tally", None)
+
+
+def _dataset_bytes(ev: evt.Event) -> int:
+    """The encoded data set's size as received (0 if pynetdicom holds it some other way)."""
+    try:
+        return ev.request.DataSet.getbuffer().nbytes
+    except (AttributeError, TypeError, ValueError):
+        return 0

@@ -1,20 +1,24 @@
-"""Refused connections and associations, audited off the accept path and aggregated per source.
+"""Refused connections and associations, audited off the accept path and aggregated per source and rule.
 
 A refusal happens in pynetdicom's accept loop (a host not on the allow-list) or in an association's
 thread (a wrong AE title, the association limit). Writing its audit row there would cost every refusal
 a database commit on the path that also admits the PACS, so a host that opens connections in a loop
 could stall the gate and grow the audit trail without bound. Here a refusal only counts, in memory;
-a background thread writes one `association.rejected` row per (host, calling AE title, reason) and
-interval, with how many refusals it stands for and when the first and last came. Memory is bounded:
-at most `max_sources` distinct keys per interval, the rest counted together in one overflow row.
-The first refusal of a key in an interval is also logged at once; the rest only in the row.
+a background thread writes one `association.rejected` row per (host, rule) and interval — the rule
+being the gate rule(s) that refused it, in `daemon.dicom.gate_rules`' words — with how many refusals it
+stands for, when the first and last came, and the calling and called AE titles the peer used. Memory
+is bounded: at most `max_sources` distinct keys per interval, the rest counted together in one
+overflow row, and at most `MAX_TITLES` distinct AE titles of each kind kept per key.
+
+This is also the one place a refusal is logged: the first of a key in an interval at once, the rest
+only in the row, so a host connecting in a loop cannot flood the journal either.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from daemon.ops.logs import event
@@ -23,7 +27,8 @@ log = logging.getLogger("cxrd.gate")
 
 # write(event_type, outcome=..., actor=..., host=..., **details): one audit row
 AuditWrite = Callable[..., None]
-OVERFLOW = ("(other hosts)", "", "more distinct refused sources than tracked in one interval")
+OVERFLOW = ("(other hosts)", "more distinct refused sources than tracked in one interval")
+MAX_TITLES = 8  # distinct calling (and called) AE titles kept per row; beyond, only counted
 
 
 @dataclass
@@ -31,6 +36,13 @@ class _Tally:
     count: int
     first_at: datetime
     last_at: datetime
+    calling_aets: dict[str, int] = field(default_factory=dict)
+    called_aets: dict[str, int] = field(default_factory=dict)
+
+    def add_titles(self, calling_aet: str, called_aet: str) -> None:
+        for titles, title in ((self.calling_aets, calling_aet), (self.called_aets, called_aet)):
+            if title in titles or len(titles) < MAX_TITLES:
+                titles[title] = titles.get(title, 0) + 1
 
 
 class RefusalAudit:
@@ -42,14 +54,16 @@ class RefusalAudit:
         self.write = write
         self.interval_s = interval_s
         self.max_sources = max_sources
-        self._tallies: dict[tuple[str, str, str], _Tally] = {}
+        self._tallies: dict[tuple[str, str], _Tally] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def record(self, calling_aet: str, host: str, reason: str) -> None:
+    def record(self, calling_aet: str, host: str, reason: str, called_aet: str = "") -> None:
+        """One refusal: `reason` names the rule(s) that refused it; the AE titles are as the peer sent
+        them ("" where it had not asked for an association yet)."""
         now = datetime.now(timezone.utc)
-        key = (host, calling_aet, reason)
+        key = (host, reason)
         with self._lock:
             tally = self._tallies.get(key)
             if tally is None and len(self._tallies) >= self.max_sources:
@@ -57,24 +71,28 @@ class RefusalAudit:
             if tally is not None:
                 tally.count += 1
                 tally.last_at = now
+                tally.add_titles(calling_aet, called_aet)
                 return
-            self._tallies[key] = _Tally(1, now, now)
-        event(log, "association.refused", logging.WARNING, calling_aet=calling_aet, host=host, reason=reason)
+            tally = self._tallies[key] = _Tally(1, now, now)
+            tally.add_titles(calling_aet, called_aet)
+        event(log, "association.refused", logging.WARNING, host=host, reason=reason, calling_aet=calling_aet,
+              called_aet=called_aet)
 
     def flush(self) -> int:
         """Write the rows for what was counted since the last flush; returns how many rows."""
         with self._lock:
             tallies, self._tallies = self._tallies, {}
-        for (host, calling_aet, reason), tally in tallies.items():
+        for (host, reason), tally in tallies.items():
+            callers = [t for t in tally.calling_aets if t]
             try:
-                self.write("association.rejected", outcome=4, actor=f"aet:{calling_aet}" if calling_aet else "",
+                self.write("association.rejected", outcome=4, actor=f"aet:{callers[0]}" if len(callers) == 1 else "",
                            host=host, reason=reason, count=tally.count,
+                           calling_aets=sorted(tally.calling_aets), called_aets=sorted(tally.called_aets),
                            first_at=tally.first_at.isoformat(timespec="milliseconds"),
                            last_at=tally.last_at.isoformat(timespec="milliseconds"))
             except Exception as exc:  # the database is down: say so, keep refusing
                 log.error("audit.write_failed", exc_info=exc)
         return len(tallies)
-
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="cxrd-refusal-audit", daemon=True)
         self._thread.start()

@@ -30,7 +30,7 @@ from cxrmodel.engine import Engine
 from cxrmodel.errors import ModelError, NoModelError
 from cxrmodel.labels import LABELS
 from cxrmodel.registry import LoadedModel, Registry
-from daemon.ops.logs import event
+from daemon.ops.logs import event, mask
 from daemon.stages.leases import release_dead_claims, worker_id
 from daemon.stages.results import schedule_result
 from storage import audit, records
@@ -81,6 +81,7 @@ class Prepared:
     study_uid: str
     tensor: torch.Tensor | None
     error: str = ""
+    error_class: str = ""  # the exception's type name: what kind of failure, for the log and audit
     quarantine: bool = False
     attempts: int = 0
     received_at: datetime | None = None
@@ -95,6 +96,25 @@ class Forwarded:
     good: list[Prepared]  # predicted, in the order of `probs`
     probs: Sequence       # one row of label probabilities per image of `good`
     bad: list[Prepared]   # not predicted; each `error` says why
+
+
+def is_final(p: Prepared) -> bool:
+    """No further attempt: a tampered object is never retried, anything else `MAX_ATTEMPTS` times."""
+    return p.quarantine or p.attempts >= MAX_ATTEMPTS
+
+
+def retry_delay_s(p: Prepared) -> int:
+    return 30 * p.attempts
+
+
+def log_failure(p: Prepared, model: str) -> None:
+    """One line per image that was not predicted: which (pseudonymous) instance, what kind of failure,
+    what happens next. The message is masked like a library's: it may quote a library's words."""
+    final = is_final(p)
+    event(log, "worker.failed", logging.ERROR if final else logging.WARNING,
+          instance=p.sop_uid, study=p.study_uid, attempt=p.attempts, max_attempts=MAX_ATTEMPTS,
+          then=(QUARANTINED if p.quarantine else FAILED) if final else f"retry in {retry_delay_s(p)} s",
+          reason_class=p.error_class or "unknown", reason=mask(p.error[:300]), model=model)
 
 
 def one_model_batch(images: list[Prepared], size: int) -> tuple[list[Prepared], list[Prepared]]:
@@ -242,15 +262,20 @@ class Worker:
             return None
         with self._model_lock:
             if self._model is None or self._model.version != version:
-                loaded = self.registry.load(version)
+                # Queued studies wait while this runs (with backend "auto", a first load measures the
+                # backends): the log says when it starts, and when it is done.
+                started = time.monotonic()
                 es = self.engine_settings
+                event(log, "worker.model_loading", version=version, backend=es.backend)
+                loaded = self.registry.load(version)
                 engine = Engine.for_model(loaded, backend=es.backend, threads=es.threads,
                                           batch_size=es.batch_size, max_batch_wait_ms=es.max_batch_wait_ms)
                 old = self._engine
                 self._model, self._engine = loaded, engine
                 if old is not None:
                     old.close()
-                event(log, "worker.model_loaded", version=version, backend=engine.backend)
+                event(log, "worker.model_loaded", version=version, backend=engine.backend,
+                      seconds=round(time.monotonic() - started, 1))
             self.waiting_for_model = False
             return self._model
 
@@ -292,11 +317,11 @@ class Worker:
                 raise StorageError("instance has no stored object")
             p.tensor = model.preprocess(checked_instance(self.vault.get(object_id), sop, object_id))
         except TamperError as exc:
-            p.error, p.quarantine = str(exc), True
+            p.error, p.error_class, p.quarantine = str(exc), type(exc).__name__, True
         except (StorageError, ModelError) as exc:
-            p.error = str(exc)
+            p.error, p.error_class = str(exc), type(exc).__name__
         except Exception as exc:  # a decoder crash on one image must not stop the others
-            p.error = f"cannot read image ({type(exc).__name__})"
+            p.error, p.error_class = f"cannot read image ({type(exc).__name__})", type(exc).__name__
         return p
 
     # -- thread 2: the forward pass ----------------------------------------------------------------
@@ -318,6 +343,7 @@ class Worker:
                 log.error("worker.inference_failed", exc_info=exc)
                 for p in good:
                     p.tensor, p.error = None, f"inference failed ({type(exc).__name__})"
+                    p.error_class = type(exc).__name__
                 good, probs = [], []
             self._done.put(Forwarded(model, good, probs, [p for p in batch if p.tensor is None]))
 
@@ -345,8 +371,8 @@ class Worker:
                 self.observe((now - p.received_at).total_seconds())
         if done.good:
             event(log, "worker.predicted", images=len(done.good), failed=len(done.bad), model=done.model.version)
-        elif done.bad:
-            event(log, "worker.failed", logging.WARNING, images=len(done.bad))
+        for p in done.bad:
+            log_failure(p, done.model.version)
 
     def _record_predictions(self, session: Session, model: LoadedModel, good: list[Prepared], probs: Sequence,
                             now: datetime) -> None:
@@ -388,10 +414,10 @@ class Worker:
         """Each failed job back to the queue with a growing delay, or, once it cannot succeed
         (tampered object, `MAX_ATTEMPTS` reached), its instance parked and audited."""
         for p in bad:
-            final = p.quarantine or p.attempts >= MAX_ATTEMPTS
+            final = is_final(p)
             session.execute(update(Job).where(Job.id == p.job_id).values(
                 state="failed" if final else "queued", claimed_by="", claimed_at=None,
-                last_error=p.error[:500], not_before=now + timedelta(seconds=30 * p.attempts)))
+                last_error=p.error[:500], not_before=now + timedelta(seconds=retry_delay_s(p))))
             if final:
                 session.execute(update(Instance).where(Instance.id == p.instance_id)
                                 .values(state=QUARANTINED if p.quarantine else FAILED, error=p.error[:500],
@@ -399,4 +425,6 @@ class Worker:
                 audit.append(session, self.keys.audit_key,
                              event_type="security.tamper" if p.quarantine else "instance.failed",
                              outcome=12 if p.quarantine else 8, actor="cxrd:worker", host=self.audit_host,
-                             study_uid=p.study_uid, object_uid=p.sop_uid, details={"error": p.error[:200]})
+                             study_uid=p.study_uid, object_uid=p.sop_uid,
+                             details={"error": p.error[:200], "class": p.error_class,
+                                      "attempts": p.attempts, "model": p.version})

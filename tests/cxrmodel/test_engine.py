@@ -196,9 +196,17 @@ def test_errors_reach_the_caller(model):
         E.make_runner(model, "fp8")
 
 
-def test_auto_measures_once_and_caches_the_choice(model, tmp_path, monkeypatch):
+def test_auto_measures_once_and_caches_the_choice(model, tmp_path, monkeypatch, caplog):
+    from daemon.ops.logs import EventFormatter
+    caplog.set_level("INFO", logger="cxrmodel.engine")
     backend, report = E.choose_backend(model, (3, 224, 224), threads=2, batch_size=2, cache_dir=tmp_path,
                                        candidates=("fp32", "onnx"), repeats=1)
+    # The wait is announced before and its result after, with the backend names readable.
+    lines = [EventFormatter().format(r) for r in caplog.records]
+    assert "event=engine.backend_measuring" in lines[0] and "candidates=fp32,onnx" in lines[0]
+    assert "event=engine.backend_chosen" in lines[-1] and f"backend={backend}" in lines[-1]
+    assert "images_per_s=fp32:" in lines[-1] and ",onnx:" in lines[-1] and "<value>" not in lines[-1]
+    caplog.clear()
     assert backend in ("fp32", "onnx") and set(report["images_per_s"]) == {"fp32", "onnx"}
     assert (tmp_path / "model.onnx").is_file()
     cached = json.loads((tmp_path / "backend.json").read_text())
@@ -206,5 +214,17 @@ def test_auto_measures_once_and_caches_the_choice(model, tmp_path, monkeypatch):
     monkeypatch.setattr(E, "measure", lambda *a, **k: pytest.fail("measured again"))
     engine = E.Engine(model, backend="auto", threads=2, batch_size=2, cache_dir=tmp_path)
     assert engine.backend == backend
+    assert [r.getMessage() for r in caplog.records] == ["engine.backend_cached"]
     x = torch.zeros(2, 3, 224, 224)
     np.testing.assert_allclose(engine.predict(x), E.Engine(model, backend="fp32").predict(x), atol=1e-4)
+
+
+def test_a_choice_that_cannot_be_kept_is_said_in_the_log(model, tmp_path, caplog):
+    caplog.set_level("INFO", logger="cxrmodel.engine")
+    blocked = tmp_path / "backend.json"
+    blocked.mkdir()  # the cache file's name is taken by a directory: it cannot be written
+    backend, _ = E.choose_backend(model, (3, 224, 224), threads=2, batch_size=2, cache_dir=tmp_path,
+                                  candidates=("fp32",), repeats=1)
+    assert backend == "fp32"
+    warned = [r for r in caplog.records if r.getMessage() == "engine.backend_not_cached"]
+    assert warned and warned[0].cxrd_fields["path"] == str(blocked)

@@ -222,7 +222,7 @@ def test_one_host_cannot_take_every_slot(daemon_factory):
 
     def refused_for_host_limit() -> bool:  # refusals are audited off the accept path, within a second
         with engine.connect() as c:
-            return any("too many connections from this host" in r[0] for r in c.execute(text(
+            return any("per-host connection limit reached" in r[0] for r in c.execute(text(
                 "SELECT details FROM audit_events WHERE event_type = 'association.rejected'")))
     assert wait_until(refused_for_host_limit, 5.0)
     engine.dispose()

@@ -104,6 +104,20 @@ def test_a_swapped_vault_pointer_is_quarantined_not_classified(daemon_factory, s
                              .where(AuditEvent.event_type == "security.tamper")).scalar()
         predicted_for = set(c.execute(select(Prediction.instance_id)).scalars())
         macs = set(c.execute(select(func.length(Prediction.mac))).scalars())
-    engine.dispose()
     assert tampered == 2 and predicted_for.isdisjoint({a, b}) and macs == {64}
+    with engine.connect() as c:
+        swapped = set(c.execute(text("SELECT sop_instance_uid FROM instances WHERE id IN (:a, :b)"),
+                                {"a": a, "b": b}).scalars())
+        classes = {json.loads(row)["class"] for row in c.execute(text(
+            "SELECT details FROM audit_events WHERE event_type = 'security.tamper'")).scalars()}
+    engine.dispose()
+    assert classes == {"TamperError"}
     assert d.stop() == 0
+    # The journal names each failed instance (by its pseudonym), what kind of failure and what follows.
+    failed = [line for line in d.log_text().splitlines() if "event=worker.failed" in line]
+    assert len(failed) == 2, failed
+    assert {next(f[len("instance="):] for f in line.split() if f.startswith("instance=")) for line in failed} == swapped
+    assert all("reason_class=TamperError" in line and "then=quarantined" in line and "level=error" in line
+               for line in failed)
+    log = d.log_text()
+    assert "event=worker.model_loading" in log and "event=worker.model_loaded" in log

@@ -1,10 +1,12 @@
-"""Refusals are counted on the accept path and audited by a thread: one row per source and interval."""
+"""Refusals are counted on the accept path and audited by a thread: one row per source, rule and interval."""
 from __future__ import annotations
 
 import threading
 import time
 
-from daemon.ops.refusal_audit import OVERFLOW, RefusalAudit
+import logging
+
+from daemon.ops.refusal_audit import MAX_TITLES, OVERFLOW, RefusalAudit
 
 
 class Rows:
@@ -22,12 +24,14 @@ def test_many_refusals_of_one_source_become_one_row_with_their_count():
     audit = RefusalAudit(rows, interval_s=60)
     for _ in range(500):
         audit.record("", "10.9.9.9", "host not allowed")
-    audit.record("EVIL", "10.9.9.8", "association rejected")
+    audit.record("EVIL", "10.9.9.8", "calling AE title not allowed", "CXRD")
     assert rows.rows == []  # nothing is written by record() itself
     assert audit.flush() == 2
     by_host = {r["host"]: r for r in rows.rows}
     assert by_host["10.9.9.9"]["count"] == 500 and by_host["10.9.9.9"]["actor"] == ""
     assert by_host["10.9.9.8"]["count"] == 1 and by_host["10.9.9.8"]["actor"] == "aet:EVIL"
+    assert by_host["10.9.9.8"]["reason"] == "calling AE title not allowed"
+    assert by_host["10.9.9.8"]["called_aets"] == ["CXRD"]
     assert all(r["event_type"] == "association.rejected" and r["outcome"] == 4 for r in rows.rows)
     assert audit.flush() == 0  # counted once
 
@@ -59,3 +63,27 @@ def test_a_slow_audit_write_never_holds_up_a_refusal():
         audit.stop()  # flushes what is left
     assert sum(r["count"] for r in rows.rows) == 1001
     assert not any(t.name == "cxrd-refusal-audit" and t.is_alive() for t in threading.enumerate())
+
+
+def test_one_row_per_host_and_rule_with_the_ae_titles_the_peer_used(caplog):
+    rows = Rows()
+    audit = RefusalAudit(rows, interval_s=60)
+    with caplog.at_level(logging.WARNING, logger="cxrd.gate"):
+        for i in range(50):
+            audit.record(f"MOD{i % 3}", "10.1.1.1", "called AE title is not ours", "CXRD_TYPO")
+        audit.record("PACS", "10.1.1.1", "calling AE title not allowed", "CXRD")
+        for i in range(40):  # a peer cycling through AE titles: still one row, titles bounded
+            audit.record(f"X{i}", "10.1.1.2", "calling AE title not allowed", f"Y{i}")
+    # One log line per (host, rule), not per refusal, and not twice.
+    logged = [(r.cxrd_fields["host"], r.cxrd_fields["reason"]) for r in caplog.records]
+    assert sorted(logged) == [("10.1.1.1", "called AE title is not ours"), ("10.1.1.1", "calling AE title not allowed"),
+                              ("10.1.1.2", "calling AE title not allowed")]
+    assert caplog.records[0].cxrd_fields["called_aet"] == "CXRD_TYPO"
+    audit.flush()
+    rows_by = {(r["host"], r["reason"]): r for r in rows.rows}
+    typo = rows_by[("10.1.1.1", "called AE title is not ours")]
+    assert typo["count"] == 50 and typo["called_aets"] == ["CXRD_TYPO"]
+    assert typo["calling_aets"] == ["MOD0", "MOD1", "MOD2"] and typo["actor"] == ""
+    assert rows_by[("10.1.1.1", "calling AE title not allowed")]["actor"] == "aet:PACS"
+    cycling = rows_by[("10.1.1.2", "calling AE title not allowed")]
+    assert cycling["count"] == 40 and len(cycling["calling_aets"]) == len(cycling["called_aets"]) == MAX_TITLES
