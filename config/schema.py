@@ -98,6 +98,10 @@ class Deid:
     retain_longitudinal_modified_dates: bool = _f(True, "Shift dates by a per-patient keyed offset instead "
                                                         "of removing them (PS3.15 option)")
     max_date_shift_days: int = _f(365, "Largest date shift in days", min=1, max=36500)
+    burned_in_annotation: str = _f("flag", "Images whose Burned In Annotation is YES or absent (pixels are never "
+                                           "cleaned): flag = store them with Patient Identity Removed NO; "
+                                           "refuse_yes = refuse YES (0xC220), store absent flagged; refuse = "
+                                           "refuse both (0xC220)", choices=("flag", "refuse_yes", "refuse"))
 
 
 @dataclass(frozen=True)

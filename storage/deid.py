@@ -35,6 +35,12 @@ except across that one-day ambiguity, and neither the real time of day nor the r
 Values keep their precision (HHMM stays HHMM, truncated after the shift), fractions and UTC-offset
 suffixes are kept; ranges and malformed values cannot be shifted safely and are emptied.
 
+Pixel data is never cleaned (no Clean Pixel Data option). What the stored object claims follows from
+the source's Burned In Annotation: it is kept as sent (YES, NO, or absent: never made up), Patient
+Identity Removed is YES only when the source says NO, and otherwise NO, with a De-identification
+Method entry saying the pixels were not cleaned, because a name burned into the image would survive.
+`deid.burned_in_annotation` chooses whether such images are stored so flagged or refused at ingest.
+
 UIDs become `2.25.<128-bit integer of HMAC-SHA256(uid_key, uid)>` (as a version-8 UUID, <= 44 chars):
 the same original UID maps to the same pseudonym in every instance, every reference and every restart,
 and well-known UIDs (anything in pydicom's UID dictionary: SOP classes, transfer syntaxes, ...) are kept.
@@ -71,6 +77,9 @@ PROFILE_EDITION = "2024e"
 BASIC_PROFILE_CODE = ("113100", "Basic Application Confidentiality Profile")
 
 IMPLEMENTATION_VERSION_NAME = "CXRD_0_1"
+# De-identification Method entries (LO, at most 64 characters) when Patient Identity Removed is NO
+PIXELS_NOT_CLEANED = {"yes": "Pixel data not cleaned: burned-in annotation YES",
+                      "unknown": "Pixel data not cleaned: burned-in annotation not declared"}
 
 
 def _uuid_int(digest: bytes) -> int:
@@ -84,7 +93,8 @@ def _uuid_int(digest: bytes) -> int:
 IMPLEMENTATION_CLASS_UID = "2.25." + str(_uuid_int(hashlib.sha256(b"cxrd implementation class").digest()))
 
 __all__ = ["DeidOptions", "DeidResult", "DeidKeys", "deidentify", "pseudonymize_uid",
-           "patient_pseudonym", "date_offset_days", "time_offset_seconds", "PROFILE_EDITION", "profile_rows", "resolved_actions"]
+           "patient_pseudonym", "date_offset_days", "time_offset_seconds", "burned_in_refusal",
+           "BURNED_IN_POLICIES", "PROFILE_EDITION", "profile_rows", "resolved_actions"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ class DeidOptions:
     retain_device_identity: bool = False
     retain_longitudinal_modified_dates: bool = True
     max_date_shift_days: int = 365
+    burned_in_annotation: str = "flag"  # flag | refuse_yes | refuse: see `burned_in_refusal`
 
 
 @dataclass
@@ -514,6 +525,26 @@ def _burned_in(ds: Dataset) -> str:
     return {"YES": "yes", "NO": "no"}.get(value, "unknown")
 
 
+BURNED_IN_POLICIES = ("flag", "refuse_yes", "refuse")
+
+
+def burned_in_refusal(ds: Dataset, options: DeidOptions) -> str | None:
+    """Why `deid.burned_in_annotation` refuses this image (a one-line reason without values), or None.
+
+    flag: never refuse (stored, flagged, Patient Identity Removed NO unless the source says NO);
+    refuse_yes: refuse Burned In Annotation YES; refuse: refuse anything but NO (absent included).
+    """
+    policy = options.burned_in_annotation
+    if policy not in BURNED_IN_POLICIES:
+        raise DeidError(f"unknown burned_in_annotation policy {policy!r}")
+    state = _burned_in(ds)
+    if policy == "refuse" and state != "no":
+        return f"burned-in annotation {'YES' if state == 'yes' else 'not declared'} (policy refuse)"
+    if policy == "refuse_yes" and state == "yes":
+        return "burned-in annotation YES (policy refuse_yes)"
+    return None
+
+
 def deidentify(ds: Dataset, keys: DeidKeys, options: DeidOptions = DeidOptions()) -> DeidResult:
     """De-identify `ds` in place (it is also `result.dataset`) and return pseudonyms and originals.
 
@@ -563,10 +594,13 @@ def _deidentify(ds: Dataset, keys: DeidKeys, options: DeidOptions, original: dic
     pseudo_pid = patient_pseudonym(keys.uid_key, patient_id, issuer, original["study_uid"])
     ds.PatientID = pseudo_pid
     ds.PatientName = "ANON^" + pseudo_pid
-    ds.PatientIdentityRemoved = "YES"
+    # The attributes are de-identified; the pixels are not cleaned. Identity is claimed removed only
+    # when the source itself says no annotation is burned in (see the module docstring).
+    ds.PatientIdentityRemoved = "YES" if burned_in == "no" else "NO"
     applied = [BASIC_PROFILE_CODE] + [(o.code, o.meaning) for o in _enabled(options)]
     ds.DeidentificationMethod = [f"DICOM PS3.15 E.1-1 {PROFILE_EDITION} Basic Profile (cxrd)"] + \
-        [meaning.removesuffix(" Option")[:64] for _, meaning in applied[1:]]
+        [meaning.removesuffix(" Option")[:64] for _, meaning in applied[1:]] + \
+        ([] if burned_in == "no" else [PIXELS_NOT_CLEANED[burned_in]])
     items = []
     for code, meaning in applied:
         item = Dataset()

@@ -268,6 +268,7 @@ def test_deidentification_attributes_and_options_codes():
     ds = _minimal()
     ds.PatientAge, ds.PatientSex, ds.PatientWeight = "061Y", "F", "70"
     ds.StationName, ds.DeviceSerialNumber, ds.DateOfLastCalibration = "XR-ROOM-3", "SN123", "20200101"
+    ds.BurnedInAnnotation = "NO"  # identity is claimed removed only for such images (test below)
     r = deidentify(ds, KEYS)
     out = r.dataset
     assert out.PatientIdentityRemoved == "YES"
@@ -436,3 +437,44 @@ def test_ages_of_ninety_and_over_are_aggregated(age, kept):
     ds = _minimal()
     ds.PatientAge = age
     assert deidentify(ds, KEYS).dataset.PatientAge == kept
+
+
+@pytest.mark.parametrize("source, removed, method", [
+    ("NO", "YES", None),
+    ("YES", "NO", "Pixel data not cleaned: burned-in annotation YES"),
+    (None, "NO", "Pixel data not cleaned: burned-in annotation not declared"),
+], ids=["no", "yes", "absent"])
+def test_the_stored_object_claims_identity_removed_only_when_no_annotation_is_burned_in(
+        shared_data, source, removed, method):
+    """A real radiograph with Burned In Annotation set, or removed: the value is carried as sent (never
+    made up), and Patient Identity Removed is YES only when the source says NO (pixels are not cleaned)."""
+    ds = pydicom.dcmread(shared_data / "dicom" / "derived" / "nih_00000001_000_explicit-vr-le.dcm")
+    if source is None:
+        ds.pop("BurnedInAnnotation", None)
+    else:
+        ds.BurnedInAnnotation = source
+    result = deidentify(ds, KEYS)
+    buf = io.BytesIO()
+    result.dataset.save_as(buf, enforce_file_format=True)
+    out = pydicom.dcmread(io.BytesIO(buf.getvalue()), stop_before_pixels=True)
+    assert out.PatientIdentityRemoved == removed
+    assert out.get("BurnedInAnnotation") == source
+    assert result.burned_in == {"NO": "no", "YES": "yes", None: "unknown"}[source]
+    extra = [m for m in out.DeidentificationMethod if m.startswith("Pixel data")]
+    assert extra == ([] if method is None else [method]) and all(len(m) <= 64 for m in out.DeidentificationMethod)
+
+
+@pytest.mark.parametrize("policy, refused", [("flag", set()), ("refuse_yes", {"YES"}),
+                                             ("refuse", {"YES", None})])
+def test_the_burned_in_policy_refuses_what_it_says(shared_data, policy, refused):
+    options = DeidOptions(burned_in_annotation=policy)
+    for source in ("YES", "NO", None):
+        ds = pydicom.dcmread(shared_data / "dicom" / "chest" / "google-nih_dicom_00000001_000.dcm",
+                             stop_before_pixels=True)
+        if source is not None:
+            ds.BurnedInAnnotation = source
+        reason = deid.burned_in_refusal(ds, options)
+        assert (reason is not None) == (source in refused), (policy, source)
+        assert reason is None or policy in reason
+    with pytest.raises(DeidError):
+        deid.burned_in_refusal(Dataset(), DeidOptions(burned_in_annotation="maybe"))
