@@ -164,6 +164,11 @@ def _derive(s: Settings, env: Mapping[str, str]) -> Settings:
         creds = env.get("CREDENTIALS_DIRECTORY")
         key_file = str(Path(creds) / "cxrd.key") if creds else str(state / "keys" / "master.key")
     security = dataclasses.replace(s.security, key_file=str(Path(key_file).expanduser().absolute()))
+    password_file = s.storage.database_password_file
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    if not password_file and creds and (Path(creds) / "cxrd.dbpass").is_file():
+        password_file = str(Path(creds) / "cxrd.dbpass")
+    storage = dataclasses.replace(storage, database_password_file=password_file)
     retrain = dataclasses.replace(s.retrain, inbox=s.retrain.inbox or str(state / "inbox"))
     if s.dicom.tls.enabled and not (s.dicom.tls.cert and s.dicom.tls.key):
         raise ConfigError("'dicom.tls.cert' and 'dicom.tls.key' are required when 'dicom.tls.enabled' is true")

@@ -76,8 +76,13 @@ class Dicom:
 @dataclass(frozen=True)
 class Storage:
     state_dir: str = _f("./var", "Directory holding the database, the vault, the keys and the models")
-    database_url: str = _f("", "SQLAlchemy URL; empty = SQLite at {state_dir}/cxrd.db. "
-                               "PostgreSQL: postgresql+psycopg://user:pass@host/db", secret=True)
+    database_url: str = _f("", "SQLAlchemy URL; empty = SQLite at {state_dir}/cxrd.db. PostgreSQL: "
+                               "postgresql+psycopg://user@host/db, the password from database_password_file "
+                               "(or libpq's PGPASSFILE), not here", secret=True)
+    database_password_file: str = _f("", "File whose first line is the PostgreSQL password, used when database_url "
+                                         "has none (mode 0600 or stricter); empty = the systemd credential "
+                                         "`cxrd.dbpass` when $CREDENTIALS_DIRECTORY holds it, else libpq's own "
+                                         "(PGPASSFILE, ~/.pgpass)")
     min_free_mb: int = _f(1024, "Refuse new images (status 0xA700) below this much free disk", min=0)
     retention_days: int = _f(0, "Crypto-shred stored images older than this; 0 = keep forever", min=0)
     audit_retention_days: int = _f(2192, "Keep audit rows at least this long (default 6 years)", min=1)
