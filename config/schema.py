@@ -26,6 +26,13 @@ class DicomTLS:
     key: str = _f("", "PEM private key of the server certificate")
     ca: str = _f("", "PEM CA bundle used to verify client certificates")
     require_client_cert: bool = _f(False, "Refuse TLS clients without a certificate signed by `ca`")
+    client_certificates: list[str] = _f(list, "Bind client certificates to the calling AE titles they may use: "
+                                              "entries \"IDENTITY => AE1, AE2\", IDENTITY one of CN=<subject "
+                                              "common name>, DNS:<SAN>, URI:<SAN>, IP:<SAN>, SHA256:<certificate "
+                                              "fingerprint>. When set, an association is rejected and audited "
+                                              "unless its calling AE title is listed for its certificate; needs "
+                                              "require_client_cert. Empty = any calling AE title allowed by "
+                                              "allowed_calling_aets", factory=True)
 
 
 @dataclass(frozen=True)
