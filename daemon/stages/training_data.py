@@ -199,9 +199,28 @@ def _drop_rows(csv_path: Path, names: set[str]) -> int:
     return len(body) - len(kept)
 
 
+def _drop_test_images(result: Path, uids: set[str]) -> None:
+    """A retraining run's result.json lists its held-out test images by name: drop purged ones."""
+    try:
+        data = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    names = data.get("test_images") if isinstance(data, dict) else None
+    if not isinstance(names, list):
+        return
+    kept = [n for n in names if str(n).removesuffix(".png") not in uids]
+    if len(kept) == len(names):
+        return
+    data["test_images"] = kept
+    tmp = result.with_suffix(".purge-tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, result)
+
+
 def purge_training_copies(state_dir: Path, inbox: Path, sop_uids: Iterable[str]) -> dict[str, int]:
     """Remove what training made from these images (pseudonymous SOP Instance UIDs): exported PNGs
-    (and their CSV rows) and cached features. Returns {uid: files removed}; idempotent."""
+    (and their CSV rows), cached features, and their names in retraining runs' result.json.
+    Returns {uid: files removed}; idempotent."""
     uids = {u for u in sop_uids if u}
     counts = dict.fromkeys(uids, 0)
     if not uids:
@@ -216,6 +235,8 @@ def purge_training_copies(state_dir: Path, inbox: Path, sop_uids: Iterable[str])
                 hit.add(uid)
         if hit:
             _drop_rows(folder / CSV_NAME, hit)
+    for result in (Path(state_dir) / "cache").glob("retrain-*/out/result.json"):
+        _drop_test_images(result, uids)
     cache = Path(state_dir) / "cache" / "features"
     if cache.is_dir():
         from cxrmodel.features import purge_sources  # imports torch: only when a cache exists

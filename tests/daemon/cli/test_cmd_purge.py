@@ -96,6 +96,10 @@ def test_purge_removes_exported_pngs_csv_rows_and_cached_features(daemon_factory
 
     # two images expire (received 40 days ago, predicted); the third is recent
     expired, kept = uids[:2], uids[2]
+    # a finished retraining run's work folder names its held-out test images
+    run_out = d.state_dir / "cache" / "retrain-1" / "out"
+    run_out.mkdir(parents=True)
+    (run_out / "result.json").write_text(json.dumps({"test_images": [f"{u}.png" for u in uids], "thresholds": {}}))
     with engine.begin() as c:
         c.execute(update(Instance).where(Instance.sop_instance_uid.in_(expired))
                   .values(received_at=datetime.now(timezone.utc) - timedelta(days=40), state="reported"))
@@ -109,6 +113,7 @@ def test_purge_removes_exported_pngs_csv_rows_and_cached_features(daemon_factory
         with open(batch / "Data_Entry_2017.csv", newline="") as f:
             assert [row[0] for row in _csv.reader(f)][1:] == [f"{kept}.png"]
     assert len(list((d.state_dir / "cache" / "features").rglob("*.feat"))) == 2  # the kept image's two views
+    assert json.loads((run_out / "result.json").read_text())["test_images"] == [f"{kept}.png"]
     again = FC.compute_features(build_model(seed=0).eval(), [batches[0] / "images" / f"{kept}.png"], spec, [0, 1],
                                 FC.FeatureCache(d.state_dir / "cache" / "features", seal, unseal))
     assert again.shape == (1, 2, 1024)
