@@ -387,8 +387,7 @@ def _shift_paired_instants(ds: Dataset, ctx: _Context) -> set[int]:
     if ctx.offset is None:
         return done
     for tag in list(ds.keys()):
-        elem = ds.get_item(tag)
-        if getattr(elem, "VR", None) not in ("TM", "UN") or _vr_of(ds, tag) != "TM":
+        if _vr_of(ds, tag) != "TM":  # raw elements of implicit VR data sets carry no VR: the dictionary's
             continue
         partner = _time_partner(int(tag))
         if partner is None or partner not in ds:

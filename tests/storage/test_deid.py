@@ -355,6 +355,10 @@ def test_real_radiographs_keep_no_real_date_or_time_of_day(shared_data):
         ds = pydicom.dcmread(path, force=True)
         for keyword, value in planted.items():
             setattr(ds, keyword, value)
+        # read back as received: raw elements, without a VR in implicit VR files
+        written = io.BytesIO()
+        ds.save_as(written)
+        ds = pydicom.dcmread(io.BytesIO(written.getvalue()), force=True)
         result = deidentify(ds, KEYS)
         buf = io.BytesIO()
         result.dataset.save_as(buf, enforce_file_format=True)
@@ -365,6 +369,9 @@ def test_real_radiographs_keep_no_real_date_or_time_of_day(shared_data):
         study = datetime.strptime(out.StudyDate + out.StudyTime[:6], "%Y%m%d%H%M%S")
         series = datetime.strptime(out.SeriesDate + out.SeriesTime, "%Y%m%d%H%M%S")
         assert (series - study).total_seconds() == 4, f"{path.name}: intervals within a study are kept"
+        moved = datetime(2019, 4, 23, 13, 45, 27) + timedelta(days=result.date_offset_days,
+                                                              seconds=result.time_offset_seconds)
+        assert study == moved, f"{path.name}: a date and its time move as one instant"
         assert out.StudyTime.endswith(".918273")
 
 
