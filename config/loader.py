@@ -255,12 +255,18 @@ def _derive(s: Settings, env: Mapping[str, str], base: Callable[[str], Path]) ->
         creds = env.get("CREDENTIALS_DIRECTORY")
         key_file = str(Path(creds) / "cxrd.key") if creds else str(state / "keys" / "master.key")
     security = dataclasses.replace(s.security, key_file=key_file)
+    password_file = _absolute(s.storage.database_password_file, base("storage.database_password_file"))
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    if not password_file and creds and (Path(creds) / "cxrd.dbpass").is_file():
+        password_file = str(Path(creds) / "cxrd.dbpass")
+    storage = dataclasses.replace(storage, database_password_file=password_file)
     retrain = dataclasses.replace(
         s.retrain, inbox=_absolute(s.retrain.inbox, base("retrain.inbox")) or str(state / "inbox"))
     if s.dicom.tls.enabled and not (s.dicom.tls.cert and s.dicom.tls.key):
         raise ConfigError("'dicom.tls.cert' and 'dicom.tls.key' are required when 'dicom.tls.enabled' is true")
     if s.dicom.tls.require_client_cert and not s.dicom.tls.ca:
         raise ConfigError("'dicom.tls.ca' is required when 'dicom.tls.require_client_cert' is true")
+    _check_certificate_rules(s.dicom.tls)
     if len(s.dicom.ae_title.strip()) == 0 or len(s.dicom.ae_title) > 16:
         raise ConfigError("'dicom.ae_title' must be 1 to 16 characters")
     _check_networks("dicom.allowed_hosts", s.dicom.allowed_hosts)
@@ -269,6 +275,35 @@ def _derive(s: Settings, env: Mapping[str, str], base: Callable[[str], Path]) ->
                           "empty the list to accept any host, or set allow_any_host = false")
     _check_cron(s.retrain.schedule)
     return dataclasses.replace(s, storage=storage, security=security, retrain=retrain)
+
+
+def _check_certificate_rules(tls: Any) -> None:
+    """`dicom.tls.client_certificates`: only with required client certificates, each entry
+    `IDENTITY => AE1, AE2` (the daemon's `daemon.dicom.tls_identity` applies them)."""
+    import ipaddress
+    import re
+    if not tls.client_certificates:
+        return
+    if not (tls.enabled and tls.require_client_cert):
+        raise ConfigError("'dicom.tls.client_certificates' needs 'dicom.tls.enabled' and "
+                          "'dicom.tls.require_client_cert' true (the binding is checked on verified certificates)")
+    for entry in tls.client_certificates:
+        m = re.match(r"^\s*(CN=|DNS:|URI:|IP:|SHA256:)(.+?)\s*=>\s*(.+?)\s*$", entry)
+        ok = m is not None
+        if ok and m.group(1) == "IP:":
+            try:
+                ipaddress.ip_address(m.group(2).strip())
+            except ValueError:
+                ok = False
+        if ok and m.group(1) == "SHA256:":
+            ok = re.fullmatch(r"[0-9a-f]{64}", m.group(2).strip().replace(":", "").lower()) is not None
+        if ok:
+            ok = all(re.fullmatch(r"[\x20-\x5b\x5d-\x7e]{1,16}", a.strip()) and a.strip()
+                     for a in m.group(3).split(","))
+        if not ok:
+            raise ConfigError(f"'dicom.tls.client_certificates': {entry!r} must be 'IDENTITY => AE1, AE2' with "
+                              "IDENTITY one of CN=name, DNS:name, URI:uri, IP:address, SHA256:fingerprint and "
+                              "AE titles of 1 to 16 characters")
 
 
 def _check_networks(key: str, entries: list[str]) -> None:

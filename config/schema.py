@@ -26,6 +26,13 @@ class DicomTLS:
     key: str = _f("", "PEM private key of the server certificate")
     ca: str = _f("", "PEM CA bundle used to verify client certificates")
     require_client_cert: bool = _f(False, "Refuse TLS clients without a certificate signed by `ca`")
+    client_certificates: list[str] = _f(list, "Bind client certificates to the calling AE titles they may use: "
+                                              "entries \"IDENTITY => AE1, AE2\", IDENTITY one of CN=<subject "
+                                              "common name>, DNS:<SAN>, URI:<SAN>, IP:<SAN>, SHA256:<certificate "
+                                              "fingerprint>. When set, an association is rejected and audited "
+                                              "unless its calling AE title is listed for its certificate; needs "
+                                              "require_client_cert. Empty = any calling AE title allowed by "
+                                              "allowed_calling_aets", factory=True)
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,13 @@ class Storage:
     state_dir: str = _f("./var", "Directory holding the database, the vault, the keys and the models. A "
                                  "relative path is relative to this file's directory (to the current "
                                  "directory when it comes from the embedded default or CXRD_STORAGE__STATE_DIR)")
-    database_url: str = _f("", "SQLAlchemy URL; empty = SQLite at {state_dir}/cxrd.db. "
-                               "PostgreSQL: postgresql+psycopg://user:pass@host/db", secret=True)
+    database_url: str = _f("", "SQLAlchemy URL; empty = SQLite at {state_dir}/cxrd.db. PostgreSQL: "
+                               "postgresql+psycopg://user@host/db, the password from database_password_file "
+                               "(or libpq's PGPASSFILE), not here", secret=True)
+    database_password_file: str = _f("", "File whose first line is the PostgreSQL password, used when database_url "
+                                         "has none (mode 0600 or stricter); empty = the systemd credential "
+                                         "`cxrd.dbpass` when $CREDENTIALS_DIRECTORY holds it, else libpq's own "
+                                         "(PGPASSFILE, ~/.pgpass)")
     min_free_mb: int = _f(1024, "Refuse new images (status 0xA700) below this much free disk", min=0)
     retention_days: int = _f(0, "Crypto-shred stored images older than this; 0 = keep forever", min=0)
     audit_retention_days: int = _f(2192, "Keep audit rows at least this long (default 6 years)", min=1)
@@ -105,6 +117,10 @@ class Deid:
     retain_longitudinal_modified_dates: bool = _f(True, "Shift dates by a per-patient keyed offset instead "
                                                         "of removing them (PS3.15 option)")
     max_date_shift_days: int = _f(365, "Largest date shift in days", min=1, max=36500)
+    burned_in_annotation: str = _f("flag", "Images whose Burned In Annotation is YES or absent (pixels are never "
+                                           "cleaned): flag = store them with Patient Identity Removed NO; "
+                                           "refuse_yes = refuse YES (0xC220), store absent flagged; refuse = "
+                                           "refuse both (0xC220)", choices=("flag", "refuse_yes", "refuse"))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ A cache entry is keyed by image content hash + backbone weights hash + preproces
 index, so a changed image, backbone or spec can never be served stale features. Features are
 derived from patient images, so entries are sealed by a caller-supplied `seal(aad, data)` /
 `unseal(aad, blob)` pair (the daemon passes its vault's); cxrmodel itself knows no keys.
+
+Entries are also indexed by the image they came from (the file name stem: for images cxrd exported,
+the pseudonymous SOP Instance UID), so that `purge_sources` removes an image's features when the
+image itself is purged. A cache written before the index existed has no `INDEXED` marker; the first
+purge that finds one clears it whole, since its entries cannot be told apart.
 """
 from __future__ import annotations
 
@@ -113,6 +118,49 @@ def cache_key(image_hash: str, backbone_hash: str, spec: PreprocessSpec, view: i
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+INDEX_MARKER = "INDEXED"
+
+
+def _index_path(directory: Path, source: str) -> Path:
+    """Where the keys of one source image are listed (a hash: names stay short and path-safe)."""
+    return Path(directory) / "index" / (hashlib.sha256(source.encode()).hexdigest()[:40] + ".keys")
+
+
+def _entries(directory: Path) -> Iterable[Path]:
+    return Path(directory).glob("??/*.feat")
+
+
+def purge_sources(directory: Path, sources: Iterable[str]) -> int:
+    """Remove every cached entry of these source images (file name stems); returns files removed.
+
+    Entries are plain files of derived data: unlinked, not shredded (their key is the cache key,
+    derived from the master key, which purged images share with live ones).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    if not (directory / INDEX_MARKER).exists():
+        legacy = list(_entries(directory))
+        for path in legacy:
+            path.unlink(missing_ok=True)
+        (directory / INDEX_MARKER).write_text("1\n")
+        return len(legacy)
+    for source in sources:
+        index = _index_path(directory, source)
+        try:
+            keys = index.read_text().split()
+        except FileNotFoundError:
+            continue
+        for key in set(keys):
+            path = directory / key[:2] / f"{key}.feat"
+            if path.exists():
+                path.unlink()
+                removed += 1
+        index.unlink(missing_ok=True)
+    return removed
+
+
 class FeatureCache:
     """A directory of sealed feature vectors, one file per key; the key is also the AAD, so a file
     moved to another name fails to open instead of serving the wrong image's features."""
@@ -120,14 +168,36 @@ class FeatureCache:
     def __init__(self, directory: Path, seal: Seal, unseal: Unseal):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        if not (self.directory / INDEX_MARKER).exists() and not any(_entries(self.directory)):
+            (self.directory / INDEX_MARKER).write_text("1\n")  # a new cache: every entry will be indexed
         self._seal, self._unseal = seal, unseal
+        self._indexed: dict[str, set[str]] = {}
         self.hits = 0
         self.misses = 0
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.feat"
 
-    def get(self, key: str) -> np.ndarray | None:
+    def _index(self, source: str, key: str) -> None:
+        """List `key` under `source` (once), so purging that image finds it."""
+        if not source:
+            return
+        known = self._indexed.get(source)
+        path = _index_path(self.directory, source)
+        if known is None:
+            try:
+                known = set(path.read_text().split())
+            except FileNotFoundError:
+                known = set()
+            self._indexed[source] = known
+        if key in known:
+            return
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "a", encoding="ascii") as f:
+            f.write(key + "\n")
+        known.add(key)
+
+    def get(self, key: str, source: str = "") -> np.ndarray | None:
         path = self._path(key)
         try:
             blob = path.read_bytes()
@@ -140,9 +210,12 @@ class FeatureCache:
         except Exception:
             raise CacheError(f"feature cache entry {key[:12]} cannot be opened (wrong key or altered)") from None
         self.hits += 1
+        self._index(source, key)  # the same pixels may arrive under another name
         return array
 
-    def put(self, key: str, array: np.ndarray) -> None:
+    def put(self, key: str, array: np.ndarray, source: str = "") -> None:
+        """Store one entry; `source` (the image's file name stem) indexes it for `purge_sources`."""
+        self._index(source, key)  # indexed before it exists: a crash leaves no unindexed entry
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
         path = self._path(key)
@@ -199,7 +272,7 @@ def compute_features(
     for i, h in enumerate(hashes):
         for j, v in enumerate(views):
             key = cache_key(h, backbone, spec, v)
-            got = cache.get(key) if cache is not None else None
+            got = cache.get(key, Path(paths[i]).stem) if cache is not None else None
             if got is None:
                 todo.append((i, j, key))
             else:
@@ -212,7 +285,7 @@ def compute_features(
         for (i, j, key), f in zip(chunk, feats):
             out[i, j] = f
             if cache is not None:
-                cache.put(key, f)
+                cache.put(key, f, Path(paths[i]).stem)
         _progress(f"features: {min(start + batch_size, len(todo))}/{len(todo)}", quiet)
     model.train(was_training)
     return out

@@ -38,7 +38,8 @@ class Runtime:
     @functools.cached_property
     def engine(self) -> Engine:
         from storage import db
-        return db.engine_from_url(self.settings.storage.database_url)
+        return db.engine_from_url(self.settings.storage.database_url,
+                                  self.settings.storage.database_password_file)
 
     @functools.cached_property
     def sessions(self) -> sessionmaker[Session]:

@@ -4,10 +4,17 @@ SQLite gets its pragmas here (WAL so readers never block the SCP's commits, sync
 commit that returned is on disk before the PACS hears 0x0000, foreign keys, a busy timeout).
 PostgreSQL is used as is. Errors that mean "the database is not there" become
 `storage.errors.DatabaseUnavailable` so the daemon can answer 0xA700 and the CLI can print one line.
+
+The PostgreSQL password need not be in the URL (nor, so, in the configuration file): a URL without
+one takes it from `password_file` (`storage.database_password_file`, or the systemd credential
+`cxrd.dbpass`), read here and never logged; with neither, libpq looks itself (PGPASSFILE,
+~/.pgpass, PGPASSWORD) or authenticates without one (peer, certificate).
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -16,17 +23,58 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, InterfaceError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import DatabaseUnavailable
+from storage.errors import DatabaseUnavailable, StorageError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def engine_from_url(url: str) -> Engine:
-    """Create an engine; for SQLite also create the parent directory and set the pragmas."""
+class PasswordFileError(StorageError):
+    """The database password file cannot be used; the message names the file, never its content."""
+
+
+def read_password_file(path: str | os.PathLike) -> str | None:
+    """The password in `path` (first line, without its line end); None when the file is empty.
+
+    Refused when others could read it, like the master key: the point of a separate file is that only
+    root and the service can.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise PasswordFileError(f"database password file {path} does not exist") from None
+    except OSError as exc:
+        raise PasswordFileError(f"database password file {path} cannot be read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PasswordFileError(f"database password file {path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise PasswordFileError(f"database password file {path} is accessible by group or others "
+                                    f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`")
+        raw = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    try:
+        line = raw.decode("utf-8").splitlines()[0] if raw.strip() else ""
+    except UnicodeDecodeError:
+        raise PasswordFileError(f"database password file {path} is not UTF-8 text") from None
+    return line or None
+
+
+def engine_from_url(url: str, password_file: str = "") -> Engine:
+    """Create an engine; for SQLite also create the parent directory and set the pragmas.
+
+    `password_file` supplies the password of a server URL that has none (see the module docstring).
+    """
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise DatabaseUnavailable("database_url is not a valid SQLAlchemy URL") from None
+    if password_file and parsed.get_backend_name() != "sqlite" and parsed.password is None:
+        password = read_password_file(password_file)
+        if password is not None:
+            parsed = parsed.set(password=password)
     safe = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

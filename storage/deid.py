@@ -10,9 +10,9 @@ we pick the choice that is conformant whatever the type):
     X remove · Z empty value · D dummy value (sequence: items kept with dummy text, see `_dummy_item`)
     K keep · U replace UID
     X/Z -> Z · X/D, Z/D, X/Z/D -> D · X/Z/U* -> keep the sequence, clean its items (UIDs replaced)
-    option K (retain) beats the basic code; option C (clean) of the modified-dates option shifts DA/DT
-    values by the patient's offset and keeps TM (a whole-day shift leaves the time of day unchanged);
-    that dates C beats a K of another option (retaining device identity must not retain real dates).
+    option K (retain) beats the basic code; option C (clean) of the modified-dates option moves every
+    DA, DT and TM value by the patient's keyed offset (see "Dates and times" below); that dates C beats
+    a K of another option (retaining device identity must not retain real dates or times).
     C of an option for a non-temporal value cannot be cleaned automatically: the basic code applies.
 Private attributes, group lengths and command or file-meta elements found in the body are removed;
 sequences are cleaned recursively with the same rules.
@@ -23,6 +23,23 @@ UN (implicit VR inside an explicit VR data set) is read by the dictionary's VR f
 hidden in UN is cleaned like any other. Every kept UID that is not a well-known one is pseudonymised.
 With Retain Patient Characteristics, a Patient's Age of 90 years or more becomes 090Y (the safe
 harbour aggregate), since such ages are rare enough to identify.
+
+Dates and times: each patient has two keyed offsets, whole days in [-max_date_shift_days, -1] and
+seconds in [1, 86399]. A point in time moves by days*86400 + seconds: a DT value, and a DA value with
+its TM partner in the same data set (StudyDate/StudyTime, ContentDate/ContentTime, DateOfX/TimeOfX:
+the keyword with Date for Time), move together, so the date carries when the time passes midnight.
+A TM value without a date partner is rotated by the seconds modulo one day; a DA value without a
+time partner moves by the days only (so such a date can be one day earlier than a partnered date of
+the same instant). Every interval between instants of one patient is therefore exact to the second,
+except across that one-day ambiguity, and neither the real time of day nor the real date is stored.
+Values keep their precision (HHMM stays HHMM, truncated after the shift), fractions and UTC-offset
+suffixes are kept; ranges and malformed values cannot be shifted safely and are emptied.
+
+Pixel data is never cleaned (no Clean Pixel Data option). What the stored object claims follows from
+the source's Burned In Annotation: it is kept as sent (YES, NO, or absent: never made up), Patient
+Identity Removed is YES only when the source says NO, and otherwise NO, with a De-identification
+Method entry saying the pixels were not cleaned, because a name burned into the image would survive.
+`deid.burned_in_annotation` chooses whether such images are stored so flagged or refused at ingest.
 
 UIDs become `2.25.<128-bit integer of HMAC-SHA256(uid_key, uid)>` (as a version-8 UUID, <= 44 chars):
 the same original UID maps to the same pseudonym in every instance, every reference and every restart,
@@ -39,11 +56,11 @@ import hmac
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from pydicom.datadict import dictionary_VR, get_entry
+from pydicom.datadict import dictionary_VR, get_entry, keyword_for_tag, tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -60,6 +77,9 @@ PROFILE_EDITION = "2024e"
 BASIC_PROFILE_CODE = ("113100", "Basic Application Confidentiality Profile")
 
 IMPLEMENTATION_VERSION_NAME = "CXRD_0_1"
+# De-identification Method entries (LO, at most 64 characters) when Patient Identity Removed is NO
+PIXELS_NOT_CLEANED = {"yes": "Pixel data not cleaned: burned-in annotation YES",
+                      "unknown": "Pixel data not cleaned: burned-in annotation not declared"}
 
 
 def _uuid_int(digest: bytes) -> int:
@@ -73,7 +93,8 @@ def _uuid_int(digest: bytes) -> int:
 IMPLEMENTATION_CLASS_UID = "2.25." + str(_uuid_int(hashlib.sha256(b"cxrd implementation class").digest()))
 
 __all__ = ["DeidOptions", "DeidResult", "DeidKeys", "deidentify", "pseudonymize_uid",
-           "patient_pseudonym", "date_offset_days", "PROFILE_EDITION", "profile_rows", "resolved_actions"]
+           "patient_pseudonym", "date_offset_days", "time_offset_seconds", "burned_in_refusal",
+           "BURNED_IN_POLICIES", "PROFILE_EDITION", "profile_rows", "resolved_actions"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,7 @@ class DeidOptions:
     retain_device_identity: bool = False
     retain_longitudinal_modified_dates: bool = True
     max_date_shift_days: int = 365
+    burned_in_annotation: str = "flag"  # flag | refuse_yes | refuse: see `burned_in_refusal`
 
 
 @dataclass
@@ -96,6 +118,7 @@ class DeidResult:
     sop_class_uid: str
     burned_in: str  # "yes" / "no" / "unknown"
     date_offset_days: int | None
+    time_offset_seconds: int | None = None
     applied_codes: list[str] = field(default_factory=list)
 
 
@@ -211,6 +234,14 @@ def date_offset_days(key: bytes, patient_id: str, max_shift_days: int, fallback:
     return -(1 + n % max_shift_days)
 
 
+def time_offset_seconds(key: bytes, patient_id: str, fallback: str = "") -> int:
+    """Per-patient time-of-day shift in seconds, in [1, 86399] (never zero, so a stored time is never the
+    real one), keyed independently of the day offset so that knowing one does not give the other."""
+    msg = (b"time-offset\x00" + patient_id.encode()) if patient_id else \
+        (b"time-offset-no-id\x00" + fallback.encode())
+    return 1 + int.from_bytes(hmac.new(key, msg, hashlib.sha256).digest()[:8], "big") % 86399
+
+
 # ----------------------------------------------------------------------------------------------- edits
 
 _DUMMY: dict[str, Any] = {
@@ -232,10 +263,58 @@ def _shift_da(value: str, days: int) -> str:
         return ""
 
 
-def _shift_dt(value: str, days: int) -> str:
-    v = value.strip()
-    head = _shift_da(v[:8], days) if len(v) >= 8 else ""
-    return head + v[8:] if head else ""
+_TM_RE = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(\.\d{1,6})?)?)?")
+_DT_RE = re.compile(r"(\d{8})((?:\d{2}){0,3}(?:\.\d{1,6})?)([+-]\d{4})?")
+
+
+def _parse_tm(value: str) -> tuple[int, int, str] | None:
+    """(seconds since midnight, number of HH/MM/SS components present, fraction) or None if invalid."""
+    m = _TM_RE.fullmatch(value.strip())
+    if m is None or (m.group(4) and not m.group(3)):
+        return None
+    hh, mm, ss = int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)
+    if hh > 23 or mm > 59 or ss > 60:
+        return None
+    parts = 1 + (m.group(2) is not None) + (m.group(3) is not None)
+    return hh * 3600 + mm * 60 + min(ss, 59), parts, m.group(4) or ""
+
+
+def _format_tm(seconds: int, parts: int, fraction: str) -> str:
+    """HH[MM[SS[.F]]] at the original precision (a shifted value is truncated, never rounded up)."""
+    hh, rest = divmod(seconds % 86400, 3600)
+    mm, ss = divmod(rest, 60)
+    return f"{hh:02d}{mm:02d}{ss:02d}"[:2 * parts] + (fraction if parts == 3 else "")
+
+
+def _shift_instant(da: str, tm: str, days: int, seconds: int) -> tuple[str, str]:
+    """A date and a time of one instant moved together: (DA, TM), either "" when it cannot be shifted."""
+    d = da.strip()
+    t = _parse_tm(tm)
+    if t is None or len(d) != 8 or not d.isdigit():
+        return _shift_da(d, days), _rotate_tm(tm, seconds)
+    try:
+        moved = datetime(int(d[:4]), int(d[4:6]), int(d[6:8])) + timedelta(days=days, seconds=t[0] + seconds)
+    except ValueError:
+        return "", _rotate_tm(tm, seconds)
+    return moved.strftime("%Y%m%d"), _format_tm(moved.hour * 3600 + moved.minute * 60 + moved.second, t[1], t[2])
+
+
+def _rotate_tm(value: str, seconds: int) -> str:
+    """A time of day without a date: rotated by the patient's seconds modulo one day."""
+    t = _parse_tm(value)
+    return "" if t is None else _format_tm(t[0] + seconds, t[1], t[2])
+
+
+def _shift_dt(value: str, days: int, seconds: int = 0) -> str:
+    """YYYYMMDD[HH[MM[SS[.F]]]][&ZZXX]: date and time moved together; the UTC offset is kept."""
+    m = _DT_RE.fullmatch(value.strip())
+    if m is None:
+        return ""  # partial (year or month only), ranges or malformed: cannot shift safely, so drop
+    day, time_part, zone = m.group(1), m.group(2), m.group(3) or ""
+    if not time_part:
+        return _shift_da(day, days) + zone if _shift_da(day, days) else ""
+    new_day, new_time = _shift_instant(day, time_part, days, seconds)
+    return new_day + new_time + zone if new_day and new_time else ""
 
 
 def _map_values(value: Any, fn: Callable[[str], str]) -> Any:
@@ -249,8 +328,9 @@ def _map_values(value: Any, fn: Callable[[str], str]) -> Any:
 class _Context:
     """Per-dataset state: rules, keys and the patient's date offset."""
 
-    def __init__(self, exact: dict[int, _Rule], wild: tuple, uid_key: bytes, offset: int | None):
-        self.exact, self.wild, self.uid_key, self.offset = exact, wild, uid_key, offset
+    def __init__(self, exact: dict[int, _Rule], wild: tuple, uid_key: bytes, offset: int | None,
+                 seconds: int = 0):
+        self.exact, self.wild, self.uid_key, self.offset, self.seconds = exact, wild, uid_key, offset, seconds
 
     def rule(self, tag: int) -> _Rule | None:
         rule = self.exact.get(tag)
@@ -285,9 +365,50 @@ def _known_and_current(tag: int) -> bool:
         return False
 
 
+def _time_partner(tag: int) -> int | None:
+    """The DA tag of the same instant as a TM tag (StudyTime -> StudyDate, TimeOfX -> DateOfX)."""
+    keyword = keyword_for_tag(tag)
+    if not keyword or "Time" not in keyword:
+        return None
+    head, _, tail = keyword.rpartition("Time")
+    partner = tag_for_keyword(head + "Date" + tail)
+    if partner is None:
+        return None
+    try:
+        return partner if dictionary_VR(partner) == "DA" else None
+    except KeyError:
+        return None
+
+
+def _shift_paired_instants(ds: Dataset, ctx: _Context) -> set[int]:
+    """Move each DA/TM pair whose two values are cleaned by the dates option as one instant; the tags
+    done here are skipped by `_clean`."""
+    done: set[int] = set()
+    if ctx.offset is None:
+        return done
+    for tag in list(ds.keys()):
+        if _vr_of(ds, tag) != "TM":  # raw elements of implicit VR data sets carry no VR: the dictionary's
+            continue
+        partner = _time_partner(int(tag))
+        if partner is None or partner not in ds:
+            continue
+        rt, rd = ctx.rule(int(tag)), ctx.rule(partner)
+        if not (rt and rd and rt.dates_clean and rd.dates_clean):
+            continue
+        tm, da = ds[tag], ds[partner]
+        if da.VR != "DA" or tm.VR != "TM" or da.VM != 1 or tm.VM != 1:
+            continue  # multi-valued or odd pairs: each value is shifted on its own
+        da.value, tm.value = _shift_instant(str(da.value), str(tm.value), ctx.offset, ctx.seconds)
+        done.update((int(tag), partner))
+    return done
+
+
 def _clean(ds: Dataset, ctx: _Context) -> None:
     dropped_overlays: set[int] = set()
+    paired = _shift_paired_instants(ds, ctx)
     for tag in list(ds.keys()):
+        if tag in paired:
+            continue
         # private attributes (and creators), group lengths, command and file-meta groups in the body
         if tag.group & 1 or tag.element == 0 or tag.group <= 0x0002:
             del ds[tag]
@@ -351,10 +472,11 @@ def _apply(ds: Dataset, tag: BaseTag, rule: _Rule, ctx: _Context) -> None:
             elem.value = _map_values(elem.value, lambda v: _shift_da(v, ctx.offset))
             return
         if vr == "DT" and ctx.offset is not None:
-            elem.value = _map_values(elem.value, lambda v: _shift_dt(v, ctx.offset))
+            elem.value = _map_values(elem.value, lambda v: _shift_dt(v, ctx.offset, ctx.seconds))
             return
-        if vr == "TM":
-            return  # whole-day shifts leave the time of day as it is
+        if vr == "TM" and ctx.offset is not None:
+            elem.value = _map_values(elem.value, lambda v: _rotate_tm(v, ctx.seconds))
+            return
         edit = rule.fallback
         if edit == "X":
             del ds[tag]
@@ -402,6 +524,26 @@ def _burned_in(ds: Dataset) -> str:
     return {"YES": "yes", "NO": "no"}.get(value, "unknown")
 
 
+BURNED_IN_POLICIES = ("flag", "refuse_yes", "refuse")
+
+
+def burned_in_refusal(ds: Dataset, options: DeidOptions) -> str | None:
+    """Why `deid.burned_in_annotation` refuses this image (a one-line reason without values), or None.
+
+    flag: never refuse (stored, flagged, Patient Identity Removed NO unless the source says NO);
+    refuse_yes: refuse Burned In Annotation YES; refuse: refuse anything but NO (absent included).
+    """
+    policy = options.burned_in_annotation
+    if policy not in BURNED_IN_POLICIES:
+        raise DeidError(f"unknown burned_in_annotation policy {policy!r}")
+    state = _burned_in(ds)
+    if policy == "refuse" and state != "no":
+        return f"burned-in annotation {'YES' if state == 'yes' else 'not declared'} (policy refuse)"
+    if policy == "refuse_yes" and state == "yes":
+        return "burned-in annotation YES (policy refuse_yes)"
+    return None
+
+
 def deidentify(ds: Dataset, keys: DeidKeys, options: DeidOptions = DeidOptions()) -> DeidResult:
     """De-identify `ds` in place (it is also `result.dataset`) and return pseudonyms and originals.
 
@@ -434,6 +576,8 @@ def _deidentify(ds: Dataset, keys: DeidKeys, options: DeidOptions, original: dic
     burned_in = _burned_in(ds)
     offset = (date_offset_days(keys.date_key, patient_id, options.max_date_shift_days, original["study_uid"])
               if options.retain_longitudinal_modified_dates else None)
+    seconds = (time_offset_seconds(keys.date_key, patient_id, original["study_uid"])
+               if offset is not None else None)
     old_meta = getattr(ds, "file_meta", None)
     ts = old_meta.get("TransferSyntaxUID") if old_meta is not None else None
     pixels = ds.get_item(0x7FE00010) if 0x7FE00010 in ds else None
@@ -443,16 +587,19 @@ def _deidentify(ds: Dataset, keys: DeidKeys, options: DeidOptions, original: dic
         raise DeidError("compressed pixel data without a transfer syntax (pass the file meta)")
 
     exact, wild = resolved_actions(options)
-    _clean(ds, _Context(exact, wild, keys.uid_key, offset))
+    _clean(ds, _Context(exact, wild, keys.uid_key, offset, seconds or 0))
 
     _cap_age(ds)
     pseudo_pid = patient_pseudonym(keys.uid_key, patient_id, issuer, original["study_uid"])
     ds.PatientID = pseudo_pid
     ds.PatientName = "ANON^" + pseudo_pid
-    ds.PatientIdentityRemoved = "YES"
+    # The attributes are de-identified; the pixels are not cleaned. Identity is claimed removed only
+    # when the source itself says no annotation is burned in (see the module docstring).
+    ds.PatientIdentityRemoved = "YES" if burned_in == "no" else "NO"
     applied = [BASIC_PROFILE_CODE] + [(o.code, o.meaning) for o in _enabled(options)]
     ds.DeidentificationMethod = [f"DICOM PS3.15 E.1-1 {PROFILE_EDITION} Basic Profile (cxrd)"] + \
-        [meaning.removesuffix(" Option")[:64] for _, meaning in applied[1:]]
+        [meaning.removesuffix(" Option")[:64] for _, meaning in applied[1:]] + \
+        ([] if burned_in == "no" else [PIXELS_NOT_CLEANED[burned_in]])
     items = []
     for code, meaning in applied:
         item = Dataset()
@@ -474,4 +621,5 @@ def _deidentify(ds: Dataset, keys: DeidKeys, options: DeidOptions, original: dic
     ds.preamble = bytes(128)
     return DeidResult(dataset=ds, original=original, study_uid=study, series_uid=series,
                       sop_instance_uid=sop, sop_class_uid=sop_class, burned_in=burned_in,
-                      date_offset_days=offset, applied_codes=[c for c, _ in applied])
+                      date_offset_days=offset, time_offset_seconds=seconds,
+                      applied_codes=[c for c, _ in applied])

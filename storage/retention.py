@@ -5,7 +5,10 @@ the ciphertext is unreadable even where the file system (or a backup of the vaul
 after the purge) keeps its blocks. The image's re-identification entry (its sealed original
 identifiers) is deleted in the same transaction: a purged image can no longer be tied back to a
 patient. The database row stays (predictions and the audit trail refer to it by pseudonym) with
-`vault_object` cleared, which is what marks an image as purged.
+`vault_object` cleared, which is what marks an image as purged. Copies made for training (exported
+PNGs, cached features) live outside storage's view: the caller removes them through `derived`,
+called with each batch's pseudonymous SOP Instance UIDs after the objects are shredded and before
+the rows commit, so a crash in between repeats it on the next run.
 
 What is never purged: an instance still waiting for inference (`received`), or one whose study
 still has a result waiting to be sent (the heatmap needs the pixels). Audit rows are not touched
@@ -19,7 +22,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable, Iterable
+
+# (pseudonymous SOP Instance UIDs) -> {uid: derived files removed}
+DerivedPurge = Callable[[Iterable[str]], dict[str, int]]
 
 from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -56,7 +62,7 @@ def _expired(cutoff: datetime):  # noqa: ANN202 - a Select
 
 def purge_expired(sessions: sessionmaker[Session], vault, audit_key: bytes, retention_days: int, *,  # noqa: ANN001
                   now: datetime | None = None, dry_run: bool = False, actor: str = "cxrd:retention",
-                  host: str = "", batch: int = 200) -> PurgeReport:
+                  host: str = "", batch: int = 200, derived: DerivedPurge | None = None) -> PurgeReport:
     """Crypto-shred every expired image; one `instance.deleted` event per image and one
     `purge.expired` summary, committed with the row updates (nothing is audited on a dry run).
 
@@ -81,6 +87,7 @@ def purge_expired(sessions: sessionmaker[Session], vault, audit_key: bytes, rete
             break
         last_id = rows[-1].id
         gone = {r.id: vault.delete(r.vault_object) for r in rows}
+        copies = derived([r.sop_instance_uid for r in rows]) if derived is not None else {}
         with sessions.begin() as s:
             for r in rows:
                 s.execute(update(Instance).where(Instance.id == r.id).values(vault_object=None))
@@ -88,7 +95,8 @@ def purge_expired(sessions: sessionmaker[Session], vault, audit_key: bytes, rete
                 audit.append(s, audit_key, event_type="instance.deleted", actor=actor, host=host,
                              study_uid=r.study_uid, object_uid=r.sop_instance_uid,
                              details={"why": "retention", "retention_days": retention_days,
-                                      "crypto_shredded": gone[r.id]})
+                                      "crypto_shredded": gone[r.id],
+                                      "training_copies_removed": copies.get(r.sop_instance_uid, 0)})
         expired += len(rows)
         shredded += sum(gone.values())
         missing += sum(not g for g in gone.values())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
@@ -32,8 +33,11 @@ def run_purge(args: argparse.Namespace, rt: Runtime) -> int:
     from storage.retention import purge_expired
     if not rt.vault_dir.exists():
         raise CommandError(f"no vault at {rt.vault_dir}; run `cxrd init` first")
+    from daemon.stages.training_data import purge_training_copies
     report = purge_expired(rt.sessions, rt.vault, rt.keys.audit_key, days, dry_run=args.dry_run,
-                           actor=rt.actor, host=rt.hostname)
+                           actor=rt.actor, host=rt.hostname,
+                           derived=lambda uids: purge_training_copies(rt.state_dir, Path(rt.settings.retrain.inbox),
+                                                                      uids))
     if args.format == "json":
         json.dump(report.as_dict() | {"retention_days": days}, sys.stdout, indent=2)
         print()

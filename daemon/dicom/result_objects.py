@@ -180,11 +180,13 @@ def build_sr(identity: StudyIdentity, images: Sequence[SourceImage], findings: S
 
 def build_heatmap_sc(identity: StudyIdentity, source: SourceImage, picture: np.ndarray, *, label: str,
                      probability: float, model_version: str, series_uid: str, sop_uid: str,
-                     patient_orientation: str = "") -> Dataset:
+                     patient_orientation: str = "", burned_in_annotation: str = "") -> Dataset:
     """An RGB Secondary Capture of the Grad-CAM overlay for one finding, in the original study.
 
     Patient Orientation is copied from the source radiograph when it has one, else left empty
     (type 2): guessing "L\\F" for a film we did not look at could mislead a reader.
+    Burned In Annotation is the source radiograph's (its pixels are in the picture): YES or NO as the
+    source says, absent when the source does not say (type 3; claiming NO would be a guess).
     """
     if picture.ndim != 3 or picture.shape[2] != 3 or picture.dtype != np.uint8:
         raise ReportError("heatmap picture must be an HxWx3 uint8 array")
@@ -204,7 +206,11 @@ def build_heatmap_sc(identity: StudyIdentity, source: SourceImage, picture: np.n
     ref.ReferencedSOPClassUID = source.sop_class_uid
     ref.ReferencedSOPInstanceUID = source.sop_instance_uid
     sc.SourceImageSequence = [ref]
-    sc.BurnedInAnnotation = "NO"
+    burned_in = burned_in_annotation.strip().upper()
+    if burned_in in ("YES", "NO"):
+        sc.BurnedInAnnotation = burned_in
+    elif "BurnedInAnnotation" in sc:
+        del sc.BurnedInAnnotation
     sc.PatientOrientation = patient_orientation
     if identity.issuer_of_patient_id:
         sc.IssuerOfPatientID = identity.issuer_of_patient_id

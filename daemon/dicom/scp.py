@@ -31,7 +31,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from config.schema import Dicom
-from daemon.dicom import gate_rules, statuses
+from daemon.dicom import gate_rules, statuses, tls_identity
 from daemon.dicom.preassociation import ConnectionGuard
 from daemon.ops.logs import event
 
@@ -198,6 +198,9 @@ def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = Non
     guard = ConnectionGuard(cfg.preassociation_timeout, cfg.max_associations_per_host, on_reject)
     for ev, handler in guard.handlers():
         server.bind(ev, handler)
+    if cfg.tls.enabled and cfg.tls.client_certificates:  # bound last: a refusal ends the association
+        server.bind(evt.EVT_REQUESTED, tls_identity.requested_handler(
+            tls_identity.parse_rules(cfg.tls.client_certificates), on_reject))
     guard.start()
     thread = threading.Thread(target=server.serve_forever, name="cxrd-scp", daemon=True)
     thread.start()

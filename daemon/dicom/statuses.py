@@ -18,7 +18,7 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700          # disk below the floor, database unreachable: retry later
 CANNOT_UNDERSTAND = 0xC210         # dataset could not be parsed
 PROCESSING_FAILURE = 0xC211        # unexpected error of ours (logged without PHI)
-CANNOT_DEIDENTIFY = 0xC220         # required UIDs missing or malformed
+CANNOT_DEIDENTIFY = 0xC220         # required UIDs missing or malformed; burned-in text refused
 NOT_A_CHEST_RADIOGRAPH = 0xC230    # only with dicom.non_chest = "reject"
 
 # A PACS's answer to a result object cxrd sent: success, or a warning under which the object was still
@@ -43,4 +43,5 @@ REFUSED_DATABASE = Outcome("refused_database", OUT_OF_RESOURCES)
 UNPARSEABLE = Outcome("unparseable", CANNOT_UNDERSTAND)
 REFUSED_PIXELS = Outcome("refused_pixels", CANNOT_UNDERSTAND)  # over the pixel budget, or a length that lies
 UNDEIDENTIFIABLE = Outcome("failed", CANNOT_DEIDENTIFY)
+REFUSED_BURNED_IN = Outcome("refused_burned_in", CANNOT_DEIDENTIFY)  # deid.burned_in_annotation refuses it
 FAILED = Outcome("failed", PROCESSING_FAILURE)

@@ -42,7 +42,7 @@ from daemon.stages.chest_rule import ChestRule, Verdict, is_chest_radiograph
 from daemon.stages.pixel_checks import pixel_problem
 from daemon.stages.view_rule import ViewDecision, decide_view
 from storage import reid
-from storage.deid import PROFILE_EDITION, DeidOptions, DeidResult, deidentify
+from storage.deid import PROFILE_EDITION, DeidOptions, DeidResult, burned_in_refusal, deidentify
 from storage.dicomfile import file_parts
 from storage.errors import DatabaseUnavailable, DeidError, VaultError
 from storage.keys import Keys
@@ -123,6 +123,11 @@ class Ingest:
             return statuses.REFUSED_PIXELS, 0
         if self.disk_is_low():
             return self._refuse_low_disk(calling_aet, actor), 0
+        refusal = burned_in_refusal(ds, self.deid)
+        if refusal is not None:
+            self._audit_only("instance.failed", outcome=4, details={"reason": refusal}, **actor)
+            event(log, "store.burned_in_refused", logging.WARNING, reason=refusal, calling_aet=calling_aet)
+            return statuses.REFUSED_BURNED_IN, 0
         try:
             result = deidentify(ds, self.keys.deid, self.deid)
         except DeidError as exc:

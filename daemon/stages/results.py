@@ -358,13 +358,15 @@ class ResultsSender:
             raise StorageError("instance has no stored object")
         data = checked_instance(self.vault.get(src.vault_object), src.pseudo_sop, src.vault_object)
         model = self._model(version)
-        orientation = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True).get("PatientOrientation", "")
+        header = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True)
+        orientation = header.get("PatientOrientation", "")
         picture = report.heatmap_picture(model.module, model.preprocess(data), load_image(data), top.label)
         series, sop = report.report_uids(study, version, "heatmap", [s.pseudo_sop for s in sources])
         return report.build_heatmap_sc(identity, src.image, picture, label=top.label, probability=top.probability,
                                        model_version=version, series_uid=series, sop_uid=sop,
                                        patient_orientation="\\".join(orientation) if not isinstance(orientation, str)
-                                       else orientation)
+                                       else orientation,
+                                       burned_in_annotation=str(header.get("BurnedInAnnotation", "")))
 
     # -- recording outcomes ------------------------------------------------------------------------
     def _finish_sent(self, result_id: int, study: str, version: str, instance_ids: list[int],

@@ -211,6 +211,9 @@ def scheduled_purge() -> None:
     from storage.retention import purge_expired
     from storage.vault import Vault
     rt = _RUNTIME
+    from daemon.stages.training_data import purge_training_copies
     report = purge_expired(rt.sessions, Vault(rt.vault_dir, rt.keys.keyring), rt.keys.audit_key,
-                           rt.settings.storage.retention_days, actor="cxrd:retention", host=rt.hostname)
+                           rt.settings.storage.retention_days, actor="cxrd:retention", host=rt.hostname,
+                           derived=lambda uids: purge_training_copies(rt.state_dir, Path(rt.settings.retrain.inbox),
+                                                                      uids))
     event(log, "retention.purged", report=str(report))

@@ -4,15 +4,24 @@ and export labeled, de-identified images as a ChestX-ray14-format batch the retr
 Labels are keyed by the pseudonymous SOP Instance UID (what `cxrd predictions` shows), in the
 ChestX-ray14 layout (`Image Index,Finding Labels,...`; `Image Index` may carry a `.png` suffix).
 Images whose BurnedInAnnotation is YES or unknown are never exported: their pixels may carry names.
+
+Every export's destination is recorded in `{state_dir}/training-exports.jsonl` (paths only), so that
+purging an image (`purge_training_copies`, called by `storage.retention.purge_expired`) finds its
+PNGs and CSV rows wherever they were written, in the retraining inbox, in a retraining run's work
+folder, and its features in the retraining feature cache. A model already trained on the image
+keeps what it learnt: weights are not derived per image and cannot be purged of one.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
+import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pydicom
@@ -107,6 +116,7 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
     from cxrmodel.preprocess import load_image  # decoding pulls in torch: only export needs it
 
     (dest / "images").mkdir(parents=True, exist_ok=True, mode=0o700)
+    _record_export(rt.state_dir, dest)  # before any PNG exists: a purge must always find them
     rows = []
     for inst, lab in pairs:
         raw = checked_instance(vault.get(inst.vault_object), inst.sop_instance_uid, inst.vault_object)
@@ -129,3 +139,107 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
             row.used_in_model = dest.name[:64]
     rt.audit("export.training", images=len(rows), refused_burned_in=len(refused), batch=dest.name)
     return {"destination": str(dest), "images": len(rows), "refused_burned_in": refused}
+
+
+EXPORTS_FILE = "training-exports.jsonl"
+CSV_NAME = "Data_Entry_2017.csv"
+
+
+def _record_export(state_dir: Path, dest: Path) -> None:
+    line = json.dumps({"path": str(Path(dest).resolve()), "at": utcnow().isoformat(timespec="seconds")})
+    with open(Path(state_dir) / EXPORTS_FILE, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _training_folders(state_dir: Path, inbox: Path) -> list[Path]:
+    """Every folder that may hold exported PNGs: recorded exports, inbox batches, retraining work data."""
+    folders: list[Path] = []
+    try:
+        with open(Path(state_dir) / EXPORTS_FILE, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    folders.append(Path(json.loads(line)["path"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line after a crash
+    except FileNotFoundError:
+        pass
+    if inbox.is_dir():
+        folders += [d for d in inbox.iterdir() if d.is_dir()]
+    folders += [d / "data" for d in (Path(state_dir) / "cache").glob("retrain-*")]
+    unique: dict[str, Path] = {}
+    for folder in folders:
+        unique.setdefault(str(folder.resolve()), folder)
+    return [f for f in unique.values() if (f / "images").is_dir()]
+
+
+def _drop_rows(csv_path: Path, names: set[str]) -> int:
+    """Rewrite a ChestX-ray14 CSV without the rows whose Image Index is in `names` (atomically)."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except FileNotFoundError:
+        return 0
+    if not rows:
+        return 0
+    header, body = rows[0], rows[1:]
+    col = header.index("Image Index") if "Image Index" in header else 0
+    kept = [r for r in body if not r or r[col].strip().removesuffix(".png") not in names]
+    if len(kept) == len(body):
+        return 0
+    tmp = csv_path.with_suffix(".purge-tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, csv_path)
+    return len(body) - len(kept)
+
+
+def _drop_test_images(result: Path, uids: set[str]) -> None:
+    """A retraining run's result.json lists its held-out test images by name: drop purged ones."""
+    try:
+        data = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    names = data.get("test_images") if isinstance(data, dict) else None
+    if not isinstance(names, list):
+        return
+    kept = [n for n in names if str(n).removesuffix(".png") not in uids]
+    if len(kept) == len(names):
+        return
+    data["test_images"] = kept
+    tmp = result.with_suffix(".purge-tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, result)
+
+
+def purge_training_copies(state_dir: Path, inbox: Path, sop_uids: Iterable[str]) -> dict[str, int]:
+    """Remove what training made from these images (pseudonymous SOP Instance UIDs): exported PNGs
+    (and their CSV rows), cached features, and their names in retraining runs' result.json.
+    Returns {uid: files removed}; idempotent."""
+    uids = {u for u in sop_uids if u}
+    counts = dict.fromkeys(uids, 0)
+    if not uids:
+        return counts
+    for folder in _training_folders(Path(state_dir), Path(inbox)):
+        hit = set()
+        for uid in uids:
+            png = folder / "images" / f"{uid}.png"
+            if png.is_symlink() or png.exists():
+                png.unlink()
+                counts[uid] += 1
+                hit.add(uid)
+        if hit:
+            _drop_rows(folder / CSV_NAME, hit)
+    for result in (Path(state_dir) / "cache").glob("retrain-*/out/result.json"):
+        _drop_test_images(result, uids)
+    cache = Path(state_dir) / "cache" / "features"
+    if cache.is_dir():
+        from cxrmodel.features import purge_sources  # imports torch: only when a cache exists
+        for uid in uids:
+            counts[uid] += purge_sources(cache, [uid])
+    return counts

@@ -164,3 +164,20 @@ def test_allowing_any_host_beside_a_host_list_is_contradictory():
         load_settings(None, env={"CXRD_DICOM__ALLOW_ANY_HOST": "true"})
     s = load_settings(None, env={"CXRD_DICOM__ALLOW_ANY_HOST": "true", "CXRD_DICOM__ALLOWED_HOSTS": "[]"})
     assert s.dicom.allow_any_host and s.dicom.allowed_hosts == []
+
+
+_TLS = {"CXRD_DICOM__TLS__ENABLED": "true", "CXRD_DICOM__TLS__CERT": "/c.pem", "CXRD_DICOM__TLS__KEY": "/k.pem",
+        "CXRD_DICOM__TLS__CA": "/ca.pem", "CXRD_DICOM__TLS__REQUIRE_CLIENT_CERT": "true"}
+
+
+def test_certificate_bindings_are_checked_at_load():
+    ok = load_settings(None, env={**_TLS, "CXRD_DICOM__TLS__CLIENT_CERTIFICATES":
+                                  '["CN=pacs.example.org => PACS1, PACS2", "SHA256:' + "ab" * 32 + ' => X"]'})
+    assert len(ok.dicom.tls.client_certificates) == 2
+    with pytest.raises(ConfigError, match="require_client_cert"):
+        load_settings(None, env={**_TLS, "CXRD_DICOM__TLS__REQUIRE_CLIENT_CERT": "false",
+                                 "CXRD_DICOM__TLS__CLIENT_CERTIFICATES": '["CN=a => B"]'})
+    for bad in ('["pacs.example.org => PACS1"]', '["CN=a => "]', '["IP:300.1.1.1 => A"]', '["SHA256:abc => A"]',
+                '["CN=a => SEVENTEEN_CHARS_AE"]', '["CN=a PACS1"]'):
+        with pytest.raises(ConfigError, match="client_certificates"):
+            load_settings(None, env={**_TLS, "CXRD_DICOM__TLS__CLIENT_CERTIFICATES": bad})

@@ -114,3 +114,21 @@ def test_unreadable_training_image_is_named(tmp_path: Path) -> None:
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(FC.ImageError, match="00000099_000.png"):
         FC.load_unit(bad, SPEC)
+
+
+def test_purge_sources_removes_one_images_entries_and_clears_an_unindexed_legacy_cache(tmp_path):
+    seal, unseal = FC.aesgcm_pair(os.urandom(32))
+    cache = FC.FeatureCache(tmp_path / "c", seal, unseal)
+    vec = np.ones(FC.FEATURE_DIM, dtype=np.float32)
+    for key, source in (("aa" + "1" * 62, "2.25.1"), ("ab" + "2" * 62, "2.25.1"), ("bb" + "3" * 62, "2.25.2")):
+        cache.put(key, vec, source)
+    assert FC.purge_sources(tmp_path / "c", ["2.25.1", "2.25.404"]) == 2
+    assert cache.get("aa" + "1" * 62) is None and cache.get("bb" + "3" * 62) is not None
+    assert FC.purge_sources(tmp_path / "c", ["2.25.1"]) == 0  # idempotent
+    # a cache written before entries were indexed (no marker): its entries cannot be told apart
+    legacy = tmp_path / "legacy"
+    (legacy / "cc").mkdir(parents=True)
+    (legacy / "cc" / ("cc" + "4" * 62 + ".feat")).write_bytes(b"sealed")
+    FC.FeatureCache(legacy, seal, unseal)  # opening it does not pretend it is indexed
+    assert FC.purge_sources(legacy, ["2.25.9"]) == 1
+    assert not list(legacy.rglob("*.feat")) and (legacy / FC.INDEX_MARKER).exists()

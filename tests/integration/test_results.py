@@ -97,6 +97,8 @@ def test_sr_and_heatmap_land_in_the_original_study_in_orthanc(orthanc, daemon_fa
     sc = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{sc_tags['ID']}/file", raw=True)))
     assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.ndim == 3
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
+    # the source said nothing about burned-in text, so neither does the SC that copies its pixels
+    assert "BurnedInAnnotation" not in original and "BurnedInAnnotation" not in sc
 
     assert [r[0] for r in db_rows(d.state_dir, select(Instance.state))] == ["reported"]
     assert [(r.state, r.attempts) for r in db_rows(d.state_dir, select(Result))] == [("sent", 1)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pydicom
@@ -78,10 +78,8 @@ def _outcomes(row: dict, vr: str, options: DeidOptions) -> set[str]:
              "X/Z/D": {"removed", "empty", "dummy"}, "X/Z/U*": {"removed", "empty", "uid"}}[row["basicProfile"]]
     opts = {row.get(c) for c in _enabled_columns(options)} - {None}
     if options.retain_longitudinal_modified_dates and row.get("rtnLongModifDatesOpt") == "C":
-        if vr in ("DA", "DT"):
+        if vr in ("DA", "DT", "TM"):
             return {"shifted"}
-        if vr == "TM":
-            return {"kept"}
     if "K" in opts:
         return {"kept"}
     if vr == "SQ" and "uid" in basic:  # X/Z/U*: the sequence is kept, the UIDs in it replaced
@@ -91,7 +89,7 @@ def _outcomes(row: dict, vr: str, options: DeidOptions) -> set[str]:
     return basic
 
 
-def _observed(ds: Dataset, tag: int, vr: str, sentinel, offset: int | None) -> str:
+def _observed(ds: Dataset, tag: int, vr: str, sentinel, offset: int | None, seconds: int | None) -> str:
     if tag not in ds:
         return "removed"
     value = ds[tag].value
@@ -108,9 +106,14 @@ def _observed(ds: Dataset, tag: int, vr: str, sentinel, offset: int | None) -> s
             ("kept" if value == sentinel else "dummy")
     if value == sentinel or str(value) == str(sentinel):
         return "kept"
-    if vr in ("DA", "DT") and offset is not None:
-        shifted = (date(2020, 3, 15) + timedelta(days=offset)).strftime("%Y%m%d")
-        if str(value) == shifted + str(sentinel)[8:]:
+    if vr in ("DA", "DT", "TM") and offset is not None:
+        # the sentinels are one instant, 2020-03-15 10:10:10; a date moves by whole days, or with
+        # its time partner by days + seconds (so possibly one day later)
+        moved = datetime(2020, 3, 15, 10, 10, 10) + timedelta(days=offset, seconds=seconds)
+        day_only = (date(2020, 3, 15) + timedelta(days=offset)).strftime("%Y%m%d")
+        expected = {"DA": {day_only, moved.strftime("%Y%m%d")}, "DT": {moved.strftime("%Y%m%d%H%M%S")},
+                    "TM": {moved.strftime("%H%M%S")}}[vr]
+        if str(value) in expected:
             return "shifted"
     return "dummy"
 
@@ -133,7 +136,7 @@ def test_every_table_row_gets_its_action_code_at_top_level_and_in_sequences(opti
                 continue
             if where == "top" and tag == 0x00081140:
                 continue  # replaced by the planted X/Z/U* sequence above
-            got = _observed(target, tag, vr, sentinel, result.date_offset_days)
+            got = _observed(target, tag, vr, sentinel, result.date_offset_days, result.time_offset_seconds)
             allowed = _outcomes(row, vr, options)
             if got not in allowed:
                 failures.append(f"{where} {row['tag']} {row['name']} [{row['basicProfile']}] got {got}, "
@@ -210,28 +213,62 @@ def test_uids_are_deterministic_keyed_and_referentially_consistent():
     assert ts in UID_dictionary and pseudonymize_uid(KEYS.uid_key, ts) == ts
 
 
-def test_dates_shift_by_one_offset_per_patient_and_times_stay():
+def test_dates_and_times_move_by_one_offset_per_patient():
     a = deidentify(_minimal(pid="P-A", date_="20210610"), KEYS, DeidOptions(max_date_shift_days=30))
     b = deidentify(_minimal(pid="P-A", date_="20220101", sop="9.9"), KEYS, DeidOptions(max_date_shift_days=30))
     c = deidentify(_minimal(pid="P-B", sop="9.8"), KEYS, DeidOptions(max_date_shift_days=30))
     assert a.date_offset_days == b.date_offset_days and -30 <= a.date_offset_days <= -1
-    off = a.date_offset_days
-    assert a.dataset.StudyDate == (date(2021, 6, 10) + timedelta(days=off)).strftime("%Y%m%d")
-    assert a.dataset.AcquisitionDateTime == a.dataset.StudyDate + "083000.5+0100"
-    assert a.dataset.StudyTime == "083000"
+    assert a.time_offset_seconds == b.time_offset_seconds and 1 <= a.time_offset_seconds <= 86399
+    off, sec = a.date_offset_days, a.time_offset_seconds
+    moved = datetime(2021, 6, 10, 8, 30, 0) + timedelta(days=off, seconds=sec)
+    # StudyDate/StudyTime are one instant: they move together, the date carrying past midnight
+    assert a.dataset.StudyDate == moved.strftime("%Y%m%d")
+    assert a.dataset.StudyTime == moved.strftime("%H%M%S") != "083000"
+    # a DT moves by the same amount; its fraction and UTC offset are kept
+    assert a.dataset.AcquisitionDateTime == moved.strftime("%Y%m%d%H%M%S") + ".5+0100"
     assert a.dataset.LongitudinalTemporalInformationModified == "MODIFIED"
     assert a.dataset.PatientID == b.dataset.PatientID != c.dataset.PatientID
     assert a.dataset.PatientID.startswith("CXRD") and "P-A" not in str(a.dataset.PatientName)
-    assert c.date_offset_days is not None
+    assert c.date_offset_days is not None and c.time_offset_seconds is not None
+    assert (c.date_offset_days, c.time_offset_seconds) != (off, sec)
     removed = deidentify(_minimal(), KEYS, DeidOptions(retain_longitudinal_modified_dates=False))
     assert removed.dataset.LongitudinalTemporalInformationModified == "REMOVED"
     assert not removed.dataset.StudyDate and removed.date_offset_days is None
+    assert "StudyTime" not in removed.dataset or not removed.dataset.StudyTime
+
+
+def test_intervals_within_a_study_are_exact_and_precision_is_kept():
+    ds = _minimal(pid="P-I", date_="20211231")
+    ds.StudyTime = "235930"                          # 23:59:30 on the 31st
+    ds.SeriesDate, ds.SeriesTime = "20220101", "000115.25"   # 1 min 45 s later, after midnight
+    ds.ContentDate, ds.ContentTime = "20211231", "2359"      # minute precision stays minute precision
+    ds.TimeOfLastCalibration = "0715"                # partner DateOfLastCalibration absent: rotated
+    ds.AcquisitionTime = "12:00"                     # not a DICOM TM: cannot be shifted, emptied
+    r = deidentify(ds, KEYS)
+    out, sec = r.dataset, r.time_offset_seconds
+
+    def instant(da: str, tm: str) -> datetime:
+        return datetime.strptime(da + tm[:6], "%Y%m%d%H%M%S")
+    study = instant(out.StudyDate, out.StudyTime)
+    series = instant(out.SeriesDate, out.SeriesTime)
+    assert (series - study).total_seconds() == 105
+    assert out.SeriesTime.endswith(".25") and len(out.ContentTime) == 4
+    real = datetime(2021, 12, 31, 23, 59, 30)
+    assert study == real + timedelta(days=r.date_offset_days, seconds=sec)
+    content = datetime.strptime(out.ContentDate + out.ContentTime, "%Y%m%d%H%M")
+    # a minute-precision value is truncated after the shift: its interval to the study is what it
+    # was (30 s as read) to within one unit of its precision
+    assert timedelta(0) <= (study - content) - timedelta(seconds=30) < timedelta(minutes=1)
+    rotated = (7 * 3600 + 15 * 60 + sec) % 86400
+    assert out.TimeOfLastCalibration == f"{rotated // 3600:02d}{rotated % 3600 // 60:02d}"
+    assert not out.AcquisitionTime
 
 
 def test_deidentification_attributes_and_options_codes():
     ds = _minimal()
     ds.PatientAge, ds.PatientSex, ds.PatientWeight = "061Y", "F", "70"
     ds.StationName, ds.DeviceSerialNumber, ds.DateOfLastCalibration = "XR-ROOM-3", "SN123", "20200101"
+    ds.BurnedInAnnotation = "NO"  # identity is claimed removed only for such images (test below)
     r = deidentify(ds, KEYS)
     out = r.dataset
     assert out.PatientIdentityRemoved == "YES"
@@ -307,6 +344,37 @@ def test_real_radiographs_in_every_transfer_syntax_leave_no_identifier(shared_da
         assert back.PixelData[: len(pixels)] == pixels, f"{path.name}: pixels must be untouched (odd length gets one pad byte)"
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_real_radiographs_keep_no_real_date_or_time_of_day(shared_data):
+    """Distinctive dates and times planted in every real file appear nowhere in the de-identified bytes."""
+    planted = {"StudyDate": "20190423", "StudyTime": "134527.918273", "SeriesDate": "20190423",
+               "SeriesTime": "134531", "AcquisitionDateTime": "20190423134533.5", "ContentTime": "134539",
+               "TimeOfLastCalibration": "064211", "InstanceCreationTime": "134541"}
+    needles = [b"20190423", b"134527", b"134531", b"134533", b"134539", b"064211", b"134541"]
+    for path in _dicom_files(shared_data):
+        ds = pydicom.dcmread(path, force=True)
+        for keyword, value in planted.items():
+            setattr(ds, keyword, value)
+        # read back as received: raw elements, without a VR in implicit VR files
+        written = io.BytesIO()
+        ds.save_as(written)
+        ds = pydicom.dcmread(io.BytesIO(written.getvalue()), force=True)
+        result = deidentify(ds, KEYS)
+        buf = io.BytesIO()
+        result.dataset.save_as(buf, enforce_file_format=True)
+        raw = buf.getvalue()
+        for needle in needles:
+            assert needle not in raw, f"{path.name}: a real date or time of day survived"
+        out = result.dataset
+        study = datetime.strptime(out.StudyDate + out.StudyTime[:6], "%Y%m%d%H%M%S")
+        series = datetime.strptime(out.SeriesDate + out.SeriesTime, "%Y%m%d%H%M%S")
+        assert (series - study).total_seconds() == 4, f"{path.name}: intervals within a study are kept"
+        moved = datetime(2019, 4, 23, 13, 45, 27) + timedelta(days=result.date_offset_days,
+                                                              seconds=result.time_offset_seconds)
+        assert study == moved, f"{path.name}: a date and its time move as one instant"
+        assert out.StudyTime.endswith(".918273")
+
+
 def test_compressed_pixels_without_transfer_syntax_are_refused(shared_data):
     ds = pydicom.dcmread(shared_data / "dicom" / "derived" / "nih_00000001_000_rle-lossless.dcm")
     del ds.file_meta
@@ -376,3 +444,44 @@ def test_ages_of_ninety_and_over_are_aggregated(age, kept):
     ds = _minimal()
     ds.PatientAge = age
     assert deidentify(ds, KEYS).dataset.PatientAge == kept
+
+
+@pytest.mark.parametrize("source, removed, method", [
+    ("NO", "YES", None),
+    ("YES", "NO", "Pixel data not cleaned: burned-in annotation YES"),
+    (None, "NO", "Pixel data not cleaned: burned-in annotation not declared"),
+], ids=["no", "yes", "absent"])
+def test_the_stored_object_claims_identity_removed_only_when_no_annotation_is_burned_in(
+        shared_data, source, removed, method):
+    """A real radiograph with Burned In Annotation set, or removed: the value is carried as sent (never
+    made up), and Patient Identity Removed is YES only when the source says NO (pixels are not cleaned)."""
+    ds = pydicom.dcmread(shared_data / "dicom" / "derived" / "nih_00000001_000_explicit-vr-le.dcm")
+    if source is None:
+        ds.pop("BurnedInAnnotation", None)
+    else:
+        ds.BurnedInAnnotation = source
+    result = deidentify(ds, KEYS)
+    buf = io.BytesIO()
+    result.dataset.save_as(buf, enforce_file_format=True)
+    out = pydicom.dcmread(io.BytesIO(buf.getvalue()), stop_before_pixels=True)
+    assert out.PatientIdentityRemoved == removed
+    assert out.get("BurnedInAnnotation") == source
+    assert result.burned_in == {"NO": "no", "YES": "yes", None: "unknown"}[source]
+    extra = [m for m in out.DeidentificationMethod if m.startswith("Pixel data")]
+    assert extra == ([] if method is None else [method]) and all(len(m) <= 64 for m in out.DeidentificationMethod)
+
+
+@pytest.mark.parametrize("policy, refused", [("flag", set()), ("refuse_yes", {"YES"}),
+                                             ("refuse", {"YES", None})])
+def test_the_burned_in_policy_refuses_what_it_says(shared_data, policy, refused):
+    options = DeidOptions(burned_in_annotation=policy)
+    for source in ("YES", "NO", None):
+        ds = pydicom.dcmread(shared_data / "dicom" / "chest" / "google-nih_dicom_00000001_000.dcm",
+                             stop_before_pixels=True)
+        if source is not None:
+            ds.BurnedInAnnotation = source
+        reason = deid.burned_in_refusal(ds, options)
+        assert (reason is not None) == (source in refused), (policy, source)
+        assert reason is None or policy in reason
+    with pytest.raises(DeidError):
+        deid.burned_in_refusal(Dataset(), DeidOptions(burned_in_annotation="maybe"))

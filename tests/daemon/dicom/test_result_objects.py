@@ -111,6 +111,30 @@ def test_heatmap_sc_of_a_real_radiograph_points_back_at_its_source(model):  # no
     assert list(back.PatientOrientation) == ["P", "F"]
 
 
+@pytest.mark.parametrize("source, carried", [("YES", "YES"), ("NO", "NO"), (None, None), ("", None)])
+def test_heatmap_sc_carries_the_sources_burned_in_annotation(source, carried):  # noqa: ANN001
+    """The SC copies the source's pixels, so it says what the source said about burned-in text: YES or
+    NO as sent, and nothing when the source said nothing (never a NO it cannot know). The source is a
+    real radiograph, de-identified as the vault holds it."""
+    from cxrmodel.preprocess import load_image
+    from storage.deid import deidentify
+    from storage.keys import DeidKeys
+
+    ds = pydicom.dcmread(SHARED_DATA / "dicom" / "derived" / "nih_00000001_000_explicit-vr-le.dcm")
+    ds.pop("BurnedInAnnotation", None)
+    if source is not None:
+        ds.BurnedInAnnotation = source
+    stored = report.to_bytes(deidentify(ds, DeidKeys(b"\x01" * 32, b"\x02" * 32)).dataset)
+    header = report.read(stored)
+    image = report.fit_for_overlay(load_image(stored), 64)
+    picture = (np.stack([image] * 3, axis=-1) * 255).astype(np.uint8)
+    sc = report.build_heatmap_sc(IDENTITY, images(1)[0], picture, label="Effusion", probability=0.61,
+                                 model_version="v7", series_uid=generate_uid(), sop_uid=generate_uid(),
+                                 burned_in_annotation=str(header.get("BurnedInAnnotation", "")))
+    back = report.read(report.to_bytes(sc))
+    assert back.get("BurnedInAnnotation") == carried
+
+
 def test_a_large_film_is_shrunk_for_the_overlay_and_a_small_one_kept():
     big = np.random.default_rng(0).random((2800, 2400)).astype(np.float32)
     small = report.fit_for_overlay(big)
