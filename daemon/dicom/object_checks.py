@@ -72,6 +72,8 @@ def check_object(data: bytes) -> Dataset:
     except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
         raise ObjectCheckError(f"not a readable DICOM Part 10 object ({type(exc).__name__})") from None
     meta = ds.file_meta
+    if not meta.get("TransferSyntaxUID") or not meta.get("MediaStorageSOPClassUID") or len(ds) == 0:
+        raise ObjectCheckError("not a readable DICOM Part 10 object (file meta or dataset missing)")
     if str(meta.get("MediaStorageSOPInstanceUID", "")) != str(ds.get("SOPInstanceUID", "")):
         raise ObjectCheckError("file meta Media Storage SOP Instance UID differs from SOP Instance UID")
     sop_class = str(ds.get("SOPClassUID", ""))

@@ -350,7 +350,8 @@ def test_a_study_without_reidentification_entry_is_parked_at_once_and_never_sent
     assert sent == []
 
 
-def _signed_study(sessions, tmp_path: Path, sops: tuple[str, ...]) -> tuple[list[int], object, list]:  # noqa: ANN001
+def _signed_study(sessions, tmp_path: Path, sops: tuple[str, ...],  # noqa: ANN001
+                  original: dict[str, str] | None = None) -> tuple[list[int], object, list]:
     """A predicted study as the worker leaves it (signed rows, re-identification entries, a pending
     result) and a results sender that records what it would send: (instance ids, sender, sent)."""
     from cxrmodel.registry import Registry
@@ -372,7 +373,7 @@ def _signed_study(sessions, tmp_path: Path, sops: tuple[str, ...]) -> tuple[list
             ids.append(inst.id)
             s.add(ReidEntry(sop_instance_uid=sop, study_uid="2.25.10", sealed=reid.seal_reid(
                 keys.reid_key, sop, {"study_uid": "1.2.3", "sop_instance_uid": "1.2.3." + sop[-2:],
-                                     "patient_id": "P1"})))
+                                     "patient_id": "P1", **(original or {})})))
             s.add_all(_signed_predictions(keys, inst.id, sop, probability=0.2))
         s.add(Result(study_uid="2.25.10", model_version="v1", kind="sr", next_attempt_at=utcnow()))
     sent: list = []
@@ -416,3 +417,37 @@ def test_untouched_signed_rows_make_a_report(sessions, tmp_path: Path):
     with sessions() as s:
         assert s.query(Result).one().state == "sent"
     assert len(sent) == 1
+
+
+def test_an_object_that_fails_its_check_is_parked_audited_and_never_sent(sessions, tmp_path: Path):
+    """A modality sent a 20-character accession number (SH allows 16): the report built from it would
+    be invalid DICOM in the patient's record, so it is parked with the check's message, audited, and
+    nothing leaves; the message names the attribute, not the value."""
+    from storage.models import AuditEvent, Instance
+
+    _, sender, sent = _signed_study(sessions, tmp_path, ("2.25.11", "2.25.21"),
+                                    original={"accession_number": "ACC-0123456789-XYZ"})
+    assert sender.run_once() is True
+    with sessions() as s:
+        row = s.query(Result).one()
+        assert row.state == "failed" and row.last_error.startswith("sr failed validation: AccessionNumber")
+        assert "ACC-0123456789" not in row.last_error
+        events = [(e.event_type, e.outcome, e.details) for e in s.query(AuditEvent).order_by(AuditEvent.seq)]
+        assert {i.state for i in s.query(Instance)} == {"predicted"}
+    failed = [d for t, o, d in events if t == "result.failed"]
+    assert len(failed) == 1 and "failed validation" in str(failed[0]) and "ACC-0123456789" not in str(events)
+    assert sent == []
+
+
+def test_the_report_sent_names_the_current_models_device(sessions, tmp_path: Path):
+    """The sender reads the model's weights hash from the registry manifest (no torch load)."""
+    from cxrmodel.manifest import Manifest
+
+    _, sender, sent = _signed_study(sessions, tmp_path, ("2.25.11",))
+    (tmp_path / "models" / "v1").mkdir(parents=True)
+    (tmp_path / "models" / "v1" / "manifest.json").write_text(
+        Manifest().stamped("v1", "12" * 32).to_json(), encoding="utf-8")
+    assert sender.run_once() is True
+    [[sr]] = sent
+    [ours] = [e for e in sr.ContributingEquipmentSequence if e.Manufacturer == "cxrd"]
+    assert ours.DeviceUID == report.ModelIdentity("v1", "12" * 32).device_uid
