@@ -91,6 +91,9 @@ def test_sr_and_heatmap_land_in_the_original_study_in_orthanc(orthanc, daemon_fa
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"  # IHE AIR: TID 1500 root
     [ours] = [e for e in sr.ContributingEquipmentSequence if e.Manufacturer == "cxrd"]
     assert ours.DeviceUID and ours.SoftwareVersions == sr.SoftwareVersions
+    simplified = orthanc.get(f"/instances/{sr_tags['ID']}/simplified-tags")  # what a PACS's own tools read
+    assert simplified["ContentTemplateSequence"][0]["TemplateIdentifier"] == "1500"
+    assert simplified["ConceptNameCodeSequence"][0]["CodeMeaning"] == "Imaging Measurement Report"
     assert sr.PatientName == MARKERS["PatientName"]
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
     assert evidence.StudyInstanceUID == original.StudyInstanceUID
