@@ -1,4 +1,9 @@
-"""The objects sent back to the PACS, built from plain values: a Comprehensive SR and a heatmap SC.
+"""The objects sent back to the PACS, built from plain values: a TID 1500 SR and a heatmap SC.
+
+The SR follows IHE AI Results (AIR) for an Evidence Creator: Comprehensive 3D SR, TID 1500 root,
+the chest radiograph as procedure reported, one TID 1501 group per finding with study and per-image
+probabilities, the algorithm as observer and as contributing equipment with a per-model Device UID.
+Its coded concepts and their sources are in `finding_codes`; README "Structured report" shows the tree.
 
 Both carry the ORIGINAL patient/study identifiers (the caller opens the re-identification map) so
 the PACS files them into the patient's own study, next to the radiographs they describe. Nothing
