@@ -1,4 +1,9 @@
-"""The objects sent back to the PACS, built from plain values: a Comprehensive SR and a heatmap SC.
+"""The objects sent back to the PACS, built from plain values: a TID 1500 SR and a heatmap SC.
+
+The SR follows IHE AI Results (AIR) for an Evidence Creator: Comprehensive 3D SR, TID 1500 root,
+the chest radiograph as procedure reported, one TID 1501 group per finding with study and per-image
+probabilities, the algorithm as observer and as contributing equipment with a per-model Device UID.
+Its coded concepts and their sources are in `finding_codes`; README "Structured report" shows the tree.
 
 Both carry the ORIGINAL patient/study identifiers (the caller opens the re-identification map) so
 the PACS files them into the patient's own study, next to the radiographs they describe. Nothing
@@ -19,28 +24,17 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.sr.coding import Code
+
+from daemon.dicom import finding_codes as codes
 
 MANUFACTURER = "cxrd"
 MODEL_NAME = "cxrd DenseNet121 ChestX-ray14"
 DISCLAIMER = ("Computer-generated findings from an AI model. Not for diagnostic use without "
               "physician review.")
-SCHEME = "99CXRD"  # private coding scheme: ChestX-ray14 findings have no one-to-one standard codes
 MAX_HEATMAP_SIDE = 1024
-
-# Concept names. Standard DCM/LOINC/SNOMED codes where they fit, the private scheme otherwise.
-REPORT_TITLE = Code("18748-4", "LN", "Diagnostic imaging report")
-ALGORITHM_NAME = Code("111001", "DCM", "Algorithm Name")
-ALGORITHM_VERSION = Code("111003", "DCM", "Algorithm Version")
-COMMENT = Code("121106", "DCM", "Comment")
-FINDING = Code("121071", "DCM", "Finding")
-SOURCE_IMAGE = Code("121112", "DCM", "Source of Measurement")
-PROBABILITY = Code("PROB", SCHEME, "Model probability")
-OPERATING_POINT = Code("THRESH", SCHEME, "Operating point")
-CALL = Code("CALL", SCHEME, "Result at operating point")
-POSITIVE = Code("10828004", "SCT", "Positive")
-NEGATIVE = Code("260385009", "SCT", "Negative")
-NO_UNITS = Code("1", "UCUM", "no units")
+SR_SERIES_NUMBER = 9901
+COMBINATION_RULE = ("Study value: the highest probability over the analysed images; present when it "
+                    "reaches the operating point.")
 
 
 class ReportError(ValueError):
@@ -72,10 +66,6 @@ class Finding:
     probability: float
     threshold: float
     positive: bool
-
-
-def finding_code(label: str) -> Code:
-    return Code(label.upper().replace(" ", "_"), SCHEME, label)
 
 
 def study_findings(per_image: Iterable[Sequence[Finding]]) -> list[Finding]:
@@ -133,49 +123,123 @@ def _evidence(identity: StudyIdentity, image: SourceImage) -> Dataset:
     return ds
 
 
-def _finding_item(f: Finding) -> hd.sr.CodeContentItem:
-    item = hd.sr.CodeContentItem(name=FINDING, value=finding_code(f.label), relationship_type="CONTAINS")
-    item.ContentSequence = hd.sr.ContentSequence([
-        hd.sr.NumContentItem(name=PROBABILITY, value=round(float(f.probability), 6), unit=NO_UNITS,
-                             relationship_type="HAS PROPERTIES"),
-        hd.sr.NumContentItem(name=OPERATING_POINT, value=round(float(f.threshold), 6), unit=NO_UNITS,
-                             relationship_type="HAS PROPERTIES"),
-        hd.sr.CodeContentItem(name=CALL, value=POSITIVE if f.positive else NEGATIVE,
-                              relationship_type="HAS PROPERTIES"),
-    ])
-    return item
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which model produced the findings: what the report names and what its Device UID is made of."""
+    version: str
+    weights_sha256: str = ""
+    name: str = MODEL_NAME
+
+    @property
+    def device_uid(self) -> str:
+        """The algorithm as a DICOM device: the same weights under the same version always give the
+        same UID, and any other model (retrained, rolled back to, imported) gives another."""
+        return _uid("cxrd-device", self.version, self.weights_sha256.lower())
 
 
-def build_sr(identity: StudyIdentity, images: Sequence[SourceImage], findings: Sequence[Finding], *,
-             model_version: str, series_uid: str, sop_uid: str, model_name: str = MODEL_NAME,
-             institution: str | None = None) -> Dataset:
-    """A Comprehensive SR in the original study: model, disclaimer, each finding, the source images."""
+def _algorithm(model: ModelIdentity) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(name=model.name[:64], version=model.version[:64])
+
+
+def _finding_group(label: str, per_image: Sequence[tuple[SourceImage, Finding]], combined: Finding,
+                   model: ModelIdentity, sop_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """One TID 1501 group per finding: the study value (derivation Maximum), each image's value
+    inferred from that image, the operating point, and the call at the operating point."""
+    algorithm = _algorithm(model)
+    refs = [hd.sr.SourceImageForMeasurement(im.sop_class_uid, im.sop_instance_uid) for im, _ in per_image]
+    measurements = [hd.sr.Measurement(
+        name=codes.PROBABILITY, value=round(float(combined.probability), 6), unit=codes.PROBABILITY_UNIT,
+        derivation=codes.MAXIMUM if len(per_image) > 1 else None, algorithm_id=algorithm,
+        referenced_images=refs)]
+    if len(per_image) > 1:  # with one image the study value *is* that image's value
+        measurements += [hd.sr.Measurement(
+            name=codes.PROBABILITY, value=round(float(f.probability), 6), unit=codes.PROBABILITY_UNIT,
+            algorithm_id=algorithm, referenced_images=[ref]) for (_, f), ref in zip(per_image, refs)]
+    measurements.append(hd.sr.Measurement(
+        name=codes.THRESHOLD_VALUE, value=round(float(combined.threshold), 6), unit=codes.PROBABILITY_UNIT,
+        algorithm_id=algorithm))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid("cxrd-finding", sop_uid, label),
+                                                     identifier=f"AI finding: {label.replace('_', ' ')}"),
+        finding_type=codes.finding_code(label), algorithm_id=algorithm, measurements=measurements,
+        source_images=[hd.sr.SourceImageForMeasurementGroup(im.sop_class_uid, im.sop_instance_uid)
+                       for im, _ in per_image])
+
+
+def _qualitative_evaluations(combined: Sequence[Finding]) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12: the study-level call per finding at the model's operating point, the
+    combination rule, and the disclaimer a reader must see."""
+    container = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
+    items: list = [hd.sr.CodeContentItem(name=codes.finding_code(f.label), value=codes.PRESENT if f.positive
+                                    else codes.ABSENT, relationship_type="CONTAINS") for f in combined]
+    items += [hd.sr.TextContentItem(name=codes.COMMENT, value=COMBINATION_RULE, relationship_type="CONTAINS"),
+              hd.sr.TextContentItem(name=codes.COMMENT, value=DISCLAIMER, relationship_type="CONTAINS")]
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def build_sr(identity: StudyIdentity, images: Sequence[SourceImage], findings_per_image: Sequence[Sequence[Finding]],
+             *, model: ModelIdentity, series_uid: str, sop_uid: str, institution: str | None = None) -> Dataset:
+    """A Comprehensive 3D SR with TID 1500 (Imaging Measurement Report) as root, in the original study.
+
+    The procedure reported is the chest radiograph; the observer is the algorithm as a device
+    (Device Observer UID = `model.device_uid`, also in the Contributing Equipment Sequence). Each
+    of the 14 findings is a TID 1501 measurement group (study and per-image probabilities, the
+    operating point), and the study-level calls sit in the Qualitative Evaluations container with
+    the disclaimer. `findings_per_image[i]` are the findings of `images[i]`.
+    """
     if not images:
         raise ReportError("a report needs at least one source image")
+    if len(findings_per_image) != len(images):
+        raise ReportError("a report needs the findings of each of its source images")
     if not identity.study_uid:
         raise ReportError("a report needs the original Study Instance UID")
-    children = [
-        hd.sr.TextContentItem(name=ALGORITHM_NAME, value=model_name, relationship_type="CONTAINS"),
-        hd.sr.TextContentItem(name=ALGORITHM_VERSION, value=model_version, relationship_type="CONTAINS"),
-        hd.sr.TextContentItem(name=COMMENT, value=DISCLAIMER, relationship_type="CONTAINS"),
-        *(_finding_item(f) for f in findings),
-        *(hd.sr.ImageContentItem(name=SOURCE_IMAGE, referenced_sop_class_uid=im.sop_class_uid,
-                                 referenced_sop_instance_uid=im.sop_instance_uid, relationship_type="CONTAINS")
-          for im in images),
-    ]
-    root = hd.sr.ContainerContentItem(name=REPORT_TITLE)
-    root.ContentSequence = hd.sr.ContentSequence(children)
-    sr = hd.sr.ComprehensiveSR(
-        evidence=[_evidence(identity, im) for im in images], content=root,
-        series_instance_uid=series_uid, series_number=9901, sop_instance_uid=sop_uid, instance_number=1,
-        manufacturer=MANUFACTURER, institution_name=institution, is_complete=True, is_final=False,
-        is_verified=False)
+    if not model.version:
+        raise ReportError("a report needs the model version")
+    combined = study_findings(findings_per_image)
+    by_label = [{f.label: f for f in fs} for fs in findings_per_image]
+    for f in combined:
+        if any(f.label not in fs for fs in by_label):
+            raise ReportError(f"finding {f.label} is missing for some source image")
+    device = model.device_uid
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DEVICE,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device, name=model.name[:64], manufacturer_name=MANUFACTURER, model_name=model.name[:64]))
+    groups = [_finding_group(f.label, [(im, fs[f.label]) for im, fs in zip(images, by_label)], f, model, sop_uid)
+              for f in combined]
+    content = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.PLAIN_CHEST_XRAY, imaging_measurements=groups,
+        title=codes.IMAGING_MEASUREMENT_REPORT,
+        language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(codes.ENGLISH))
+    content[0].ContentSequence.append(_qualitative_evaluations(combined))
+    equipment = hd.ContributingEquipment(
+        manufacturer=MANUFACTURER, purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+        manufacturer_model_name=model.name[:64], software_versions=model.version[:64],
+        contribution_description="AI inference: ChestX-ray14 findings computed from the source images")
+    equipment.DeviceUID = device
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[_evidence(identity, im) for im in images], content=content,
+        series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER, sop_instance_uid=sop_uid,
+        instance_number=1, manufacturer=MANUFACTURER, institution_name=institution, is_complete=True,
+        is_final=False, is_verified=False, contributing_equipment=[equipment])
     sr.SeriesDescription = "AI findings (not for diagnostic use without review)"
-    sr.ManufacturerModelName = model_name[:64]
-    sr.SoftwareVersions = model_version[:64]
+    sr.ManufacturerModelName = model.name[:64]
+    sr.SoftwareVersions = model.version[:64]
+    if any(c.code.scheme_designator == codes.PRIVATE_SCHEME for c in codes.FINDINGS):
+        sr.CodingSchemeIdentificationSequence = [_private_scheme()]
     if identity.issuer_of_patient_id:
         sr.IssuerOfPatientID = identity.issuer_of_patient_id
     return sr
+
+
+def _private_scheme() -> Dataset:
+    item = Dataset()
+    item.CodingSchemeDesignator = codes.PRIVATE_SCHEME
+    item.CodingSchemeName = "cxrd ChestX-ray14 finding codes"
+    item.CodingSchemeResponsibleOrganization = MANUFACTURER
+    return item
 
 
 def build_heatmap_sc(identity: StudyIdentity, source: SourceImage, picture: np.ndarray, *, label: str,
@@ -212,6 +276,9 @@ def build_heatmap_sc(identity: StudyIdentity, source: SourceImage, picture: np.n
     elif "BurnedInAnnotation" in sc:
         del sc.BurnedInAnnotation
     sc.PatientOrientation = patient_orientation
+    # General Series Laterality (2C) is needed only for a paired body part: saying the part is the
+    # chest tells validators and viewers there is no side to record.
+    sc.BodyPartExamined = "CHEST"
     if identity.issuer_of_patient_id:
         sc.IssuerOfPatientID = identity.issuer_of_patient_id
     return sc

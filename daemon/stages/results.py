@@ -31,6 +31,7 @@ from cxrmodel.errors import ModelError
 from cxrmodel.labels import LABELS
 from daemon.dicom import result_objects as report
 from daemon.dicom import statuses
+from daemon.dicom.object_checks import ObjectCheckError, check_object
 from daemon.errors import DaemonError
 from daemon.ops.logs import event
 from daemon.stages.leases import LEASE_S, worker_id
@@ -196,6 +197,7 @@ class ResultsSender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._models: dict[str, LoadedModel] = {}
+        self._identities: dict[str, report.ModelIdentity] = {}
         self.last_beat = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -239,6 +241,7 @@ class ResultsSender:
         try:
             sources, identity = self._collect(study, version)
             objects = self._build(study, version, kind, sources, identity)
+            self._check(objects)
         except PermanentError as exc:
             self._finish_failed(result_id, study, version, attempts, str(exc), final=True)
             return
@@ -316,8 +319,8 @@ class ResultsSender:
         try:
             if self.send_sr:
                 series, sop = report.report_uids(study, version, "sr", pseudos)
-                objects.append(report.build_sr(identity, [s.image for s in sources], findings,
-                                               model_version=version, series_uid=series, sop_uid=sop))
+                objects.append(report.build_sr(identity, [s.image for s in sources], [s.findings for s in sources],
+                                               model=self._identity(version), series_uid=series, sop_uid=sop))
         except report.ReportError as exc:  # our own one-line reasons
             raise PermanentError(f"cannot build the structured report: {exc}") from None
         except Exception as exc:  # highdicom refusing odd source values: its text may quote them (PHI)
@@ -336,6 +339,32 @@ class ResultsSender:
         if not objects:
             raise PermanentError("nothing to send (results.send_sr and send_heatmap are both off)")
         return objects
+
+    def _identity(self, version: str) -> report.ModelIdentity:
+        """The model as the report names it; its weights' sha256 (from the manifest, no torch load)
+        makes the Device UID differ for every model the registry ever held."""
+        identity = self._identities.get(version)
+        if identity is None:
+            try:
+                digest = self.registry.manifest(version).weights_sha256
+            except ModelError as exc:  # version removed since it predicted: still report, named by version
+                event(log, "result.model_unlisted", logging.WARNING, model=version, error=str(exc))
+                digest = ""
+            identity = self._identities[version] = report.ModelIdentity(version=version, weights_sha256=digest)
+        return identity
+
+    @staticmethod
+    def _check(objects: list[Dataset]) -> None:
+        """Every object, as the bytes that would be sent, must pass `object_checks`; one that fails
+        parks the result (the caller audits it) and nothing of the batch is sent."""
+        for ds in objects:
+            try:
+                check_object(report.to_bytes(ds))
+            except ObjectCheckError as exc:
+                raise PermanentError(f"{report.read_kind(ds)} failed validation: {exc}") from None
+            except Exception as exc:  # pydicom refusing to encode a value: its text may quote it (PHI)
+                raise PermanentError(f"{report.read_kind(ds)} failed validation "
+                                     f"(cannot encode: {type(exc).__name__})") from None
 
     def _model(self, version: str) -> LoadedModel:
         """Loaded once per version (Grad-CAM needs the fp32 module); only the latest two kept."""

@@ -83,11 +83,17 @@ def test_sr_and_heatmap_land_in_the_original_study_in_orthanc(orthanc, daemon_fa
 
     sr_file = tmp_path / "sr.dcm"
     sr_file.write_bytes(orthanc.get(f"/instances/{sr_tags['ID']}/file", raw=True))
-    dump = dcmtk("dsrdump", "-v", str(sr_file))
+    dump = dcmtk("dsrdump", "-v", "+Pl", str(sr_file))
     assert dump.returncode == 0 and "Error" not in dump.stderr and "Warning" not in dump.stderr, dump.stderr
-    assert dump.stdout.count('"Finding")=') == len(LABELS)
-    assert "Not for diagnostic use without" in pydicom.dcmread(sr_file).ContentSequence[2].TextValue
+    assert dump.stdout.count('"Finding")=') == len(LABELS)  # one TID 1501 group per finding
+    assert "Not for diagnostic use without physician review" in dump.stdout
     sr = pydicom.dcmread(sr_file)
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"  # IHE AIR: TID 1500 root
+    [ours] = [e for e in sr.ContributingEquipmentSequence if e.Manufacturer == "cxrd"]
+    assert ours.DeviceUID and ours.SoftwareVersions == sr.SoftwareVersions
+    simplified = orthanc.get(f"/instances/{sr_tags['ID']}/simplified-tags")  # what a PACS's own tools read
+    assert simplified["ContentTemplateSequence"][0]["TemplateIdentifier"] == "1500"
+    assert simplified["ConceptNameCodeSequence"][0]["CodeMeaning"] == "Imaging Measurement Report"
     assert sr.PatientName == MARKERS["PatientName"]
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
     assert evidence.StudyInstanceUID == original.StudyInstanceUID

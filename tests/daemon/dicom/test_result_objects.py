@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 
 from conftest import SHARED_DATA, dcmtk, free_port, wait_for_port
 from cxrmodel.labels import LABELS
+from daemon.dicom import finding_codes as codes
 from daemon.dicom import result_objects as report
 from daemon.stages.results import Destination, SendError, claim_results, retry_delay_s, retry_failed, send
 from storage import db
@@ -38,33 +39,132 @@ def findings(shift: float = 0.0) -> list[report.Finding]:
             for label, p in zip(LABELS, np.clip(np.linspace(0.05, 0.95, len(LABELS)) + shift, 0, 1))]
 
 
-def test_sr_is_in_the_original_study_lists_every_finding_and_dsrdump_reads_it(tmp_path: Path):
+MODEL = report.ModelIdentity(version="v7", weights_sha256="ab" * 32)
+
+
+def _items(seq, name: str | None = None) -> list:  # noqa: ANN001 - pydicom Sequence
+    """Content items of `seq` (not nested) whose concept name meaning is `name` (all if None)."""
+    return [i for i in seq if name is None
+            or ("ConceptNameCodeSequence" in i and i.ConceptNameCodeSequence[0].CodeMeaning == name)]
+
+
+def _code(item) -> tuple[str, str]:  # noqa: ANN001
+    return item.ConceptCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodingSchemeDesignator
+
+
+def test_sr_is_a_tid_1500_report_of_the_chest_radiograph_in_the_original_study(tmp_path: Path):
     imgs = images(2)
+    per_image = [findings(-0.2), findings(+0.2)]
     series, sop = report.report_uids("2.25.1", "v7", "sr", ["2.25.2", "2.25.3"])
-    sr = report.build_sr(IDENTITY, imgs, findings(), model_version="v7", series_uid=series, sop_uid=sop)
+    sr = report.build_sr(IDENTITY, imgs, per_image, model=MODEL, series_uid=series, sop_uid=sop)
     path = tmp_path / "sr.dcm"
     path.write_bytes(report.to_bytes(sr))
     back = pydicom.dcmread(path)
-    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert back.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert back.ConceptNameCodeSequence[0].CodeValue == "126000"  # Imaging Measurement Report
     assert (back.StudyInstanceUID, back.PatientID, back.PatientName, back.AccessionNumber, back.StudyDate,
             back.IssuerOfPatientID) == (IDENTITY.study_uid, "PID-77", "DOE^JANE", "ACC-5", "20240131", "HOSP-A")
     assert (back.SeriesInstanceUID, back.SOPInstanceUID) == (series, sop)
     refs = back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
     assert {r.ReferencedSOPInstanceUID for r in refs} == {im.sop_instance_uid for im in imgs}
-    dump = dcmtk("dsrdump", "-v", str(path))
+
+    [procedure] = _items(back.ContentSequence, "Procedure reported")
+    assert _code(procedure) == ("399208008", "SCT")  # the chest radiograph, not the algorithm
+    [observer_uid] = _items(back.ContentSequence, "Device Observer UID")
+    assert observer_uid.UID == MODEL.device_uid
+
+    [measurements] = _items(back.ContentSequence, "Imaging Measurements")
+    groups = _items(measurements.ContentSequence, "Measurement Group")
+    assert len(groups) == len(LABELS)
+    combined = report.study_findings(per_image)
+    for label, group, study in zip(LABELS, groups, combined):
+        [finding] = _items(group.ContentSequence, "Finding")
+        assert _code(finding) == (codes.finding_code(label).value, codes.finding_code(label).scheme_designator)
+        assert [i.TextValue for i in _items(group.ContentSequence, "Algorithm Version")] == ["v7"]
+        probs = _items(group.ContentSequence, "Probability")
+        assert len(probs) == 3  # the study value and one per image
+        study_item, *image_items = probs
+        assert float(study_item.MeasuredValueSequence[0].NumericValue) == pytest.approx(study.probability, abs=1e-6)
+        assert study_item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "{probability}"
+        [derivation] = _items(study_item.ContentSequence, "Derivation")
+        assert _code(derivation) == ("56851009", "SCT")  # Maximum
+        for item, im, fs in zip(image_items, imgs, per_image):
+            [source] = _items(item.ContentSequence, "Source of Measurement")
+            assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == im.sop_instance_uid
+            expected = next(f.probability for f in fs if f.label == label)
+            assert float(item.MeasuredValueSequence[0].NumericValue) == pytest.approx(expected, abs=1e-6)
+        [threshold] = _items(group.ContentSequence, "Threshold Value")
+        assert float(threshold.MeasuredValueSequence[0].NumericValue) == 0.5
+
+    [qualitative] = _items(back.ContentSequence, "Qualitative Evaluations")
+    calls = [i for i in qualitative.ContentSequence if i.ValueType == "CODE"]
+    assert [_code(i)[0] for i in calls] == ["52101004" if f.positive else "272519000" for f in combined]
+    texts = [i.TextValue for i in qualitative.ContentSequence if i.ValueType == "TEXT"]
+    assert any("Not for diagnostic use without physician review" in t for t in texts)
+    assert any("highest probability" in t for t in texts)
+
+    [equipment] = [e for e in back.ContributingEquipmentSequence if e.Manufacturer == "cxrd"]  # + highdicom's
+    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert (equipment.Manufacturer, equipment.SoftwareVersions, equipment.DeviceUID) == ("cxrd", "v7",
+                                                                                         MODEL.device_uid)
+    assert equipment.ManufacturerModelName == report.MODEL_NAME
+
+    dump = dcmtk("dsrdump", "-v", str(path))  # strict: any content item or relationship error aborts
     assert dump.returncode == 0 and not dump.stderr.strip(), dump.stderr
-    assert dump.stdout.count('"Finding")=') == 14
-    assert dump.stdout.count("Positive") == sum(f.positive for f in findings())
-    assert "Not for diagnostic use without physician review" in back.ContentSequence[2].TextValue
-    assert 'Algorithm Version")="v7"' in dump.stdout
+    assert "Imaging Measurement Report" in dump.stdout and 'Algorithm Version")="v7"' in dump.stdout
+    assert dump.stdout.count('"Finding")=') == 14 and "Pleural effusion" in dump.stdout
 
 
-def test_sr_without_source_images_or_study_uid_is_refused():
+def test_a_single_image_report_carries_its_value_once_without_a_derivation():
+    sr = report.build_sr(IDENTITY, images(1), [findings()], model=MODEL, series_uid="1.2.3", sop_uid="1.2.4")
+    [measurements] = _items(sr.ContentSequence, "Imaging Measurements")
+    for group in _items(measurements.ContentSequence, "Measurement Group"):
+        [prob] = _items(group.ContentSequence, "Probability")
+        assert not _items(prob.ContentSequence, "Derivation") and _items(prob.ContentSequence,
+                                                                           "Source of Measurement")
+
+
+def test_the_device_uid_names_the_model_so_a_promotion_or_rollback_changes_it():
+    """Reports built before a promotion keep the old model's UID; new ones carry the new model's;
+    rolling back to the first model gives its UID again (same weights, same version)."""
+    first, retrained = MODEL, report.ModelIdentity(version="v8", weights_sha256="cd" * 32)
+    before = report.build_sr(IDENTITY, images(1), [findings()], model=first, series_uid="1.2.3", sop_uid="1.2.4")
+    after = report.build_sr(IDENTITY, images(1), [findings()], model=retrained, series_uid="1.2.3", sop_uid="1.2.5")
+    rolled_back = report.build_sr(IDENTITY, images(1), [findings()], model=report.ModelIdentity("v7", "AB" * 32),
+                                  series_uid="1.2.3", sop_uid="1.2.6")
+    uid = lambda sr: sr.ContributingEquipmentSequence[0].DeviceUID  # noqa: E731
+    assert uid(before) == first.device_uid != uid(after) == retrained.device_uid
+    assert uid(rolled_back) == uid(before)
+    assert report.read(report.to_bytes(before)).ContributingEquipmentSequence[0].DeviceUID == first.device_uid
+    same_version_other_weights = report.ModelIdentity("v7", "ef" * 32)
+    assert same_version_other_weights.device_uid != first.device_uid
+    assert all(len(u) <= 64 and u.startswith("2.25.") for u in (uid(before), uid(after)))
+
+
+def test_every_finding_has_one_documented_code_and_the_readme_lists_it():
+    assert [f.label for f in codes.FINDINGS] == list(LABELS)
+    keys = [(f.code.value, f.code.scheme_designator) for f in codes.FINDINGS]
+    assert len(set(keys)) == len(keys)  # never two findings on one concept
+    assert all(f.source for f in codes.FINDINGS)
+    private = [f for f in codes.FINDINGS if f.code.scheme_designator == codes.PRIVATE_SCHEME]
+    assert all(f.source.startswith("private:") for f in private) and len(private) <= 1
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    for f in codes.FINDINGS:
+        assert f"| {f.label} | {f.code.scheme_designator} {f.code.value} | {f.code.meaning} |" in readme, f.label
+
+
+def test_sr_without_source_images_study_uid_or_per_image_findings_is_refused():
     with pytest.raises(ValueError, match="source image"):
-        report.build_sr(IDENTITY, [], findings(), model_version="v", series_uid="1.2", sop_uid="1.3")
+        report.build_sr(IDENTITY, [], [], model=MODEL, series_uid="1.2", sop_uid="1.3")
     with pytest.raises(ValueError, match="Study Instance UID"):
-        report.build_sr(report.StudyIdentity(study_uid=""), images(1), findings(), model_version="v",
+        report.build_sr(report.StudyIdentity(study_uid=""), images(1), [findings()], model=MODEL,
                         series_uid="1.2", sop_uid="1.3")
+    with pytest.raises(ValueError, match="each of its source images"):
+        report.build_sr(IDENTITY, images(2), [findings()], model=MODEL, series_uid="1.2", sop_uid="1.3")
+    with pytest.raises(ValueError, match="missing for some source image"):
+        report.build_sr(IDENTITY, images(2), [findings(), findings()[:5]], model=MODEL, series_uid="1.2",
+                        sop_uid="1.3")
 
 
 def test_study_call_is_the_highest_probability_over_its_images():
@@ -153,7 +253,7 @@ def test_send_stores_into_a_real_storescp_and_a_closed_port_is_a_send_error(tmp_
     try:
         wait_for_port(port, 20, proc)
         series, sop = report.report_uids("2.25.4", "v1", "sr", ["2.25.5"])
-        sr = report.build_sr(IDENTITY, images(1), findings(), model_version="v1", series_uid=series, sop_uid=sop)
+        sr = report.build_sr(IDENTITY, images(1), [findings()], model=MODEL, series_uid=series, sop_uid=sop)
         send([sr], Destination(calling_aet="CXRD", called_aet="PACS", host="127.0.0.1", port=port))
         deadline = time.monotonic() + 10
         while not list(out.iterdir()) and time.monotonic() < deadline:
@@ -274,7 +374,8 @@ def test_a_study_without_reidentification_entry_is_parked_at_once_and_never_sent
     assert sent == []
 
 
-def _signed_study(sessions, tmp_path: Path, sops: tuple[str, ...]) -> tuple[list[int], object, list]:  # noqa: ANN001
+def _signed_study(sessions, tmp_path: Path, sops: tuple[str, ...],  # noqa: ANN001
+                  original: dict[str, str] | None = None) -> tuple[list[int], object, list]:
     """A predicted study as the worker leaves it (signed rows, re-identification entries, a pending
     result) and a results sender that records what it would send: (instance ids, sender, sent)."""
     from cxrmodel.registry import Registry
@@ -296,7 +397,7 @@ def _signed_study(sessions, tmp_path: Path, sops: tuple[str, ...]) -> tuple[list
             ids.append(inst.id)
             s.add(ReidEntry(sop_instance_uid=sop, study_uid="2.25.10", sealed=reid.seal_reid(
                 keys.reid_key, sop, {"study_uid": "1.2.3", "sop_instance_uid": "1.2.3." + sop[-2:],
-                                     "patient_id": "P1"})))
+                                     "patient_id": "P1", **(original or {})})))
             s.add_all(_signed_predictions(keys, inst.id, sop, probability=0.2))
         s.add(Result(study_uid="2.25.10", model_version="v1", kind="sr", next_attempt_at=utcnow()))
     sent: list = []
@@ -340,3 +441,37 @@ def test_untouched_signed_rows_make_a_report(sessions, tmp_path: Path):
     with sessions() as s:
         assert s.query(Result).one().state == "sent"
     assert len(sent) == 1
+
+
+def test_an_object_that_fails_its_check_is_parked_audited_and_never_sent(sessions, tmp_path: Path):
+    """A modality sent a 20-character accession number (SH allows 16): the report built from it would
+    be invalid DICOM in the patient's record, so it is parked with the check's message, audited, and
+    nothing leaves; the message names the attribute, not the value."""
+    from storage.models import AuditEvent, Instance
+
+    _, sender, sent = _signed_study(sessions, tmp_path, ("2.25.11", "2.25.21"),
+                                    original={"accession_number": "ACC-0123456789-XYZ"})
+    assert sender.run_once() is True
+    with sessions() as s:
+        row = s.query(Result).one()
+        assert row.state == "failed" and row.last_error.startswith("sr failed validation: AccessionNumber")
+        assert "ACC-0123456789" not in row.last_error
+        events = [(e.event_type, e.outcome, e.details) for e in s.query(AuditEvent).order_by(AuditEvent.seq)]
+        assert {i.state for i in s.query(Instance)} == {"predicted"}
+    failed = [d for t, o, d in events if t == "result.failed"]
+    assert len(failed) == 1 and "failed validation" in str(failed[0]) and "ACC-0123456789" not in str(events)
+    assert sent == []
+
+
+def test_the_report_sent_names_the_current_models_device(sessions, tmp_path: Path):
+    """The sender reads the model's weights hash from the registry manifest (no torch load)."""
+    from cxrmodel.manifest import Manifest
+
+    _, sender, sent = _signed_study(sessions, tmp_path, ("2.25.11",))
+    (tmp_path / "models" / "v1").mkdir(parents=True)
+    (tmp_path / "models" / "v1" / "manifest.json").write_text(
+        Manifest().stamped("v1", "12" * 32).to_json(), encoding="utf-8")
+    assert sender.run_once() is True
+    [[sr]] = sent
+    [ours] = [e for e in sr.ContributingEquipmentSequence if e.Manufacturer == "cxrd"]
+    assert ours.DeviceUID == report.ModelIdentity("v1", "12" * 32).device_uid
