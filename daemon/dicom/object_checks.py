@@ -47,7 +47,7 @@ _SC: tuple[tuple[str, bool], ...] = (
     ("ConversionType", False), ("Rows", False), ("Columns", False), ("SamplesPerPixel", False),
     ("PhotometricInterpretation", False), ("BitsAllocated", False), ("BitsStored", False),
     ("HighBit", False), ("PixelRepresentation", False), ("PixelData", False),
-    ("BurnedInAnnotation", False), ("SourceImageSequence", False), ("PatientOrientation", True),
+    ("SourceImageSequence", False), ("PatientOrientation", True),
 )
 
 _VALUE_OF = {"CODE": "ConceptCodeSequence", "NUM": "MeasuredValueSequence", "TEXT": "TextValue",
@@ -202,5 +202,7 @@ def _check_pixels(ds: Dataset) -> None:
     actual = len(ds.PixelData)
     if actual not in (expected, expected + 1):  # one pad byte keeps an odd length even
         raise ObjectCheckError(f"Pixel Data holds {actual} bytes where the header says {expected}")
-    if str(ds.BurnedInAnnotation) not in ("YES", "NO"):
+    # Type 3 in the SC IOD: absent when the source said nothing (the SC copies its pixels and cannot
+    # know), but never anything other than YES or NO when present.
+    if "BurnedInAnnotation" in ds and str(ds.BurnedInAnnotation) not in ("YES", "NO"):
         raise ObjectCheckError("Burned In Annotation is neither YES nor NO")
