@@ -55,6 +55,7 @@ MODE_RECIPE = {"finetune": "bootstrap", "frozen": "frozen-backbone"}
 CHECKPOINT = "checkpoint.pt"
 MODEL_FILE = "model.pt"
 RESULT_FILE = "result.json"
+TEST_PREDICTIONS = "test_predictions.npz"  # truth and probabilities on the test split: what promotion is judged on
 
 
 def get_args_parser(add_help: bool = True, require_out: bool = True) -> argparse.ArgumentParser:
@@ -460,6 +461,7 @@ def main(
     test_report = E.report(Y["test"], Pte, thresholds, n_boot=args.n_boot, seed=args.seed) if test_e else None
     val_report = E.report(Y["val"], Pva, thresholds, n_boot=0)
     torch.save(model.state_dict(), out / MODEL_FILE)
+    np.savez(out / TEST_PREDICTIONS, truth=Y["test"], probabilities=Pte)
     if test_e:
         E.write_roc_png(Y["test"], Pte, out / "roc_test.png", title=f"ROC on held-out test patients ({len(test_e)} images)")
     seconds = time.perf_counter() - started
@@ -488,6 +490,12 @@ def main(
     if test_report is not None:
         log(args, f"test mean AUROC {test_report['mean_auroc']:.4f} on {len(test_e)} images; {seconds:.0f}s total")
     return result
+
+
+def load_test_predictions(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, probabilities) of the trained model on its held-out test split, as `main` wrote them."""
+    with np.load(Path(out) / TEST_PREDICTIONS, allow_pickle=False) as f:
+        return f["truth"], f["probabilities"]
 
 
 def load_trained(out: Path) -> tuple[ChestNet, dict[str, Any]]:
