@@ -138,19 +138,29 @@ def _print_predictions(rows: list[dict[str, Any]], thresholds: list[float]) -> N
 
 
 def run_list(args: argparse.Namespace, rt: Runtime) -> int:
+    from cxrmodel.promotion import judge
+
     infos = rt.registry.list()
+    floor = _floor(rt)
+    verdicts = {i.version: judge(i.metrics, floor) for i in infos}
     if args.format == "json":
-        json.dump([i.to_dict() for i in infos], sys.stdout, indent=2)
+        json.dump([{**i.to_dict(), "promotion_floor": {"passed": verdicts[i.version].passed,
+                                                       "summary": verdicts[i.version].summary}}
+                   for i in infos], sys.stdout, indent=2)
         print()
         return 0
     if not infos:
         print("no models yet: `cxrd train` or `cxrd model import FILE --format ...`")
         return 0
-    print(f"{'':2}{'VERSION':<34}{'CREATED':<27}{'SOURCE':<17}MEAN AUROC")
+    print(f"{'':2}{'VERSION':<34}{'CREATED':<27}{'SOURCE':<17}{'MEAN AUROC':<12}FLOOR")
     for i in infos:
         auroc = i.metrics.get("mean_auroc")
         auroc_text = f"{float(auroc):.4f}" if isinstance(auroc, (int, float)) else "-"
-        print(f"{'*' if i.current else ' ':2}{i.version:<34}{i.created:<27}{i.source or '-':<17}{auroc_text}")
+        verdict = verdicts[i.version]
+        floor_text = "clears" if verdict.passed else ("not evaluated" if "no evaluation" in verdict.summary
+                                                      else "below")
+        print(f"{'*' if i.current else ' ':2}{i.version:<34}{i.created:<27}{i.source or '-':<17}{auroc_text:<12}"
+              f"{floor_text}")
     return 0
 
 

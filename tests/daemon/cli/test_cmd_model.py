@@ -102,7 +102,8 @@ def test_import_list_predict_promote_rollback(cxrd, checkpoints, shared_data, tm
     assert listed["chex1"]["current"] and not listed["imagenet1"]["current"]
     assert listed["chex1"]["source"] == "chexnet"
     code, out, _ = cxrd("model", "list")
-    assert "* chex1" in out
+    assert "* chex1" in out and "FLOOR" in out and "not evaluated" in out
+    assert not listed["chex1"]["promotion_floor"]["passed"]
 
     files = [shared_data / "nih/images/00000001_000.png",
              shared_data / "dicom/derived/nih_00000001_000_rle-lossless.dcm"]
@@ -179,6 +180,8 @@ def test_random_weights_evaluated_on_real_images_are_not_promoted(cxrd, checkpoi
     assert reg.manifest("rand").metrics["evaluated_on"] == "eval, all images"
     code, _, err = cxrd("model", "promote", "rand")
     assert code == 1 and "rand not promoted" in err
+    code, out, _ = cxrd("model", "list")
+    assert out.splitlines()[1].startswith("  rand") and out.splitlines()[1].endswith("below")
     code, out, _ = cxrd("model", "promote", "rand", "--force")
     assert code == 0 and reg.current().version == "rand"
     events = audit_events(tmp_path)
