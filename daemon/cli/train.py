@@ -121,8 +121,9 @@ def run_train(args: argparse.Namespace, rt: Runtime) -> int:
     better, reasons = E.compare(test_report, current_report, margin)
     floor = Floor.of(rt.settings.model.promotion)
     truth, probabilities = T.load_test_predictions(args.out)
+    # the floor's interval always gets 1000 resamples (about a second), whatever --n-boot the report used
     metrics = with_evidence(E.manifest_metrics(test_report, "test split (patient-disjoint)"), truth, probabilities,
-                            floor, n_boot=max(args.n_boot, 1), seed=args.seed)
+                            floor, n_boot=max(args.n_boot, 1000), seed=args.seed)
     verdict = judge(metrics, floor)
     # what stands between this model and promotion, each a line naming the number and the limit
     blockers = list(verdict.failures) + ([] if better or args.promote == "always" else reasons)
