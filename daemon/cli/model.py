@@ -75,7 +75,8 @@ def register(sub) -> None:  # noqa: ANN001
     a.add_argument("--promote-without-evaluation", action="store_true",
                    help="make it current with no evaluation at all (audited as such)")
     a.add_argument("--force", action="store_true",
-                   help="with --promote: promote even if the evaluation does not clear the floor (audited)")
+                   help="with --promote and --evaluate-on: promote even if the evaluation does not clear the floor "
+                        "(audited)")
     a.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for --evaluate-on")
     a.add_argument("--labels", metavar="NAMES",
                    help="comma-separated output names of the checkpoint in its order (chexnet: the 14 "
@@ -231,8 +232,9 @@ def run_import(args: argparse.Namespace, rt: Runtime) -> int:
     from cxrmodel.promotion import judge
     from cxrmodel.weights import import_file
 
-    if args.force and not args.promote:
-        raise CommandError("--force only applies with --promote", 2)
+    if args.force and not (args.promote and args.evaluate_on is not None):
+        raise CommandError("--force overrides a failed evaluation: it needs --promote and --evaluate-on "
+                           "(to promote with no evaluation: --promote-without-evaluation)", 2)
     if args.promote_without_evaluation and (args.evaluate_on is not None or args.force):
         raise CommandError("--promote-without-evaluation cannot be combined with --evaluate-on or --force", 2)
     kwargs: dict[str, Any] = {}

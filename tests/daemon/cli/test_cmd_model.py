@@ -189,7 +189,10 @@ def test_random_weights_evaluated_on_real_images_are_not_promoted(cxrd, checkpoi
     forced = events[-1][1]
     assert forced["forced"] and forced["overridden"] == forced["promotion"]["failures"]
     assert forced["promotion"]["floor"] == {"min_auroc_lower_bound": 0.5, "min_positives": 10}
-    # usage errors: --force without --promote, or unevaluated promotion combined with an evaluation
+    # usage errors: --force without --promote and an evaluation, or unevaluated promotion with an evaluation
     assert cxrd("model", "import", str(checkpoints["torchvision"]), "--format", "torchvision", "--force")[0] == 2
+    code, _, err = cxrd("model", "import", str(checkpoints["torchvision"]), "--format", "torchvision", "--promote",
+                        "--force")  # no evaluation: only --promote-without-evaluation makes it current
+    assert code == 2 and "--promote-without-evaluation" in err and len(reg.list()) == 1
     assert cxrd("model", "import", str(checkpoints["torchvision"]), "--format", "torchvision",
                 "--promote-without-evaluation", "--evaluate-on", str(data))[0] == 2
