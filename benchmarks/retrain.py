@@ -45,7 +45,8 @@ def main() -> None:
     p.add_argument("--skip-seed", action="store_true")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    common = ["--max-images", str(a.images), "--size", str(a.size), "--epochs", str(a.epochs),
+    # the feature cache is the frozen-backbone recipe's (no longer the default): name it
+    common = ["--recipe", "frozen-backbone", "--max-images", str(a.images), "--size", str(a.size), "--epochs", str(a.epochs),
               "--threads", str(a.threads), "--n-boot", "200"]
     seal, unseal = FC.aesgcm_pair(os.urandom(32))
     rows = []

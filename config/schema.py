@@ -124,6 +124,19 @@ class Deid:
 
 
 @dataclass(frozen=True)
+class Promotion:
+    min_auroc_lower_bound: float = _f(0.5, "A model becomes current (by training, import, retraining or "
+                                           "`cxrd model promote`) only if the lower end of the 95% bootstrap "
+                                           "confidence interval of its mean AUROC on held-out images is above "
+                                           "this; 0.5 = shown better than chance. `--force` overrides, audited",
+                                      min=0.0, max=1.0)
+    min_positives: int = _f(10, "A finding is judged on its own only with at least this many positive and "
+                                "this many negative evaluation images; a judged finding whose AUROC 95% CI "
+                                "lies entirely below 0.5 blocks promotion; at least one finding must be "
+                                "judged. Findings with fewer are named as not judged", min=1, max=100000)
+
+
+@dataclass(frozen=True)
 class Model:
     device: str = _f("cpu", "Torch device for inference (cpu, cuda, cuda:0, ...)")
     batch_size: int = _f(8, "Images per inference batch", min=1, max=512)
@@ -135,6 +148,7 @@ class Model:
                               "the accuracy bound", choices=("auto", "fp32", "channels_last", "bf16", "onnx"))
     workers: int = _f(1, "1 = this `serve` process runs the inference worker; 0 = ingest-only role "
                          "(another daemon sharing the database does inference)", min=0, max=1)
+    promotion: Promotion = _f(Promotion, "The evidence a model needs before it becomes current", factory=True)
 
 
 @dataclass(frozen=True)

@@ -24,3 +24,12 @@ class NoModelError(ModelError):
 
 class IntegrityError(ModelError):
     """A model's weights file does not match the sha256 recorded in its manifest."""
+
+
+class DuplicateModelError(ModelError):
+    """The weights being added are the very file (same sha256, same format and mapping) of a version
+    already in the registry; `version` names it."""
+
+    def __init__(self, message: str, version: str):
+        super().__init__(message)
+        self.version = version

@@ -138,7 +138,8 @@ def report(
 
 
 def manifest_metrics(rep: Mapping[str, Any], split: str) -> dict[str, Any]:
-    """The compact part of a report that goes into `manifest.json`."""
+    """The compact part of a report that goes into `manifest.json`: also what the promotion floor
+    (`promotion.judge`) reads, so the per-label counts and CIs must stay in it."""
     return {
         "evaluated_on": split,
         "n_images": rep["n_images"],
@@ -146,6 +147,8 @@ def manifest_metrics(rep: Mapping[str, Any], split: str) -> dict[str, Any]:
         "mean_auroc_ci95": rep["mean_auroc_ci95"],
         "mean_accuracy": rep["mean_accuracy"],
         "auroc": {k: v["auroc"] for k, v in rep["labels"].items()},
+        "auroc_ci95": {k: v["auroc_ci95"] for k, v in rep["labels"].items()},
+        "positives": {k: v["positives"] for k, v in rep["labels"].items()},
         "accuracy": {k: v["accuracy"] for k, v in rep["labels"].items()},
     }
 

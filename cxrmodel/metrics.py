@@ -148,3 +148,25 @@ def per_label_aucs(Y: np.ndarray, P: np.ndarray) -> list[float | None]:
 
 def mean_auroc(Y: np.ndarray, P: np.ndarray) -> float | None:
     return mean_defined(per_label_aucs(Y, P))
+
+
+def bootstrap_mean_auc_ci(
+    Y: np.ndarray, P: np.ndarray, columns: list[int], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of the mean AUROC over `columns`, resampling images jointly (the
+    findings of one image are correlated). Only columns with enough positives should be passed: a
+    finding with one or two positives gives AUROCs of 0 or 1 that make the interval meaningless."""
+    Y, P = np.asarray(Y), np.asarray(P, dtype=np.float64)
+    if not columns or Y.shape[0] == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        i = rng.integers(0, Y.shape[0], Y.shape[0])
+        m = mean_defined([roc_auc(Y[i, k], P[i, k]) for k in columns])
+        if m is not None:
+            values.append(m)
+    if not values:
+        return None
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)

@@ -4,7 +4,10 @@
 in one file replaced atomically (write temp, fsync, rename): a crash leaves the old or the new
 pointer, never half of one, and `rollback` always knows where to return. `history.jsonl` is an
 append-only log of promotions and rollbacks for people. Loading verifies the weights' sha256
-against the manifest, so a corrupted or swapped file is refused rather than used.
+against the manifest, so a corrupted or swapped file is refused rather than used. Importing a file
+that is already a version (same sha256 of the file, same format and output mapping) is refused
+with `DuplicateModelError` naming that version: one set of weights is one version, so its
+evaluation, promotions and predictions are not split across two names.
 
 Training hands a trained module here::
 
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import IntegrityError, ModelError, NoModelError
+from .errors import DuplicateModelError, IntegrityError, ModelError, NoModelError
 from .manifest import Manifest
 from .network import ArchSpec, ChestNet, build, probabilities
 from .pointer import CURRENT, read_pointer
@@ -183,6 +186,7 @@ class Registry:
         if base.architecture != getattr(module, "arch", base.architecture):
             raise ModelError("manifest architecture does not match the module")
 
+        imported_sha = str(base.source.get("sha256") or "") if isinstance(model, Imported) else ""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = Path(tempfile.mkdtemp(prefix=".add-", dir=self.root))
         try:
@@ -199,6 +203,8 @@ class Registry:
             (tmp / "manifest.json").write_text(stamped.to_json(), encoding="utf-8")
             _fsync_dir(tmp)
             with self._locked():
+                if imported_sha:  # checked under the lock: two imports of one file cannot both land
+                    self._refuse_duplicate(imported_sha, base)
                 if final.exists():
                     raise ModelError(f"model version {name!r} already exists")
                 os.rename(tmp, final)
@@ -209,6 +215,31 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return name
+
+    def same_weights(self, sha256: str, manifest: Manifest | None = None) -> str | None:
+        """The version whose weights came from the file with this sha256 (its import source, or its
+        stored weights file), with the same format and architecture as `manifest` when given."""
+        if not sha256 or not self.root.is_dir():
+            return None
+        for info in self.list():
+            m = self.manifest(info.version)
+            if sha256 not in (m.source.get("sha256"), m.weights_sha256):
+                continue
+            if manifest is not None and m.source.get("sha256") == sha256 and (
+                    m.source.get("format") != manifest.source.get("format")
+                    or m.architecture != manifest.architecture
+                    or m.source.get("pathologies") != manifest.source.get("pathologies")):
+                continue  # the same file read another way (other format or output names): another model
+            return info.version
+        return None
+
+    def _refuse_duplicate(self, sha256: str, manifest: Manifest) -> None:
+        existing = self.same_weights(sha256, manifest)
+        if existing is not None:
+            raise DuplicateModelError(
+                f"{manifest.source.get('file') or 'this file'} is already model {existing} (same file, sha256 "
+                f"{sha256[:12]}...): nothing imported; use that version (`cxrd model promote {existing}`)",
+                existing)
 
     def list(self) -> list[ModelInfo]:
         """All versions, oldest first."""

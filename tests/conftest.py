@@ -29,6 +29,50 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def chestxray14_set(shared_data: Path):
+    """Make a ChestX-ray14-format folder from real NIH rows `start`..`start+count`:
+
+    * "real": the rows as they are (images linked, never copied);
+    * "shuffled": the real Finding Labels dealt out to the wrong images (a seeded permutation), so
+      nothing learned from them can beat chance on held-out images;
+    * "learnable": every other image is stored with its grey levels inverted and labelled Effusion,
+      the rest "No Finding": a finding any model that learns at all learns in seconds, to test what
+      happens to a model that is shown better than chance.
+    """
+    import csv
+
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    src = shared_data / "nih"
+
+    def make(dest: Path, start: int, count: int, kind: str = "real") -> Path:
+        (dest / "images").mkdir(parents=True)
+        with open(src / "Data_Entry_2017.csv", newline="") as f:
+            rows = list(csv.reader(f))
+        header, rows = rows[0], rows[1 + start: 1 + start + count]
+        if kind == "shuffled":
+            findings = [r[1] for r in rows]
+            order = np.random.default_rng(start + count).permutation(len(rows))
+            rows = [[r[0], findings[j], *r[2:]] for r, j in zip(rows, order)]
+        for i, r in enumerate(rows):
+            if kind == "learnable":
+                positive = i % 2 == 0
+                r[1] = "Effusion" if positive else "No Finding"
+                img = Image.open(src / "images" / r[0]).convert("L")
+                (ImageOps.invert(img) if positive else img).save(dest / "images" / r[0])
+            else:
+                (dest / "images" / r[0]).symlink_to(src / "images" / r[0])
+        with open(dest / "Data_Entry_2017.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+        return dest
+
+    return make
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

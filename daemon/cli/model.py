@@ -4,8 +4,15 @@
 can check a model on a few films before promoting it, and IT can validate an installation. It
 applies the rules ingest applies (`chest_rule`, then `view_rule`, as configured) and refuses a
 file they put out of scope, naming the rule, unless `--force` is given; a forced result says so.
-A PNG carries no attributes: only its size is checked, and the output says the rules were not. Promote and rollback change what the daemon
-uses for every new image, so they are audited (`_audit`).
+A PNG carries no attributes: only its size is checked, and the output says the rules were not.
+Promote and rollback change what the daemon uses for every new image, so they are audited.
+
+A model becomes current (`promote`, `import --promote`) only if its evaluation on held-out labeled
+images clears the promotion floor (`cxrmodel.promotion`, `[model.promotion]`); a refusal is one
+line naming the number and the floor, and is audited. `--force` overrides the floor and the audit
+record names what it overrode; an import without evaluation data is made current only with
+`--promote-without-evaluation`. `rollback` is not judged: it returns to a model that was current
+before, and it is the way out of a bad model, which must never be blocked.
 """
 from __future__ import annotations
 
@@ -45,8 +52,15 @@ def register(sub) -> None:  # noqa: ANN001
     a.add_argument("--format", choices=("table", "json"), default="table")
     a.set_defaults(func=run_list)
 
-    a = actions.add_parser("promote", help="make VERSION the model used for new images")
+    a = actions.add_parser("promote", help="make VERSION the model used for new images (if its evidence "
+                                           "clears [model.promotion])")
     a.add_argument("version", metavar="VERSION")
+    a.add_argument("--evaluate-on", dest="evaluate_on", type=Path, metavar="DATA",
+                   help="judge it on this ChestX-ray14-format folder now instead of the evaluation in its "
+                        "manifest (all images; only the test split if it is the model's own training data)")
+    a.add_argument("--force", action="store_true",
+                   help="promote even if the evidence does not clear the floor or there is none (audited)")
+    a.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for --evaluate-on")
     a.set_defaults(func=run_promote)
 
     a = actions.add_parser("rollback", help="return to the model that was current before")
@@ -59,7 +73,17 @@ def register(sub) -> None:  # noqa: ANN001
                    help="torchvision: ImageNet DenseNet121 (new 14-output head, untrained); chexnet: "
                         "module.densenet121.* checkpoint; torchxrayvision: xrv DenseNet121 state dict")
     a.add_argument("--version", metavar="NAME", help="version name (default: UTC time + weights hash)")
-    a.add_argument("--promote", action="store_true", help="make it current right away")
+    a.add_argument("--promote", action="store_true",
+                   help="make it current right away if its evaluation (--evaluate-on) clears [model.promotion]")
+    a.add_argument("--evaluate-on", dest="evaluate_on", type=Path, metavar="DATA",
+                   help="evaluate it on this ChestX-ray14-format folder (all images) and record the result "
+                        "in its manifest; the evidence --promote is judged on")
+    a.add_argument("--promote-without-evaluation", action="store_true",
+                   help="make it current with no evaluation at all (audited as such)")
+    a.add_argument("--force", action="store_true",
+                   help="with --promote and --evaluate-on: promote even if the evaluation does not clear the floor "
+                        "(audited)")
+    a.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for --evaluate-on")
     a.add_argument("--labels", metavar="NAMES",
                    help="comma-separated output names of the checkpoint in its order (chexnet: the 14 "
                         "ChestX-ray14 findings; torchxrayvision: its 18 pathologies, '' for unused)")
@@ -165,28 +189,81 @@ def _print_predictions(rows: list[dict[str, Any]], thresholds: list[float]) -> N
 
 
 def run_list(args: argparse.Namespace, rt: Runtime) -> int:
+    from cxrmodel.promotion import judge
+
     infos = rt.registry.list()
+    floor = _floor(rt)
+    verdicts = {i.version: judge(i.metrics, floor) for i in infos}
     if args.format == "json":
-        json.dump([i.to_dict() for i in infos], sys.stdout, indent=2)
+        json.dump([{**i.to_dict(), "promotion_floor": {"passed": verdicts[i.version].passed,
+                                                       "summary": verdicts[i.version].summary}}
+                   for i in infos], sys.stdout, indent=2)
         print()
         return 0
     if not infos:
         print("no models yet: `cxrd train` or `cxrd model import FILE --format ...`")
         return 0
-    print(f"{'':2}{'VERSION':<34}{'CREATED':<27}{'SOURCE':<17}MEAN AUROC")
+    print(f"{'':2}{'VERSION':<34}{'CREATED':<27}{'SOURCE':<17}{'MEAN AUROC':<12}FLOOR")
     for i in infos:
         auroc = i.metrics.get("mean_auroc")
         auroc_text = f"{float(auroc):.4f}" if isinstance(auroc, (int, float)) else "-"
-        print(f"{'*' if i.current else ' ':2}{i.version:<34}{i.created:<27}{i.source or '-':<17}{auroc_text}")
+        verdict = verdicts[i.version]
+        floor_text = "clears" if verdict.passed else ("not evaluated" if "no evaluation" in verdict.summary
+                                                      else "below")
+        print(f"{'*' if i.current else ' ':2}{i.version:<34}{i.created:<27}{i.source or '-':<17}{auroc_text:<12}"
+              f"{floor_text}")
     return 0
 
 
+def _floor(rt: Runtime):  # noqa: ANN202 - cxrmodel.promotion.Floor (imported lazily: torch-free CLI start)
+    from cxrmodel.promotion import Floor
+    return Floor.of(rt.settings.model.promotion)
+
+
+def _evaluate_on(rt: Runtime, module: Any, manifest: Any, data: Path, n_boot: int, *,
+                 own_training_data: str = "") -> dict[str, Any]:
+    """Manifest metrics of a model on a ChestX-ray14-format folder: every image, except the model's
+    own training data, of which only the held-out test patients count (the rest it has seen)."""
+    from cxrmodel import evaluate as E
+    from cxrmodel.chestxray14 import read_dataset
+
+    dataset = read_dataset(data)
+    if own_training_data and Path(data).name == own_training_data:
+        entries, where = dataset.splits["test"], f"{Path(data).name}, test split (its training data)"
+    else:
+        entries, where = dataset.entries, f"{Path(data).name}, all images"
+    if not entries:
+        raise CommandError(f"no labeled images to evaluate on in {Path(data).name}")
+    from cxrmodel.promotion import with_evidence
+
+    report, truth, probabilities = E.evaluate_model(module, entries, manifest.preprocessing,
+                                                    activation=manifest.architecture.activation,
+                                                    thresholds=dict(manifest.thresholds), n_boot=n_boot)
+    return with_evidence(E.manifest_metrics(report, where), truth, probabilities, _floor(rt), n_boot=n_boot)
+
+
 def run_promote(args: argparse.Namespace, rt: Runtime) -> int:
+    from cxrmodel.promotion import judge
+
     reg = rt.registry
-    reg.load(args.version)  # refuse to promote a version whose weights fail verification
+    loaded = reg.load(args.version)  # refuse to promote a version whose weights fail verification
+    if args.evaluate_on is not None:
+        metrics = _evaluate_on(rt, loaded.module, loaded.manifest, args.evaluate_on, args.n_boot,
+                               own_training_data=str(loaded.manifest.training.get("data", "")))
+    else:
+        metrics = dict(loaded.manifest.metrics)
+    floor = _floor(rt)
+    verdict = judge(metrics, floor)
+    if not verdict.passed and not args.force:
+        rt.audit("model.rejected", outcome=4, version=args.version, refused=list(verdict.failures),
+                 promotion=verdict.audit_details(floor))
+        raise CommandError(f"{args.version} not promoted: {verdict.summary} (`--force` promotes it anyway, "
+                           f"audited)")
     previous = reg.promote(args.version)
-    rt.audit("model.promoted", version=args.version, previous=previous)
+    rt.audit("model.promoted", version=args.version, previous=previous, forced=not verdict.passed,
+             overridden=list(verdict.failures) or None, promotion=verdict.audit_details(floor))
     print(f"current model: {args.version}" + (f" (was {previous})" if previous and previous != args.version else ""))
+    print(("promoted by --force, overriding: " if not verdict.passed else "evidence: ") + verdict.summary)
     return 0
 
 
@@ -200,8 +277,16 @@ def run_rollback(args: argparse.Namespace, rt: Runtime) -> int:
 
 
 def run_import(args: argparse.Namespace, rt: Runtime) -> int:
+    from cxrmodel.errors import DuplicateModelError
+    from cxrmodel.manifest import Manifest
+    from cxrmodel.promotion import judge
     from cxrmodel.weights import import_file
 
+    if args.force and not (args.promote and args.evaluate_on is not None):
+        raise CommandError("--force overrides a failed evaluation: it needs --promote and --evaluate-on "
+                           "(to promote with no evaluation: --promote-without-evaluation)", 2)
+    if args.promote_without_evaluation and (args.evaluate_on is not None or args.force):
+        raise CommandError("--promote-without-evaluation cannot be combined with --evaluate-on or --force", 2)
     kwargs: dict[str, Any] = {}
     if args.weights_format != "torchvision":
         kwargs["allow_pickle"] = args.allow_pickle
@@ -213,16 +298,55 @@ def run_import(args: argparse.Namespace, rt: Runtime) -> int:
     imported = import_file(Path(args.file), args.weights_format, **kwargs)
     reg = rt.registry
     rt.ensure_state_dir()
+    sha256 = str(imported.source.get("sha256") or "")
+    existing = reg.same_weights(sha256, Manifest(architecture=imported.arch, source=imported.source))
+    if existing is not None:  # before a long evaluation; `add` checks again under the registry lock
+        raise CommandError(f"{Path(args.file).name} is already model {existing} (same file, sha256 "
+                           f"{sha256[:12]}...): nothing imported; use that version (`cxrd model promote "
+                           f"{existing}`)")
+    metrics = None
+    if args.evaluate_on is not None:
+        base = Manifest(architecture=imported.arch, preprocessing=imported.preprocess,
+                        thresholds=imported.thresholds, source=imported.source)
+        metrics = _evaluate_on(rt, imported.module, base, args.evaluate_on, args.n_boot)
+    floor = _floor(rt)
+    verdict = judge(metrics, floor)
+    promote = args.promote_without_evaluation or (args.promote and (verdict.passed or args.force))
     before = reg.current()
-    version = reg.add(imported, version=args.version, promote=args.promote)
-    rt.audit("model.imported", version=version, format=args.weights_format,
-             sha256=imported.source.get("sha256"), promoted=bool(args.promote))
-    if args.promote:
-        rt.audit("model.promoted", version=version, previous=before.version if before else None)
+    try:
+        version = reg.add(imported, version=args.version, promote=promote, metrics=metrics)
+    except DuplicateModelError as exc:
+        raise CommandError(str(exc)) from None
+    rt.audit("model.imported", version=version, format=args.weights_format, sha256=sha256, promoted=promote,
+             evaluated=metrics is not None, promotion=verdict.audit_details(floor) if metrics else None)
+    previous = before.version if before else None
+    refused = args.promote and not promote
+    if args.promote_without_evaluation:
+        rt.audit("model.promoted", version=version, previous=previous, forced=True,
+                 overridden=["no evaluation (--promote-without-evaluation)"], promotion=None)
+    elif promote:
+        rt.audit("model.promoted", version=version, previous=previous, forced=not verdict.passed,
+                 overridden=list(verdict.failures) or None, promotion=verdict.audit_details(floor))
+    elif refused:
+        rt.audit("model.rejected", outcome=4, version=version, refused=list(verdict.failures),
+                 promotion=verdict.audit_details(floor) if metrics else None)
     if args.out_format == "json":
-        json.dump({"version": version, "promoted": bool(args.promote), "source": imported.source}, sys.stdout, indent=2)
+        json.dump({"version": version, "promoted": promote, "source": imported.source, "metrics": metrics,
+                   "promotion_floor": verdict.summary}, sys.stdout, indent=2)
         print()
     else:
-        print(f"imported {Path(args.file).name} as model {version}" + (" (current)" if args.promote else
-                                                                          f"; promote with `cxrd model promote {version}`"))
+        print(f"imported {Path(args.file).name} as model {version}" + (" (current)" if promote else ""))
+        if metrics is not None:
+            print(("evidence: " if verdict.passed else "below the promotion floor: ") + verdict.summary)
+        if args.promote_without_evaluation:
+            print("promoted without any evaluation (--promote-without-evaluation, audited)")
+        elif promote and not verdict.passed:
+            print("promoted by --force, overriding the floor (audited)")
+        elif not promote and not refused:
+            print(f"promote with `cxrd model promote {version}`" +
+                  ("" if metrics else " --evaluate-on DATA (it has no evaluation yet)"))
+    if refused:
+        hint = ("`--force` promotes it anyway, audited" if metrics is not None else
+                "give --evaluate-on DATA (labeled ChestX-ray14-format images), or --promote-without-evaluation")
+        raise CommandError(f"imported as {version} but not promoted: {verdict.summary} ({hint})")
     return 0

@@ -1,9 +1,11 @@
 """`cxrd train` and `cxrd evaluate`: the CLI face of `cxrmodel.train` / `cxrmodel.evaluate`.
 
 Training writes into a work folder under the state directory (checkpoint per epoch, the sealed
-feature cache, the model and its report), then judges the candidate against the current model on
-the same held-out patients and registers it; it becomes current only if `compare` says so (or
-`--promote always`). The feature cache is sealed with a key derived from the master key, so
+feature cache, the model and its report), then judges the candidate and registers it. It becomes
+current only if its held-out evaluation clears the promotion floor (`cxrmodel.promotion`,
+`[model.promotion]`: shown better than chance) and, with `--promote auto`, `compare` finds it not
+worse than the current model on the same held-out patients. `--force` overrides both and is audited
+with what it overrode. The feature cache is sealed with a key derived from the master key, so
 features of patient images are never on disk in clear.
 """
 from __future__ import annotations
@@ -27,9 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     subparsers.add_parser(
         "train", arguments=_train_parser,
         help="train a model from ChestX-ray14-format data and register it",
-        description="Train a DenseNet121 (frozen backbone + feature cache by default) on ChestX-ray14-format "
-                    "data, evaluate it and the current model on the same held-out patients, register it, and "
-                    "promote it if it is not worse.")
+        description="Train a DenseNet121 on ChestX-ray14-format data (recipe bootstrap by default: the whole "
+                    "network from scratch at 128 px; --recipe frozen-backbone is the paper's fast, chance-level "
+                    "recipe), evaluate it and the current model on the same held-out patients, register it, and "
+                    "promote it only if its evidence clears [model.promotion] and it is not worse.")
 
     ev = subparsers.add_parser("evaluate", help="evaluate a registered model on ChestX-ray14-format data",
                                description="Per-label AUROC with 95%% CI, average precision, accuracy/F1 at the "
@@ -57,7 +60,12 @@ def _train_parser(made_with: dict[str, Any]) -> argparse.ArgumentParser:
     options = get_args_parser(add_help=False, require_out=False)
     train = CommandParser(**{**made_with, "parents": [*made_with.get("parents", []), options]})
     train.add_argument("--promote", choices=("auto", "always", "never"), default="auto",
-                       help="auto: only if mean AUROC is not worse and no label drops by more than the margin")
+                       help="auto: only if it clears the promotion floor ([model.promotion]) and mean AUROC is "
+                            "not worse than the current model's and no label drops by more than the margin; "
+                            "always: skip the comparison with the current model (the floor still applies)")
+    train.add_argument("--force", action="store_true",
+                       help="promote even if the evidence does not clear the floor or the comparison "
+                            "(audited with what was overridden)")
     train.add_argument("--max-auroc-drop", type=float, default=None,
                        help="per-label AUROC margin for --promote auto (default: [retrain] max_auroc_drop)")
     train.add_argument("--from-current", action="store_true", help="start from the current model's weights")
@@ -95,7 +103,10 @@ def _threads(args: argparse.Namespace, rt: Runtime) -> int:
 def run_train(args: argparse.Namespace, rt: Runtime) -> int:
     from cxrmodel import evaluate as E
     from cxrmodel import train as T
+    from cxrmodel.promotion import Floor, judge, with_evidence
 
+    if args.force and args.promote == "never":
+        raise CommandError("--force promotes the model; it cannot be combined with --promote never", 2)
     _prepare(args, rt)
     seal, unseal = feature_cache_sealers(rt)
     T.main(args, seal=seal, unseal=unseal)
@@ -108,16 +119,37 @@ def run_train(args: argparse.Namespace, rt: Runtime) -> int:
     if margin is None:
         margin = float(getattr(getattr(rt.settings, "retrain", None), "max_auroc_drop", 0.02))
     better, reasons = E.compare(test_report, current_report, margin)
-    promote = args.promote == "always" or (args.promote == "auto" and better)
-    version = _register(rt.registry, args, model, result, promote, current_version)
+    floor = Floor.of(rt.settings.model.promotion)
+    truth, probabilities = T.load_test_predictions(args.out)
+    # the floor's interval always gets 1000 resamples (about a second), whatever --n-boot the report used
+    metrics = with_evidence(E.manifest_metrics(test_report, "test split (patient-disjoint)"), truth, probabilities,
+                            floor, n_boot=max(args.n_boot, 1000), seed=args.seed)
+    verdict = judge(metrics, floor)
+    # what stands between this model and promotion, each a line naming the number and the limit
+    blockers = list(verdict.failures) + ([] if better or args.promote == "always" else reasons)
+    if args.promote == "never":
+        promote = False
+    else:
+        promote = args.force or not blockers
+    version = _register(rt.registry, args, model, result, metrics, promote, current_version)
     rt.audit("model.trained", version=version, mean_auroc=test_report["mean_auroc"], data=Path(args.data).name)
     if promote:
-        rt.audit("model.promoted", version=version, previous=current_version, reasons=reasons[:20])
+        rt.audit("model.promoted", version=version, previous=current_version, reasons=reasons[:20],
+                 forced=bool(blockers), overridden=blockers[:20] if blockers else None,
+                 promotion=verdict.audit_details(floor))
+    elif args.promote != "never":
+        rt.audit("model.rejected", outcome=4, version=version, refused=blockers[:20],
+                 promotion=verdict.audit_details(floor))
     (Path(args.out) / "test_report.json").write_text(json.dumps(test_report, indent=2) + "\n")
     summary: dict[str, Any] = {
         "version": version,
         "promoted": promote,
+        "forced": bool(promote and blockers),
+        "not_promoted_because": [] if promote or args.promote == "never" else blockers,
+        "overridden": blockers if promote else [],
+        "promotion_floor": verdict.summary,
         "reasons": reasons,
+        "recipe": result["training"].get("recipe"),
         "mean_auroc": test_report["mean_auroc"],
         "mean_auroc_ci95": test_report["mean_auroc_ci95"],
         "mean_accuracy": test_report["mean_accuracy"],
@@ -129,7 +161,9 @@ def run_train(args: argparse.Namespace, rt: Runtime) -> int:
     if args.format == "json":
         print(json.dumps(summary, indent=2))
     else:
-        _print_summary(summary)
+        _print_summary(summary, args.promote)
+    if args.promote == "always" and not promote:  # an explicit request that was not carried out
+        return 1
     return 0
 
 
@@ -173,9 +207,8 @@ def _judge_current(registry: Registry, args: argparse.Namespace,
 
 
 def _register(registry: Registry, args: argparse.Namespace, model: Any, result: dict[str, Any],
-              promote: bool, current_version: str | None) -> str:
+              metrics: dict[str, Any], promote: bool, current_version: str | None) -> str:
     """Add the trained model with its thresholds, test metrics and a training summary; its version."""
-    from cxrmodel import evaluate as E
     from cxrmodel.preprocess import PreprocessSpec
 
     training = {k: v for k, v in result["training"].items() if k != "history"}
@@ -183,18 +216,25 @@ def _register(registry: Registry, args: argparse.Namespace, model: Any, result: 
     training["data"] = Path(args.data).name
     return registry.add(
         model, version=args.version, promote=promote, thresholds=result["thresholds"],
-        metrics=E.manifest_metrics(result["test_report"], "test split (patient-disjoint)"), training=training,
+        metrics=metrics, training=training,
         preprocessing=PreprocessSpec.from_dict(result["preprocessing"]),
         source={"format": "cxrd-train", "compared_with": current_version})
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _print_summary(summary: dict[str, Any], promote: str) -> None:
     version, ci = summary["version"], summary["mean_auroc_ci95"]
     print(f"model {version}: test mean AUROC {summary['mean_auroc']:.4f} "
           f"(95% CI {ci[0]:.3f}-{ci[1]:.3f})"
           if ci else f"model {version}: test mean AUROC {summary['mean_auroc']:.4f}")
-    print(f"{'promoted to current' if summary['promoted'] else 'registered, not promoted'}: "
-          + "; ".join(summary["reasons"]))
+    if summary["promoted"] and summary["forced"]:
+        print("promoted to current by --force, overriding: " + "; ".join(summary["overridden"]))
+    elif summary["promoted"]:
+        print("promoted to current: " + summary["promotion_floor"] + "; " + "; ".join(summary["reasons"]))
+    elif promote == "never":
+        print(f"registered, not promoted (--promote never); promote with `cxrd model promote {version}`")
+    else:
+        print("registered, not promoted: " + "; ".join(summary["not_promoted_because"])
+              + f" (`cxrd model promote {version} --force` overrides, audited)")
 
 
 def _print_table(report: dict[str, Any], out: Any = sys.stdout) -> None:

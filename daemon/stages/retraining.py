@@ -4,8 +4,10 @@ New data arrives as ChestX-ray14-format batches in the inbox (`{inbox}/<batch>/D
 + `images/`). A run trains on every batch (old and new), starting from the current model's weights
 when there is one, in a child process with a thread cap and lower priority so the SCP keeps its
 speed. The candidate and the current model are then evaluated on the same held-out patients and the
-candidate is promoted only if it is not worse (`cxrmodel.evaluate.compare`); otherwise it is kept,
-unpromoted, with its report. Every run, promotion and rejection is a `retrain_runs` row and audited.
+candidate is promoted only if its evidence clears the promotion floor (`cxrmodel.promotion`,
+`[model.promotion]`: shown better than chance; the first model too) and it is not worse than the
+current model (`cxrmodel.evaluate.compare`); otherwise it is kept, unpromoted, with its report and
+the reasons. Every run, promotion and rejection is a `retrain_runs` row and audited.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from cxrmodel import evaluate as E
 from cxrmodel.chestxray14 import read_dataset
 from cxrmodel.errors import ModelError, NoModelError
 from cxrmodel.preprocess import PreprocessSpec
+from cxrmodel.promotion import Floor, judge, with_evidence
 from cxrmodel.train import load_trained
 from daemon.ops.logs import event
 from daemon.runtime import Runtime
@@ -115,19 +118,25 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
         spec = PreprocessSpec.from_dict(result["preprocessing"])
         test_names = set(result["test_images"])
         test = [e for e in read_dataset(data).entries if e.image in test_names]
-        cand_report, _, _ = E.evaluate_model(candidate, test, spec, activation=result["activation"],
-                                             thresholds=result["thresholds"], n_boot=200)
+        cand_report, truth, probabilities = E.evaluate_model(candidate, test, spec, activation=result["activation"],
+                                                             thresholds=result["thresholds"], n_boot=1000)
         cur_report = None
         if current is not None:
             cur_report, _, _ = E.evaluate_model(current.module, test, current.manifest.preprocessing,
                                                 activation=current.manifest.architecture.activation,
                                                 thresholds=dict(current.manifest.thresholds), n_boot=200)
-        promote, reasons = E.compare(cand_report, cur_report, s.max_auroc_drop)
+        better, reasons = E.compare(cand_report, cur_report, s.max_auroc_drop)
+        floor = Floor.of(rt.settings.model.promotion)
+        metrics = with_evidence(E.manifest_metrics(cand_report, "test"), truth, probabilities, floor)
+        verdict = judge(metrics, floor)
+        promote = better and verdict.passed
+        reasons = list(verdict.failures) + reasons  # the floor first: it is the reason a person reads
         version = rt.registry.add(candidate, promote=promote, thresholds=result["thresholds"],
-                                  preprocessing=spec, metrics=E.manifest_metrics(cand_report, "test"),
+                                  preprocessing=spec, metrics=metrics,
                                   training={**result["training"], "batches": [b.name for b in batches]},
                                   source={"format": "cxrd-retrain", "run": run_id})
         summary.update(candidate=version, previous=current.version if current else None, reasons=reasons,
+                       promotion=verdict.audit_details(floor),
                        candidate_mean_auroc=cand_report.get("mean_auroc"),
                        current_mean_auroc=cur_report.get("mean_auroc") if cur_report else None)
         return _finish(rt, run_id, "promoted" if promote else "rejected", summary, version)
@@ -180,11 +189,13 @@ def _finish(rt: Runtime, run_id: int, outcome: str, summary: dict[str, Any], ver
             audit.append(session, rt.keys.audit_key, event_type="model.trained", actor=actor, host=host,
                          details={"run": run_id, "version": version, "new_images": summary["new_images"]})
             audit.append(session, rt.keys.audit_key, event_type=f"model.{outcome}", actor=actor, host=host,
-                         details={"run": run_id, "version": version, "reasons": summary.get("reasons", [])[:20]})
+                         details={"run": run_id, "version": version, "reasons": summary.get("reasons", [])[:20],
+                                  "previous": summary.get("previous"), "promotion": summary.get("promotion")})
         elif outcome == "failed":
             audit.append(session, rt.keys.audit_key, event_type="model.trained", outcome=8, actor=actor,
                          host=host, details={"run": run_id, "error": summary.get("error", "")})
-    event(log, "retrain.finished", run=run_id, outcome=outcome, version=version)
+    why = (summary.get("reasons") or [""])[0] if outcome == "rejected" else ""
+    event(log, "retrain.finished", run=run_id, outcome=outcome, version=version, **({"why": why} if why else {}))
     return summary
 
 

@@ -107,3 +107,31 @@ def test_manifest_rejects_unknown_labels_and_bad_thresholds():
         Manifest(thresholds={"Mass": 1.5})
     m = Manifest(thresholds={"Mass": 0.2}, metrics={"auroc": {"Mass": torch.tensor(0.7)}})
     assert Manifest.from_json(m.to_json()).thresholds == {"Mass": 0.2}
+
+
+def test_the_same_weights_file_is_one_version(tmp_path, model):
+    """Importing the very file again is refused naming the version it is (under the registry lock);
+    the same bytes read with another output mapping are another model."""
+    from cxrmodel.errors import DuplicateModelError
+    from cxrmodel.labels import LABELS
+    from cxrmodel.weights import import_file
+
+    path = tmp_path / "chest.pth"
+    torch.save(model.state_dict(), path)
+    reg = Registry(tmp_path / "models")
+    first = reg.add(import_file(path, "torchvision"), version="first")
+    again = import_file(path, "torchvision")
+    assert reg.same_weights(again.source["sha256"], Manifest(architecture=again.arch, source=again.source)) == first
+    with pytest.raises(DuplicateModelError, match="already model first") as caught:
+        reg.add(again, version="second")
+    assert caught.value.version == "first" and [i.version for i in reg.list()] == ["first"]
+    assert not any(p.name.startswith(".add-") for p in (tmp_path / "models").iterdir())  # nothing left behind
+    # a cxrd model's own weights.pt imported elsewhere is the same weights too
+    stored = tmp_path / "models" / "first" / "weights.pt"
+    with pytest.raises(DuplicateModelError):
+        reg.add(import_file(stored, "torchvision"))
+    torch.save({"state_dict": {f"module.densenet121.{k}".replace("classifier.", "classifier.0."): v
+                               for k, v in model.state_dict().items()}}, tmp_path / "chexnet.pth")
+    reg.add(import_file(tmp_path / "chexnet.pth", "chexnet"), version="straight")
+    reversed_labels = import_file(tmp_path / "chexnet.pth", "chexnet", labels=list(reversed(LABELS)))
+    assert reg.add(reversed_labels, version="reversed") == "reversed"

@@ -15,7 +15,10 @@ from cxrmodel import train as T
 from cxrmodel.errors import ModelError
 from cxrmodel.labels import LABELS
 
-FAST = ["--max-images", "70", "--size", "32", "--views", "2", "--threads", "2", "--n-boot", "20", "--quiet"]
+# The paper's frozen-backbone recipe: these tests are about the feature cache, resume and modes, and it
+# is the recipe that trains in seconds.
+FAST = ["--recipe", "frozen-backbone", "--max-images", "70", "--size", "32", "--views", "2", "--threads", "2",
+        "--n-boot", "20", "--quiet"]
 
 
 def _args(shared_data: Path, out: Path, *extra: str):
@@ -143,3 +146,19 @@ def test_report_has_the_documented_fields(tmp_path: Path) -> None:
     png = E.write_roc_png(Y, P, tmp_path / "roc.png")
     from PIL import Image
     assert Image.open(png).size == (980, 720)
+
+
+def test_default_recipe_is_bootstrap_and_explicit_options_win(shared_data: Path, tmp_path: Path) -> None:
+    """A new user's `cxrd train --data X` trains the best recipe we have, not the chance-level paper's."""
+    parse = T.get_args_parser().parse_args
+    base = ["--data", str(shared_data / "nih"), "--out", str(tmp_path)]
+    default = T.apply_recipe(parse(base))
+    assert default.recipe == T.DEFAULT_RECIPE == "bootstrap"
+    assert (default.mode, default.size, default.epochs, default.batch_size) == ("finetune", 128, 10, 16)
+    mine = T.apply_recipe(parse([*base, "--epochs", "2", "--size", "64"]))
+    assert (mine.recipe, mine.mode, mine.epochs, mine.size) == ("bootstrap", "finetune", 2, 64)
+    paper = T.apply_recipe(parse([*base, "--recipe", "frozen-backbone"]))
+    assert (paper.mode, paper.size, paper.batch_size) == ("frozen", 224, None)
+    assert T.apply_recipe(parse([*base, "--mode", "frozen"])).recipe == "frozen-backbone"
+    again = T.apply_recipe(T.apply_recipe(parse([*base, "--lr", "0.01"])))
+    assert again.lr == 0.01 and again.recipe == "bootstrap"

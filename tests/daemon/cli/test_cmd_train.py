@@ -8,7 +8,8 @@ import pytest
 
 from daemon.cli import main as cli
 
-TINY = ["--max-images", "90", "--size", "48", "--views", "2", "--threads", "2", "--quiet", "--n-boot", "20"]
+# The paper's frozen-backbone recipe at 48 px: seconds per run on two cores.
+TINY = ["--recipe", "frozen-backbone", "--size", "48", "--views", "1", "--threads", "2", "--quiet", "--n-boot", "200"]
 
 
 @pytest.fixture()
@@ -22,28 +23,96 @@ def cxrd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return run
 
 
+def model_events(tmp_path: Path) -> list[tuple[str, dict]]:
+    from sqlalchemy import select
+
+    from config import load_settings
+    from daemon.runtime import Runtime
+    from storage.models import AuditEvent
+
+    rt = Runtime(load_settings(None, env={"CXRD_STORAGE__STATE_DIR": str(tmp_path / "state")}))
+    with rt.read_sessions() as s:
+        rows = s.execute(select(AuditEvent.event_type, AuditEvent.details).order_by(AuditEvent.seq)).all()
+    return [(t, json.loads(d)) for t, d in rows if t.startswith("model.")]
+
+
 @pytest.mark.slow
-def test_train_registers_promotes_then_judges_the_next_candidate(cxrd, shared_data: Path, capsys, tmp_path: Path) -> None:
-    data = str(shared_data / "nih")
+def test_train_registers_promotes_then_judges_the_next_candidate(cxrd, chestxray14_set, capsys, tmp_path: Path) -> None:
+    # a finding the model can learn: shown better than chance on held-out patients, so it is promoted
+    data = str(chestxray14_set(tmp_path / "learnable", 0, 140, "learnable"))
     capsys.readouterr()
-    assert cxrd("train", "--data", data, "--epochs", "2", *TINY, "--format", "json") == 0
+    cache = ["--cache-dir", str(tmp_path / "features")]  # the second run computes no feature again
+    assert cxrd("train", "--data", data, "--epochs", "2", *TINY, *cache, "--format", "json") == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["promoted"] and first["current_version"] is None
+    assert first["promoted"] and not first["forced"] and first["current_version"] is None, first
+    assert first["mean_auroc_ci95"][0] > 0.5 and "above the floor 0.500" in first["promotion_floor"]
     # features are sealed on disk, never plain numpy files
-    feats = list(Path(first["work_dir"]).joinpath("features").rglob("*.feat"))
+    feats = list((tmp_path / "features").rglob("*.feat"))
     assert feats and all(b"NUMPY" not in f.read_bytes() for f in feats)
 
-    assert cxrd("train", "--data", data, "--epochs", "1", *TINY, "--promote", "never", "--format", "json") == 0
+    assert cxrd("train", "--data", data, "--epochs", "1", *TINY, *cache, "--promote", "never", "--format", "json") == 0
     second = json.loads(capsys.readouterr().out)
     assert not second["promoted"] and second["current_version"] == first["version"]
     # the current model, re-evaluated on the same held-out patients, scores what training reported
     assert second["current_mean_auroc"] == pytest.approx(first["mean_auroc"], abs=1e-3)
+    promoted = [d for e, d in model_events(tmp_path) if e == "model.promoted"]
+    assert len(promoted) == 1 and promoted[0]["version"] == first["version"] and not promoted[0]["forced"]
+    assert promoted[0]["promotion"]["passed"] and promoted[0]["promotion"]["floor"]["min_auroc_lower_bound"] == 0.5
 
     out = tmp_path / "eval"
     assert cxrd("evaluate", "--data", data, "--split", "val", "--n-boot", "20", "--out", str(out), "--format", "json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == first["version"] and report["n_images"] > 0
     assert (out / "report.json").is_file() and (out / "roc.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_chance_level_first_model_is_kept_unpromoted_and_force_is_audited(
+        cxrd, chestxray14_set, capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real images with their real findings dealt to the wrong images: nothing to learn. Training
+    registers the model but does not make it current, even with no model current at all. Findings
+    with 3 positives are judged here (the default 10 leaves none on 29 test images), so the refusal
+    is the mean AUROC's lower bound, the floor a larger data set meets."""
+    monkeypatch.setenv("CXRD_MODEL__PROMOTION__MIN_POSITIVES", "3")
+    data = str(chestxray14_set(tmp_path / "shuffled", 0, 140, "shuffled"))
+    capsys.readouterr()
+    cache = ["--cache-dir", str(tmp_path / "features")]
+    assert cxrd("train", "--data", data, "--epochs", "2", *TINY, *cache) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("registered, not promoted"))
+    assert "lower bound" in line and "is not above the floor 0.500 (model.promotion.min_auroc_lower_bound)" in line
+    from cxrmodel.registry import Registry
+    reg = Registry(tmp_path / "state" / "models")
+    (chance,) = reg.list()
+    assert reg.current() is None and not chance.current
+    refused = [d for e, d in model_events(tmp_path) if e == "model.rejected"]  # kept unpromoted
+    assert len(refused) == 1 and refused[0]["version"] == chance.version
+    assert any("min_auroc_lower_bound" in r for r in refused[0]["refused"])
+
+    # promoting it by hand is refused the same way, and changes nothing
+    assert cxrd("model", "promote", chance.version) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not promoted" in err and "min_auroc_lower_bound" in err and "--force" in err
+    assert reg.current() is None
+
+    # --force promotes it, says what it overrode, and the audit record names the overridden floor
+    assert cxrd("model", "promote", chance.version, "--force") == 0
+    assert "promoted by --force, overriding" in capsys.readouterr().out
+    assert reg.current().version == chance.version
+    forced = [d for e, d in model_events(tmp_path) if e == "model.promoted"]
+    assert len(forced) == 1 and forced[0]["forced"] is True
+    assert any("min_auroc_lower_bound" in r for r in forced[0]["overridden"])
+
+    # train --force: promoted despite the floor, audited as forced; --force with --promote never is a usage error
+    assert cxrd("train", "--data", data, "--epochs", "1", *TINY, *cache, "--force", "--format", "json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["promoted"] and summary["forced"] and reg.current().version == summary["version"]
+    last = [d for e, d in model_events(tmp_path) if e == "model.promoted"][-1]
+    assert last["version"] == summary["version"] and last["forced"] is True and last["overridden"]
+    assert cxrd("train", "--data", data, *TINY, "--force", "--promote", "never") == 2
+    # --promote always skips only the comparison with the current model: the floor still refuses (exit 1)
+    assert cxrd("train", "--data", data, "--epochs", "1", *TINY, *cache, "--promote", "always") == 1
+    assert "min_auroc_lower_bound" in capsys.readouterr().out and reg.current().version == summary["version"]
 
 
 def test_evaluate_without_data_is_a_one_line_error(cxrd, tmp_path: Path, capsys) -> None:

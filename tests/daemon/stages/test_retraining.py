@@ -1,9 +1,10 @@
 """Retraining from an inbox of ChestX-ray14 batches (real NIH images, tiny settings for speed):
-train in a child process, judge against the current model on the same patients, promote or keep,
-skip when there is too little new data, fail safely; every run recorded and audited."""
+train in a child process, judge against the promotion floor and the current model on the same
+patients, promote or keep, skip when there is too little new data, fail safely; every run recorded
+and audited. Batches that must yield a promotable model carry a learnable finding (chestxray14_set):
+tiny models on a few hundred real NIH labels cannot be shown better than chance, and are refused."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -19,30 +20,28 @@ from storage.models import AuditEvent, RetrainRun
 pytestmark = pytest.mark.slow
 
 
-def make_batch(shared_data: Path, inbox: Path, name: str, start: int, count: int) -> Path:
-    """A batch in NIH's own format: a slice of the real CSV, images linked (never copied)."""
-    src = shared_data / "nih"
-    d = inbox / name
-    (d / "images").mkdir(parents=True)
-    with open(src / "Data_Entry_2017.csv", newline="") as f:
-        rows = list(csv.reader(f))
-    with open(d / "Data_Entry_2017.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(rows[0])
-        for row in rows[1 + start: 1 + start + count]:
-            w.writerow(row)
-            (d / "images" / row[0]).symlink_to(src / "images" / row[0])
-    return d
+@pytest.fixture()
+def make_batch(chestxray14_set):
+    """A batch in NIH's own format in the inbox: real NIH rows; "learnable" ones carry a finding any
+    model that learns can be shown to beat chance on (see chestxray14_set), "shuffled" ones nothing."""
+    def make(inbox: Path, name: str, start: int, count: int, kind: str = "learnable") -> Path:
+        inbox.mkdir(parents=True, exist_ok=True)
+        return chestxray14_set(inbox / name, start, count, kind)
+    return make
+
+
+def make_runtime(tmp_path: Path, **extra: str) -> Runtime:
+    env = {"CXRD_STORAGE__STATE_DIR": str(tmp_path / "state"), "CXRD_RETRAIN__MIN_NEW_IMAGES": "80",
+           "CXRD_RETRAIN__SIZE": "64", "CXRD_RETRAIN__EPOCHS": "3", "CXRD_RETRAIN__VIEWS": "1",
+           "CXRD_RETRAIN__THREADS": "2", "CXRD_RETRAIN__NICE": "0", **extra}
+    runtime = Runtime(load_settings(None, env=env))
+    initialise(runtime)
+    return runtime
 
 
 @pytest.fixture()
 def rt(tmp_path) -> Runtime:
-    env = {"CXRD_STORAGE__STATE_DIR": str(tmp_path / "state"), "CXRD_RETRAIN__MIN_NEW_IMAGES": "80",
-           "CXRD_RETRAIN__SIZE": "64", "CXRD_RETRAIN__EPOCHS": "3", "CXRD_RETRAIN__VIEWS": "1",
-           "CXRD_RETRAIN__THREADS": "2", "CXRD_RETRAIN__NICE": "0"}
-    runtime = Runtime(load_settings(None, env=env))
-    initialise(runtime)
-    return runtime
+    return make_runtime(tmp_path)
 
 
 def events(rt: Runtime) -> list[str]:
@@ -50,16 +49,17 @@ def events(rt: Runtime) -> list[str]:
         return list(s.scalars(select(AuditEvent.event_type).order_by(AuditEvent.seq)))
 
 
-def test_skip_promote_then_judge_a_candidate_against_the_current_model(rt, shared_data):
+def test_skip_promote_then_judge_a_candidate_against_the_current_model(rt, make_batch):
     inbox = Path(rt.settings.retrain.inbox)
-    make_batch(shared_data, inbox, "2026-11-01", 0, 40)
+    make_batch(inbox, "2026-11-01", 0, 40)
     first = retrain_once(rt, "manual")
     assert first["outcome"] == "skipped" and "40 new labeled images" in first["reason"]
     assert rt.registry.current() is None
 
-    make_batch(shared_data, inbox, "2026-11-02", 40, 120)
+    make_batch(inbox, "2026-11-02", 40, 120)
     second = retrain_once(rt, "manual")
     assert second["outcome"] == "promoted", second
+    assert second["promotion"]["passed"] and second["promotion"]["mean_auroc_ci95"][0] > 0.5
     assert rt.registry.current().version == second["candidate"]
     manifest = rt.registry.manifest(second["candidate"])
     assert set(manifest.thresholds) and manifest.metrics
@@ -67,7 +67,7 @@ def test_skip_promote_then_judge_a_candidate_against_the_current_model(rt, share
 
     assert retrain_once(rt, "manual")["outcome"] == "skipped"  # nothing new since
 
-    make_batch(shared_data, inbox, "2026-11-03", 160, 100)
+    make_batch(inbox, "2026-11-03", 160, 100)
     third = retrain_once(rt, "schedule")
     assert third["outcome"] in ("promoted", "rejected")
     assert third["previous"] == second["candidate"]
@@ -80,9 +80,9 @@ def test_skip_promote_then_judge_a_candidate_against_the_current_model(rt, share
     assert runs[0] == ("manual", "skipped") and runs[1] == ("manual", "promoted") and runs[3][0] == "schedule"
 
 
-def test_a_failing_run_is_recorded_and_leaves_the_current_model_alone(rt, shared_data):
+def test_a_failing_run_is_recorded_and_leaves_the_current_model_alone(rt, make_batch):
     inbox = Path(rt.settings.retrain.inbox)
-    bad = make_batch(shared_data, inbox, "broken", 0, 100)
+    bad = make_batch(inbox, "broken", 0, 100, "real")
     for img in (bad / "images").iterdir():  # every image missing: the reader reports each row
         img.unlink()
     summary = retrain_once(rt, "manual")
@@ -91,3 +91,18 @@ def test_a_failing_run_is_recorded_and_leaves_the_current_model_alone(rt, shared
     with rt.read_sessions() as s:
         run = s.scalars(select(RetrainRun)).one()
     assert run.outcome == "failed" and json.loads(run.report)["error"]
+
+
+def test_a_chance_level_first_model_is_rejected_not_made_current(tmp_path, make_batch):
+    """Real images with their findings dealt to the wrong images: the first model, with no model
+    current to compare with, is still kept unpromoted, because it cannot be shown better than
+    chance. Findings with 3 positives are judged so the refusal is the mean AUROC's lower bound."""
+    rt = make_runtime(tmp_path, CXRD_MODEL__PROMOTION__MIN_POSITIVES="3")
+    make_batch(Path(rt.settings.retrain.inbox), "2026-11-05", 0, 120, "shuffled")
+    summary = retrain_once(rt, "manual")
+    assert summary["outcome"] == "rejected", summary
+    assert "min_auroc_lower_bound" in summary["reasons"][0] and "no current model" in " ".join(summary["reasons"])
+    assert rt.registry.current() is None and rt.registry.list()[0].version == summary["candidate"]
+    with rt.read_sessions() as s:
+        rejected = s.scalars(select(AuditEvent.details).where(AuditEvent.event_type == "model.rejected")).one()
+    assert "min_auroc_lower_bound" in json.loads(rejected)["reasons"][0]
