@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -28,9 +29,9 @@ def register_verify(actions) -> None:  # noqa: ANN001
                            help="check the keyed hash chain; exit 1 naming the first changed, removed "
                                 "or reordered row")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("--expect-head", metavar="SEQ:HASH",
-                   help="last_seq:last_hash of an earlier good run (kept elsewhere): also detects rows "
-                        "removed from the end since then")
+    p.add_argument("--expect-head", metavar="SEQ:HASH[@TIME]",
+                   help="the `head` of an earlier good `--format json` run (kept elsewhere), or its "
+                        "last_seq:last_hash: also detects rows removed from the end since then")
     p.set_defaults(func=run_verify)
 
 
@@ -87,15 +88,22 @@ def register(sub) -> None:  # noqa: ANN001
 
 def run_verify(args: argparse.Namespace, rt: Runtime) -> int:
     from storage import audit, audit_anchor
-    anchor = None
+    anchor_file = rt.state_dir / audit_anchor.FILE_NAME
+    anchor, anchored_at = None, None
     if args.expect_head:
-        head = _expected_head(args.expect_head)
+        head, anchored_at = _expected_head(args.expect_head)
+        if anchored_at is None:  # the same head anchored by the daemon says when it was current
+            known = audit_anchor.find(anchor_file, rt.keys.audit_key, *head)
+            anchored_at = audit_anchor.covered_until(known) if known else None
     else:  # the last head the daemon (or `cxrd init`) anchored outside the database
-        anchor, _ = audit_anchor.last(rt.state_dir / audit_anchor.FILE_NAME, rt.keys.audit_key)
+        anchor, _ = audit_anchor.last(anchor_file, rt.keys.audit_key)
         head = anchor.head() if anchor else None
+        anchored_at = audit_anchor.covered_until(anchor) if anchor else None
     with rt.read_sessions() as s:
-        report = audit.verify(s, rt.keys.audit_key, expect_head=head)
+        report = audit.verify(s, rt.keys.audit_key, expect_head=head, anchored_at=anchored_at)
     result = report.as_dict() | {"anchor": {"seq": anchor.seq, "at": anchor.at} if anchor else None}
+    if report.ok and report.last_seq:
+        result["head"] = f"{report.last_seq}:{report.last_hash}@{report.last_at}"
     rt.audit("audit.verify", outcome=0 if report.ok else 12, **result)
     if args.format == "json":
         json.dump(result, sys.stdout, indent=2)
@@ -108,11 +116,22 @@ def run_verify(args: argparse.Namespace, rt: Runtime) -> int:
     return 0
 
 
-def _expected_head(text: str) -> tuple[int, str]:
-    m = re.fullmatch(r"(\d+):([0-9a-f]{64})", text.strip())
+def _expected_head(text: str) -> tuple[tuple[int, str], str | None]:
+    """SEQ:HASH or SEQ:HASH@TIME (the `head` of `audit verify --format json`) -> ((seq, hash), time)."""
+    m = re.fullmatch(r"(\d+):([0-9a-f]{64})(?:@(\S+))?", text.strip())
     if not m:
-        raise CommandError("--expect-head takes SEQ:HASH (last_seq:last_hash from `audit verify --format json`)", 2)
-    return int(m[1]), m[2]
+        raise CommandError("--expect-head takes SEQ:HASH or SEQ:HASH@TIME (`head` from "
+                           "`audit verify --format json`)", 2)
+    at = None
+    if m[3]:
+        try:
+            moment = datetime.fromisoformat(m[3])
+        except ValueError:
+            raise CommandError("--expect-head: TIME after @ must be an ISO 8601 time with its offset", 2) from None
+        if moment.tzinfo is None:
+            raise CommandError("--expect-head: TIME after @ must carry its offset (as `head` prints it)", 2)
+        at = moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return (int(m[1]), m[2]), at
 
 
 # -- query / export ------------------------------------------------------------------------------
