@@ -64,6 +64,7 @@ EVENTS: dict[str, tuple[str, str]] = {
     "prediction.created": (PATIENT_RECORD, "C"),
     "result.sent": (INSTANCES_TRANSFERRED, "R"),
     "result.failed": (INSTANCES_TRANSFERRED, "R"),
+    "results.retry": (APPLICATION_ACTIVITY, "U"),  # failed results set back to pending by a person
     "predictions.query": (QUERY, "E"),
     "audit.query": (AUDIT_LOG_USED, "R"),
     "audit.verify": (AUDIT_LOG_USED, "R"),

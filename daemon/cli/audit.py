@@ -16,11 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from daemon.cli import times
+from daemon.cli import studies, times
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
 
 if TYPE_CHECKING:
+    from daemon.cli.studies import StudyChoice
     from storage.audit_query import AuditFilter
 
 
@@ -45,9 +46,7 @@ def _filter_options() -> argparse.ArgumentParser:
     g.add_argument("--event", action="append", default=[], metavar="TYPE",
                    help="event type (association.rejected), family (association.*) or DICOM event id "
                         "(110113); repeatable")
-    g.add_argument("--study", metavar="UID", help="pseudonymous Study Instance UID; with --reason, an "
-                   "ORIGINAL Study Instance UID (mapped to its pseudonym; the use is audited)")
-    g.add_argument("--reason", metavar="TEXT", help="why an original identifier is used (ticket, request)")
+    studies.add_options(g, what="events of this study")
     g.add_argument("--actor", metavar="WHO", help="exact actor (os:alice, aet:PACS1, cxrd:worker) or a "
                    "prefix ending in * (aet:*)")
     g.add_argument("--outcome", action="append", default=[], metavar="O",
@@ -135,18 +134,17 @@ def _expected_head(text: str) -> tuple[tuple[int, str], str | None]:
 
 
 # -- query / export ------------------------------------------------------------------------------
-def build_filter(args: argparse.Namespace, rt: Runtime) -> tuple[AuditFilter, dict]:
-    """Command-line filters -> an AuditFilter on pseudonyms, plus what must be audited about them."""
+def build_filter(args: argparse.Namespace, rt: Runtime) -> tuple[AuditFilter, StudyChoice]:
+    """Command-line filters -> an AuditFilter on pseudonyms, plus the study as given (to audit)."""
     from storage import audit_query
     since, until = _time_window(args)
     events = tuple(audit_query.check_event_selector(e) for e in args.event)
     outcomes = audit_query.parse_outcomes(args.outcome)
-    study, reason = _study_filter(args, rt)
-    extra = {"study_given_as": "original", "reason": reason[:500]} if reason else {}
-    flt = audit_query.AuditFilter(since=since, until=until, events=events, study_uid=study,
+    study = studies.resolve(rt, args.study, args.reason)
+    flt = audit_query.AuditFilter(since=since, until=until, events=events, study_uid=study.pseudonym,
                                   actor=args.actor, outcomes=outcomes,
-                                  after_seq=getattr(args, "after_seq", None), extra=extra)
-    return flt, {"original": bool(reason), "reason": reason}
+                                  after_seq=getattr(args, "after_seq", None), extra=study.extra)
+    return flt, study
 
 
 def _time_window(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -163,50 +161,9 @@ def _time_window(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return (times.stored(since) if since else None), (times.stored(until) if until else None)
 
 
-def _study_filter(args: argparse.Namespace, rt: Runtime) -> tuple[str | None, str]:
-    """(pseudonymous study UID or None, the reason if an original UID was given, else '').
-
-    An original Study UID (given with --reason) is mapped with the keyed pseudonym function, the same
-    one de-identification used, so the reid map is never opened; only the pseudonym is recorded.
-    Without --reason only a pseudonym is accepted: searching for (and recording) what is probably an
-    original identifier is refused instead.
-    """
-    reason = (args.reason or "").strip()
-    study = args.study
-    if study is not None:
-        study = study.strip()
-        if not study:
-            raise CommandError("--study needs a UID", 2)
-    if reason and study is None:
-        raise CommandError("--reason is only used with --study (an original Study Instance UID)", 2)
-    if study and not reason and not re.fullmatch(r"2\.25\.[1-9][0-9]{0,38}", study):
-        raise CommandError("--study without --reason takes a pseudonymous UID (2.25.…); for an original "
-                           "Study Instance UID add --reason", 2)
-    if study and reason:
-        from storage.deid import pseudonymize_uid
-        return pseudonymize_uid(rt.keys.uid_key, study), reason
-    return study, ""
-
-
-def _record(rt: Runtime, event_type: str, flt: AuditFilter, uses_original: bool,
-            reason: str, **details) -> None:  # noqa: ANN003
-    """Audit the use in one committed transaction; an original identifier also gets its own
-    `reid.pseudonymize` event (who, why), as a break-glass lookup would."""
-    from storage import audit
-    from storage.errors import AuditError
-    try:
-        with rt.sessions.begin() as s:
-            if uses_original:
-                audit.append(s, rt.keys.audit_key, event_type="reid.pseudonymize", actor=rt.actor,
-                             host=rt.hostname, study_uid=flt.study_uid or "",
-                             details={"reason": reason[:500], "via": event_type})
-            audit.append(s, rt.keys.audit_key, event_type=event_type, actor=rt.actor, host=rt.hostname,
-                         study_uid=flt.study_uid or "", details={"filters": flt.as_details(), **details})
-    except AuditError:
-        raise
-    except Exception as exc:  # fail closed: no audit row, no output
-        raise CommandError(f"cannot record this use of the audit log ({event_type}: {type(exc).__name__}); "
-                           "nothing was shown. Run it with the service's own database account.") from None
+def _record(rt: Runtime, event_type: str, flt: AuditFilter, study: StudyChoice, **details) -> None:  # noqa: ANN003
+    """Audit the use of the audit log (fail closed; see `studies.record_use`)."""
+    studies.record_use(rt, event_type, study, filters=flt.as_details(), **details)
 
 
 TABLE = (("seq", 7), ("occurred_at", 20), ("event_type", 22), ("outcome", 7), ("actor", 20),
@@ -233,7 +190,7 @@ def run_query(args: argparse.Namespace, rt: Runtime) -> int:
         more = len(rows) == args.limit and bool(
             audit_query.query(s, replace(flt, after_seq=rows[-1]["seq"]), limit=1))
     next_after = rows[-1]["seq"] if rows and more else None
-    _record(rt, "audit.query", flt, use["original"], use["reason"], returned=len(rows),
+    _record(rt, "audit.query", flt, use, returned=len(rows),
             limit=args.limit, offset=args.offset)
     if args.format == "json":
         json.dump({"events": rows, "returned": len(rows), "next_after_seq": next_after,
@@ -271,7 +228,7 @@ def run_export(args: argparse.Namespace, rt: Runtime) -> int:
     return 0
 
 
-def _export_to_file(rt: Runtime, flt: AuditFilter, use: dict, fmt: str, write: Callable, target: Path) -> int:
+def _export_to_file(rt: Runtime, flt: AuditFilter, use: StudyChoice, fmt: str, write: Callable, target: Path) -> int:
     """Write beside the target (mode 0600), fsync, audit, then rename: a reader never sees a partial
     export, and an export whose use could not be recorded never appears."""
     from storage import audit_query
@@ -285,21 +242,20 @@ def _export_to_file(rt: Runtime, flt: AuditFilter, use: dict, fmt: str, write: C
             n = write(audit_query.iter_events(s, flt), out)
             out.flush()
             os.fsync(out.fileno())
-        _record(rt, "audit.export", flt, use["original"], use["reason"], format=fmt, exported=n,
-                output=target.name)
+        _record(rt, "audit.export", flt, use, format=fmt, exported=n, output=target.name)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     return n
 
 
-def _export_to_stdout(rt: Runtime, flt: AuditFilter, use: dict, fmt: str, write: Callable) -> None:
+def _export_to_stdout(rt: Runtime, flt: AuditFilter, use: StudyChoice, fmt: str, write: Callable) -> None:
     """Record the export first (output cannot be taken back), pinned to the rows present now, so the
     export event itself is not exported and the recorded count is what is written."""
     from storage import audit_query
     with rt.read_sessions() as s:
         flt = replace(flt, upto_seq=audit_query.head_seq(s))
         n = audit_query.count(s, flt)
-    _record(rt, "audit.export", flt, use["original"], use["reason"], format=fmt, exported=n, output="stdout")
+    _record(rt, "audit.export", flt, use, format=fmt, exported=n, output="stdout")
     with rt.read_sessions() as s:
         write(audit_query.iter_events(s, flt), sys.stdout)
