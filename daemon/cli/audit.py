@@ -138,8 +138,11 @@ def build_filter(args: argparse.Namespace, rt: Runtime) -> tuple[AuditFilter, St
     """Command-line filters -> an AuditFilter on pseudonyms, plus the study as given (to audit)."""
     from storage import audit_query
     since, until = _time_window(args)
-    events = tuple(audit_query.check_event_selector(e) for e in args.event)
-    outcomes = audit_query.parse_outcomes(args.outcome)
+    try:
+        events = tuple(audit_query.check_event_selector(e) for e in args.event)
+        outcomes = audit_query.parse_outcomes(args.outcome)
+    except audit_query.AuditQueryError as exc:  # a value the user typed: a usage error
+        raise CommandError(f"{'--outcome' if 'outcome' in str(exc) else '--event'}: {exc}", 2) from None
     study = studies.resolve(rt, args.study, args.reason)
     flt = audit_query.AuditFilter(since=since, until=until, events=events, study_uid=study.pseudonym,
                                   actor=args.actor, outcomes=outcomes,

@@ -147,7 +147,7 @@ def _prepare(args: argparse.Namespace, rt: Runtime) -> None:
         args.init = current.path / current.manifest.weights_file
     if args.out is None:
         if args.resume:
-            raise CommandError("--resume needs --out (the work folder of the interrupted run)")
+            raise CommandError("--resume needs --out (the work folder of the interrupted run)", 2)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         args.out = rt.state_dir / "train" / stamp
 
@@ -224,6 +224,10 @@ def _print_table(report: dict[str, Any], out: Any = sys.stdout) -> None:
 
 
 def run_evaluate(args: argparse.Namespace, rt: Runtime) -> int:
+    if args.n_boot < 0:
+        raise CommandError("--n-boot must be 0 (no confidence intervals) or more", 2)
+    if args.threads is not None and args.threads < 1:
+        raise CommandError("--threads must be at least 1", 2)
     import torch
 
     from cxrmodel import evaluate as E

@@ -177,3 +177,18 @@ def test_a_prediction_row_edited_in_the_database_is_flagged_withheld_and_audited
     rows = capsys.readouterr().out.splitlines()
     forged = next(line for line in rows if line.startswith("2.25.20,"))
     assert ",0," in forged and "0.95" not in forged
+
+
+def test_results_list_shows_the_newest_oldest_first_and_retry_is_audited(rt, capsys):
+    from storage.models import Result
+    with rt.sessions.begin() as s:
+        for n in (1, 2, 3):
+            s.add(Result(study_uid=f"2.25.{n}", model_version="m1", kind="sr", state="failed"))
+    capsys.readouterr()
+    assert cli.main(["results", "list", "--format", "json", "--limit", "2"]) == 0
+    assert [r["study_uid"] for r in json.loads(capsys.readouterr().out)] == ["2.25.2", "2.25.3"]
+    before = _head(rt)
+    assert cli.main(["results", "retry", "--study", "2.25.2", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"requeued": 1}
+    [(event, study, details)] = _events(rt, before)
+    assert (event, study, details) == ("results.retry", "2.25.2", {"requeued": 1})
