@@ -114,7 +114,8 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
         candidate, result = load_trained(work / "out")
         spec = PreprocessSpec.from_dict(result["preprocessing"])
         test_names = set(result["test_images"])
-        test = [e for e in read_dataset(data).entries if e.image in test_names]
+        merged = read_dataset(data).entries
+        test = [e for e in merged if e.image in test_names]
         cand_report, _, _ = E.evaluate_model(candidate, test, spec, activation=result["activation"],
                                              thresholds=result["thresholds"], n_boot=200)
         cur_report = None
@@ -125,7 +126,8 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
         promote, reasons = E.compare(cand_report, cur_report, s.max_auroc_drop)
         version = rt.registry.add(candidate, promote=promote, thresholds=result["thresholds"],
                                   preprocessing=spec, metrics=E.manifest_metrics(cand_report, "test"),
-                                  training={**result["training"], "batches": [b.name for b in batches]},
+                                  training={**result["training"], "batches": [b.name for b in batches],
+                                            "data_fingerprint": E.dataset_fingerprint(merged)},
                                   source={"format": "cxrd-retrain", "run": run_id})
         summary.update(candidate=version, previous=current.version if current else None, reasons=reasons,
                        candidate_mean_auroc=cand_report.get("mean_auroc"),
