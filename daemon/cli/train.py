@@ -206,7 +206,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
           + "; ".join(summary["reasons"]))
 
 
-def _print_table(report: dict[str, Any], out: Any = sys.stdout) -> None:
+def _print_table(report: dict[str, Any], out: Any = None) -> None:
+    out = out or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
     print(f"{'finding':<20}{'pos':>5}{'AUROC':>8}{'95% CI':>15}{'AP':>7}{'thr':>7}{'acc':>7}{'F1':>7}{'ECE':>7}", file=out)
 
     def f(v: Any, w: int = 7, p: int = 3) -> str:
