@@ -112,10 +112,14 @@ def test_sr_and_heatmap_land_in_the_original_study_in_orthanc(orthanc, daemon_fa
     assert ("reid.lookup", "cxrd:results") in {(e, a) for e, a, _ in events}
     sent = [json.loads(det) for e, _, det in events if e == "result.sent"]
     assert len(sent) == 1 and sorted(sent[0]["objects"]) == ["heatmap", "sr"]
-    # `cxrd predictions` finds the study by the ORIGINAL UID (keyed mapping) and by its pseudonym.
-    by_original = json.loads(d.cli("predictions", "--study", original.StudyInstanceUID, "--format", "json",
-                                   check=True).stdout)
+    # `cxrd predictions` finds the study by the ORIGINAL UID with a reason (keyed mapping, audited as
+    # reid.pseudonymize), and by its pseudonym; an original UID without a reason is a usage error.
+    no_reason = d.cli("predictions", "--study", original.StudyInstanceUID)
+    assert no_reason.returncode == 2 and "add --reason" in no_reason.stderr
+    by_original = json.loads(d.cli("predictions", "--study", original.StudyInstanceUID, "--reason", "INC-1 check",
+                                   "--format", "json", check=True).stdout)
     assert len(by_original) == 1 and set(by_original[0]["probabilities"]) == set(LABELS)
+    assert by_original[0]["authentic"] is True and isinstance(by_original[0]["positive"], list)
     pseudo = by_original[0]["study_uid"]
     assert pseudo.startswith("2.25.") and pseudo != original.StudyInstanceUID
     assert json.loads(d.cli("predictions", "--study", pseudo, "--format", "json", check=True).stdout) == by_original
@@ -123,7 +127,8 @@ def test_sr_and_heatmap_land_in_the_original_study_in_orthanc(orthanc, daemon_fa
     assert len(table) == 1 and float(table[0]["Atelectasis"]) == by_original[0]["probabilities"]["Atelectasis"]
     assert d.cli("predictions", "--since", "2999-01-01", "--format", "json", check=True).stdout.strip() == "[]"
     unknown = "1.2.826.0.1.3680043.2.1125.999999"  # an original UID we never received: audited as its pseudonym
-    assert json.loads(d.cli("predictions", "--study", unknown, "--format", "json", check=True).stdout) == []
+    assert json.loads(d.cli("predictions", "--study", unknown, "--reason", "INC-2", "--format", "json",
+                            check=True).stdout) == []
     listing = d.cli("predictions", check=True).stdout
     assert pseudo in listing and by_original[0]["instance_uid"] in listing and "positive:" in listing
     bad = d.cli("predictions", "--since", "yesterday-ish")
@@ -131,6 +136,10 @@ def test_sr_and_heatmap_land_in_the_original_study_in_orthanc(orthanc, daemon_fa
     queries = db_rows(d.state_dir, select(AuditEvent.study_uid).where(AuditEvent.event_type == "predictions.query"))
     assert len(queries) == 6 and queries[0][0] == pseudo
     assert unknown not in json.dumps([tuple(q) for q in queries]) and queries[4][0].startswith("2.25.")
+    lookups = db_rows(d.state_dir, select(AuditEvent.study_uid, AuditEvent.details)
+                      .where(AuditEvent.event_type == "reid.pseudonymize"))
+    assert [(st, json.loads(det)["reason"]) for st, det in lookups] == [(pseudo, "INC-1 check"),
+                                                                        (queries[4][0], "INC-2")]
     # No PHI in the daemon's log or the audit trail: pseudonyms only.
     events = db_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.actor, AuditEvent.details))
     text = d.log_text() + json.dumps([tuple(e) for e in events])
