@@ -217,6 +217,7 @@ def _judge_current(registry: Registry, args: argparse.Namespace,
 def _register(registry: Registry, args: argparse.Namespace, model: Any, result: dict[str, Any],
               metrics: dict[str, Any], promote: bool, current_version: str | None) -> str:
     """Add the trained model with its thresholds, test metrics and a training summary; its version."""
+    from cxrmodel import evaluate as E
     from cxrmodel.preprocess import PreprocessSpec
 
     training = {k: v for k, v in result["training"].items() if k != "history"}

@@ -37,7 +37,8 @@ def model_events(tmp_path: Path) -> list[tuple[str, dict]]:
 
 
 @pytest.mark.slow
-def test_train_registers_promotes_then_judges_the_next_candidate(cxrd, chestxray14_set, capsys, tmp_path: Path) -> None:
+def test_train_registers_promotes_then_judges_the_next_candidate(cxrd, chestxray14_set, shared_data: Path, capsys,
+                                                               tmp_path: Path) -> None:
     # a finding the model can learn: shown better than chance on held-out patients, so it is promoted
     data = str(chestxray14_set(tmp_path / "learnable", 0, 140, "learnable"))
     capsys.readouterr()
