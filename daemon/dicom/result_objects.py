@@ -285,20 +285,18 @@ def build_heatmap_sc(identity: StudyIdentity, source: SourceImage, picture: np.n
 
 
 def heatmap_picture(module, tensor, image: np.ndarray, label: str, *,  # noqa: ANN001
-                    cam: np.ndarray | None = None, square: str = "stretch") -> np.ndarray:
+                    attention: np.ndarray | None = None) -> np.ndarray:
     """Grad-CAM of `label` for the model's input `tensor`, drawn over the radiograph `image` ([0, 1]).
 
     The radiograph is shrunk to at most MAX_HEATMAP_SIDE pixels on its long side: the overlay is a
     pointer for the reader, not a diagnostic image, and a 3000x2500 RGB object would be 22 MB.
-    `cam` is an already computed Grad-CAM (the map object uses the same one); `square` is the model's
-    preprocessing squaring, so the map lands where the model looked (`heatmap_map.attention_on_grid`).
+    `attention` is a Grad-CAM already put back on the radiograph's grid through the model's squaring
+    (`heatmap_map.attention_on_grid`, shared with the map object); without it the model-input map
+    is stretched over the film, which is right only for a square film or a stretching model.
     """
     from cxrmodel.gradcam import gradcam, overlay
-    from daemon.dicom.heatmap_map import attention_on_grid
 
-    small = fit_for_overlay(image)
-    cam = gradcam(module, tensor, label) if cam is None else cam
-    return overlay(small, attention_on_grid(cam, *small.shape, square))
+    return overlay(fit_for_overlay(image), gradcam(module, tensor, label) if attention is None else attention)
 
 
 def fit_for_overlay(image: np.ndarray, max_side: int = MAX_HEATMAP_SIDE) -> np.ndarray:

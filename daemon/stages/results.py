@@ -398,21 +398,26 @@ class ResultsSender:
         square = model.manifest.preprocessing.square
         cam = gradcam(model.module, model.preprocess(data), top.label)
         pseudos = [s.pseudo_sop for s in sources]
+        attention = heatmap_map.attention_on_grid(cam, int(header.Rows), int(header.Columns), square)
         objects: list[Dataset] = []
         if "secondary_capture" in self.heatmap_objects:
-            picture = report.heatmap_picture(model.module, None, load_image(data), top.label, cam=cam, square=square)
+            picture = report.heatmap_picture(model.module, None, load_image(data), top.label, attention=attention)
             series, sop = report.report_uids(study, version, "heatmap", pseudos)
             objects.append(report.build_heatmap_sc(
                 identity, src.image, picture, label=top.label, probability=top.probability, model_version=version,
                 series_uid=series, sop_uid=sop, patient_orientation=orientation,
                 burned_in_annotation=str(header.get("BurnedInAnnotation", ""))))
         if "segmentation" in self.heatmap_objects:
-            attention = heatmap_map.attention_on_grid(cam, int(header.Rows), int(header.Columns), square)
             series, sop = report.report_uids(study, version, "heatmap_map", pseudos)
-            objects.append(heatmap_map.build_heatmap_map(
-                identity, src.image, header, attention, label=top.label, probability=top.probability,
-                model_version=version, series_uid=series, sop_uid=sop, patient_orientation=orientation,
-                model_name=self._identity(version).name))
+            try:
+                objects.append(heatmap_map.build_heatmap_map(
+                    identity, src.image, header, attention, label=top.label, probability=top.probability,
+                    model_version=version, series_uid=series, sop_uid=sop, patient_orientation=orientation,
+                    model_name=self._identity(version).name))
+            except report.ReportError as exc:  # e.g. a film too large for a map: the SC still goes
+                if not objects:
+                    raise
+                event(log, "result.heatmap_map_failed", logging.WARNING, study=study, model=version, error=str(exc))
         return objects
 
     # -- recording outcomes ------------------------------------------------------------------------

@@ -92,8 +92,8 @@ def test_the_sc_overlay_uses_the_same_registration(model):  # noqa: ANN001
     from cxrmodel.preprocess import load_image, preprocess
 
     image = load_image(CR_FILM)
-    cam = np.ones((224, 224), dtype=np.float32)
-    picture = report.heatmap_picture(model, preprocess(CR_FILM), image, "Effusion", cam=cam, square="crop")
+    attention = attention_on_grid(np.ones((224, 224), dtype=np.float32), *image.shape, "crop")
+    picture = report.heatmap_picture(model, preprocess(CR_FILM), image, "Effusion", attention=attention)
     small = report.fit_for_overlay(image)
     gray = (np.clip(small, 0, 1) * 255).round()
     assert small.shape[0] > small.shape[1]  # a tall film: the crop cut its top and bottom
