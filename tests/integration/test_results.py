@@ -1,6 +1,7 @@
-"""Results back to the PACS with real peers: Orthanc pushes a chest DICOM to `cxrd serve`, the SR and the
-Grad-CAM Secondary Capture (and, when set, the heatmap Segmentation) come back into the ORIGINAL study; a destination that is down parks the
-result as failed after a capped number of attempts, and `cxrd results retry` sends it once it is back."""
+"""Results back to the PACS with real peers: Orthanc pushes a chest DICOM to `cxrd serve`, the SR, the
+Grad-CAM Secondary Capture and (when set) the heatmap Segmentation come back into the ORIGINAL study;
+a destination that is down parks the result as failed after a capped number of attempts, and
+`cxrd results retry` sends it once it is back."""
 from __future__ import annotations
 
 import csv
