@@ -16,7 +16,8 @@ the same information.
 
 What must stay true:
 - the grid is the source's: registration rests on equal Rows/Columns and the derivation
-  reference, never on coordinates (there are none for a radiograph);
+  reference, never on coordinates (there are none for a radiograph); without a Frame of
+  Reference that reference is what DICOM takes as a one-to-one pixel match (PS3.3 A.51.5.1);
 - the value is Grad-CAM's relative attention (1 = where the finding's score rose most in this
   film), not a per-pixel probability of disease; the segment description says so, because the
   standard's fractional type can only say PROBABILITY or OCCUPANCY;
