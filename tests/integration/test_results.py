@@ -175,8 +175,8 @@ def test_destination_down_parks_result_failed_then_retry_sends_it(orthanc, daemo
 
 
 @pytest.mark.slow
-def test_the_heatmap_segmentation_lands_in_the_original_study_on_the_sources_grid(orthanc, daemon_factory,  # noqa: ANN001
-                                                                                  shared_data, tmp_path):
+def test_the_heatmap_segmentation_lands_in_the_original_study_on_the_sources_grid(  # noqa: ANN001
+        orthanc, daemon_factory, shared_data, tmp_path):
     """With `results.heatmap_objects` naming both, Orthanc files the SR, the SC and the Segmentation a
     viewer overlays on the original: same Rows x Columns, derived from the original image."""
     d = started_daemon(daemon_factory, results_env(
