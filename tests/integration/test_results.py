@@ -1,6 +1,7 @@
-"""Results back to the PACS with real peers: Orthanc pushes a chest DICOM to `cxrd serve`, the SR and the
-Grad-CAM Secondary Capture come back into the ORIGINAL study; a destination that is down parks the
-result as failed after a capped number of attempts, and `cxrd results retry` sends it once it is back."""
+"""Results back to the PACS with real peers: Orthanc pushes a chest DICOM to `cxrd serve`, the SR, the
+Grad-CAM Secondary Capture and (when set) the heatmap Segmentation come back into the ORIGINAL study;
+a destination that is down parks the result as failed after a capped number of attempts, and
+`cxrd results retry` sends it once it is back."""
 from __future__ import annotations
 
 import csv
@@ -180,3 +181,39 @@ def test_destination_down_parks_result_failed_then_retry_sends_it(orthanc, daemo
     assert {r[0] for r in db_rows(d.state_dir, select(Instance.state))} == {"reported"}
 
     assert original.StudyInstanceUID not in d.log_text()
+
+
+@pytest.mark.slow
+def test_the_heatmap_segmentation_lands_in_the_original_study_on_the_sources_grid(  # noqa: ANN001
+        orthanc, daemon_factory, shared_data, tmp_path):
+    """With `results.heatmap_objects` naming both, Orthanc files the SR, the SC and the Segmentation a
+    viewer overlays on the original: same Rows x Columns, derived from the original image."""
+    d = started_daemon(daemon_factory, results_env(
+        orthanc, CXRD_RESULTS__SEND_HEATMAP="true",
+        CXRD_RESULTS__HEATMAP_OBJECTS='["secondary_capture", "segmentation"]'))
+    orthanc.add_modality("cxrd", "CXRD", d.dicom_port)
+    [src] = copy_with_new_uids(shared_data / SRC, tmp_path / "in", 1, markers=MARKERS)
+    original = pydicom.dcmread(src, stop_before_pixels=True)
+    orthanc.push("cxrd", [orthanc.upload(src)["ID"]])
+
+    def back_in_orthanc() -> list[dict]:
+        insts = orthanc.study_instances(original.StudyInstanceUID)
+        return insts if {i.get("Modality") for i in insts} >= {"SR", "OT", "SEG"} else []
+    by_modality = {i["Modality"]: i for i in wait_for(back_in_orthanc)}
+    assert len(orthanc.get("/studies")) == 1
+    tags = by_modality["SEG"]
+    assert tags["PatientID"] == MARKERS["PatientID"] and tags["StudyInstanceUID"] == original.StudyInstanceUID
+    seg = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{tags['ID']}/file", raw=True)))
+    assert seg.SegmentationType == "FRACTIONAL" and (seg.Rows, seg.Columns) == (original.Rows, original.Columns)
+    frame_src = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert frame_src.ReferencedSOPInstanceUID == original.SOPInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == original.SeriesInstanceUID
+    assert seg.pixel_array.shape == (original.Rows, original.Columns) and seg.pixel_array.max() > 0
+    simplified = orthanc.get(f"/instances/{tags['ID']}/simplified-tags")
+    assert simplified["SegmentSequence"][0]["SegmentLabel"].startswith("Grad-CAM ")
+    events = db_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.details))
+    sent = [json.loads(det) for e, det in events if e == "result.sent"]
+    assert len(sent) == 1 and sorted(sent[0]["objects"]) == ["heatmap", "heatmap_map", "sr"]
+    text = d.log_text() + json.dumps([tuple(e) for e in events])
+    for secret in (*MARKERS.values(), original.StudyInstanceUID, original.SOPInstanceUID):
+        assert secret not in text
