@@ -30,7 +30,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from config.schema import Dicom
-from daemon.dicom import statuses
+from daemon.dicom import dataset_limits, statuses
 from daemon.dicom.preassociation import ConnectionGuard
 from daemon.ops.logs import event
 
@@ -188,7 +188,7 @@ def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = Non
         _DECODE_LOG.addFilter(_NonAsciiTextNoise())
     ae = application_entity(cfg, storage=on_store is not None)
     server = ae.make_server((cfg.bind, cfg.port), ssl_context=ssl_context(cfg.tls) if cfg.tls.enabled else None,
-                            evt_handlers=event_handlers(on_store, on_reject, on_accept),
+                            evt_handlers=event_handlers(on_store, on_reject, on_accept, cfg.max_dataset_bytes),
                             server_class=_GatedServer)
     server.contexts = _Contexts(server.contexts)
     server.allowed_networks = parse_networks(cfg.allowed_hosts)
@@ -196,6 +196,7 @@ def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = Non
     guard = ConnectionGuard(cfg.preassociation_timeout, cfg.max_associations_per_host, on_reject)
     for ev, handler in guard.handlers():
         server.bind(ev, handler)
+    server.bind(evt.EVT_CONN_OPEN, dataset_limits.opened, [cfg.max_dataset_bytes])
     guard.start()
     thread = threading.Thread(target=server.serve_forever, name="cxrd-scp", daemon=True)
     thread.start()
@@ -223,12 +224,12 @@ def application_entity(cfg: Dicom, storage: bool) -> AE:
 
 
 def event_handlers(on_store: StoreFn | None, on_reject: RejectFn | None,
-                   on_accept: AcceptFn | None) -> list[tuple]:
+                   on_accept: AcceptFn | None, max_dataset_bytes: int) -> list[tuple]:
     """pynetdicom's (event, handler, args) bindings: one small handler per event."""
     handlers: list[tuple] = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_REJECTED, handle_rejected, [on_reject]),
                              (evt.EVT_ACCEPTED, handle_accepted, [on_accept])]
     if on_store is not None:
-        handlers.append((evt.EVT_C_STORE, handle_store, [on_store, on_reject]))
+        handlers.append((evt.EVT_C_STORE, handle_store, [on_store, on_reject, max_dataset_bytes]))
     return handlers
 
 
@@ -236,13 +237,21 @@ def handle_echo(_event: evt.Event) -> int:
     return statuses.SUCCESS
 
 
-def handle_store(ev: evt.Event, on_store: StoreFn, on_reject: RejectFn | None) -> int:
+def handle_store(ev: evt.Event, on_store: StoreFn, on_reject: RejectFn | None,
+                 max_dataset_bytes: int) -> int:
     """Decode the dataset and hand it on; an undecodable one is refused here, never crashing the
-    association (pynetdicom decodes lazily, on first access)."""
+    association (pynetdicom decodes lazily, on first access). A deflated one is inflated within
+    `max_dataset_bytes` (`dataset_limits`)."""
     requestor = ev.assoc.requestor
     try:
-        ds = ev.dataset
+        ds = dataset_limits.received_dataset(ev, max_dataset_bytes)
         meta = ev.file_meta
+    except dataset_limits.DatasetTooLarge:
+        event(log, "store.too_large", logging.WARNING, calling_aet=requestor.ae_title, host=requestor.address,
+              limit=max_dataset_bytes)
+        if on_reject:
+            on_reject(requestor.ae_title, requestor.address, "data set larger than dicom.max_dataset_bytes")
+        return statuses.REFUSED_SIZE.status
     except Exception as exc:
         event(log, "store.unparseable", logging.WARNING, calling_aet=requestor.ae_title, host=requestor.address,
               error=type(exc).__name__)
