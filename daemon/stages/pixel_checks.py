@@ -39,12 +39,14 @@ def pixel_problem(ds: Dataset, max_pixels: int) -> str | None:
     if pixels > max_pixels:
         return f"image declares {pixels} pixels, more than dicom.max_pixels ({max_pixels})"
     raw = ds.get_item(PIXEL_DATA)
-    length = getattr(raw, "length", None)
-    if length is None:  # already a DataElement
-        value = ds[PIXEL_DATA].value
-        length = _UNDEFINED if isinstance(value, list) else len(value or b"")
-    if length == _UNDEFINED or getattr(raw, "is_undefined_length", False):
+    if getattr(raw, "length", None) == _UNDEFINED or getattr(raw, "is_undefined_length", False):
         return None  # encapsulated: the decoder measures it, under the pixel budget
+    # The bytes that arrived, not the element's length field: a data set cut off inside its pixel
+    # data still declares the full length, and pydicom's reader returns what the stream held.
+    value = raw.value
+    if isinstance(value, list):
+        return None
+    length = len(value or b"")
     expected = (pixels * samples + 7) // 8 if bits == 1 else pixels * samples * ((bits + 7) // 8)
     if length not in (expected, expected + expected % 2):  # one byte of padding to an even length
         return f"pixel data is {length} bytes where Rows x Columns x frames x samples x bits declare {expected}"

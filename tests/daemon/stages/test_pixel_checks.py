@@ -23,6 +23,17 @@ def test_truncated_native_pixel_data_is_refused(fraction):
     assert "pixel data is" in pixel_problem(ds, BUDGET)
 
 
+def test_a_data_set_cut_off_inside_its_pixel_data_is_refused():
+    """The element's length field still declares the full length; what arrived is shorter."""
+    from io import BytesIO
+    from pydicom.filereader import read_dataset
+    raw = NATIVE.read_bytes()
+    meta_end = 132 + 12 + int.from_bytes(raw[140:144], "little")
+    cut = raw[meta_end:len(raw) - 300_000]
+    ds = read_dataset(BytesIO(cut), is_implicit_VR=False, is_little_endian=True)
+    assert "pixel data is" in pixel_problem(ds, BUDGET)
+
+
 def test_a_header_that_declares_more_than_the_budget_is_refused_before_any_decoding():
     ds = pydicom.dcmread(SHARED_DATA / "dicom/derived/nih_00000001_000_j2k-lossless.dcm")
     ds.Rows = ds.Columns = 65535
