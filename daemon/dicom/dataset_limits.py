@@ -21,6 +21,10 @@ A data set in Deflated Explicit VR Little Endian is inflated here (`received_dat
 pynetdicom's decoder, which inflates the whole stream at once: a few megabytes of deflate can
 announce gigabytes. Here the stream is inflated incrementally and refused (`DatasetTooLarge`) as
 soon as the output passes `max_bytes`, so no more than that is ever produced.
+
+Every received data set is then read through once (`check_readable`): an element pydicom cannot
+decode, sequences nested deeper than `MAX_SEQUENCE_DEPTH`, or several values where ingest reads
+one, and the data set is refused as unparseable (0xC210) before any stage looks at it.
 """
 from __future__ import annotations
 
@@ -29,7 +33,9 @@ import zlib
 from io import BytesIO
 from types import MethodType
 
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.filereader import read_dataset
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -43,6 +49,14 @@ log = logging.getLogger("cxrd.scp")
 # A command set is a dozen short elements (PS3.7 9.3, 10.3); the longest carries a few UIDs and
 # AE titles. 64 KiB is far beyond any real one.
 MAX_COMMAND_BYTES = 64 * 1024
+# Real images nest a few levels (a code sequence in a view code sequence...); thousands of levels is
+# an attack on every recursive reader, ours and pydicom's.
+MAX_SEQUENCE_DEPTH = 32
+# Attributes the pipeline reads as one value (VM 1 in the standard): Modality, the image's UIDs, and
+# the Image Pixel module (PS3.3 C.7.6.3), whose numbers size every decoder's output.
+_SINGLE_VALUED = frozenset({0x00080016, 0x00080018, 0x00080060, 0x0020000D, 0x0020000E, 0x00180015,
+                            0x00280002, 0x00280004, 0x00280006, 0x00280008, 0x00280010, 0x00280011,
+                            0x00280100, 0x00280101, 0x00280102, 0x00280103})
 _PDV_HEADERS = 64 * 1024  # room for the item headers of the PDVs of one PDU
 
 # The upstream functions whose behaviour `receive_primitive` relies on (it wraps the first; the
@@ -95,7 +109,16 @@ def receive_primitive(self: DIMSEServiceProvider, primitive) -> None:  # noqa: A
         _refuse(self, "command set" if command > MAX_COMMAND_BYTES else "data set",
                 MAX_COMMAND_BYTES if command > MAX_COMMAND_BYTES else limit)
         return
-    _upstream_receive(self, primitive)
+    try:
+        _upstream_receive(self, primitive)
+    except Exception as exc:  # noqa: BLE001 - a command set pynetdicom cannot read (no CommandField...)
+        # Upstream raises out of the state machine here, killing the DUL thread with a traceback and
+        # no A-ABORT; a garbage command set is the peer's fault, answered like any invalid message.
+        assoc = self.assoc
+        event(log, "dimse.invalid", logging.WARNING, host=assoc.requestor.address,
+              calling_aet=assoc.requestor.ae_title, error=type(exc).__name__)
+        self.message = None
+        pdu_limits.cut_off(self.dul)
 
 
 def _refuse(dimse: DIMSEServiceProvider, what: str, limit: int) -> None:
@@ -112,13 +135,40 @@ def received_dataset(ev: evt.Event, max_bytes: int) -> Dataset:
     is inflated here within `max_bytes` (DatasetTooLarge past it; ValueError for a broken stream)."""
     syntax = ev.context.transfer_syntax
     if not syntax.is_deflated:
-        return ev.dataset
-    stream = ev.request.DataSet
-    with stream.getbuffer() as deflated:
-        inflated = inflate(deflated, max_bytes)
-    ds = read_dataset(BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
-    ds.set_original_encoding(False, True)
+        ds = ev.dataset
+    else:
+        stream = ev.request.DataSet
+        with stream.getbuffer() as deflated:
+            inflated = inflate(deflated, max_bytes)
+        ds = read_dataset(BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
+        ds.set_original_encoding(False, True)
+    check_readable(ds)
     return ds
+
+
+def check_readable(ds: Dataset, depth: int = 0) -> None:
+    """Raise ValueError unless every element of `ds` (sequences included, at most
+    `MAX_SEQUENCE_DEPTH` deep) can be read, and the attributes ingest reads as one value have one.
+
+    pydicom decodes an element on first access, so a malformed one (a length that is not a multiple
+    of its VR's size, a VR it cannot read) would otherwise raise wherever the pipeline first
+    touches it: in the chest rule, in de-identification, in the writer, each an "unexpected error".
+    Here it is one refusal, before anything else looks at the data set. Elements are decoded into
+    throwaway copies: the data set keeps its raw elements, which the writer copies as received."""
+    for tag in ds.keys():
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement):
+            try:
+                elem = convert_raw_data_element(elem, ds=ds)
+            except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad bytes
+                raise ValueError(f"element {tag} cannot be read ({type(exc).__name__})") from None
+        if elem.VR == "SQ":
+            if depth >= MAX_SEQUENCE_DEPTH:
+                raise ValueError(f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels")
+            for item in elem.value or ():
+                check_readable(item, depth + 1)
+        elif depth == 0 and tag in _SINGLE_VALUED and isinstance(elem.value, (list, MultiValue)):
+            raise ValueError(f"element {tag} has more than one value")
 
 
 def inflate(deflated: bytes | memoryview, max_bytes: int) -> bytes:

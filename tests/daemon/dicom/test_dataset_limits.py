@@ -3,14 +3,18 @@ receive adjustments: fragments without end are cut off with an A-ABORT at the bo
 data set is inflated within it (a deflate bomb is refused with 0xC210 after at most the bound)."""
 from __future__ import annotations
 
+import struct
+import threading
 import time
 import tracemalloc
 import zlib
+from io import BytesIO
 
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filewriter import write_dataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation as DX
 
@@ -150,3 +154,54 @@ def test_a_deflated_data_set_is_inflated_and_a_deflate_bomb_refused(handle):  # 
     assert assoc.store(DX, DeflatedExplicitVRLittleEndian, uid2, data2) == statuses.SUCCESS
     assoc.release()
     assert [str(ds.SOPInstanceUID) for ds in handle.stored] == [uid, uid2]
+
+
+def _explicit(elements: list[tuple[int, str, bytes]]) -> bytes:
+    out = b""
+    for tag, vr, value in elements:
+        head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
+        if vr in ("SQ", "OB"):
+            out += head + b"\0\0" + struct.pack("<L", len(value)) + value
+        else:
+            out += head + struct.pack("<H", len(value)) + value
+    return out
+
+
+def _nested(depth: int) -> bytes:
+    inner = _explicit([(0x00100010, "PN", b"DEEP^X")])
+    for _ in range(depth):
+        item = b"\xfe\xff\x00\xe0" + struct.pack("<L", len(inner)) + inner
+        inner = _explicit([(0x00400275, "SQ", item)])
+    return inner
+
+
+@pytest.mark.parametrize("body, why", [
+    (_explicit([(0x00280010, "US", b"\x00\x01\x02")]), "cannot be read"),         # 3 bytes of US
+    (_explicit([(0x00280010, "US", b"\x00\x01\x00\x02")]), "more than one value"),  # Rows = [256, 512]
+    (_nested(dataset_limits.MAX_SEQUENCE_DEPTH + 1), "nested deeper"),
+])
+def test_a_data_set_with_an_unreadable_element_is_refused_before_any_stage(body, why):
+    ds = read_dataset(BytesIO(body), is_implicit_VR=False, is_little_endian=True)
+    with pytest.raises(ValueError, match=why):
+        dataset_limits.check_readable(ds)
+
+
+def test_a_readable_data_set_keeps_its_raw_elements():
+    ds = read_dataset(BytesIO(_nested(5) + _explicit([(0x00280010, "US", b"\x00\x01")])), False, True)
+    dataset_limits.check_readable(ds)
+    assert all(ds.get_item(tag).is_raw for tag in ds.keys())
+
+
+def test_a_garbage_command_set_is_aborted_without_killing_a_thread(handle):  # noqa: ANN001
+    died: list[BaseException] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: died.append(args.exc_value)
+    try:
+        assoc = raw_scu.associate(handle.port, [(DX, [ExplicitVRLittleEndian])])
+        cx = assoc.accepted[(DX, ExplicitVRLittleEndian)]
+        assoc.sock.sendall(raw_scu.pdata(cx, 0x03, _explicit([(0x00100010, "PN", b"NOT^A^COMMAND")])))
+        assert assoc.response() in (raw_scu.ABORTED, raw_scu.CLOSED)
+        time.sleep(0.3)
+    finally:
+        threading.excepthook = previous
+    assert died == []
