@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
 
 APPLICATION_CONTEXT = b"1.2.840.10008.3.1.1.1"
@@ -13,6 +14,8 @@ IMPLEMENTATION_UID = b"1.2.826.0.1.3680043.9.3811.99"
 
 ABORTED = "aborted"   # the peer sent an A-ABORT
 CLOSED = "closed"     # the connection closed (or reset) without one
+TIMED_OUT = "timed out"  # no answer within the socket's timeout
+RELEASED = "released"    # the peer answered an A-RELEASE-RQ we sent
 
 
 def item(item_type: int, value: bytes) -> bytes:
@@ -29,7 +32,7 @@ def associate_rq(called: str, calling: str, contexts: list[tuple[str, list[str]]
     body += item(0x10, APPLICATION_CONTEXT)
     for i, (abstract, syntaxes) in enumerate(contexts):
         sub = item(0x30, abstract.encode()) + b"".join(item(0x40, ts.encode()) for ts in syntaxes)
-        body += item(0x20, bytes([2 * i + 1, 0, 0, 0]) + sub)
+        body += item(0x20, bytes([(2 * i + 1) & 0xFF, 0, 0, 0]) + sub)  # past 128 contexts IDs repeat
     body += item(0x50, item(0x51, struct.pack(">L", max_pdu)) + item(0x52, IMPLEMENTATION_UID))
     return pdu(0x01, body)
 
@@ -76,6 +79,7 @@ class Association:
     peer_max_pdu: int = 16384
     message_id: int = 0
     dead: bool = False
+    timed_out: bool = False
 
     def recv_pdu(self) -> tuple[int, bytes] | None:
         head = self._recv_exact(6)
@@ -90,7 +94,10 @@ class Association:
         while len(buf) < n:
             try:
                 chunk = self.sock.recv(n - len(buf))
-            except (ConnectionResetError, BrokenPipeError, socket.timeout, OSError):
+            except socket.timeout:
+                self.timed_out = True
+                return None
+            except OSError:
                 return None
             if not chunk:
                 return None
@@ -118,10 +125,12 @@ class Association:
         while True:
             got = self.recv_pdu()
             if got is None:
-                return self._ended(CLOSED)
+                return self._ended(TIMED_OUT if self.timed_out else CLOSED)
             pdu_type, body = got
             if pdu_type == 0x07:
                 return self._ended(ABORTED)
+            if pdu_type == 0x06:
+                return self._ended(RELEASED)
             if pdu_type != 0x04:
                 return self._ended(CLOSED)
             at = 0
@@ -156,14 +165,29 @@ class Association:
 
 
 def associate(port: int, contexts: list[tuple[str, list[str]]], *, called: str = "CXRD",
-              calling: str = "FUZZER", timeout: float = 30.0) -> Association:
-    """Open an association on 127.0.0.1:port; raises AssertionError if it is not accepted."""
+              calling: str = "FUZZER", timeout: float = 30.0, patience: float = 15.0) -> Association:
+    """Open an association on 127.0.0.1:port, asking again while it is rejected (every slot still
+    held by associations just aborted) for up to `patience` seconds; AssertionError if never accepted."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return _associate(port, contexts, called, calling, timeout)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _associate(port: int, contexts: list[tuple[str, list[str]]], called: str, calling: str,
+               timeout: float) -> Association:
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     assoc = Association(sock)
     sock.sendall(associate_rq(called, calling, contexts))
     got = assoc.recv_pdu()
-    assert got is not None and got[0] == 0x02, f"association not accepted: {got[0] if got else 'closed'}"
+    if got is None or got[0] != 0x02:
+        assoc.close()
+        raise AssertionError(f"association not accepted: {got[0] if got else 'closed'}")
     body = got[1]
     at = 68
     ids = {2 * i + 1: abstract for i, (abstract, _) in enumerate(contexts)}

@@ -68,6 +68,16 @@ WRAPS = {"pynetdicom.dimse.DIMSEServiceProvider.receive_primitive": DIMSEService
 _upstream_receive = DIMSEServiceProvider.receive_primitive
 
 
+class InvalidMessageNoise(logging.Filter):
+    """For pynetdicom's "pynetdicom.dimse" logger: drops the exception record (with its traceback)
+    that follows pynetdicom's one-line "Received an invalid DIMSE message". Any peer can send a
+    command set pynetdicom cannot turn into a request; the association is aborted and that line says
+    so, a trace of pynetdicom's internals says nothing more."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+
 class DatasetTooLarge(Exception):
     """A data set that is, or inflates to, more than the configured bound."""
 

@@ -147,6 +147,7 @@ class _GatedServer(ThreadedAssociationServer):
 
 
 _DECODE_LOG = logging.getLogger("pynetdicom.utils")
+_DIMSE_LOG = logging.getLogger("pynetdicom.dimse")
 
 
 class _NonAsciiTextNoise(logging.Filter):
@@ -186,6 +187,8 @@ def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = Non
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     if not any(isinstance(f, _NonAsciiTextNoise) for f in _DECODE_LOG.filters):
         _DECODE_LOG.addFilter(_NonAsciiTextNoise())
+    if not any(isinstance(f, dataset_limits.InvalidMessageNoise) for f in _DIMSE_LOG.filters):
+        _DIMSE_LOG.addFilter(dataset_limits.InvalidMessageNoise())
     ae = application_entity(cfg, storage=on_store is not None)
     server = ae.make_server((cfg.bind, cfg.port), ssl_context=ssl_context(cfg.tls) if cfg.tls.enabled else None,
                             evt_handlers=event_handlers(on_store, on_reject, on_accept, cfg.max_dataset_bytes),
