@@ -24,7 +24,7 @@ soon as the output passes `max_bytes`, so no more than that is ever produced.
 
 Every received data set is then read through once (`check_readable`): an element pydicom cannot
 decode, sequences nested deeper than `MAX_SEQUENCE_DEPTH`, or several values where ingest reads
-one, and the data set is refused as unparseable (0xC210) before any stage looks at it.
+one, and the data set is refused as unparseable (statuses.UNPARSEABLE) before any stage looks at it.
 """
 from __future__ import annotations
 
