@@ -59,6 +59,13 @@ class Dicom:
                                "P-DATA-TF PDU); a peer that sends a larger PDU is aborted. Before "
                                "acceptance no PDU may exceed 64 KiB. 0 = unlimited: an accepted peer "
                                "may make us hold a PDU of any size", min=0, max=2**32 - 1)
+    max_dataset_bytes: int = _f(256 * 1024 * 1024, "Largest data set of one C-STORE, in bytes, as received "
+                                                   "and after inflating a deflated one: a peer whose data set "
+                                                   "grows past it is aborted before more is buffered, a deflated "
+                                                   "one that inflates past it is refused (0xC210). Memory held "
+                                                   "for received data sets stays below about max_associations "
+                                                   "x this (x 2 while images are being processed)",
+                                min=1024 * 1024, max=2**32 - 1)
     preassociation_timeout: float = _f(5.0, "Seconds a connection may take from being accepted to "
                                             "delivering its A-ASSOCIATE-RQ (TLS handshake included) "
                                             "before it is closed; a connection closed earlier frees "

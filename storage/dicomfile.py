@@ -39,11 +39,24 @@ _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 Buffer = bytes | memoryview
 
 
+class UnwritableDataset(ValueError):
+    """A received data set that pydicom reads but cannot encode (a value its VR cannot hold)."""
+
+
 def file_parts(ds: Dataset) -> list[Buffer]:
     """The Part 10 file (preamble, meta group, dataset) as buffers to be written in order.
 
-    Needs `ds.file_meta.TransferSyntaxUID`. The dataset is left as it was.
+    Needs `ds.file_meta.TransferSyntaxUID`. The dataset is left as it was. UnwritableDataset for a
+    data set that cannot be encoded: that is the sender's data, not an error of ours.
     """
+    try:
+        return _file_parts(ds)
+    except (ValueError, TypeError, OverflowError, struct.error, OSError) as exc:  # OSError: pydicom's
+        # writers wrap encoding failures in it; nothing here touches a file (the parts are in memory)
+        raise UnwritableDataset(f"the data set cannot be encoded ({type(exc).__name__})") from None
+
+
+def _file_parts(ds: Dataset) -> list[Buffer]:
     fast = _pixel_data_passthrough(ds)
     if fast is None:
         return [_dcmwrite(ds)]

@@ -14,6 +14,7 @@ CALLED_AE_NOT_OURS = "called AE title is not ours"              # dicom.ae_title
 CALLING_AE_NOT_ALLOWED = "calling AE title not allowed"        # dicom.allowed_calling_aets
 ASSOCIATION_LIMIT = "association limit reached"                # dicom.max_associations
 UNPARSEABLE_DATASET = "unparseable dataset"
+DATASET_TOO_LARGE = "data set larger than dicom.max_dataset_bytes"  # dicom.max_dataset_bytes
 
 # A-ASSOCIATE-RJ (result source, diagnostic) pairs for the provider's own reasons (PS3.8 9.3.4).
 _PROVIDER_REASONS = {(3, 1): "temporary congestion", (3, 2): ASSOCIATION_LIMIT,

@@ -53,16 +53,21 @@ REPLACES = {"pynetdicom.dul.DULServiceProvider._read_pdu_data": _upstream_read_p
 
 
 def largest_pdu(dul: DULServiceProvider) -> int | None:
-    """The largest PDU length field we accept now; None = no bound (`dicom.max_pdu = 0`, accepted).
+    """The largest PDU length field we accept now; None = no bound (`dicom.max_pdu = 0`, accepted,
+    on an association without a data set bound).
 
     Until the association is accepted: `PREASSOCIATION_MAX_PDU`. After: the Maximum Length we
     advertised (a P-DATA-TF's length field counts its variable field, PS3.8 D.1), never less than
-    the pre-association bound. Read in the DUL thread, which also moves the state machine, so the
-    state seen here is the one the PDU arrives in."""
+    the pre-association bound; with `max_pdu = 0`, what one message may hold
+    (`cxrd_max_message_bytes`, set by `dataset_limits`), since no larger PDU could be kept anyway.
+    Read in the DUL thread, which also moves the state machine, so the state seen here is the one
+    the PDU arrives in."""
     if dul.state_machine.current_state not in _ACCEPTED_STATES:
         return PREASSOCIATION_MAX_PDU
     ours = dul.assoc.acceptor.maximum_length
-    return max(ours, PREASSOCIATION_MAX_PDU) if ours else None
+    if ours:
+        return max(ours, PREASSOCIATION_MAX_PDU)
+    return getattr(dul, "cxrd_max_message_bytes", None)
 
 
 def refuse(dul: DULServiceProvider, pdu_type: int, pdu_length: int, limit: int) -> None:
@@ -79,9 +84,22 @@ def refuse(dul: DULServiceProvider, pdu_type: int, pdu_length: int, limit: int) 
     dul.event_queue.put("Evt17")
 
 
+def cut_off(dul: DULServiceProvider) -> None:
+    """Abort an accepted association from inside the state machine (Evt19: A-ABORT, as pynetdicom
+    does for an invalid DIMSE message) and read nothing more from it: once the A-ABORT is out
+    (Sta13), the transport is closed instead of reading and ignoring whatever the peer still sends."""
+    dul.cxrd_cut_off = True  # type: ignore[attr-defined]
+    dul.event_queue.put("Evt19")
+
+
 def read_header(dul: DULServiceProvider) -> tuple[bytes, int, int] | None:
     """The next PDU's 6-byte header, type and length; None once the state machine has been told why
-    there is nothing to read (Evt17: closed or short; Evt19: an unknown PDU type), as upstream does."""
+    there is nothing to read (Evt17: closed or short; Evt19: an unknown PDU type), as upstream does,
+    or after `cut_off` (nothing is read)."""
+    if getattr(dul, "cxrd_cut_off", False):
+        if dul.state_machine.current_state == "Sta13" and dul.socket is not None:
+            dul.socket.close()  # Evt17 once: the state machine goes to Sta1
+        return None
     try:
         head = dul.socket.recv(6)
     except (OSError, TimeoutError):

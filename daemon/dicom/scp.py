@@ -31,7 +31,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from config.schema import Dicom
-from daemon.dicom import gate_rules, statuses, tls_identity
+from daemon.dicom import dataset_limits, gate_rules, statuses, tls_identity
 from daemon.dicom.preassociation import ConnectionGuard
 from daemon.ops.logs import event
 
@@ -148,6 +148,7 @@ class _GatedServer(ThreadedAssociationServer):
 
 
 _DECODE_LOG = logging.getLogger("pynetdicom.utils")
+_DIMSE_LOG = logging.getLogger("pynetdicom.dimse")
 
 
 class _NonAsciiTextNoise(logging.Filter):
@@ -187,10 +188,12 @@ def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = Non
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     if not any(isinstance(f, _NonAsciiTextNoise) for f in _DECODE_LOG.filters):
         _DECODE_LOG.addFilter(_NonAsciiTextNoise())
+    if not any(isinstance(f, dataset_limits.InvalidMessageNoise) for f in _DIMSE_LOG.filters):
+        _DIMSE_LOG.addFilter(dataset_limits.InvalidMessageNoise())
     on_reject = on_reject or log_refusal
     ae = application_entity(cfg, storage=on_store is not None)
     server = ae.make_server((cfg.bind, cfg.port), ssl_context=ssl_context(cfg.tls) if cfg.tls.enabled else None,
-                            evt_handlers=event_handlers(on_store, on_reject, on_accept),
+                            evt_handlers=event_handlers(on_store, on_reject, on_accept, cfg.max_dataset_bytes),
                             server_class=_GatedServer)
     server.contexts = _Contexts(server.contexts)
     server.allowed_networks = parse_networks(cfg.allowed_hosts)
@@ -198,6 +201,7 @@ def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = Non
     guard = ConnectionGuard(cfg.preassociation_timeout, cfg.max_associations_per_host, on_reject)
     for ev, handler in guard.handlers():
         server.bind(ev, handler)
+    server.bind(evt.EVT_CONN_OPEN, dataset_limits.opened, [cfg.max_dataset_bytes])
     if cfg.tls.enabled and cfg.tls.client_certificates:  # bound last: a refusal ends the association
         server.bind(evt.EVT_REQUESTED, tls_identity.requested_handler(
             tls_identity.parse_rules(cfg.tls.client_certificates), on_reject))
@@ -228,13 +232,13 @@ def application_entity(cfg: Dicom, storage: bool) -> AE:
 
 
 def event_handlers(on_store: StoreFn | None, on_reject: RejectFn | None,
-                   on_accept: AcceptFn | None) -> list[tuple]:
+                   on_accept: AcceptFn | None, max_dataset_bytes: int) -> list[tuple]:
     """pynetdicom's (event, handler, args) bindings: one small handler per event."""
     handlers: list[tuple] = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_REJECTED, handle_rejected, [on_reject]),
                              (evt.EVT_ACCEPTED, handle_accepted, [on_accept]),
                              (evt.EVT_CONN_CLOSE, handle_closed)]
     if on_store is not None:
-        handlers.append((evt.EVT_C_STORE, handle_store, [on_store, on_reject]))
+        handlers.append((evt.EVT_C_STORE, handle_store, [on_store, on_reject, max_dataset_bytes]))
     return handlers
 
 
@@ -242,13 +246,20 @@ def handle_echo(_event: evt.Event) -> int:
     return statuses.SUCCESS
 
 
-def handle_store(ev: evt.Event, on_store: StoreFn, on_reject: RejectFn | None) -> int:
+def handle_store(ev: evt.Event, on_store: StoreFn, on_reject: RejectFn | None,
+                 max_dataset_bytes: int) -> int:
     """Decode the dataset and hand it on; an undecodable one is refused here, never crashing the
-    association (pynetdicom decodes lazily, on first access)."""
+    association (pynetdicom decodes lazily, on first access). A deflated one is inflated within
+    `max_dataset_bytes` (`dataset_limits`)."""
     requestor = ev.assoc.requestor
     try:
-        ds = ev.dataset
+        ds = dataset_limits.received_dataset(ev, max_dataset_bytes)
         meta = ev.file_meta
+    except dataset_limits.DatasetTooLarge:
+        if on_reject:
+            on_reject(requestor.ae_title, requestor.address, gate_rules.DATASET_TOO_LARGE,
+                      gate_rules.called_ae_title(ev.assoc))
+        status = statuses.REFUSED_SIZE.status
     except Exception as exc:
         if on_reject:
             on_reject(requestor.ae_title, requestor.address,

@@ -42,6 +42,7 @@ REFUSED_DISK = Outcome("refused_disk", OUT_OF_RESOURCES)
 REFUSED_DATABASE = Outcome("refused_database", OUT_OF_RESOURCES)
 UNPARSEABLE = Outcome("unparseable", CANNOT_UNDERSTAND)
 REFUSED_PIXELS = Outcome("refused_pixels", CANNOT_UNDERSTAND)  # over the pixel budget, or a length that lies
+REFUSED_SIZE = Outcome("refused_size", CANNOT_UNDERSTAND)      # a deflated data set inflating past the bound
 UNDEIDENTIFIABLE = Outcome("failed", CANNOT_DEIDENTIFY)
 REFUSED_BURNED_IN = Outcome("refused_burned_in", CANNOT_DEIDENTIFY)  # deid.burned_in_annotation refuses it
 FAILED = Outcome("failed", PROCESSING_FAILURE)

@@ -43,7 +43,7 @@ from daemon.stages.pixel_checks import pixel_problem
 from daemon.stages.view_rule import ViewDecision, decide_view
 from storage import reid
 from storage.deid import PROFILE_EDITION, DeidOptions, DeidResult, burned_in_refusal, deidentify
-from storage.dicomfile import file_parts
+from storage.dicomfile import UnwritableDataset, file_parts
 from storage.errors import DatabaseUnavailable, DeidError, VaultError
 from storage.keys import Keys
 from storage.models import NOT_ANALYSED, RECEIVED, Instance
@@ -154,7 +154,12 @@ class Ingest:
         """Write the vault object and commit its rows in one transaction; STORED only once both are
         durable. The write (encrypt + write + fsync) runs beside the statements; the commit waits."""
         sop = result.sop_instance_uid
-        parts = file_parts(result.dataset)  # Part 10 bytes; the pixel data is not copied
+        try:
+            parts = file_parts(result.dataset)  # Part 10 bytes; the pixel data is not copied
+        except UnwritableDataset as exc:
+            self._audit_only("instance.failed", outcome=4, details={"reason": str(exc)}, **actor)
+            event(log, "store.unwritable", logging.WARNING, reason=str(exc), calling_aet=calling_aet)
+            return statuses.UNPARSEABLE, 0
         size = sum(len(p) for p in parts)
         try:
             object_id = self.vault.reserve()  # unique per attempt; its directory entry is already durable

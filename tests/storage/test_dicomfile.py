@@ -150,3 +150,15 @@ def test_an_object_read_back_must_be_the_instance_its_row_names(shared_data):
         checked_instance(data, sop + ".9", "obj1")
     with pytest.raises(TamperError):
         checked_instance(b"not dicom at all", sop, "obj1")
+
+
+@pytest.mark.parametrize("keyword, value", [("Rows", 70000), ("Columns", -5)])
+def test_a_data_set_that_cannot_be_encoded_is_the_senders_error_not_ours(shared_data, keyword, value):
+    from storage.dicomfile import UnwritableDataset
+    ds = pydicom.dcmread(shared_data / "dicom/derived/nih_00000001_000_explicit-vr-le.dcm")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        setattr(ds, keyword, value)
+    with pytest.raises(UnwritableDataset):
+        file_parts(ds)

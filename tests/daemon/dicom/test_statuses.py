@@ -16,6 +16,7 @@ def test_each_outcome_answers_with_its_status():
         "STORED": ("stored", 0x0000), "DUPLICATE": ("duplicate", 0x0000), "IGNORED": ("ignored", 0x0000),
         "REJECTED": ("rejected", 0xC230), "REFUSED_DISK": ("refused_disk", 0xA700),
         "REFUSED_DATABASE": ("refused_database", 0xA700), "UNPARSEABLE": ("unparseable", 0xC210), "REFUSED_PIXELS": ("refused_pixels", 0xC210),
+        "REFUSED_SIZE": ("refused_size", 0xC210),
         "UNDEIDENTIFIABLE": ("failed", 0xC220), "REFUSED_BURNED_IN": ("refused_burned_in", 0xC220),
         "FAILED": ("failed", 0xC211)}
 
