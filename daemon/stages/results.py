@@ -223,6 +223,9 @@ class _Collected:
     not_analysed: list[tuple[int, str, report.NotAnalysedImage]]  # instance id, pseudonym, what the report says
     identity: report.StudyIdentity
     prior: tuple[int, report.PriorReport] | None  # the sent_reports row this report replaces
+    # instances looked at but left out (no re-identification entry): counted as reported so that
+    # they do not bring the same report back again and again
+    unlisted: list[int]
 
 
 @dataclass
@@ -382,6 +385,7 @@ class ResultsSender:
             originals: dict[int, dict[str, str]] = {}
             unusable = ""
             looked_up: set[int] = set()
+            unlisted: list[int] = []
             forged = [sop for _, sop, _, _, label, prob, thr, pos, tag in rows
                       if not records.verify(self.keys.record_key, tag, sop, version, label, prob, thr, pos)]
             if forged:  # an edited, moved or foreign prediction row: no report from this study's rows
@@ -403,6 +407,7 @@ class ResultsSender:
                                  host=self.audit_host, study_uid=study, object_uid=sop,
                                  details={"purpose": "result", "found": orig is not None})
                     if orig is None or not orig.get("study_uid") or not orig.get("sop_instance_uid"):
+                        unlisted.append(iid)
                         continue
                     originals[iid] = orig
                     by_id[iid] = _Source(iid, sop, obj, report.SourceImage(
@@ -427,6 +432,7 @@ class ResultsSender:
                                  host=self.audit_host, study_uid=study, object_uid=sop,
                                  details={"purpose": "result", "found": orig is not None})
                     if orig is None or not orig.get("study_uid") or not orig.get("sop_instance_uid"):
+                        unlisted.append(iid)
                         continue
                     originals[iid] = orig
                     skipped.append((iid, sop, report.NotAnalysedImage(report.SourceImage(
@@ -439,6 +445,8 @@ class ResultsSender:
                 .order_by(SentReport.id.desc()).limit(1)).first()
         if unusable:
             raise PermanentError(unusable)
+        if rows and not by_id:  # findings exist but cannot be filed: never a "nothing analysed" report
+            raise PermanentError("no predicted instance of this study has a re-identification entry")
         if not by_id and awaiting:  # a frontal image is still queued: never report "nothing analysed" early
             raise _AwaitingInference()
         if not by_id and not skipped:
@@ -455,7 +463,7 @@ class ResultsSender:
         if prior_row is not None:
             series, _ = report.report_uids(study, version, "sr", [])
             prior = (prior_row[0], report.PriorReport(series_uid=series, sop_instance_uid=prior_row[1]))
-        return _Collected(sources, skipped, identity, prior)
+        return _Collected(sources, skipped, identity, prior, unlisted)
 
     def _build(self, study: str, version: str, kind: str, got: _Collected) -> list[Dataset]:
         sources, identity = got.sources, got.identity
@@ -551,15 +559,19 @@ class ResultsSender:
                      seconds: float) -> None:
         now = utcnow()
         analysed = [s.instance_id for s in got.sources]
-        listed = analysed + [iid for iid, _, _ in got.not_analysed]
+        listed = analysed + [iid for iid, _, _ in got.not_analysed] + got.unlisted
         kinds = [report.read_kind(ds) for ds in objects]
         with self.sessions() as session, session.begin():
             row = session.get(Result, result_id)
-            # Images that arrived or were predicted while we were sending are not in this report:
-            # send a replacement once they settle.
+            # Images that arrived or were predicted (by this model) while we were sending are not in
+            # this report: send a replacement once they settle. Another model's predictions are
+            # another row's business.
+            by_us = select(Prediction.id).where(Prediction.instance_id == Instance.id,
+                                                Prediction.model_version == version).exists()
             newer = session.scalar(
                 select(Instance.id).where(Instance.study_uid == study, Instance.reported_at.is_(None),
-                                          Instance.state.in_((PREDICTED, NOT_ANALYSED)), Instance.id.not_in(listed))
+                                          Instance.id.not_in(listed),
+                                          or_(Instance.state == NOT_ANALYSED, (Instance.state == PREDICTED) & by_us))
                 .limit(1))
             row.sent_at, row.last_error, row.claimed_by = now, "", ""
             if newer is None:
@@ -572,6 +584,8 @@ class ResultsSender:
                             .values(reported_at=now))
             details: dict = {"model": version, "objects": kinds, "instances": len(analysed),
                              "not_analysed": len(got.not_analysed), "destination": self.destination.describe()}
+            if got.unlisted:
+                details["without_reid_entry"] = len(got.unlisted)
             sr = next((ds for ds in objects if report.read_kind(ds) == "sr"), None)
             if sr is not None:
                 prior_id = got.prior[0] if got.prior else None

@@ -59,7 +59,8 @@ def env(tmp_path: Path):  # noqa: ANN201
 
 
 def add_image(sessions, keys, sop: str, *, state: str = "predicted", view: str = "frontal",  # noqa: ANN001
-              reason: str = "", received_at: datetime | None = None, schedule: bool = True) -> int:
+              reason: str = "", received_at: datetime | None = None, schedule: bool = True,
+              version: str = "v1") -> int:
     """An instance as ingest and the worker leave it: re-identification entry, signed predictions
     when predicted, and the study's result row scheduled."""
     from storage import records, reid
@@ -74,12 +75,12 @@ def add_image(sessions, keys, sop: str, *, state: str = "predicted", view: str =
             keys.reid_key, sop, {"study_uid": "1.2.3", "sop_instance_uid": "1.2.3.4." + sop[-2:],
                                  "series_uid": "1.2.3.5", "patient_id": "P1"})))
         if state == "predicted":
-            s.add_all(Prediction(instance_id=inst.id, model_version="v1", label=label, probability=0.3,
+            s.add_all(Prediction(instance_id=inst.id, model_version=version, label=label, probability=0.3,
                                  threshold=0.5, positive=False,
-                                 mac=records.mac(keys.record_key, sop, "v1", label, 0.3, 0.5, False))
+                                 mac=records.mac(keys.record_key, sop, version, label, 0.3, 0.5, False))
                       for label in LABELS)
         if schedule:
-            stage.schedule_result(s, STUDY, "v1")
+            stage.schedule_result(s, STUDY, version)
         return inst.id
 
 
@@ -185,3 +186,14 @@ def test_the_sweep_queues_a_study_of_not_analysed_images_once(env, tmp_path: Pat
     assert s1.sweep() == 1 and s1.sweep() == 0  # queued once, not again while pending
     with sessions() as s:
         assert [(r.study_uid, r.model_version, r.state) for r in s.query(Result)] == [(STUDY, str(version), "pending")]
+
+
+def test_an_image_another_model_predicted_does_not_bring_this_models_report_back(env):  # noqa: ANN001
+    """A promotion between two images of a study: each model's row reports its own images once."""
+    sessions, keys, sender, sent = env
+    add_image(sessions, keys, "2.25.11")
+    add_image(sessions, keys, "2.25.31", version="v2", schedule=False)
+    assert sender().run_once() is True
+    with sessions() as s:
+        assert [(r.model_version, r.state) for r in s.query(Result)] == [("v1", "sent")]
+    assert sender().run_once() is False and len(sent) == 1
