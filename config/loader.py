@@ -184,6 +184,14 @@ def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any], sourc
         (item_type,) = typing.get_args(hint)
         if not isinstance(value, list) or not all(_is_type(v, item_type) for v in value):
             raise ConfigError(f"{source}: '{key}' must be a list of {item_type.__name__}")
+        choices = meta.get("choices")
+        if choices:  # a list of named options: each one known, none twice
+            for v in value:
+                if v not in choices:
+                    raise ConfigError(f"{source}: '{key}' entries must be among {', '.join(map(str, choices))}; "
+                                      f"got {v!r}")
+            if len(set(value)) != len(value):
+                raise ConfigError(f"{source}: '{key}' lists an entry twice")
         return list(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -274,6 +282,9 @@ def _derive(s: Settings, env: Mapping[str, str], base: Callable[[str], Path]) ->
         raise ConfigError("'dicom.allow_any_host' is true but 'dicom.allowed_hosts' lists addresses: "
                           "empty the list to accept any host, or set allow_any_host = false")
     _check_cron(s.retrain.schedule)
+    if s.results.send_heatmap and not s.results.heatmap_objects:
+        raise ConfigError("'results.send_heatmap' is true but 'results.heatmap_objects' is empty: list "
+                          "\"secondary_capture\" and/or \"segmentation\", or set send_heatmap = false")
     return dataclasses.replace(s, storage=storage, security=security, retrain=retrain)
 
 
@@ -368,7 +379,8 @@ def documented_toml() -> str:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"# {f.metadata['doc']}")
             if f.metadata.get("choices"):
-                lines.append(f"# one of: {', '.join(f.metadata['choices'])}")
+                kind = "any of" if typing.get_origin(hints[f.name]) is list else "one of"
+                lines.append(f"# {kind}: {', '.join(f.metadata['choices'])}")
             lines.append(f"{f.name} = {_toml_value(default)}")
         lines.append("")
         for cls2, name2 in nested:

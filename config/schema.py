@@ -176,7 +176,14 @@ class Results:
     host: str = _f("127.0.0.1", "Destination host")
     port: int = _f(104, "Destination port", min=1, max=65535)
     send_sr: bool = _f(True, "Send a DICOM Structured Report per study")
-    send_heatmap: bool = _f(False, "Send a Secondary Capture with a Grad-CAM overlay of the top finding")
+    send_heatmap: bool = _f(False, "Send the Grad-CAM heatmap of the top finding, as the objects in "
+                                   "heatmap_objects")
+    heatmap_objects: list[str] = _f(lambda: ["secondary_capture"],
+                                    "Heatmap objects sent when send_heatmap is true: \"secondary_capture\" (RGB "
+                                    "picture of the film with the overlay burned in, for viewers that only "
+                                    "display images) and/or \"segmentation\" (FRACTIONAL Segmentation on the "
+                                    "source image's pixel grid, which viewers overlay on the original)",
+                                    choices=("secondary_capture", "segmentation"), factory=True)
     max_attempts: int = _f(8, "Give up (state failed) after this many attempts", min=1, max=1000)
     retry_base_s: float = _f(5.0, "First retry delay; doubles per attempt", min=0.0, max=86400)
     tls: bool = _f(False, "Use DICOM TLS to the destination")

@@ -7,6 +7,7 @@ validation data, because the ChestX-ray14 paper reports "accuracy" and a reader 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,39 @@ if TYPE_CHECKING:
     from .chestxray14 import Entry
 
 DEFAULT_THRESHOLD = 0.5
+
+
+def dataset_fingerprint(entries: Sequence[Entry]) -> str:
+    """sha256 over what defines a labelled data set (image, patient, findings), in name order.
+
+    Stored in a trained model's manifest so `evaluate` can tell the data set the model was trained
+    on (where only the held-out test patients are a fair score) from any other one (where every
+    image is unseen and all of them should be scored). Paths are left out: the same data set copied
+    elsewhere is the same data set.
+    """
+    h = hashlib.sha256()
+    for e in sorted(entries, key=lambda e: e.image):
+        h.update(f"{e.image}\x1f{e.patient_id}\x1f{'|'.join(sorted(e.findings))}\n".encode())
+    return h.hexdigest()
+
+
+def default_split(training: Mapping[str, Any], entries: Sequence[Entry], folder_name: str) -> tuple[str, str]:
+    """(split, why) to score a model on this data set when the user did not choose one.
+
+    The test patients only when the data set is the one the model was trained on - by fingerprint,
+    or, for manifests written before fingerprints, by folder name and image count; anything else
+    (another hospital's set, an imported model) is unseen data, so all of it.
+    """
+    known = training.get("data_fingerprint")
+    if known:
+        if known == dataset_fingerprint(entries):
+            return "test", "the data set the model was trained on: its held-out test patients"
+        return "all", "not the data set the model was trained on: every image"
+    images = training.get("images")
+    if (training.get("data") == folder_name and isinstance(images, Mapping)
+            and sum(int(v) for v in images.values() if isinstance(v, (int, float))) == len(entries)):
+        return "test", "the data set the model was trained on (same folder and image count): its held-out test patients"
+    return "all", "not known to be the data set the model was trained on: every image"
 
 
 @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""The classifier: torchvision's DenseNet121 with a 14-output head (CheXNet, Rajpurkar et al. 2017).
+"""The classifier: DenseNet121 (torchvision's, rebuilt in `densenet`) with a 14-output head (CheXNet, Rajpurkar et al. 2017).
 
 The module returns *logits*; turning them into probabilities is `probabilities()`, chosen by the
 manifest's `activation`: independent sigmoids (multi-label, the default: a film can show several
@@ -68,10 +68,10 @@ class ChestNet(nn.Module):
 
     def __init__(self, arch: ArchSpec = ArchSpec()):
         super().__init__()
-        from torchvision.models import densenet121
+        from .densenet import DenseNet121  # torchvision's module tree without importing torchvision
 
         self.arch = arch
-        base = densenet121(weights=None, num_classes=arch.num_outputs)
+        base = DenseNet121(num_classes=arch.num_outputs)
         if arch.in_channels != 3:
             base.features.conv0 = nn.Conv2d(arch.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.features = base.features

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from storage.errors import AuditError
@@ -64,6 +64,7 @@ EVENTS: dict[str, tuple[str, str]] = {
     "prediction.created": (PATIENT_RECORD, "C"),
     "result.sent": (INSTANCES_TRANSFERRED, "R"),
     "result.failed": (INSTANCES_TRANSFERRED, "R"),
+    "results.retry": (APPLICATION_ACTIVITY, "U"),  # failed results set back to pending by a person
     "predictions.query": (QUERY, "E"),
     "audit.query": (AUDIT_LOG_USED, "R"),
     "audit.verify": (AUDIT_LOG_USED, "R"),
@@ -188,10 +189,12 @@ class VerifyReport:
     reason: str
     last_seq: int | None = None
     last_hash: str | None = None
+    last_at: str | None = None  # occurred_at of the last row: with seq and hash, a complete anchor
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "rows": self.rows, "first_bad_seq": self.first_bad_seq,
-                "reason": self.reason, "last_seq": self.last_seq, "last_hash": self.last_hash}
+                "reason": self.reason, "last_seq": self.last_seq, "last_hash": self.last_hash,
+                "last_at": self.last_at}
 
 
 def _hasher(key: bytes) -> Callable[[tuple], str]:
@@ -237,11 +240,17 @@ def _raw_rows(session: Session, sql: str, batch: int) -> Iterator[tuple]:
 
 
 def verify(session: Session, audit_key: bytes, *, expect_head: tuple[int, str] | None = None,
-           batch: int = 20000) -> VerifyReport:
+           anchored_at: str | None = None, batch: int = 20000) -> VerifyReport:
     """Walk the chain in seq order and report the first row changed, removed or reordered.
 
     Streams driver tuples in batches so memory stays flat for millions of rows. `expect_head=(seq,
     hash)` additionally detects rows removed from the end since that anchor was taken.
+
+    Rows written after a cut from the end take the removed numbers again (each new row is head + 1)
+    and chain correctly, so the chain alone cannot tell where the cut began. `anchored_at`, a time
+    (UTC ISO, as `occurred_at` is stored) at or after the anchored head was written, can: no row the
+    anchor covers is later than it, so the first later row at or below the anchored seq is where the
+    removed rows began.
     """
     sql = f"SELECT {', '.join(_FIELDS)}, hash FROM {AuditEvent.__tablename__} ORDER BY seq"
     prev_seq, prev_hash, rows = 0, GENESIS, 0
@@ -261,10 +270,38 @@ def verify(session: Session, audit_key: bytes, *, expect_head: tuple[int, str] |
         prev_seq, prev_hash = seq, r[-1]
     if expect_head is not None:
         seq, h = expect_head
-        if prev_seq < seq:
-            return VerifyReport(False, rows, prev_seq + 1, f"rows {prev_seq + 1}..{seq} were removed from the end")
         found = session.execute(select(AuditEvent.hash).where(AuditEvent.seq == seq)).scalar()
         if found != h:
+            rewritten = _first_written_after(session, anchored_at, prev_seq) if anchored_at else None
+            if prev_seq < seq or rewritten is not None:
+                return _cut_report(rows, prev_seq, seq, rewritten, timed=anchored_at is not None)
             return VerifyReport(False, rows, seq, f"row {seq} differs from the anchored head")
     return VerifyReport(True, rows, None, "chain intact", prev_seq or None,
-                        prev_hash if prev_seq else None)
+                        prev_hash if prev_seq else None, _time_of(session, prev_seq) if prev_seq else None)
+
+
+def _first_written_after(session: Session, moment: str, last_seq: int) -> int | None:
+    """Where the run of rows later than `moment` that ends the chain begins (reused numbers), or
+    None when the last row is not later. Only the final run counts, so a row with an odd time
+    earlier in the chain (a clock stepped back) is not blamed."""
+    covered = session.execute(select(func.max(AuditEvent.seq))
+                              .where(AuditEvent.seq <= last_seq, AuditEvent.occurred_at <= moment)).scalar()
+    first = (covered or 0) + 1
+    return first if first <= last_seq else None
+
+
+def _cut_report(rows: int, last_seq: int, anchored_seq: int, rewritten: int | None, *,
+                timed: bool) -> VerifyReport:
+    """Rows removed from the end since the anchor; with `rewritten`, rows written since took their
+    numbers from there on (the cut began at that row, not after the chain's present end)."""
+    first = min(last_seq + 1, rewritten) if rewritten is not None else last_seq + 1
+    reason = f"rows {first}..{anchored_seq} were removed from the end"
+    if first <= last_seq:
+        reason += f" (rows {first}..{last_seq} now in the table were written after the removal)"
+    elif not timed:  # without the anchor's time a row written since the cut cannot be told apart
+        reason += " (at least: rows written since may have taken removed numbers)"
+    return VerifyReport(False, rows, first, reason)
+
+
+def _time_of(session: Session, seq: int) -> str | None:
+    return session.execute(select(AuditEvent.occurred_at).where(AuditEvent.seq == seq)).scalar()

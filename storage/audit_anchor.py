@@ -17,7 +17,7 @@ import hmac
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy import select
@@ -82,3 +82,27 @@ def last(path: Path, audit_key: bytes) -> tuple[Anchor | None, int]:
         if best is None or seq >= best.seq:
             best = Anchor(seq, head_hash, at)
     return best, rejected
+
+
+def find(path: Path, audit_key: bytes, seq: int, head_hash: str) -> Anchor | None:
+    """The anchor with a valid MAC for exactly this head, if one was written (for its time)."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        try:
+            item = json.loads(line)
+            if int(item["seq"]) == seq and str(item["hash"]) == head_hash and hmac.compare_digest(
+                    str(item["mac"]), _mac(audit_key, seq, head_hash, str(item["at"]))):
+                return Anchor(seq, head_hash, str(item["at"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def covered_until(anchor: Anchor) -> str:
+    """A time no row the anchor covers is later than, in `occurred_at`'s form: `at` is written to
+    the second after the head was read, so one second past it."""
+    moment = datetime.fromisoformat(anchor.at) + timedelta(seconds=1)
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")

@@ -41,10 +41,11 @@ class Base(DeclarativeBase):
 
 # Instance states; every move between them is a committed row update. NOT_ANALYSED is final: the
 # image is stored (acknowledged, encrypted, purged with the rest) but the model never sees it (a
-# lateral view, say); `analysis_reason` says why.
-RECEIVED, PREDICTED, REPORTED, IGNORED, FAILED, QUARANTINED, NOT_ANALYSED = (
-    "received", "predicted", "reported", "ignored", "failed", "quarantined", "not_analysed")
-INSTANCE_STATES = (RECEIVED, PREDICTED, REPORTED, IGNORED, FAILED, QUARANTINED, NOT_ANALYSED)
+# lateral view, say); `analysis_reason` says why. An image ingest ignores (not a chest radiograph)
+# gets no row at all, only its audit event.
+RECEIVED, PREDICTED, REPORTED, FAILED, QUARANTINED, NOT_ANALYSED = (
+    "received", "predicted", "reported", "failed", "quarantined", "not_analysed")
+INSTANCE_STATES = (RECEIVED, PREDICTED, REPORTED, FAILED, QUARANTINED, NOT_ANALYSED)
 
 
 class Instance(Base):

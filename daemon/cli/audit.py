@@ -12,14 +12,16 @@ import os
 import re
 import sys
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from daemon.cli import times
+from daemon.cli import studies, times
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
 
 if TYPE_CHECKING:
+    from daemon.cli.studies import StudyChoice
     from storage.audit_query import AuditFilter
 
 
@@ -28,9 +30,9 @@ def register_verify(actions) -> None:  # noqa: ANN001
                            help="check the keyed hash chain; exit 1 naming the first changed, removed "
                                 "or reordered row")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("--expect-head", metavar="SEQ:HASH",
-                   help="last_seq:last_hash of an earlier good run (kept elsewhere): also detects rows "
-                        "removed from the end since then")
+    p.add_argument("--expect-head", metavar="SEQ:HASH[@TIME]",
+                   help="the `head` of an earlier good `--format json` run (kept elsewhere), or its "
+                        "last_seq:last_hash: also detects rows removed from the end since then")
     p.set_defaults(func=run_verify)
 
 
@@ -44,9 +46,7 @@ def _filter_options() -> argparse.ArgumentParser:
     g.add_argument("--event", action="append", default=[], metavar="TYPE",
                    help="event type (association.rejected), family (association.*) or DICOM event id "
                         "(110113); repeatable")
-    g.add_argument("--study", metavar="UID", help="pseudonymous Study Instance UID; with --reason, an "
-                   "ORIGINAL Study Instance UID (mapped to its pseudonym; the use is audited)")
-    g.add_argument("--reason", metavar="TEXT", help="why an original identifier is used (ticket, request)")
+    studies.add_options(g, what="events of this study")
     g.add_argument("--actor", metavar="WHO", help="exact actor (os:alice, aet:PACS1, cxrd:worker) or a "
                    "prefix ending in * (aet:*)")
     g.add_argument("--outcome", action="append", default=[], metavar="O",
@@ -87,15 +87,22 @@ def register(sub) -> None:  # noqa: ANN001
 
 def run_verify(args: argparse.Namespace, rt: Runtime) -> int:
     from storage import audit, audit_anchor
-    anchor = None
+    anchor_file = rt.state_dir / audit_anchor.FILE_NAME
+    anchor, anchored_at = None, None
     if args.expect_head:
-        head = _expected_head(args.expect_head)
+        head, anchored_at = _expected_head(args.expect_head)
+        if anchored_at is None:  # the same head anchored by the daemon says when it was current
+            known = audit_anchor.find(anchor_file, rt.keys.audit_key, *head)
+            anchored_at = audit_anchor.covered_until(known) if known else None
     else:  # the last head the daemon (or `cxrd init`) anchored outside the database
-        anchor, _ = audit_anchor.last(rt.state_dir / audit_anchor.FILE_NAME, rt.keys.audit_key)
+        anchor, _ = audit_anchor.last(anchor_file, rt.keys.audit_key)
         head = anchor.head() if anchor else None
+        anchored_at = audit_anchor.covered_until(anchor) if anchor else None
     with rt.read_sessions() as s:
-        report = audit.verify(s, rt.keys.audit_key, expect_head=head)
+        report = audit.verify(s, rt.keys.audit_key, expect_head=head, anchored_at=anchored_at)
     result = report.as_dict() | {"anchor": {"seq": anchor.seq, "at": anchor.at} if anchor else None}
+    if report.ok and report.last_seq:
+        result["head"] = f"{report.last_seq}:{report.last_hash}@{report.last_at}"
     rt.audit("audit.verify", outcome=0 if report.ok else 12, **result)
     if args.format == "json":
         json.dump(result, sys.stdout, indent=2)
@@ -108,26 +115,39 @@ def run_verify(args: argparse.Namespace, rt: Runtime) -> int:
     return 0
 
 
-def _expected_head(text: str) -> tuple[int, str]:
-    m = re.fullmatch(r"(\d+):([0-9a-f]{64})", text.strip())
+def _expected_head(text: str) -> tuple[tuple[int, str], str | None]:
+    """SEQ:HASH or SEQ:HASH@TIME (the `head` of `audit verify --format json`) -> ((seq, hash), time)."""
+    m = re.fullmatch(r"(\d+):([0-9a-f]{64})(?:@(\S+))?", text.strip())
     if not m:
-        raise CommandError("--expect-head takes SEQ:HASH (last_seq:last_hash from `audit verify --format json`)", 2)
-    return int(m[1]), m[2]
+        raise CommandError("--expect-head takes SEQ:HASH or SEQ:HASH@TIME (`head` from "
+                           "`audit verify --format json`)", 2)
+    at = None
+    if m[3]:
+        try:
+            moment = datetime.fromisoformat(m[3])
+        except ValueError:
+            raise CommandError("--expect-head: TIME after @ must be an ISO 8601 time with its offset", 2) from None
+        if moment.tzinfo is None:
+            raise CommandError("--expect-head: TIME after @ must carry its offset (as `head` prints it)", 2)
+        at = moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return (int(m[1]), m[2]), at
 
 
 # -- query / export ------------------------------------------------------------------------------
-def build_filter(args: argparse.Namespace, rt: Runtime) -> tuple[AuditFilter, dict]:
-    """Command-line filters -> an AuditFilter on pseudonyms, plus what must be audited about them."""
+def build_filter(args: argparse.Namespace, rt: Runtime) -> tuple[AuditFilter, StudyChoice]:
+    """Command-line filters -> an AuditFilter on pseudonyms, plus the study as given (to audit)."""
     from storage import audit_query
     since, until = _time_window(args)
-    events = tuple(audit_query.check_event_selector(e) for e in args.event)
-    outcomes = audit_query.parse_outcomes(args.outcome)
-    study, reason = _study_filter(args, rt)
-    extra = {"study_given_as": "original", "reason": reason[:500]} if reason else {}
-    flt = audit_query.AuditFilter(since=since, until=until, events=events, study_uid=study,
+    try:
+        events = tuple(audit_query.check_event_selector(e) for e in args.event)
+        outcomes = audit_query.parse_outcomes(args.outcome)
+    except audit_query.AuditQueryError as exc:  # a value the user typed: a usage error
+        raise CommandError(f"{'--outcome' if 'outcome' in str(exc) else '--event'}: {exc}", 2) from None
+    study = studies.resolve(rt, args.study, args.reason)
+    flt = audit_query.AuditFilter(since=since, until=until, events=events, study_uid=study.pseudonym,
                                   actor=args.actor, outcomes=outcomes,
-                                  after_seq=getattr(args, "after_seq", None), extra=extra)
-    return flt, {"original": bool(reason), "reason": reason}
+                                  after_seq=getattr(args, "after_seq", None), extra=study.extra)
+    return flt, study
 
 
 def _time_window(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -144,50 +164,9 @@ def _time_window(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return (times.stored(since) if since else None), (times.stored(until) if until else None)
 
 
-def _study_filter(args: argparse.Namespace, rt: Runtime) -> tuple[str | None, str]:
-    """(pseudonymous study UID or None, the reason if an original UID was given, else '').
-
-    An original Study UID (given with --reason) is mapped with the keyed pseudonym function, the same
-    one de-identification used, so the reid map is never opened; only the pseudonym is recorded.
-    Without --reason only a pseudonym is accepted: searching for (and recording) what is probably an
-    original identifier is refused instead.
-    """
-    reason = (args.reason or "").strip()
-    study = args.study
-    if study is not None:
-        study = study.strip()
-        if not study:
-            raise CommandError("--study needs a UID", 2)
-    if reason and study is None:
-        raise CommandError("--reason is only used with --study (an original Study Instance UID)", 2)
-    if study and not reason and not re.fullmatch(r"2\.25\.[1-9][0-9]{0,38}", study):
-        raise CommandError("--study without --reason takes a pseudonymous UID (2.25.…); for an original "
-                           "Study Instance UID add --reason", 2)
-    if study and reason:
-        from storage.deid import pseudonymize_uid
-        return pseudonymize_uid(rt.keys.uid_key, study), reason
-    return study, ""
-
-
-def _record(rt: Runtime, event_type: str, flt: AuditFilter, uses_original: bool,
-            reason: str, **details) -> None:  # noqa: ANN003
-    """Audit the use in one committed transaction; an original identifier also gets its own
-    `reid.pseudonymize` event (who, why), as a break-glass lookup would."""
-    from storage import audit
-    from storage.errors import AuditError
-    try:
-        with rt.sessions.begin() as s:
-            if uses_original:
-                audit.append(s, rt.keys.audit_key, event_type="reid.pseudonymize", actor=rt.actor,
-                             host=rt.hostname, study_uid=flt.study_uid or "",
-                             details={"reason": reason[:500], "via": event_type})
-            audit.append(s, rt.keys.audit_key, event_type=event_type, actor=rt.actor, host=rt.hostname,
-                         study_uid=flt.study_uid or "", details={"filters": flt.as_details(), **details})
-    except AuditError:
-        raise
-    except Exception as exc:  # fail closed: no audit row, no output
-        raise CommandError(f"cannot record this use of the audit log ({event_type}: {type(exc).__name__}); "
-                           "nothing was shown. Run it with the service's own database account.") from None
+def _record(rt: Runtime, event_type: str, flt: AuditFilter, study: StudyChoice, **details) -> None:  # noqa: ANN003
+    """Audit the use of the audit log (fail closed; see `studies.record_use`)."""
+    studies.record_use(rt, event_type, study, filters=flt.as_details(), **details)
 
 
 TABLE = (("seq", 7), ("occurred_at", 20), ("event_type", 22), ("outcome", 7), ("actor", 20),
@@ -214,7 +193,7 @@ def run_query(args: argparse.Namespace, rt: Runtime) -> int:
         more = len(rows) == args.limit and bool(
             audit_query.query(s, replace(flt, after_seq=rows[-1]["seq"]), limit=1))
     next_after = rows[-1]["seq"] if rows and more else None
-    _record(rt, "audit.query", flt, use["original"], use["reason"], returned=len(rows),
+    _record(rt, "audit.query", flt, use, returned=len(rows),
             limit=args.limit, offset=args.offset)
     if args.format == "json":
         json.dump({"events": rows, "returned": len(rows), "next_after_seq": next_after,
@@ -252,7 +231,7 @@ def run_export(args: argparse.Namespace, rt: Runtime) -> int:
     return 0
 
 
-def _export_to_file(rt: Runtime, flt: AuditFilter, use: dict, fmt: str, write: Callable, target: Path) -> int:
+def _export_to_file(rt: Runtime, flt: AuditFilter, use: StudyChoice, fmt: str, write: Callable, target: Path) -> int:
     """Write beside the target (mode 0600), fsync, audit, then rename: a reader never sees a partial
     export, and an export whose use could not be recorded never appears."""
     from storage import audit_query
@@ -266,21 +245,20 @@ def _export_to_file(rt: Runtime, flt: AuditFilter, use: dict, fmt: str, write: C
             n = write(audit_query.iter_events(s, flt), out)
             out.flush()
             os.fsync(out.fileno())
-        _record(rt, "audit.export", flt, use["original"], use["reason"], format=fmt, exported=n,
-                output=target.name)
+        _record(rt, "audit.export", flt, use, format=fmt, exported=n, output=target.name)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     return n
 
 
-def _export_to_stdout(rt: Runtime, flt: AuditFilter, use: dict, fmt: str, write: Callable) -> None:
+def _export_to_stdout(rt: Runtime, flt: AuditFilter, use: StudyChoice, fmt: str, write: Callable) -> None:
     """Record the export first (output cannot be taken back), pinned to the rows present now, so the
     export event itself is not exported and the recorded count is what is written."""
     from storage import audit_query
     with rt.read_sessions() as s:
         flt = replace(flt, upto_seq=audit_query.head_seq(s))
         n = audit_query.count(s, flt)
-    _record(rt, "audit.export", flt, use["original"], use["reason"], format=fmt, exported=n, output="stdout")
+    _record(rt, "audit.export", flt, use, format=fmt, exported=n, output="stdout")
     with rt.read_sessions() as s:
         write(audit_query.iter_events(s, flt), sys.stdout)

@@ -294,7 +294,7 @@ def run_import(args: argparse.Namespace, rt: Runtime) -> int:
             key = "labels" if args.weights_format == "chexnet" else "pathologies"
             kwargs[key] = [s.strip() for s in args.labels.split(",")]
     elif args.labels or args.allow_pickle:
-        raise CommandError("--labels and --allow-pickle do not apply to --format torchvision")
+        raise CommandError("--labels and --allow-pickle do not apply to --format torchvision", 2)
     imported = import_file(Path(args.file), args.weights_format, **kwargs)
     reg = rt.registry
     rt.ensure_state_dir()

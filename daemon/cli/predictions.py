@@ -1,9 +1,16 @@
 """`cxrd predictions` (list what the model said) and `cxrd results list|retry` (what went back to the PACS).
 
-`--study` takes the pseudonymous Study Instance UID or the ORIGINAL one a clinician has in front of
-them: the original is mapped with the same keyed hash ingest uses (deterministic, no lookup in the
-re-identification map, so no break-glass needed) and never written anywhere. Every predictions
-query is audited (`predictions.query`) with the pseudonym only.
+`--study` follows the one contract of `daemon.cli.studies`: a pseudonymous Study Instance UID, or with
+`--reason` the ORIGINAL one a clinician has in front of them (mapped with the keyed hash ingest uses,
+recorded as a `reid.pseudonymize` event, never written anywhere). Every predictions query is audited
+(`predictions.query`) with the pseudonym only, before anything is shown.
+
+Each prediction row carries a MAC (`storage.records`). A listing checks every row it shows: an
+instance whose rows fail (edited in SQL, moved, written without the key) is listed as failing
+authentication with its values withheld, and the query raises a security alert in the audit trail,
+so an edited probability is never printed as what the model said.
+
+Listings show the newest N and print them oldest first (as `tail` does), like every cxrd listing.
 
 `cxrd results retry` is the way back for a result parked as `failed` after `max_attempts`: once the
 destination works again it sets those rows to pending with a fresh attempt count, and the running
@@ -19,7 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cxrmodel.labels import LABELS
-from daemon.cli import times
+from daemon.cli import studies, times
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
 
@@ -31,63 +38,37 @@ MAX_LIMIT = 100_000
 
 def register(sub) -> None:  # noqa: ANN001
     p = sub.add_parser("predictions", help="list predictions per instance (probability and call for each finding)")
-    p.add_argument("--study", metavar="UID", help="pseudonymous (2.25...) or original Study Instance UID")
+    studies.add_options(p, what="only predictions of this study")
     p.add_argument("--since", metavar="TIME", help=f"only predictions made at/after TIME: {times.FORMS}")
-    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N instances, newest first "
-                                                                       "(default 100)")
+    p.add_argument("--limit", type=int, default=100, metavar="N",
+                   help="the newest N instances, listed oldest first (default 100)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.set_defaults(func=run_predictions, reads_dicom=False)
 
     r = sub.add_parser("results", help="results sent back to the PACS: list them, retry parked ones")
     r.set_defaults(reads_dicom=False)
     actions = r.add_subparsers(dest="results_command", metavar="ACTION", required=True)
-    ls = actions.add_parser("list", help="results by state, newest first")
+    ls = actions.add_parser("list", help="results by state: the newest N, listed oldest first")
     ls.add_argument("--state", choices=("pending", "sending", "sent", "failed"))
-    ls.add_argument("--limit", type=int, default=100, metavar="N")
+    ls.add_argument("--limit", type=int, default=100, metavar="N", help="the newest N results (default 100)")
     ls.add_argument("--format", choices=("table", "json"), default="table")
     ls.set_defaults(func=run_results_list)
     rt_ = actions.add_parser("retry",
                              help="set failed results back to pending (after fixing the destination)")
-    rt_.add_argument("--study", metavar="UID", help="only this study (pseudonymous or original UID)")
+    studies.add_options(rt_, what="only results of this study")
     rt_.add_argument("--failed", action="store_true", default=True,
                      help="retry results parked as failed (the default and only selection)")
     rt_.add_argument("--format", choices=("table", "json"), default="table")
     rt_.set_defaults(func=run_results_retry)
 
 
-def study_candidates(rt: Runtime, uid: str) -> tuple[str, ...]:
-    """The pseudonyms a --study value can mean: itself (already a pseudonym) and its keyed mapping."""
-    uid = uid.strip()
-    if not uid or len(uid) > 64 or not all(c.isdigit() or c == "." for c in uid):
-        raise CommandError("--study must be a DICOM UID (digits and dots, at most 64 characters)")
-    from storage.deid import pseudonymize_uid
-    return tuple(dict.fromkeys((uid, pseudonymize_uid(rt.keys.uid_key, uid))))
-
-
-def _resolved_study(rt: Runtime, uid: str | None) -> str | None:
-    """The one pseudonym to filter on (and to audit).
-
-    A value we hold as a pseudonym is used as is; anything else is treated as an original UID and
-    replaced by its keyed pseudonym - also when nothing matches, so an original UID typed by a user
-    never lands in the audit trail.
-    """
-    if uid is None:
-        return None
-    given, *mapped = study_candidates(rt, uid)
-    if not mapped:  # a well-known UID maps to itself
-        return given
-    from sqlalchemy import select
-
-    from storage.models import Instance
-    with rt.read_sessions() as s:
-        known = s.scalar(select(Instance.id).where(Instance.study_uid == given).limit(1)) is not None
-    return given if known else mapped[0]
-
-
 def query_predictions(rt: Runtime, *, study: str | None, since: datetime | None, limit: int) -> list[dict[str, Any]]:
-    """One dict per (instance, model version): pseudonyms, model, time and each label's output."""
-    from sqlalchemy import select
+    """One dict per (instance, model version), the newest `limit` listed oldest first: pseudonyms,
+    model, time, and each label's output - or, when any of its rows fails authentication,
+    `authentic: False` and no values."""
+    from sqlalchemy import func, select
 
+    from storage import records
     from storage.models import Instance, Prediction
     with rt.read_sessions() as s:
         keys = (select(Prediction.instance_id, Prediction.model_version)
@@ -97,38 +78,56 @@ def query_predictions(rt: Runtime, *, study: str | None, since: datetime | None,
             keys = keys.where(Instance.study_uid == study)
         if since is not None:
             keys = keys.where(Prediction.created_at >= since)
-        keys = keys.order_by(Prediction.instance_id.desc()).limit(limit)
-        pairs = s.execute(keys).all()
+        keys = keys.order_by(func.max(Prediction.id).desc()).limit(limit)
+        pairs = list(reversed(s.execute(keys).all()))
         if not pairs:
             return []
         ids = {iid for iid, _ in pairs}
         rows = s.execute(select(Prediction.instance_id, Prediction.model_version, Prediction.label,
-                                Prediction.probability, Prediction.positive, Prediction.created_at,
-                                Instance.sop_instance_uid, Instance.study_uid, Instance.state)
+                                Prediction.probability, Prediction.threshold, Prediction.positive,
+                                Prediction.mac, Prediction.created_at, Instance.sop_instance_uid,
+                                Instance.study_uid, Instance.state)
                          .join(Instance, Instance.id == Prediction.instance_id)
                          .where(Prediction.instance_id.in_(ids))).all()
     wanted = set(pairs)
+    key = rt.keys.record_key
     out: dict[tuple[int, str], dict[str, Any]] = {}
-    for iid, version, label, prob, pos, created, sop, st, state in rows:
+    for iid, version, label, prob, thr, pos, tag, created, sop, st, state in rows:
         if (iid, version) not in wanted:
             continue
         rec = out.setdefault((iid, version), {
             "instance_uid": sop, "study_uid": st, "model_version": version, "state": state,
-            "created_at": created.isoformat(timespec="seconds"), "probabilities": {}, "positive": {}})
+            "created_at": created.isoformat(timespec="seconds"), "authentic": True,
+            "probabilities": {}, "positive": []})
         rec["probabilities"][label] = round(float(prob), 6)
-        rec["positive"][label] = bool(pos)
+        if pos:
+            rec["positive"].append(label)
+        if not records.verify(key, tag, sop, version, label, prob, thr, pos):
+            rec["authentic"] = False
     order = {pair: i for i, pair in enumerate(pairs)}
-    return [out[k] for k in sorted(out, key=order.__getitem__)]
+    listed = [out[k] for k in sorted(out, key=order.__getitem__)]
+    for rec in listed:
+        rec["positive"] = [lbl for lbl in LABELS if lbl in rec["positive"]] + \
+            sorted(lbl for lbl in rec["positive"] if lbl not in LABELS)
+        if not rec["authentic"]:  # never show an edited value as what the model said
+            rec["probabilities"], rec["positive"] = None, None
+    return listed
 
 
 def run_predictions(args: argparse.Namespace, rt: Runtime) -> int:
     if not 1 <= args.limit <= MAX_LIMIT:
-        raise CommandError(f"--limit must be within 1..{MAX_LIMIT}")
+        raise CommandError(f"--limit must be within 1..{MAX_LIMIT}", 2)
     since = times.parse_time(args.since, "--since") if args.since else None
-    study = _resolved_study(rt, args.study)
-    records = query_predictions(rt, study=study, since=since, limit=args.limit)
-    rt.audit("predictions.query", study_uid=study or "", since=since.isoformat() if since else "",
-             limit=args.limit, rows=len(records))
+    study = studies.resolve(rt, args.study, args.reason)
+    records = query_predictions(rt, study=study.pseudonym, since=since, limit=args.limit)
+    forged = [r for r in records if not r["authentic"]]
+    alerts = [{"event_type": "security.tamper", "outcome": 12, "study_uid": forged[0]["study_uid"],
+               "object_uid": forged[0]["instance_uid"],
+               "details": {"what": "predictions", "via": "predictions.query", "instances": len(forged),
+                           "reason": "prediction row(s) failed authentication (edited or not written by cxrd)"}}
+              ] if forged else []
+    studies.record_use(rt, "predictions.query", study, alerts=alerts, since=since.isoformat() if since else "",
+                       limit=args.limit, rows=len(records), failed_authentication=len(forged), **study.extra)
     if args.format == "json":
         json.dump(records, sys.stdout, indent=2)
         print()
@@ -136,26 +135,33 @@ def run_predictions(args: argparse.Namespace, rt: Runtime) -> int:
         _write_csv(records)
     else:
         _print_records(records)
+    if forged:
+        print(f"cxrd: warning: {len(forged)} instance(s) failed authentication: their prediction rows were "
+              "changed outside cxrd; values withheld, security alert recorded", file=sys.stderr)
     return 0
 
 
 def _write_csv(records: list[dict[str, Any]]) -> None:
     w = csv.writer(sys.stdout)
-    w.writerow(["instance_uid", "study_uid", "model_version", "created_at", "state",
+    w.writerow(["instance_uid", "study_uid", "model_version", "created_at", "state", "authentic",
                 *LABELS, *(f"{label}_positive" for label in LABELS)])
     for r in records:
+        probs, positive = r["probabilities"] or {}, r["positive"] or []
         w.writerow([r["instance_uid"], r["study_uid"], r["model_version"], r["created_at"], r["state"],
-                    *(r["probabilities"].get(lbl, "") for lbl in LABELS),
-                    *(int(r["positive"][lbl]) if lbl in r["positive"] else "" for lbl in LABELS)])
+                    int(r["authentic"]), *(probs.get(lbl, "") for lbl in LABELS),
+                    *((int(lbl in positive) if lbl in probs else "") for lbl in LABELS)])
 
 
 def _print_records(records: list[dict[str, Any]]) -> None:
     if not records:
         print("no predictions")
     for r in records:
-        pos = [f"{lbl} {r['probabilities'][lbl]:.2f}" for lbl in LABELS if r["positive"].get(lbl)]
         print(f"{r['created_at']}  {r['model_version']}  {r['state']:<9} study {r['study_uid']}")
         print(f"    instance {r['instance_uid']}")
+        if not r["authentic"]:
+            print("    FAILED AUTHENTICATION: rows changed outside cxrd; values withheld")
+            continue
+        pos = [f"{lbl} {r['probabilities'][lbl]:.2f}" for lbl in r["positive"]]
         print(f"    positive: {', '.join(pos) if pos else 'none'}")
 
 
@@ -167,13 +173,15 @@ def _result_dict(r: Result) -> dict[str, Any]:
 
 def run_results_list(args: argparse.Namespace, rt: Runtime) -> int:
     from sqlalchemy import select
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise CommandError(f"--limit must be within 1..{MAX_LIMIT}", 2)
 
     from storage.models import Result
     with rt.read_sessions() as s:
-        stmt = select(Result).order_by(Result.id.desc()).limit(max(1, min(args.limit, MAX_LIMIT)))
+        stmt = select(Result).order_by(Result.id.desc()).limit(args.limit)
         if args.state:
             stmt = stmt.where(Result.state == args.state)
-        rows = [_result_dict(r) for r in s.scalars(stmt)]
+        rows = [_result_dict(r) for r in s.scalars(stmt)][::-1]  # the newest N, oldest first
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -188,9 +196,9 @@ def run_results_list(args: argparse.Namespace, rt: Runtime) -> int:
 
 def run_results_retry(args: argparse.Namespace, rt: Runtime) -> int:
     from daemon.stages.results import retry_failed
-    study = _resolved_study(rt, args.study) if args.study else None
-    with rt.sessions.begin() as s:
-        n = retry_failed(s, study_uid=study)
+    study = studies.resolve(rt, args.study, args.reason)
+    n = studies.record_use(rt, "results.retry", study, **study.extra,
+                           change=lambda s: {"requeued": retry_failed(s, study_uid=study.pseudonym)})["requeued"]
     if args.format == "json":
         print(json.dumps({"requeued": n}))
     else:

@@ -38,7 +38,7 @@ def run_reidentify(args: argparse.Namespace, rt: Runtime) -> int:
                                    host=rt.hostname, study=args.study, instance=args.instance)
         except (ReidError, TamperError) as exc:
             s.commit()  # keep the refusal / security alert in the audit trail
-            raise CommandError(str(exc)) from None
+            raise CommandError(str(exc), 2 if isinstance(exc, ReidError) else 1) from None  # no reason: usage
         s.commit()
     if not rows:
         raise CommandError("no re-identification entry for that " + ("study" if args.study else "instance"))

@@ -128,7 +128,7 @@ def collect_status(rt: Runtime) -> dict:
 
     from storage import db
     from storage.analysis import not_analysed_by_view
-    from storage.models import IGNORED, INSTANCE_STATES, AuditEvent, Instance, Job, Result, RetrainRun
+    from storage.models import INSTANCE_STATES, AuditEvent, Instance, Job, Result, RetrainRun
     with db.reachable(rt.engine), rt.read_sessions() as session:
         states = dict(session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all())
         # Images that leave no instance row are counted where ingest records them: the audit trail
@@ -149,9 +149,9 @@ def collect_status(rt: Runtime) -> dict:
         "database": rt.engine.url.render_as_string(hide_password=True),
         "schema": db.schema_revision(rt.engine),
         "queue_depth": queue or 0,
-        # Stored instances by state; `ignored` is no state an instance row takes (ignored images are
-        # not stored), so it is counted under not_stored, from the audit trail.
-        "instances": {s: states.get(s, 0) for s in INSTANCE_STATES if s != IGNORED},
+        # Stored instances by state; ignored images are not stored, so they are counted under
+        # not_stored, from the audit trail.
+        "instances": {s: states.get(s, 0) for s in INSTANCE_STATES},
         "not_stored": {label: received.get(event_type) or 0
                        for label, event_type in zip(("ignored", "rejected", "refused"), _NOT_STORED_EVENTS)},
         "not_analysed": not_analysed,  # per view (lateral, decubitus, ...): daemon.stages.view_rule

@@ -40,8 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                            "and roc.png.")
     ev.add_argument("--data", type=Path, required=True, help="folder with Data_Entry_2017.csv and images/")
     ev.add_argument("--model", default=None, help="model version (default: the current one)")
-    ev.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
-                    help="which patients (the same deterministic patient split training uses)")
+    ev.add_argument("--split", choices=("test", "val", "train", "all"), default=None,
+                    help="which patients (the same deterministic patient split training uses); default: "
+                         "the held-out test patients on the data set the model was trained on, every "
+                         "image on any other data set")
     ev.add_argument("--out", type=Path, default=None, help="folder for report.json and roc.png")
     ev.add_argument("--n-boot", type=int, default=1000)
     ev.add_argument("--threads", type=int, default=None)
@@ -179,9 +181,16 @@ def _prepare(args: argparse.Namespace, rt: Runtime) -> None:
         args.init = current.path / current.manifest.weights_file
     if args.out is None:
         if args.resume:
-            raise CommandError("--resume needs --out (the work folder of the interrupted run)")
+            raise CommandError("--resume needs --out (the work folder of the interrupted run)", 2)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         args.out = rt.state_dir / "train" / stamp
+
+
+def _dataset(args: argparse.Namespace) -> Any:
+    """The training data set as `cxrmodel.train` split it (same fractions and seed)."""
+    from cxrmodel.chestxray14 import read_dataset
+
+    return read_dataset(args.data, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
 
 
 def _judge_current(registry: Registry, args: argparse.Namespace,
@@ -189,10 +198,9 @@ def _judge_current(registry: Registry, args: argparse.Namespace,
     """(version, test report) of the current model on the very images the candidate was tested on,
     so the two are compared on the same patients; (None, None) when no model is current."""
     from cxrmodel import evaluate as E
-    from cxrmodel.chestxray14 import read_dataset
     from cxrmodel.errors import NoModelError
 
-    data = read_dataset(args.data, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+    data = _dataset(args)
     names = set(result["test_images"])
     test_entries = [e for e in data.splits["test"] if e.image in names]
     try:
@@ -209,11 +217,13 @@ def _judge_current(registry: Registry, args: argparse.Namespace,
 def _register(registry: Registry, args: argparse.Namespace, model: Any, result: dict[str, Any],
               metrics: dict[str, Any], promote: bool, current_version: str | None) -> str:
     """Add the trained model with its thresholds, test metrics and a training summary; its version."""
+    from cxrmodel import evaluate as E
     from cxrmodel.preprocess import PreprocessSpec
 
     training = {k: v for k, v in result["training"].items() if k != "history"}
     training["final_val_mean_auroc"] = (result["training"]["history"] or [{}])[-1].get("val_mean_auroc")
     training["data"] = Path(args.data).name
+    training["data_fingerprint"] = E.dataset_fingerprint(_dataset(args).entries)
     return registry.add(
         model, version=args.version, promote=promote, thresholds=result["thresholds"],
         metrics=metrics, training=training,
@@ -237,7 +247,8 @@ def _print_summary(summary: dict[str, Any], promote: str) -> None:
               + f" (`cxrd model promote {version} --force` overrides, audited)")
 
 
-def _print_table(report: dict[str, Any], out: Any = sys.stdout) -> None:
+def _print_table(report: dict[str, Any], out: Any = None) -> None:
+    out = out or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
     print(f"{'finding':<20}{'pos':>5}{'AUROC':>8}{'95% CI':>15}{'AP':>7}{'thr':>7}{'acc':>7}{'F1':>7}{'ECE':>7}", file=out)
 
     def f(v: Any, w: int = 7, p: int = 3) -> str:
@@ -255,6 +266,10 @@ def _print_table(report: dict[str, Any], out: Any = sys.stdout) -> None:
 
 
 def run_evaluate(args: argparse.Namespace, rt: Runtime) -> int:
+    if args.n_boot < 0:
+        raise CommandError("--n-boot must be 0 (no confidence intervals) or more", 2)
+    if args.threads is not None and args.threads < 1:
+        raise CommandError("--threads must be at least 1", 2)
     import torch
 
     from cxrmodel import evaluate as E
@@ -263,21 +278,27 @@ def run_evaluate(args: argparse.Namespace, rt: Runtime) -> int:
     torch.set_num_threads(_threads(args, rt))
     loaded = rt.registry.load(args.model)
     data = read_dataset(args.data)
-    entries = data.entries if args.split == "all" else data.splits[args.split]
+    if args.split is None:
+        split, why = E.default_split(loaded.manifest.training, data.entries, Path(args.data).name)
+    else:
+        split, why = args.split, "chosen with --split"
+    entries = data.entries if split == "all" else data.splits[split]
     if not entries:
-        raise CommandError(f"no images in the {args.split} split")
+        raise CommandError(f"no images in the {split} split")
     report, Y, P = E.evaluate_model(loaded.module, entries, loaded.manifest.preprocessing,
                                     activation=loaded.manifest.architecture.activation,
                                     thresholds=dict(loaded.manifest.thresholds), n_boot=args.n_boot)
-    report = {"model": loaded.version, "split": args.split, "skipped_rows": len(data.issues), **report}
-    out = args.out or rt.state_dir / "evaluations" / f"{loaded.version}-{args.split}"
+    report = {"model": loaded.version, "split": split, "split_reason": why, "scored_images": len(entries),
+              "dataset_images": len(data.entries), "skipped_rows": len(data.issues), **report}
+    out = args.out or rt.state_dir / "evaluations" / f"{loaded.version}-{split}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    E.write_roc_png(Y, P, out / "roc.png", title=f"{loaded.version}: ROC on {args.split} ({len(entries)} images)")
+    E.write_roc_png(Y, P, out / "roc.png", title=f"{loaded.version}: ROC on {split} ({len(entries)} images)")
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:
-        print(f"model {loaded.version} on {args.split} split: {len(entries)} images")
+        print(f"model {loaded.version}: scored {len(entries)} of {len(data.entries)} images "
+              f"(split {split}: {why})")
         _print_table(report)
         print(f"report: {out / 'report.json'}  figure: {out / 'roc.png'}")
     return 0

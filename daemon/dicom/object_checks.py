@@ -3,8 +3,9 @@
 `check_object(data)` re-reads the Part 10 bytes and raises `ObjectCheckError` with a one-line
 reason when the object is not one we may send: unreadable, a SOP class we do not produce, a
 required attribute missing or malformed (every element's value against its VR), a broken SR
-content tree, an SR image reference that is not in its own evidence list, or pixel data whose
-length does not match its header. It is a guard against our own regressions and against odd
+content tree, an SR image reference that is not in its own evidence list, a heatmap Segmentation
+that is not one FRACTIONAL frame derived from a source it lists, or pixel data whose length does
+not match its header. It is a guard against our own regressions and against odd
 source values (a 70-character accession number from a modality) turning into an invalid object
 in a patient's record; the independent validators (dciodvfy, PixelMed) run in the test suite.
 
@@ -25,6 +26,7 @@ from pydicom.uid import UID
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
 TID_1500 = "1500"
 MAX_DEPTH = 12  # TID 1500 -> 1501 -> 300 -> 320 is 4 levels; anything deeper is a bug
 
@@ -48,6 +50,21 @@ _SC: tuple[tuple[str, bool], ...] = (
     ("PhotometricInterpretation", False), ("BitsAllocated", False), ("BitsStored", False),
     ("HighBit", False), ("PixelRepresentation", False), ("PixelData", False),
     ("SourceImageSequence", False), ("PatientOrientation", True),
+)
+# The heatmap Segmentation (daemon/dicom/heatmap_map.py): one FRACTIONAL frame on the source's grid.
+_SEG: tuple[tuple[str, bool], ...] = (
+    ("ImageType", False), ("ContentLabel", False), ("SegmentationType", False),
+    ("SegmentationFractionalType", False), ("MaximumFractionalValue", False), ("SegmentSequence", False),
+    ("Rows", False), ("Columns", False), ("SamplesPerPixel", False), ("PhotometricInterpretation", False),
+    ("BitsAllocated", False), ("BitsStored", False), ("HighBit", False), ("PixelRepresentation", False),
+    ("NumberOfFrames", False), ("PixelData", False), ("SharedFunctionalGroupsSequence", False),
+    ("PerFrameFunctionalGroupsSequence", False), ("DimensionIndexSequence", False),
+    ("ReferencedSeriesSequence", False), ("ContentDate", False), ("ContentTime", False),
+    ("PatientOrientation", True),
+)
+_SEGMENT: tuple[tuple[str, bool], ...] = (
+    ("SegmentNumber", False), ("SegmentLabel", False), ("SegmentAlgorithmType", False),
+    ("SegmentedPropertyCategoryCodeSequence", False), ("SegmentedPropertyTypeCodeSequence", False),
 )
 
 _VALUE_OF = {"CODE": "ConceptCodeSequence", "NUM": "MeasuredValueSequence", "TEXT": "TextValue",
@@ -85,8 +102,14 @@ def check_object(data: bytes) -> Dataset:
         _require(ds, _COMMON + _SC, "")
         _check_elements(ds, "")
         _check_pixels(ds)
+    elif sop_class == SEGMENTATION:
+        _require(ds, _COMMON + _SEG, "")
+        _check_elements(ds, "")
+        _check_seg(ds)
+        _check_pixels(ds)
     else:
-        raise ObjectCheckError("SOP Class is not one cxrd sends (Comprehensive 3D SR or Secondary Capture)")
+        raise ObjectCheckError("SOP Class is not one cxrd sends (Comprehensive 3D SR, Secondary Capture "
+                               "or Segmentation)")
     return ds
 
 
@@ -191,6 +214,37 @@ def _check_num(item: Dataset, path: str) -> None:
     if len(measured) != 1 or "NumericValue" not in measured[0]:
         raise ObjectCheckError(f"content item {path}: NUM without exactly one numeric value")
     _check_code(measured[0].get("MeasurementUnitsCodeSequence", []), f"content item {path} units")
+
+
+def _check_seg(ds: Dataset) -> None:
+    """The heatmap map: FRACTIONAL 8-bit monochrome, one segment, one frame, and that frame derived
+    from a source image the object lists in its Referenced Series Sequence (a map that points at
+    nothing, or at an image the PACS was not told about, cannot be laid over anything)."""
+    if ds.SegmentationType != "FRACTIONAL" or ds.SegmentationFractionalType not in ("PROBABILITY", "OCCUPANCY"):
+        raise ObjectCheckError("Segmentation is not FRACTIONAL PROBABILITY/OCCUPANCY")
+    if ds.BitsAllocated != 8 or ds.SamplesPerPixel != 1 or ds.PhotometricInterpretation != "MONOCHROME2":
+        raise ObjectCheckError("Segmentation pixels are not 8-bit MONOCHROME2")
+    if not 1 <= int(ds.MaximumFractionalValue) <= 255:
+        raise ObjectCheckError("Maximum Fractional Value is outside 1..255")
+    if len(ds.SegmentSequence) != 1:
+        raise ObjectCheckError("Segmentation does not hold exactly one segment")
+    _require(ds.SegmentSequence[0], _SEGMENT, "SegmentSequence[1]")
+    for keyword in ("SegmentedPropertyCategoryCodeSequence", "SegmentedPropertyTypeCodeSequence"):
+        _check_code(ds.SegmentSequence[0][keyword].value, f"SegmentSequence[1].{keyword}")
+    frames = ds.PerFrameFunctionalGroupsSequence
+    if int(ds.NumberOfFrames) != 1 or len(frames) != 1:
+        raise ObjectCheckError("Segmentation does not hold exactly one frame")
+    listed = {str(ref.get("ReferencedSOPInstanceUID", ""))
+              for series in ds.ReferencedSeriesSequence for ref in series.get("ReferencedInstanceSequence", [])}
+    sources = [src for der in frames[0].get("DerivationImageSequence", [])
+               for src in der.get("SourceImageSequence", [])]
+    if not sources:
+        raise ObjectCheckError("Segmentation frame is not derived from a source image")
+    for src in sources:
+        if str(src.get("ReferencedSOPInstanceUID", "")) not in listed:
+            raise ObjectCheckError("Segmentation frame's source image is not in the Referenced Series Sequence")
+        if str(src.get("SpatialLocationsPreserved", "")) != "YES":
+            raise ObjectCheckError("Segmentation frame does not say it keeps its source's pixel grid")
 
 
 def _check_pixels(ds: Dataset) -> None:

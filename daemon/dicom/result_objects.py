@@ -353,15 +353,19 @@ def build_heatmap_sc(identity: StudyIdentity, source: SourceImage, picture: np.n
     return sc
 
 
-def heatmap_picture(module, tensor, image: np.ndarray, label: str) -> np.ndarray:  # noqa: ANN001
+def heatmap_picture(module, tensor, image: np.ndarray, label: str, *,  # noqa: ANN001
+                    attention: np.ndarray | None = None) -> np.ndarray:
     """Grad-CAM of `label` for the model's input `tensor`, drawn over the radiograph `image` ([0, 1]).
 
     The radiograph is shrunk to at most MAX_HEATMAP_SIDE pixels on its long side: the overlay is a
     pointer for the reader, not a diagnostic image, and a 3000x2500 RGB object would be 22 MB.
+    `attention` is a Grad-CAM already put back on the radiograph's grid through the model's squaring
+    (`heatmap_map.attention_on_grid`, shared with the map object); without it the model-input map
+    is stretched over the film, which is right only for a square film or a stretching model.
     """
     from cxrmodel.gradcam import gradcam, overlay
 
-    return overlay(fit_for_overlay(image), gradcam(module, tensor, label))
+    return overlay(fit_for_overlay(image), gradcam(module, tensor, label) if attention is None else attention)
 
 
 def fit_for_overlay(image: np.ndarray, max_side: int = MAX_HEATMAP_SIDE) -> np.ndarray:
@@ -378,8 +382,9 @@ def fit_for_overlay(image: np.ndarray, max_side: int = MAX_HEATMAP_SIDE) -> np.n
 
 
 def read_kind(ds: Dataset) -> str:
-    """"sr" or "heatmap": how logs and audit rows name an object we built."""
-    return "sr" if str(ds.get("Modality", "")) == "SR" else "heatmap"
+    """"sr", "heatmap" (the SC) or "heatmap_map" (the Segmentation): how logs and audit rows name it."""
+    modality = str(ds.get("Modality", ""))
+    return "sr" if modality == "SR" else "heatmap_map" if modality == "SEG" else "heatmap"
 
 
 def to_bytes(ds: Dataset) -> bytes:

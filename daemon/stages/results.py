@@ -244,6 +244,7 @@ class ResultsSender:
 
     def __init__(self, *, sessions: sessionmaker[Session], vault: Vault, keys: Keys, registry: Registry,
                  destination: Destination, send_sr: bool = True, send_heatmap: bool = False,
+                 heatmap_objects: tuple[str, ...] = ("secondary_capture",),
                  max_attempts: int = 8, retry_base_s: float = 5.0, audit_host: str = "",
                  settle_quiet_s: float = 0.0, settle_max_s: float = 0.0,
                  sender: Callable[[list[Dataset], Destination], None] = send):
@@ -254,6 +255,7 @@ class ResultsSender:
         self.destination = destination
         self.send_sr = send_sr
         self.send_heatmap = send_heatmap
+        self.heatmap_objects = tuple(heatmap_objects)
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self.audit_host = audit_host
@@ -484,7 +486,7 @@ class ResultsSender:
             raise PermanentError(f"cannot build the structured report ({type(exc).__name__})") from None
         if self.send_heatmap and findings and sources:
             try:
-                objects.append(self._heatmap(study, version, sources, identity, findings))
+                objects.extend(self._heatmap(study, version, sources, identity, findings))
             except TamperError as exc:  # a row points at another instance's object: send nothing
                 with self.sessions() as session, session.begin():
                     audit.record_tamper(session, self.keys.audit_key, exc, what="vault", actor=ACTOR,
@@ -533,10 +535,13 @@ class ResultsSender:
         return model
 
     def _heatmap(self, study: str, version: str, sources: list[_Source], identity: report.StudyIdentity,
-                 findings: list[report.Finding]) -> Dataset:
+                 findings: list[report.Finding]) -> list[Dataset]:
+        """The heatmap objects `heatmap_objects` names, from one Grad-CAM of the top finding."""
         import pydicom
         from io import BytesIO
+        from cxrmodel.gradcam import gradcam
         from cxrmodel.preprocess import load_image
+        from daemon.dicom import heatmap_map
 
         top = max(findings, key=lambda f: f.probability)
         src = max(sources, key=lambda s: next((f.probability for f in s.findings if f.label == top.label), -1.0))
@@ -546,13 +551,31 @@ class ResultsSender:
         model = self._model(version)
         header = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True)
         orientation = header.get("PatientOrientation", "")
-        picture = report.heatmap_picture(model.module, model.preprocess(data), load_image(data), top.label)
-        series, sop = report.report_uids(study, version, "heatmap", [s.pseudo_sop for s in sources])
-        return report.build_heatmap_sc(identity, src.image, picture, label=top.label, probability=top.probability,
-                                       model_version=version, series_uid=series, sop_uid=sop,
-                                       patient_orientation="\\".join(orientation) if not isinstance(orientation, str)
-                                       else orientation,
-                                       burned_in_annotation=str(header.get("BurnedInAnnotation", "")))
+        orientation = "\\".join(orientation) if not isinstance(orientation, str) else orientation
+        square = model.manifest.preprocessing.square
+        cam = gradcam(model.module, model.preprocess(data), top.label)
+        pseudos = [s.pseudo_sop for s in sources]
+        attention = heatmap_map.attention_on_grid(cam, int(header.Rows), int(header.Columns), square)
+        objects: list[Dataset] = []
+        if "secondary_capture" in self.heatmap_objects:
+            picture = report.heatmap_picture(model.module, None, load_image(data), top.label, attention=attention)
+            series, sop = report.report_uids(study, version, "heatmap", pseudos)
+            objects.append(report.build_heatmap_sc(
+                identity, src.image, picture, label=top.label, probability=top.probability, model_version=version,
+                series_uid=series, sop_uid=sop, patient_orientation=orientation,
+                burned_in_annotation=str(header.get("BurnedInAnnotation", ""))))
+        if "segmentation" in self.heatmap_objects:
+            series, sop = report.report_uids(study, version, "heatmap_map", pseudos)
+            try:
+                objects.append(heatmap_map.build_heatmap_map(
+                    identity, src.image, header, attention, label=top.label, probability=top.probability,
+                    model_version=version, series_uid=series, sop_uid=sop, patient_orientation=orientation,
+                    model_name=self._identity(version).name))
+            except report.ReportError as exc:  # e.g. a film too large for a map: the SC still goes
+                if not objects:
+                    raise
+                event(log, "result.heatmap_map_failed", logging.WARNING, study=study, model=version, error=str(exc))
+        return objects
 
     # -- recording outcomes ------------------------------------------------------------------------
     def _finish_sent(self, result_id: int, study: str, version: str, got: _Collected, objects: list[Dataset],
@@ -645,6 +668,7 @@ def from_settings(rt, vault: Vault) -> ResultsSender:  # noqa: ANN001 - daemon.r
                                f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
     dest = Destination(calling_aet=s.dicom.ae_title, called_aet=r.ae_title, host=r.host, port=r.port, tls=tls)
     return ResultsSender(sessions=rt.sessions, vault=vault, keys=rt.keys, registry=rt.registry, destination=dest,
-                         send_sr=r.send_sr, send_heatmap=r.send_heatmap, max_attempts=r.max_attempts,
+                         send_sr=r.send_sr, send_heatmap=r.send_heatmap,
+                         heatmap_objects=tuple(r.heatmap_objects), max_attempts=r.max_attempts,
                          retry_base_s=r.retry_base_s, audit_host=rt.hostname,
                          settle_quiet_s=r.settle_quiet_s, settle_max_s=r.settle_max_s)

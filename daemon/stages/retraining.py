@@ -117,7 +117,8 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
         candidate, result = load_trained(work / "out")
         spec = PreprocessSpec.from_dict(result["preprocessing"])
         test_names = set(result["test_images"])
-        test = [e for e in read_dataset(data).entries if e.image in test_names]
+        merged = read_dataset(data).entries
+        test = [e for e in merged if e.image in test_names]
         cand_report, truth, probabilities = E.evaluate_model(candidate, test, spec, activation=result["activation"],
                                                              thresholds=result["thresholds"], n_boot=1000)
         cur_report = None
@@ -133,7 +134,8 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
         reasons = list(verdict.failures) + reasons  # the floor first: it is the reason a person reads
         version = rt.registry.add(candidate, promote=promote, thresholds=result["thresholds"],
                                   preprocessing=spec, metrics=metrics,
-                                  training={**result["training"], "batches": [b.name for b in batches]},
+                                  training={**result["training"], "batches": [b.name for b in batches],
+                                            "data_fingerprint": E.dataset_fingerprint(merged)},
                                   source={"format": "cxrd-retrain", "run": run_id})
         summary.update(candidate=version, previous=current.version if current else None, reasons=reasons,
                        promotion=verdict.audit_details(floor),

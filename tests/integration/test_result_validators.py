@@ -54,9 +54,12 @@ def _require(tool: str, package: str) -> str:
 
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
-    """Two SRs (three images of one study; a single image) and a heatmap SC, as files."""
+    """Two SRs (three images of one study; a single image), a heatmap SC and the heatmap Segmentation
+    (on the real, non-square CR film's grid), as files."""
+    from cxrmodel.gradcam import gradcam
     from cxrmodel.network import build_model
     from cxrmodel.preprocess import load_image, preprocess
+    from daemon.dicom.heatmap_map import attention_on_grid, build_heatmap_map
 
     out = tmp_path_factory.mktemp("objects")
     files = sorted((SHARED_DATA / "dicom" / "chest").glob("*.dcm"))
@@ -101,6 +104,13 @@ def objects(tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
         identity, images[0], picture, label=LABELS[top], probability=float(probs[0][top]),
         model_version=model_id.version, series_uid=pydicom.uid.generate_uid(), sop_uid=pydicom.uid.generate_uid(),
         patient_orientation="\\".join(first.get("PatientOrientation", [])))
+    cr = next(i for i, h in enumerate(headers) if h.Rows != h.Columns)
+    cam = gradcam(model, preprocess(files[cr]), LABELS[top])
+    built["heatmap_map"] = build_heatmap_map(
+        identity, images[cr], headers[cr], attention_on_grid(cam, headers[cr].Rows, headers[cr].Columns, "crop"),
+        label=LABELS[top], probability=float(probs[cr][top]), model_version=model_id.version,
+        series_uid=pydicom.uid.generate_uid(), sop_uid=pydicom.uid.generate_uid(),
+        patient_orientation="\\".join(headers[cr].get("PatientOrientation", [])))
     paths = {}
     for name, ds in built.items():
         data = report.to_bytes(ds)
@@ -120,7 +130,9 @@ def test_dciodvfy_finds_no_error_and_only_the_accepted_warnings(objects):  # noq
         unexpected = [ln for ln in lines if ln.startswith("Warning")
                       and not any(re.search(p, ln) for p in ACCEPTED_DCIODVFY)]
         assert not unexpected, f"{name}: {unexpected}"
-        assert any(ln in ("ComprehensiveNDSR", "Comprehensive3DSR", "SCImage") for ln in lines), lines
+        assert any(ln in ("ComprehensiveNDSR", "Comprehensive3DSR", "SCImage", "Segmentation")
+                   for ln in lines), lines
+    assert "heatmap_map" in objects
 
 
 def test_pixelmed_finds_the_tid_1500_tree_valid(objects):  # noqa: ANN001

@@ -1,6 +1,7 @@
-"""Results back to the PACS with real peers: Orthanc pushes a chest DICOM to `cxrd serve`, the SR and the
-Grad-CAM Secondary Capture come back into the ORIGINAL study; a destination that is down parks the
-result as failed after a capped number of attempts, and `cxrd results retry` sends it once it is back."""
+"""Results back to the PACS with real peers: Orthanc pushes a chest DICOM to `cxrd serve`, the SR, the
+Grad-CAM Secondary Capture and (when set) the heatmap Segmentation come back into the ORIGINAL study;
+a destination that is down parks the result as failed after a capped number of attempts, and
+`cxrd results retry` sends it once it is back."""
 from __future__ import annotations
 
 import csv
@@ -113,10 +114,14 @@ def test_sr_and_heatmap_land_in_the_original_study_in_orthanc(orthanc, daemon_fa
     assert ("reid.lookup", "cxrd:results") in {(e, a) for e, a, _ in events}
     sent = [json.loads(det) for e, _, det in events if e == "result.sent"]
     assert len(sent) == 1 and sorted(sent[0]["objects"]) == ["heatmap", "sr"]
-    # `cxrd predictions` finds the study by the ORIGINAL UID (keyed mapping) and by its pseudonym.
-    by_original = json.loads(d.cli("predictions", "--study", original.StudyInstanceUID, "--format", "json",
-                                   check=True).stdout)
+    # `cxrd predictions` finds the study by the ORIGINAL UID with a reason (keyed mapping, audited as
+    # reid.pseudonymize), and by its pseudonym; an original UID without a reason is a usage error.
+    no_reason = d.cli("predictions", "--study", original.StudyInstanceUID)
+    assert no_reason.returncode == 2 and "add --reason" in no_reason.stderr
+    by_original = json.loads(d.cli("predictions", "--study", original.StudyInstanceUID, "--reason", "INC-1 check",
+                                   "--format", "json", check=True).stdout)
     assert len(by_original) == 1 and set(by_original[0]["probabilities"]) == set(LABELS)
+    assert by_original[0]["authentic"] is True and isinstance(by_original[0]["positive"], list)
     pseudo = by_original[0]["study_uid"]
     assert pseudo.startswith("2.25.") and pseudo != original.StudyInstanceUID
     assert json.loads(d.cli("predictions", "--study", pseudo, "--format", "json", check=True).stdout) == by_original
@@ -124,7 +129,8 @@ def test_sr_and_heatmap_land_in_the_original_study_in_orthanc(orthanc, daemon_fa
     assert len(table) == 1 and float(table[0]["Atelectasis"]) == by_original[0]["probabilities"]["Atelectasis"]
     assert d.cli("predictions", "--since", "2999-01-01", "--format", "json", check=True).stdout.strip() == "[]"
     unknown = "1.2.826.0.1.3680043.2.1125.999999"  # an original UID we never received: audited as its pseudonym
-    assert json.loads(d.cli("predictions", "--study", unknown, "--format", "json", check=True).stdout) == []
+    assert json.loads(d.cli("predictions", "--study", unknown, "--reason", "INC-2", "--format", "json",
+                            check=True).stdout) == []
     listing = d.cli("predictions", check=True).stdout
     assert pseudo in listing and by_original[0]["instance_uid"] in listing and "positive:" in listing
     bad = d.cli("predictions", "--since", "yesterday-ish")
@@ -132,6 +138,10 @@ def test_sr_and_heatmap_land_in_the_original_study_in_orthanc(orthanc, daemon_fa
     queries = db_rows(d.state_dir, select(AuditEvent.study_uid).where(AuditEvent.event_type == "predictions.query"))
     assert len(queries) == 6 and queries[0][0] == pseudo
     assert unknown not in json.dumps([tuple(q) for q in queries]) and queries[4][0].startswith("2.25.")
+    lookups = db_rows(d.state_dir, select(AuditEvent.study_uid, AuditEvent.details)
+                      .where(AuditEvent.event_type == "reid.pseudonymize"))
+    assert [(st, json.loads(det)["reason"]) for st, det in lookups] == [(pseudo, "INC-1 check"),
+                                                                        (queries[4][0], "INC-2")]
     # No PHI in the daemon's log or the audit trail: pseudonyms only.
     events = db_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.actor, AuditEvent.details))
     text = d.log_text() + json.dumps([tuple(e) for e in events])
@@ -237,3 +247,39 @@ def test_a_study_over_two_associations_gets_one_report_then_one_replacement(orth
         d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "result.sent"))]
     assert [s.get("replaces") for s in sent] == [None, reports[0].id]
     assert study not in d.log_text()
+
+
+@pytest.mark.slow
+def test_the_heatmap_segmentation_lands_in_the_original_study_on_the_sources_grid(  # noqa: ANN001
+        orthanc, daemon_factory, shared_data, tmp_path):
+    """With `results.heatmap_objects` naming both, Orthanc files the SR, the SC and the Segmentation a
+    viewer overlays on the original: same Rows x Columns, derived from the original image."""
+    d = started_daemon(daemon_factory, results_env(
+        orthanc, CXRD_RESULTS__SEND_HEATMAP="true",
+        CXRD_RESULTS__HEATMAP_OBJECTS='["secondary_capture", "segmentation"]'))
+    orthanc.add_modality("cxrd", "CXRD", d.dicom_port)
+    [src] = copy_with_new_uids(shared_data / SRC, tmp_path / "in", 1, markers=MARKERS)
+    original = pydicom.dcmread(src, stop_before_pixels=True)
+    orthanc.push("cxrd", [orthanc.upload(src)["ID"]])
+
+    def back_in_orthanc() -> list[dict]:
+        insts = orthanc.study_instances(original.StudyInstanceUID)
+        return insts if {i.get("Modality") for i in insts} >= {"SR", "OT", "SEG"} else []
+    by_modality = {i["Modality"]: i for i in wait_for(back_in_orthanc)}
+    assert len(orthanc.get("/studies")) == 1
+    tags = by_modality["SEG"]
+    assert tags["PatientID"] == MARKERS["PatientID"] and tags["StudyInstanceUID"] == original.StudyInstanceUID
+    seg = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{tags['ID']}/file", raw=True)))
+    assert seg.SegmentationType == "FRACTIONAL" and (seg.Rows, seg.Columns) == (original.Rows, original.Columns)
+    frame_src = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert frame_src.ReferencedSOPInstanceUID == original.SOPInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == original.SeriesInstanceUID
+    assert seg.pixel_array.shape == (original.Rows, original.Columns) and seg.pixel_array.max() > 0
+    simplified = orthanc.get(f"/instances/{tags['ID']}/simplified-tags")
+    assert simplified["SegmentSequence"][0]["SegmentLabel"].startswith("Grad-CAM ")
+    events = db_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.details))
+    sent = [json.loads(det) for e, det in events if e == "result.sent"]
+    assert len(sent) == 1 and sorted(sent[0]["objects"]) == ["heatmap", "heatmap_map", "sr"]
+    text = d.log_text() + json.dumps([tuple(e) for e in events])
+    for secret in (*MARKERS.values(), original.StudyInstanceUID, original.SOPInstanceUID):
+        assert secret not in text

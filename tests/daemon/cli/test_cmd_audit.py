@@ -251,6 +251,32 @@ def test_verify_against_an_anchor_finds_rows_cut_off_the_end(state, capsys):
     assert cli.main(["audit", "verify", "--expect-head", "12:nothex"]) == 2
 
 
+def test_expect_head_names_exactly_the_rows_cut_even_after_new_rows_took_their_numbers(state, capsys):
+    """Three anchored rows are cut from the end, then a command writes a row (which takes the first
+    removed number and chains correctly): the report still names all three, not the last two."""
+    rt, _, _ = state
+    capsys.readouterr()
+    assert cli.main(["audit", "verify", "--format", "json"]) == 0
+    good = json.loads(capsys.readouterr().out)
+    last = good["last_seq"]
+    assert good["head"] == f"{last}:{good['last_hash']}@{good['last_at']}"
+    with rt.engine.begin() as conn:  # rows last-2..last, and the verify event written after them
+        conn.execute(text("DELETE FROM audit_events WHERE seq >= :s"), {"s": last - 2})
+    assert cli.main(["audit", "query", "--limit", "1"]) == 0  # writes audit.query as row last-2
+    assert _events(rt)[-1]["seq"] == last - 2
+    capsys.readouterr()
+    assert cli.main(["audit", "verify", "--expect-head", good["head"]]) == 1
+    err = capsys.readouterr().err
+    assert f"audit chain broken at row {last - 2}: rows {last - 2}..{last} were removed from the end" in err
+    assert f"rows {last - 2}..{last - 2} now in the table were written after the removal" in err
+    # SEQ:HASH alone has no time to tell the rows written since from old ones: it says "at least"
+    # (the failed verify above wrote one more row, which took number last-1)
+    assert cli.main(["audit", "verify", "--expect-head", f"{last}:{good['last_hash']}"]) == 1
+    assert f"rows {last}..{last} were removed from the end (at least" in capsys.readouterr().err
+    for bad in (f"{last}:{good['last_hash']}@yesterday", f"{last}:{good['last_hash']}@2026-11-29T10:00:00"):
+        assert cli.main(["audit", "verify", "--expect-head", bad]) == 2
+
+
 def test_an_audit_table_emptied_after_init_fails_verification(tmp_path):
     """`init` anchors the chain's head outside the database, so deleting every row (which leaves a
     chain that verifies as empty) or the newest ones is reported against that anchor."""

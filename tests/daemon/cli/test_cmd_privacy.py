@@ -77,7 +77,7 @@ def test_reidentify_needs_a_reason_prints_originals_and_audits(cxrd, capsys):
         reid.store_entry(s, rt.keys.reid_key, pseudo_sop_uid="2.25.33", pseudo_study_uid="2.25.11",
                          original=original)
     capsys.readouterr()
-    assert cxrd("reidentify", "--reason", " ", "--study", "2.25.11") == 1
+    assert cxrd("reidentify", "--reason", " ", "--study", "2.25.11") == 2  # usage error (and still audited as reid.refused)
     assert "reason" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cxrd("reidentify", "--reason", "x", "--study", "2.25.11", "--instance", "2.25.33")

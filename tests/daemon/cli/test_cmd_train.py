@@ -37,7 +37,8 @@ def model_events(tmp_path: Path) -> list[tuple[str, dict]]:
 
 
 @pytest.mark.slow
-def test_train_registers_promotes_then_judges_the_next_candidate(cxrd, chestxray14_set, capsys, tmp_path: Path) -> None:
+def test_train_registers_promotes_then_judges_the_next_candidate(cxrd, chestxray14_set, shared_data: Path, capsys,
+                                                               tmp_path: Path) -> None:
     # a finding the model can learn: shown better than chance on held-out patients, so it is promoted
     data = str(chestxray14_set(tmp_path / "learnable", 0, 140, "learnable"))
     capsys.readouterr()
@@ -63,7 +64,23 @@ def test_train_registers_promotes_then_judges_the_next_candidate(cxrd, chestxray
     assert cxrd("evaluate", "--data", data, "--split", "val", "--n-boot", "20", "--out", str(out), "--format", "json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == first["version"] and report["n_images"] > 0
+    assert report["split"] == "val" and report["split_reason"] == "chosen with --split"
     assert (out / "report.json").is_file() and (out / "roc.png").is_file()
+
+    # by default: the training set is scored on its held-out test patients, and says so ...
+    assert cxrd("evaluate", "--data", data, "--n-boot", "0", "--out", str(out)) == 0
+    text = capsys.readouterr().out
+    assert "(split test: the data set the model was trained on" in text
+    # ... another hospital's labelled set on every image, and says how many
+    other = tmp_path / "other-hospital"
+    other.mkdir()
+    rows = (shared_data / "nih" / "Data_Entry_2017.csv").read_text().splitlines()
+    (other / "Data_Entry_2017.csv").write_text("\n".join(rows[:61]) + "\n")  # header + 60 images
+    (other / "images").symlink_to(shared_data / "nih" / "images")
+    assert cxrd("evaluate", "--data", str(other), "--n-boot", "0", "--out", str(out), "--format", "json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "all" and report["scored_images"] == report["dataset_images"] == 60
+    assert report["n_images"] == 60
 
 
 @pytest.mark.slow
