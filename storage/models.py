@@ -51,6 +51,8 @@ INSTANCE_STATES = (RECEIVED, PREDICTED, REPORTED, FAILED, QUARANTINED, NOT_ANALY
 class Instance(Base):
     """One de-identified image we acknowledged (or ignored). UIDs are the 2.25 pseudonyms."""
     __tablename__ = "instances"
+    # the results sweep looks for not-analysed images no report lists yet (reported_at NULL)
+    __table_args__ = (Index("ix_instances_state_reported", "state", "reported_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)

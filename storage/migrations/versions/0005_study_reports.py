@@ -20,6 +20,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('instances', schema=None) as batch_op:
         batch_op.add_column(sa.Column('reported_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.create_index('ix_instances_state_reported', ['state', 'reported_at'], unique=False)
     op.execute("UPDATE instances SET reported_at = updated_at WHERE state IN ('reported', 'not_analysed')")
     op.create_table(
         'sent_reports',
@@ -42,4 +43,5 @@ def downgrade() -> None:
         batch_op.drop_index('ix_sent_reports_result')
     op.drop_table('sent_reports')
     with op.batch_alter_table('instances', schema=None) as batch_op:
+        batch_op.drop_index('ix_instances_state_reported')
         batch_op.drop_column('reported_at')
