@@ -283,3 +283,22 @@ def test_the_heatmap_segmentation_lands_in_the_original_study_on_the_sources_gri
     text = d.log_text() + json.dumps([tuple(e) for e in events])
     for secret in (*MARKERS.values(), original.StudyInstanceUID, original.SOPInstanceUID):
         assert secret not in text
+
+
+@pytest.mark.slow
+def test_a_study_of_a_lateral_view_only_gets_a_report_saying_nothing_was_analysed(orthanc, daemon_factory,
+                                                                                  shared_data, tmp_path):
+    d = started_daemon(daemon_factory, results_env(orthanc))
+    [lateral] = copy_with_new_uids(shared_data / SRC, tmp_path / "in", 1, markers=MARKERS)
+    _with_view(lateral, "LL")
+    header = pydicom.dcmread(lateral, stop_before_pixels=True)
+    assert storescu(d.dicom_port, lateral)[1] == ["Success"]
+    [sr] = wait_for(lambda: orthanc.study_instances(str(header.StudyInstanceUID)))
+    sr_file = tmp_path / "sr.dcm"
+    sr_file.write_bytes(orthanc.get(f"/instances/{sr['ID']}/file", raw=True))
+    dump = dcmtk("dsrdump", "-v", "+Pl", str(sr_file))
+    assert dump.returncode == 0, dump.stderr
+    assert "No finding is reported: no image of this study was analysed" in dump.stdout
+    assert str(header.SOPInstanceUID) in dump.stdout and '"Finding")=' not in dump.stdout
+    assert db_rows(d.state_dir, select(Instance.state))[0][0] == "not_analysed"
+    assert [r[0] for r in db_rows(d.state_dir, select(Result.state))] == ["sent"]

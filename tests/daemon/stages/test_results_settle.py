@@ -197,3 +197,18 @@ def test_an_image_another_model_predicted_does_not_bring_this_models_report_back
     with sessions() as s:
         assert [(r.model_version, r.state) for r in s.query(Result)] == [("v1", "sent")]
     assert sender().run_once() is False and len(sent) == 1
+
+
+def test_a_lateral_arriving_after_the_report_brings_a_replacement_listing_it(env):  # noqa: ANN001
+    sessions, keys, sender, sent = env
+    add_image(sessions, keys, "2.25.11")
+    assert sender().run_once() is True
+    add_image(sessions, keys, "2.25.21", state="not_analysed", view="lateral", reason="ViewPosition says lateral",
+              schedule=False)  # ingest queues nothing for it: the sweep finds it
+    assert sender().run_once() is True
+    first, second = sent[0][0], sent[1][0]
+    assert second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
+        .ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert any(n.startswith("Not analysed (lateral view)") for n in comments(second))
+    assert evidence_uids(second) == {"1.2.3.4.11"}
+    assert sender().run_once() is False
