@@ -309,6 +309,8 @@ class ResultsSender:
         """Queue a report for each study whose not-analysed images no report lists yet (a study of
         lateral views only, or a lateral arriving after the report): under the model of the study's
         latest report, else the current model. Returns how many were queued."""
+        if not self.send_sr:  # only the SR lists images that were not analysed
+            return 0
         with self.sessions() as session, session.begin():
             found = studies_to_sweep(session)
             for study, version in found:
