@@ -194,6 +194,11 @@ class Results:
     max_attempts: int = _f(8, "Give up (state failed) after this many attempts", min=1, max=1000)
     retry_base_s: float = _f(5.0, "First retry delay; doubles per attempt", min=0.0, max=86400)
     tls: bool = _f(False, "Use DICOM TLS to the destination")
+    settle_quiet_s: float = _f(30.0, "Send a study's report once no image of it arrived for this long",
+                               min=0.0, max=86400)
+    settle_max_s: float = _f(600.0, "Send it at the latest this long after its first unreported image "
+                             "arrived, even if more keep coming or some still await inference",
+                             min=0.0, max=604800)
 
 
 @dataclass(frozen=True)

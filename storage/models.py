@@ -51,6 +51,8 @@ INSTANCE_STATES = (RECEIVED, PREDICTED, REPORTED, FAILED, QUARANTINED, NOT_ANALY
 class Instance(Base):
     """One de-identified image we acknowledged (or ignored). UIDs are the 2.25 pseudonyms."""
     __tablename__ = "instances"
+    # the results sweep looks for not-analysed images no report lists yet (reported_at NULL)
+    __table_args__ = (Index("ix_instances_state_reported", "state", "reported_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
@@ -74,6 +76,10 @@ class Instance(Base):
     # on rows stored before migration 0004.
     view: Mapped[str] = mapped_column(String(16), default="", server_default="")
     analysis_reason: Mapped[str] = mapped_column(String(240), default="", server_default="")
+    # When a report that lists this image (analysed or not) was sent; NULL while no sent report does.
+    # The results stage settles a study on its unreported images and sends a replacement when a
+    # study already reported gets new ones (migration 0005).
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Job(Base):
@@ -129,6 +135,25 @@ class Result(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class SentReport(Base):
+    """One report object the PACS acknowledged, and the later one that superseded it (if any).
+
+    The SOP Instance UID is the one cxrd derived from pseudonyms (`result_objects.report_uids`), so
+    it says nothing the pseudonyms do not. A replacement names its predecessor here and in its own
+    Predecessor Documents Sequence; the row it replaces gets `superseded_by`.
+    """
+    __tablename__ = "sent_reports"
+    __table_args__ = (Index("ix_sent_reports_result", "result_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    analysed: Mapped[int] = mapped_column(Integer, default=0)      # images with findings in the report
+    not_analysed: Mapped[int] = mapped_column(Integer, default=0)  # images listed with their reason
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    superseded_by: Mapped[int | None] = mapped_column(ForeignKey("sent_reports.id"), nullable=True)
 
 
 class ReidEntry(Base):

@@ -61,6 +61,21 @@ class SourceImage:
 
 
 @dataclass(frozen=True)
+class NotAnalysedImage:
+    """An image of the study the model did not see, and why, in the view rule's own words."""
+    image: SourceImage
+    view: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PriorReport:
+    """A report cxrd sent earlier for the same study and model, which a new one replaces."""
+    series_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
 class Finding:
     label: str
     probability: float
@@ -166,20 +181,58 @@ def _finding_group(label: str, per_image: Sequence[tuple[SourceImage, Finding]],
                        for im, _ in per_image])
 
 
-def _qualitative_evaluations(combined: Sequence[Finding]) -> hd.sr.ContainerContentItem:
+def not_analysed_text(item: NotAnalysedImage) -> str:
+    """The line a reader sees for an image the model did not see: the view, the rule's reason and
+    which image (its original SOP Instance UID, as the PACS shows it)."""
+    view = f"{item.view} view" if item.view and item.view != "unknown" else "view not recognised"
+    return f"Not analysed ({view}): {item.reason or 'not a frontal chest radiograph'}. " \
+           f"Image {item.image.sop_instance_uid}"
+
+
+def no_analysable_text(count: int) -> str:
+    return (f"No finding is reported: no image of this study was analysed ({count} not analysed, each "
+            "listed below with the reason). The model is made for frontal (PA/AP) chest radiographs only.")
+
+
+def replacement_text(prior: PriorReport) -> str:
+    return (f"This report replaces the earlier AI report {prior.sop_instance_uid} of this study: more "
+            "images arrived after it was sent. The earlier report should no longer be used.")
+
+
+def _not_analysed_group(item: NotAnalysedImage, model: ModelIdentity,
+                        sop_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """When no image was analysed: one TID 1501 group per image, naming it as the source and saying
+    in its tracking identifier that it was not analysed; no measurement, no finding."""
+    label = f"Not analysed: {item.view} view" if item.view and item.view != "unknown" else "Not analysed"
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid("cxrd-not-analysed", sop_uid,
+                                                              item.image.sop_instance_uid), identifier=label[:64]),
+        algorithm_id=_algorithm(model),
+        source_images=[hd.sr.SourceImageForMeasurementGroup(item.image.sop_class_uid, item.image.sop_instance_uid)])
+
+
+def _qualitative_evaluations(combined: Sequence[Finding], not_analysed: Sequence[NotAnalysedImage] = (),
+                             prior: PriorReport | None = None) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12: the study-level call per finding at the model's operating point, the
-    combination rule, and the disclaimer a reader must see."""
+    combination rule, the images not analysed (with why), what this report replaces, and the
+    disclaimer a reader must see."""
     container = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     items: list = [hd.sr.CodeContentItem(name=codes.finding_code(f.label), value=codes.PRESENT if f.positive
                                     else codes.ABSENT, relationship_type="CONTAINS") for f in combined]
-    items += [hd.sr.TextContentItem(name=codes.COMMENT, value=COMBINATION_RULE, relationship_type="CONTAINS"),
-              hd.sr.TextContentItem(name=codes.COMMENT, value=DISCLAIMER, relationship_type="CONTAINS")]
+    notes = [COMBINATION_RULE] if combined else [no_analysable_text(len(not_analysed))]
+    notes += [not_analysed_text(n) for n in not_analysed]
+    if prior is not None:
+        notes.append(replacement_text(prior))
+    notes.append(DISCLAIMER)
+    items += [hd.sr.TextContentItem(name=codes.COMMENT, value=text[:1024], relationship_type="CONTAINS")
+              for text in notes]
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
 
 
 def build_sr(identity: StudyIdentity, images: Sequence[SourceImage], findings_per_image: Sequence[Sequence[Finding]],
-             *, model: ModelIdentity, series_uid: str, sop_uid: str, institution: str | None = None) -> Dataset:
+             *, model: ModelIdentity, series_uid: str, sop_uid: str, institution: str | None = None,
+             not_analysed: Sequence[NotAnalysedImage] = (), replaces: PriorReport | None = None) -> Dataset:
     """A Comprehensive 3D SR with TID 1500 (Imaging Measurement Report) as root, in the original study.
 
     The procedure reported is the chest radiograph; the observer is the algorithm as a device
@@ -187,8 +240,14 @@ def build_sr(identity: StudyIdentity, images: Sequence[SourceImage], findings_pe
     of the 14 findings is a TID 1501 measurement group (study and per-image probabilities, the
     operating point), and the study-level calls sit in the Qualitative Evaluations container with
     the disclaimer. `findings_per_image[i]` are the findings of `images[i]`.
+
+    Images of the study the model did not see (`not_analysed`) are listed there too, each with its
+    reason; they are not evidence of the findings, so they are not in the Current Requested
+    Procedure Evidence unless no image was analysed at all, when the report says so instead of
+    giving findings and those images are what it is about. `replaces`: the earlier report of the
+    same study this one supersedes (Predecessor Documents Sequence, and a line saying so).
     """
-    if not images:
+    if not images and not not_analysed:
         raise ReportError("a report needs at least one source image")
     if len(findings_per_image) != len(images):
         raise ReportError("a report needs the findings of each of its source images")
@@ -210,17 +269,27 @@ def build_sr(identity: StudyIdentity, images: Sequence[SourceImage], findings_pe
               for f in combined]
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.PLAIN_CHEST_XRAY, imaging_measurements=groups,
+        procedure_reported=codes.PLAIN_CHEST_XRAY,
+        imaging_measurements=groups or [_not_analysed_group(n, model, sop_uid) for n in not_analysed],
         title=codes.IMAGING_MEASUREMENT_REPORT,
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(codes.ENGLISH))
-    content[0].ContentSequence.append(_qualitative_evaluations(combined))
+    content[0].ContentSequence.append(_qualitative_evaluations(combined, not_analysed, replaces))
+    evidence = images if images else [n.image for n in not_analysed]
+    previous = None
+    if replaces is not None:
+        prior = Dataset()
+        prior.SOPClassUID = pydicom.uid.Comprehensive3DSRStorage
+        prior.SOPInstanceUID = replaces.sop_instance_uid
+        prior.SeriesInstanceUID = replaces.series_uid
+        prior.StudyInstanceUID = identity.study_uid
+        previous = [prior]
     equipment = hd.ContributingEquipment(
         manufacturer=MANUFACTURER, purpose_of_reference=codes.PROCESSING_EQUIPMENT,
         manufacturer_model_name=model.name[:64], software_versions=model.version[:64],
         contribution_description="AI inference: ChestX-ray14 findings computed from the source images")
     equipment.DeviceUID = device
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[_evidence(identity, im) for im in images], content=content,
+        evidence=[_evidence(identity, im) for im in evidence], content=content, previous_versions=previous,
         series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER, sop_instance_uid=sop_uid,
         instance_number=1, manufacturer=MANUFACTURER, institution_name=institution, is_complete=True,
         is_final=False, is_verified=False, contributing_equipment=[equipment])

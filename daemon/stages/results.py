@@ -1,7 +1,20 @@
 """The results sender: claim pending `Result` rows, build the SR (and heatmap), C-STORE them to the PACS.
 
 It meets the worker only through the `results` table: in the transaction that records predictions
-the worker calls `schedule_result` here, which upserts a pending row per study and model version.
+the worker calls `schedule_result` here, which upserts a pending row per study and model version;
+a study with images the model never sees (a lateral view) is found by a sweep of such images that
+no sent report has listed yet, and scheduled the same way.
+
+One report per study: a claimed row is sent only once the study has settled, judged on its images
+that no sent report lists yet (`Instance.reported_at` NULL): no new image for `settle_quiet_s`, and
+none of them still queued for inference, or `settle_max_s` after the first of them arrived,
+whichever comes first. Until then the row goes back to pending, due when the study could settle, and
+the claim does not count as an attempt. The settings are read at start; queued rows keep no
+deadline of their own, so a restart with new values applies them to the rows already waiting.
+The report lists every analysed image of the study with its findings and every image that was not
+analysed with the reason. When a study that was reported gets more images, the next report is a
+replacement: a new SOP Instance UID, the earlier report in its Predecessor Documents Sequence and a
+line saying it replaces it; `sent_reports` keeps which report superseded which (audited).
 A claim is a lease (`daemon.stages.leases`): the row becomes `sending`, held by us, with
 `next_attempt_at` pushed `LEASE_S` ahead; a sender that dies simply lets the lease run out and
 another (or the restarted one) takes the row again. On PostgreSQL the claim uses
@@ -20,11 +33,11 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Callable
 
 from pydicom.dataset import Dataset
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cxrmodel.errors import ModelError
@@ -39,7 +52,8 @@ from storage import audit, records, reid
 from storage.dicomfile import checked_instance
 from storage.errors import StorageError, TamperError
 from storage.keys import Keys
-from storage.models import PREDICTED, REPORTED, Instance, Prediction, Result, utcnow
+from storage.models import (NOT_ANALYSED, PREDICTED, RECEIVED, REPORTED, Instance, Prediction, Result, SentReport,
+                            utcnow)
 from storage.vault import Vault
 
 if TYPE_CHECKING:  # the model is loaded only when a heatmap is drawn; `cxrd results` never loads torch
@@ -48,8 +62,9 @@ if TYPE_CHECKING:  # the model is loaded only when a heatmap is drawn; `cxrd res
 log = logging.getLogger("cxrd.results")
 
 ACTOR = "cxrd:results"
-RESULT_SETTLE_S = 3.0  # a study's images arriving together land in one report
 IDLE_POLL_S = 0.2
+SWEEP_S = 2.0  # how often studies of not-analysed images only are looked for
+INFERENCE_POLL_S = 5.0  # a settled study whose images await inference is looked at again this often
 MAX_DELAY_S = 86400.0
 
 
@@ -60,6 +75,10 @@ class SendError(Exception):
 class _PredictionsTampered(TamperError):
     def __init__(self, sop: str):
         super().__init__(sop, "prediction rows failed authentication (edited, moved or not written by cxrd)")
+
+
+class _AwaitingInference(Exception):
+    """Nothing of the study is predicted yet but an image awaits inference: wait, even past the max."""
 
 
 class PermanentError(Exception):
@@ -123,12 +142,13 @@ def send(datasets: list[Dataset], dest: Destination) -> None:
 
 
 def schedule_result(session: Session, study_uid: str, model_version: str, kind: str = "sr") -> None:
-    """Ask for a (new) report of this study, due `RESULT_SETTLE_S` from now, in the caller's transaction.
+    """Ask for a (new) report of this study, in the caller's transaction; due now, and the sender
+    then holds it back until the study has settled (`settle_wait_s`).
 
-    A row already `sending` is left alone: its sender notices the newer predictions when it finishes
+    A row already `sending` is left alone: its sender notices the newer images when it finishes
     and puts the row back to pending itself.
     """
-    due = utcnow() + timedelta(seconds=RESULT_SETTLE_S)
+    due = utcnow()
     row = session.scalar(select(Result).where(Result.study_uid == study_uid, Result.model_version == model_version,
                                               Result.kind == kind))
     if row is None:
@@ -136,6 +156,39 @@ def schedule_result(session: Session, study_uid: str, model_version: str, kind: 
                            next_attempt_at=due))
     elif row.state in ("sent", "failed", "pending"):
         row.state, row.attempts, row.next_attempt_at, row.last_error = "pending", 0, due, ""
+
+
+def settle_wait_s(first: datetime, last: datetime, awaiting_inference: bool, now: datetime, *,
+                  quiet_s: float, max_s: float) -> float:
+    """Seconds to hold a study's report back (0: send now), given when its first and last unreported
+    images arrived and whether some of them still await inference.
+
+    Settled means quiet for `quiet_s` with nothing awaiting inference; `max_s` after the first image
+    the report is sent with what there is (a later prediction then brings a replacement).
+    """
+    cap = (first + timedelta(seconds=max_s) - now).total_seconds()
+    if cap <= 0:
+        return 0.0
+    quiet = (last + timedelta(seconds=quiet_s) - now).total_seconds()
+    if quiet > 0:
+        return min(quiet, cap)
+    return min(INFERENCE_POLL_S, cap) if awaiting_inference else 0.0
+
+
+def studies_to_sweep(session: Session, limit: int = 100) -> list[tuple[str, str | None]]:
+    """Studies with a not-analysed image no sent report lists and no report queued, sending or
+    parked: (study pseudonym, model version of its latest report row or None)."""
+    queued = (select(Result.id).where(Result.study_uid == Instance.study_uid, Result.kind == "sr",
+                                      Result.state.in_(("pending", "sending", "failed"))).exists())
+    studies = list(session.scalars(
+        select(Instance.study_uid).where(Instance.state == NOT_ANALYSED, Instance.reported_at.is_(None), ~queued)
+        .group_by(Instance.study_uid).limit(limit)))
+    out = []
+    for study in studies:
+        version = session.scalar(select(Result.model_version).where(Result.study_uid == study, Result.kind == "sr")
+                                 .order_by(Result.id.desc()).limit(1))
+        out.append((study, version))
+    return out
 
 
 def claim_results(session: Session, me: str, limit: int = 1, lease_s: float = LEASE_S) -> list[int]:
@@ -165,6 +218,17 @@ def retry_failed(session: Session, *, study_uid: str | None = None, include_pend
 
 
 @dataclass
+class _Collected:
+    sources: list[_Source]
+    not_analysed: list[tuple[int, str, report.NotAnalysedImage]]  # instance id, pseudonym, what the report says
+    identity: report.StudyIdentity
+    prior: tuple[int, report.PriorReport] | None  # the sent_reports row this report replaces
+    # instances looked at but left out (no re-identification entry): counted as reported so that
+    # they do not bring the same report back again and again
+    unlisted: list[int]
+
+
+@dataclass
 class _Source:
     instance_id: int
     pseudo_sop: str
@@ -182,6 +246,7 @@ class ResultsSender:
                  destination: Destination, send_sr: bool = True, send_heatmap: bool = False,
                  heatmap_objects: tuple[str, ...] = ("secondary_capture",),
                  max_attempts: int = 8, retry_base_s: float = 5.0, audit_host: str = "",
+                 settle_quiet_s: float = 0.0, settle_max_s: float = 0.0,
                  sender: Callable[[list[Dataset], Destination], None] = send):
         self.sessions = sessions
         self.vault = vault
@@ -195,6 +260,9 @@ class ResultsSender:
         self.retry_base_s = retry_base_s
         self.audit_host = audit_host
         self.sender = sender
+        self.settle_quiet_s = settle_quiet_s
+        self.settle_max_s = settle_max_s
+        self._next_sweep = 0.0
         self.me = worker_id()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -227,6 +295,9 @@ class ResultsSender:
 
     def run_once(self) -> bool:
         """Claim and handle one due row; False when nothing was due."""
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_S
+            self.sweep()
         with self.sessions() as session, session.begin():
             ids = claim_results(session, self.me, 1)
         if not ids:
@@ -234,16 +305,63 @@ class ResultsSender:
         self.handle(ids[0])
         return True
 
+    def sweep(self) -> int:
+        """Queue a report for each study whose not-analysed images no report lists yet (a study of
+        lateral views only, or a lateral arriving after the report): under the model of the study's
+        latest report, else the current model. Returns how many were queued."""
+        if not self.send_sr:  # only the SR lists images that were not analysed
+            return 0
+        with self.sessions() as session, session.begin():
+            found = studies_to_sweep(session)
+            for study, version in found:
+                if version is None:
+                    try:
+                        version = self.registry.current_version()
+                    except ModelError:  # no model yet: the images wait, nothing is lost
+                        return 0
+                schedule_result(session, study, version)
+        return len(found)
+
     # -- one result --------------------------------------------------------------------------------
+    def _settle(self, study: str) -> float:
+        """Seconds until this study's report may be sent (0: now); see `settle_wait_s`."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Instance.state, func.min(Instance.received_at), func.max(Instance.received_at))
+                .where(Instance.study_uid == study, Instance.reported_at.is_(None),
+                       Instance.state.in_((RECEIVED, PREDICTED, NOT_ANALYSED)))
+                .group_by(Instance.state)).all()
+        if not rows:
+            return 0.0
+        first, last = min(r[1] for r in rows), max(r[2] for r in rows)
+        tz = utcnow().tzinfo
+        first, last = (t if t.tzinfo else t.replace(tzinfo=tz) for t in (first, last))
+        return settle_wait_s(first, last, any(r[0] == RECEIVED for r in rows), utcnow(),
+                             quiet_s=self.settle_quiet_s, max_s=self.settle_max_s)
+
+    def _defer(self, result_id: int, seconds: float) -> None:
+        """Back to pending, due when the study may have settled; the claim was not an attempt."""
+        with self.sessions() as session, session.begin():
+            session.execute(update(Result).where(Result.id == result_id, Result.claimed_by == self.me).values(
+                state="pending", claimed_by="", attempts=Result.attempts - 1,
+                next_attempt_at=utcnow() + timedelta(seconds=seconds)))
+
     def handle(self, result_id: int) -> None:
         t0 = time.monotonic()
         with self.sessions() as session:
             row = session.get(Result, result_id)
             study, version, kind, attempts = row.study_uid, row.model_version, row.kind, row.attempts
+        wait = self._settle(study)
+        if wait > 0:
+            self._defer(result_id, wait)
+            return
         try:
-            sources, identity = self._collect(study, version)
-            objects = self._build(study, version, kind, sources, identity)
+            got = self._collect(result_id, study, version)
+            objects = self._build(study, version, kind, got)
             self._check(objects)
+        except _AwaitingInference:
+            self._defer(result_id, INFERENCE_POLL_S)
+            return
         except PermanentError as exc:
             self._finish_failed(result_id, study, version, attempts, str(exc), final=True)
             return
@@ -253,11 +371,11 @@ class ResultsSender:
             text = str(exc) if isinstance(exc, SendError) else f"send failed ({type(exc).__name__})"
             self._finish_failed(result_id, study, version, attempts, text, final=attempts >= self.max_attempts)
             return
-        self._finish_sent(result_id, study, version, [s.instance_id for s in sources],
-                          [report.read_kind(ds) for ds in objects], time.monotonic() - t0)
+        self._finish_sent(result_id, study, version, got, objects, time.monotonic() - t0)
 
-    def _collect(self, study: str, version: str) -> tuple[list[_Source], report.StudyIdentity]:
-        """The study's predicted instances with their findings and ORIGINAL UIDs; each lookup audited."""
+    def _collect(self, result_id: int, study: str, version: str) -> _Collected:
+        """The study's predicted instances with their findings and ORIGINAL UIDs, its not-analysed
+        instances with their reason, and the report this one replaces; each lookup audited."""
         with self.sessions() as session, session.begin():
             rows = session.execute(
                 select(Instance.id, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.vault_object,
@@ -271,6 +389,7 @@ class ResultsSender:
             originals: dict[int, dict[str, str]] = {}
             unusable = ""
             looked_up: set[int] = set()
+            unlisted: list[int] = []
             forged = [sop for _, sop, _, _, label, prob, thr, pos, tag in rows
                       if not records.verify(self.keys.record_key, tag, sop, version, label, prob, thr, pos)]
             if forged:  # an edited, moved or foreign prediction row: no report from this study's rows
@@ -292,6 +411,7 @@ class ResultsSender:
                                  host=self.audit_host, study_uid=study, object_uid=sop,
                                  details={"purpose": "result", "found": orig is not None})
                     if orig is None or not orig.get("study_uid") or not orig.get("sop_instance_uid"):
+                        unlisted.append(iid)
                         continue
                     originals[iid] = orig
                     by_id[iid] = _Source(iid, sop, obj, report.SourceImage(
@@ -299,11 +419,43 @@ class ResultsSender:
                         series_uid=orig.get("series_uid", "")), [])
                 if iid in by_id:
                     by_id[iid].findings.append(report.Finding(label, float(prob), float(thr), bool(pos)))
+            skipped: list[tuple[int, str, report.NotAnalysedImage]] = []
+            if not unusable:
+                for iid, sop, sop_class, view, reason in session.execute(
+                        select(Instance.id, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.view,
+                               Instance.analysis_reason)
+                        .where(Instance.study_uid == study, Instance.state == NOT_ANALYSED).order_by(Instance.id)):
+                    try:
+                        orig = reid.open_entry(session, self.keys.reid_key, sop)
+                    except StorageError as exc:
+                        audit.record_tamper(session, self.keys.audit_key, exc, what="reid", actor=ACTOR,
+                                            host=self.audit_host, study_uid=study)
+                        unusable = f"re-identification entry unusable: {exc}"
+                        break
+                    audit.append(session, self.keys.audit_key, event_type="reid.lookup", actor=ACTOR,
+                                 host=self.audit_host, study_uid=study, object_uid=sop,
+                                 details={"purpose": "result", "found": orig is not None})
+                    if orig is None or not orig.get("study_uid") or not orig.get("sop_instance_uid"):
+                        unlisted.append(iid)
+                        continue
+                    originals[iid] = orig
+                    skipped.append((iid, sop, report.NotAnalysedImage(report.SourceImage(
+                        sop_class_uid=sop_class, sop_instance_uid=orig["sop_instance_uid"],
+                        series_uid=orig.get("series_uid", "")), view, reason)))
+            awaiting = session.scalar(select(Instance.id).where(Instance.study_uid == study,
+                                                                Instance.state == RECEIVED).limit(1)) is not None
+            prior_row = session.execute(
+                select(SentReport.id, SentReport.sop_instance_uid).where(SentReport.result_id == result_id)
+                .order_by(SentReport.id.desc()).limit(1)).first()
         if unusable:
             raise PermanentError(unusable)
-        if not by_id:
+        if rows and not by_id:  # findings exist but cannot be filed: never a "nothing analysed" report
             raise PermanentError("no predicted instance of this study has a re-identification entry")
-        first = originals[next(iter(by_id))]
+        if not by_id and awaiting:  # a frontal image is still queued: never report "nothing analysed" early
+            raise _AwaitingInference()
+        if not by_id and not skipped:
+            raise PermanentError("no instance of this study has a re-identification entry")
+        first = originals[next(iter(by_id))] if by_id else originals[skipped[0][0]]
         identity = report.StudyIdentity(
             study_uid=first["study_uid"], patient_id=first.get("patient_id", ""),
             patient_name=first.get("patient_name", ""), issuer_of_patient_id=first.get("issuer_of_patient_id", ""),
@@ -311,23 +463,30 @@ class ResultsSender:
         sources = list(by_id.values())
         for s in sources:
             s.findings.sort(key=lambda f: LABELS.index(f.label) if f.label in LABELS else len(LABELS))
-        return sources, identity
+        prior = None
+        if prior_row is not None:
+            series, _ = report.report_uids(study, version, "sr", [])
+            prior = (prior_row[0], report.PriorReport(series_uid=series, sop_instance_uid=prior_row[1]))
+        return _Collected(sources, skipped, identity, prior, unlisted)
 
-    def _build(self, study: str, version: str, kind: str, sources: list[_Source],
-               identity: report.StudyIdentity) -> list[Dataset]:
+    def _build(self, study: str, version: str, kind: str, got: _Collected) -> list[Dataset]:
+        sources, identity = got.sources, got.identity
         findings = report.study_findings(s.findings for s in sources)
-        pseudos = [s.pseudo_sop for s in sources]
+        pseudos = [s.pseudo_sop for s in sources] + [f"not-analysed:{p}" for _, p, _ in got.not_analysed]
         objects: list[Dataset] = []
         try:
             if self.send_sr:
                 series, sop = report.report_uids(study, version, "sr", pseudos)
+                # the same content again (a retry after a lost response) is the same instance, not its own successor
+                prior = got.prior[1] if got.prior and got.prior[1].sop_instance_uid != sop else None
                 objects.append(report.build_sr(identity, [s.image for s in sources], [s.findings for s in sources],
-                                               model=self._identity(version), series_uid=series, sop_uid=sop))
+                                               model=self._identity(version), series_uid=series, sop_uid=sop,
+                                               not_analysed=[n for _, _, n in got.not_analysed], replaces=prior))
         except report.ReportError as exc:  # our own one-line reasons
             raise PermanentError(f"cannot build the structured report: {exc}") from None
         except Exception as exc:  # highdicom refusing odd source values: its text may quote them (PHI)
             raise PermanentError(f"cannot build the structured report ({type(exc).__name__})") from None
-        if self.send_heatmap and findings:
+        if self.send_heatmap and findings and sources:
             try:
                 objects.extend(self._heatmap(study, version, sources, identity, findings))
             except TamperError as exc:  # a row points at another instance's object: send nothing
@@ -421,28 +580,57 @@ class ResultsSender:
         return objects
 
     # -- recording outcomes ------------------------------------------------------------------------
-    def _finish_sent(self, result_id: int, study: str, version: str, instance_ids: list[int],
-                     kinds: list[str], seconds: float) -> None:
+    def _finish_sent(self, result_id: int, study: str, version: str, got: _Collected, objects: list[Dataset],
+                     seconds: float) -> None:
         now = utcnow()
+        analysed = [s.instance_id for s in got.sources]
+        listed = analysed + [iid for iid, _, _ in got.not_analysed] + got.unlisted
+        kinds = [report.read_kind(ds) for ds in objects]
         with self.sessions() as session, session.begin():
             row = session.get(Result, result_id)
-            # Images predicted while we were sending are not in this report: send a new one soon.
+            # Images that arrived or were predicted (by this model) while we were sending are not in
+            # this report: send a replacement once they settle. Another model's predictions are
+            # another row's business.
+            by_us = select(Prediction.id).where(Prediction.instance_id == Instance.id,
+                                                Prediction.model_version == version).exists()
             newer = session.scalar(
-                select(Instance.id).join(Prediction, Prediction.instance_id == Instance.id)
-                .where(Instance.study_uid == study, Instance.state == PREDICTED,
-                       Prediction.model_version == version, Instance.id.not_in(instance_ids)).limit(1))
+                select(Instance.id).where(Instance.study_uid == study, Instance.reported_at.is_(None),
+                                          Instance.id.not_in(listed),
+                                          or_(Instance.state == NOT_ANALYSED, (Instance.state == PREDICTED) & by_us))
+                .limit(1))
             row.sent_at, row.last_error, row.claimed_by = now, "", ""
             if newer is None:
                 row.state = "sent"
             else:
                 row.state, row.attempts, row.next_attempt_at = "pending", 0, now
-            session.execute(update(Instance).where(Instance.id.in_(instance_ids), Instance.state == PREDICTED)
+            session.execute(update(Instance).where(Instance.id.in_(analysed), Instance.state == PREDICTED)
                             .values(state=REPORTED, updated_at=now))
+            session.execute(update(Instance).where(Instance.id.in_(listed), Instance.reported_at.is_(None))
+                            .values(reported_at=now))
+            details: dict = {"model": version, "objects": kinds, "instances": len(analysed),
+                             "not_analysed": len(got.not_analysed), "destination": self.destination.describe()}
+            if got.unlisted:
+                details["without_reid_entry"] = len(got.unlisted)
+            sr = next((ds for ds in objects if report.read_kind(ds) == "sr"), None)
+            if sr is not None:
+                prior_id = got.prior[0] if got.prior else None
+                same = prior_id is not None and got.prior[1].sop_instance_uid == str(sr.SOPInstanceUID)
+                if same:  # the same report again (retry after a lost response): nothing superseded
+                    details["report"] = prior_id
+                else:
+                    sent = SentReport(result_id=result_id, sop_instance_uid=str(sr.SOPInstanceUID),
+                                      analysed=len(analysed), not_analysed=len(got.not_analysed), sent_at=now)
+                    session.add(sent)
+                    session.flush()
+                    details["report"] = sent.id
+                    if prior_id is not None:
+                        session.execute(update(SentReport).where(SentReport.id == prior_id)
+                                        .values(superseded_by=sent.id))
+                        details["replaces"] = prior_id
             audit.append(session, self.keys.audit_key, event_type="result.sent", actor=ACTOR, host=self.audit_host,
-                         study_uid=study, details={"model": version, "objects": kinds, "instances": len(instance_ids),
-                                                   "destination": self.destination.describe()})
-        event(log, "result.sent", study=study, model=version, objects=",".join(kinds), instances=len(instance_ids),
-              seconds=round(seconds, 3))
+                         study_uid=study, details=details)
+        event(log, "result.sent", study=study, model=version, objects=",".join(kinds), instances=len(analysed),
+              not_analysed=len(got.not_analysed), replaces=details.get("replaces", ""), seconds=round(seconds, 3))
 
     def _finish_failed(self, result_id: int, study: str, version: str, attempts: int, error: str,
                        final: bool) -> None:
@@ -484,4 +672,5 @@ def from_settings(rt, vault: Vault) -> ResultsSender:  # noqa: ANN001 - daemon.r
     return ResultsSender(sessions=rt.sessions, vault=vault, keys=rt.keys, registry=rt.registry, destination=dest,
                          send_sr=r.send_sr, send_heatmap=r.send_heatmap,
                          heatmap_objects=tuple(r.heatmap_objects), max_attempts=r.max_attempts,
-                         retry_base_s=r.retry_base_s, audit_host=rt.hostname)
+                         retry_base_s=r.retry_base_s, audit_host=rt.hostname,
+                         settle_quiet_s=r.settle_quiet_s, settle_max_s=r.settle_max_s)

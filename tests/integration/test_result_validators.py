@@ -85,6 +85,18 @@ def objects(tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
         "sr_single": report.build_sr(identity, images[3:4] or images[:1], per_image[3:4] or per_image[:1],
                                      model=model_id, series_uid=pydicom.uid.generate_uid(),
                                      sop_uid=pydicom.uid.generate_uid()),
+        # PA + repeat PA analysed, a lateral listed as not analysed, replacing an earlier report
+        "sr_replacement_with_lateral": report.build_sr(
+            identity, images[:2], per_image[:2], model=model_id, series_uid=pydicom.uid.generate_uid(),
+            sop_uid=pydicom.uid.generate_uid(),
+            not_analysed=[report.NotAnalysedImage(images[2], "lateral", "ViewPosition says lateral (LL)")],
+            replaces=report.PriorReport(pydicom.uid.generate_uid(), pydicom.uid.generate_uid())),
+        # a study of lateral views only: the report says why there are no findings
+        "sr_nothing_analysed": report.build_sr(
+            identity, [], [], model=model_id, series_uid=pydicom.uid.generate_uid(),
+            sop_uid=pydicom.uid.generate_uid(),
+            not_analysed=[report.NotAnalysedImage(im, "lateral", "ViewPosition says lateral (LL)")
+                          for im in images[:2]]),
     }
     top = max(range(len(LABELS)), key=lambda i: probs[0][i])
     picture = report.heatmap_picture(model, preprocess(files[0]), load_image(files[0]), LABELS[top])
@@ -127,7 +139,7 @@ def test_pixelmed_finds_the_tid_1500_tree_valid(objects):  # noqa: ANN001
     java = _require("java", "default-jre-headless")
     if not PIXELMED_JAR.exists():
         pytest.fail(f"{PIXELMED_JAR} not found (apt-get install libpixelmed-java; deploy/system-deps.sh does this)")
-    srs = [objects["sr_study"], objects["sr_single"]]
+    srs = [p for name, p in objects.items() if name.startswith("sr_")]
     run = subprocess.run([java, *JAVA_XML_LIMITS, "-cp", str(PIXELMED_JAR), str(BATCH), *map(str, srs)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

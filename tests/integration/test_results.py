@@ -18,7 +18,7 @@ from conftest import copy_with_new_uids, dcmtk, storescu
 from cxrmodel.labels import LABELS
 from cxrmodel.network import build_model
 from cxrmodel.registry import Registry
-from storage.models import AuditEvent, Instance, Result
+from storage.models import AuditEvent, Instance, Result, SentReport
 
 SRC = "dicom/derived/nih_00000001_000_explicit-vr-le.dcm"
 MARKERS = {"PatientID": "CXRDPID4711", "PatientName": "ZEBRA^QUINCY", "AccessionNumber": "ACCX9931"}
@@ -37,7 +37,8 @@ def wait_for(predicate, timeout: float = 90.0, every: float = 0.25):  # noqa: AN
 def results_env(orthanc, **extra: str) -> dict[str, str]:  # noqa: ANN001
     return {"CXRD_MODEL__BACKEND": "fp32", "CXRD_MODEL__MAX_BATCH_WAIT_MS": "10",
             "CXRD_RESULTS__ENABLED": "true", "CXRD_RESULTS__HOST": "127.0.0.1",
-            "CXRD_RESULTS__PORT": str(orthanc.dicom_port), "CXRD_RESULTS__AE_TITLE": orthanc.aet, **extra}
+            "CXRD_RESULTS__PORT": str(orthanc.dicom_port), "CXRD_RESULTS__AE_TITLE": orthanc.aet,
+            "CXRD_RESULTS__SETTLE_QUIET_S": "0.5", **extra}
 
 
 def started_daemon(daemon_factory, env: dict[str, str]):  # noqa: ANN001, ANN201
@@ -183,6 +184,71 @@ def test_destination_down_parks_result_failed_then_retry_sends_it(orthanc, daemo
     assert original.StudyInstanceUID not in d.log_text()
 
 
+def _with_view(path: Path, view: str) -> Path:
+    ds = pydicom.dcmread(path)
+    ds.ViewPosition = view
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.slow
+def test_a_study_over_two_associations_gets_one_report_then_one_replacement(orthanc, daemon_factory, shared_data,
+                                                                           tmp_path):
+    """PA + lateral (LL) in one association, a repeat PA in a second: one report in the patient's study,
+    referencing the two frontal images and listing the lateral as not analysed. One more PA later: a
+    replacement whose Predecessor Documents Sequence names the first report."""
+    d = started_daemon(daemon_factory, results_env(orthanc, CXRD_RESULTS__SETTLE_QUIET_S="4",
+                                                   CXRD_RESULTS__SETTLE_MAX_S="120"))
+    orthanc.add_modality("cxrd", "CXRD", d.dicom_port)
+    files = copy_with_new_uids(shared_data / SRC, tmp_path / "in", 4, markers=MARKERS)
+    pa, lateral, repeat, late = (_with_view(f, v) for f, v in zip(files, ("PA", "LL", "PA", "PA")))
+    uids = {name: str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            for name, f in (("pa", pa), ("lateral", lateral), ("repeat", repeat), ("late", late))}
+    study = str(pydicom.dcmread(pa, stop_before_pixels=True).StudyInstanceUID)
+    ids = {name: orthanc.upload(f)["ID"] for name, f in (("pa", pa), ("lateral", lateral), ("repeat", repeat))}
+    orthanc.push("cxrd", [ids["pa"], ids["lateral"]])  # association 1
+    orthanc.push("cxrd", [ids["repeat"]])  # association 2
+
+    def srs() -> list[dict]:
+        return [i for i in orthanc.study_instances(study) if i.get("Modality") == "SR"]
+    [first] = wait_for(srs)
+    time.sleep(6.0)  # longer than the quiet period: still one report, not one per association
+    assert [i["ID"] for i in srs()] == [first["ID"]]
+    assert len(orthanc.get("/studies")) == 1
+    sr1 = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{first['ID']}/file", raw=True)))
+    referenced = {r.ReferencedSOPInstanceUID for e in sr1.CurrentRequestedProcedureEvidenceSequence
+                  for s in e.ReferencedSeriesSequence for r in s.ReferencedSOPSequence}
+    assert referenced == {uids["pa"], uids["repeat"]}
+    sr_file = tmp_path / "sr1.dcm"
+    sr_file.write_bytes(orthanc.get(f"/instances/{first['ID']}/file", raw=True))
+    dump = dcmtk("dsrdump", "-v", "+Pl", str(sr_file))
+    assert dump.returncode == 0, dump.stderr
+    assert f"Not analysed (lateral view)" in dump.stdout and uids["lateral"] in dump.stdout
+    assert "PredecessorDocumentsSequence" not in sr1
+    states = {r[0]: r[1] for r in db_rows(d.state_dir, select(Instance.view, Instance.state))}
+    assert states == {"frontal": "reported", "lateral": "not_analysed"}
+
+    orthanc.push("cxrd", [orthanc.upload(late)["ID"]])  # one more PA, after the report was sent
+    two = wait_for(lambda: (lambda found: found if len(found) == 2 else [])(srs()))
+    [second] = [i for i in two if i["ID"] != first["ID"]]
+    sr2 = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{second['ID']}/file", raw=True)))
+    assert sr2.SOPInstanceUID != sr1.SOPInstanceUID and sr2.SeriesInstanceUID == sr1.SeriesInstanceUID
+    [pred] = sr2.PredecessorDocumentsSequence
+    assert pred.StudyInstanceUID == study
+    assert pred.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sr1.SOPInstanceUID
+    referenced = {r.ReferencedSOPInstanceUID for e in sr2.CurrentRequestedProcedureEvidenceSequence
+                  for s in e.ReferencedSeriesSequence for r in s.ReferencedSOPSequence}
+    assert referenced == {uids["pa"], uids["repeat"], uids["late"]}
+    reports = db_rows(d.state_dir, select(SentReport.id, SentReport.sop_instance_uid, SentReport.superseded_by)
+                      .order_by(SentReport.id))
+    assert [(r.sop_instance_uid, r.superseded_by) for r in reports] == [
+        (str(sr1.SOPInstanceUID), reports[1].id), (str(sr2.SOPInstanceUID), None)]
+    sent = [json.loads(det) for (det,) in db_rows(
+        d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "result.sent"))]
+    assert [s.get("replaces") for s in sent] == [None, reports[0].id]
+    assert study not in d.log_text()
+
+
 @pytest.mark.slow
 def test_the_heatmap_segmentation_lands_in_the_original_study_on_the_sources_grid(  # noqa: ANN001
         orthanc, daemon_factory, shared_data, tmp_path):
@@ -217,3 +283,22 @@ def test_the_heatmap_segmentation_lands_in_the_original_study_on_the_sources_gri
     text = d.log_text() + json.dumps([tuple(e) for e in events])
     for secret in (*MARKERS.values(), original.StudyInstanceUID, original.SOPInstanceUID):
         assert secret not in text
+
+
+@pytest.mark.slow
+def test_a_study_of_a_lateral_view_only_gets_a_report_saying_nothing_was_analysed(orthanc, daemon_factory,
+                                                                                  shared_data, tmp_path):
+    d = started_daemon(daemon_factory, results_env(orthanc))
+    [lateral] = copy_with_new_uids(shared_data / SRC, tmp_path / "in", 1, markers=MARKERS)
+    _with_view(lateral, "LL")
+    header = pydicom.dcmread(lateral, stop_before_pixels=True)
+    assert storescu(d.dicom_port, lateral)[1] == ["Success"]
+    [sr] = wait_for(lambda: orthanc.study_instances(str(header.StudyInstanceUID)))
+    sr_file = tmp_path / "sr.dcm"
+    sr_file.write_bytes(orthanc.get(f"/instances/{sr['ID']}/file", raw=True))
+    dump = dcmtk("dsrdump", "-v", "+Pl", str(sr_file))
+    assert dump.returncode == 0, dump.stderr
+    assert "No finding is reported: no image of this study was analysed" in dump.stdout
+    assert str(header.SOPInstanceUID) in dump.stdout and '"Finding")=' not in dump.stdout
+    assert db_rows(d.state_dir, select(Instance.state))[0][0] == "not_analysed"
+    assert [r[0] for r in db_rows(d.state_dir, select(Result.state))] == ["sent"]
