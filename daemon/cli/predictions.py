@@ -165,10 +165,28 @@ def _print_records(records: list[dict[str, Any]]) -> None:
         print(f"    positive: {', '.join(pos) if pos else 'none'}")
 
 
-def _result_dict(r: Result) -> dict[str, Any]:
+def _result_dict(r: Result, reports: list[dict[str, Any]]) -> dict[str, Any]:
     return {"study_uid": r.study_uid, "model_version": r.model_version, "kind": r.kind, "state": r.state,
             "attempts": r.attempts, "next_attempt_at": r.next_attempt_at.isoformat(timespec="seconds"),
-            "sent_at": r.sent_at.isoformat(timespec="seconds") if r.sent_at else None, "last_error": r.last_error}
+            "sent_at": r.sent_at.isoformat(timespec="seconds") if r.sent_at else None, "last_error": r.last_error,
+            "reports": reports}
+
+
+def _sent_reports(s, result_ids: list[int]) -> dict[int, list[dict[str, Any]]]:  # noqa: ANN001 - Session
+    """Each result's report objects the PACS acknowledged, oldest first, with the one that replaced it:
+    a study's report is replaced, never duplicated, when images arrive after it was sent."""
+    from sqlalchemy import select
+
+    from storage.models import SentReport
+    rows = list(s.scalars(select(SentReport).where(SentReport.result_id.in_(result_ids)).order_by(SentReport.id)))
+    uid_of = {r.id: r.sop_instance_uid for r in rows}
+    out: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r.result_id, []).append({
+            "sop_instance_uid": r.sop_instance_uid, "sent_at": r.sent_at.isoformat(timespec="seconds"),
+            "analysed": r.analysed, "not_analysed": r.not_analysed,
+            "superseded_by": uid_of.get(r.superseded_by) if r.superseded_by else None})
+    return out
 
 
 def run_results_list(args: argparse.Namespace, rt: Runtime) -> int:
@@ -181,7 +199,9 @@ def run_results_list(args: argparse.Namespace, rt: Runtime) -> int:
         stmt = select(Result).order_by(Result.id.desc()).limit(args.limit)
         if args.state:
             stmt = stmt.where(Result.state == args.state)
-        rows = [_result_dict(r) for r in s.scalars(stmt)][::-1]  # the newest N, oldest first
+        results = list(s.scalars(stmt))[::-1]  # the newest N, oldest first
+        reports = _sent_reports(s, [r.id for r in results])
+        rows = [_result_dict(r, reports.get(r.id, [])) for r in results]
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -191,6 +211,9 @@ def run_results_list(args: argparse.Namespace, rt: Runtime) -> int:
     for r in rows:
         print(f"{r['state']:<8} {r['kind']:<4} attempts {r['attempts']:<3} {r['model_version']}  study {r['study_uid']}"
               + (f"  ({r['last_error']})" if r["last_error"] else ""))
+        for rep in r["reports"]:
+            print(f"    report {rep['sop_instance_uid']} sent {rep['sent_at']}: {rep['analysed']} image(s) analysed, "
+                  f"{rep['not_analysed']} not" + (f"; superseded by {rep['superseded_by']}" if rep["superseded_by"] else ""))
     return 0
 
 

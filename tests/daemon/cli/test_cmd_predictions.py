@@ -192,3 +192,29 @@ def test_results_list_shows_the_newest_oldest_first_and_retry_is_audited(rt, cap
     assert json.loads(capsys.readouterr().out) == {"requeued": 1}
     [(event, study, details)] = _events(rt, before)
     assert (event, study, details) == ("results.retry", "2.25.2", {"requeued": 1})
+
+
+def test_results_list_names_each_sent_report_and_what_replaced_it(rt, capsys):
+    """A study's report is replaced, not duplicated, when images arrive after it was sent; the
+    listing shows which report object superseded which, so IT can answer a PACS administrator."""
+    from storage.models import Result, SentReport
+    with rt.sessions.begin() as s:
+        result = Result(study_uid="2.25.7", model_version="m1", kind="sr", state="sent")
+        s.add(result)
+        s.flush()
+        first = SentReport(result_id=result.id, sop_instance_uid="2.25.71", analysed=1, not_analysed=1)
+        s.add(first)
+        s.flush()
+        second = SentReport(result_id=result.id, sop_instance_uid="2.25.72", analysed=2, not_analysed=1)
+        s.add(second)
+        s.flush()
+        first.superseded_by = second.id
+    capsys.readouterr()
+    assert cli.main(["results", "list", "--format", "json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert [(r["sop_instance_uid"], r["analysed"], r["superseded_by"]) for r in row["reports"]] == [
+        ("2.25.71", 1, "2.25.72"), ("2.25.72", 2, None)]
+    assert cli.main(["results", "list"]) == 0
+    table = capsys.readouterr().out
+    assert "report 2.25.71" in table and "superseded by 2.25.72" in table
+    assert "report 2.25.72" in table and table.count("superseded by") == 1
