@@ -52,7 +52,7 @@ class Rules:
     count_sections: frozenset[str]
     skip_sections: frozenset[str]
     heading: re.Pattern[str]
-    triggers: tuple[tuple[re.Pattern[str], str], ...]  # (pattern, kind), longest phrase first
+    triggers: tuple[tuple[re.Pattern[str], frozenset[str]], ...]  # (pattern, kinds), longest first
     pseudo: tuple[re.Pattern[str], ...]
     terminators: re.Pattern[str]
     clause_verbs: frozenset[str]
@@ -94,9 +94,13 @@ def load_rules(path: Path | None = None) -> Rules:
             raise ReportRulesError(f"report rules {where}: not ChestX-ray14 findings: {sorted(unknown)}")
         kinds = [("negation_pre", "neg_pre"), ("negation_post", "neg_post"),
                  ("uncertain_pre", "unc_pre"), ("uncertain_post", "unc_post")]
-        phrases = [(p, kind) for key, kind in kinds for p in trig[key]]
+        # A phrase listed both before and after ("cannot be excluded", "versus") acts both ways.
+        by_phrase: dict[str, set[str]] = {}
+        for key, kind in kinds:
+            for p in trig[key]:
+                by_phrase.setdefault(" ".join(p.lower().split()), set()).add(kind)
         # Longest first, so "cannot exclude" wins over "not" and "no evidence of" over "no".
-        phrases.sort(key=lambda pk: -len(pk[0]))
+        phrases = sorted(by_phrase.items(), key=lambda pk: -len(pk[0]))
         names = sorted((*sec["count"], *sec["skip"]), key=len, reverse=True)
         heading = re.compile(
             r"(?:^|(?<=[\n.;]))[ \t]*(?P<name>" + "|".join(re.escape(n) for n in names).replace(r"\ ", r"\s+")
@@ -112,7 +116,7 @@ def load_rules(path: Path | None = None) -> Rules:
             count_sections=frozenset(" ".join(s.lower().split()) for s in sec["count"]),
             skip_sections=frozenset(" ".join(s.lower().split()) for s in sec["skip"]),
             heading=heading,
-            triggers=tuple((_phrase(p), kind) for p, kind in phrases),
+            triggers=tuple((_phrase(p), frozenset(k)) for p, k in phrases),
             pseudo=tuple(_phrase(p) for p in sorted(trig["pseudo"], key=len, reverse=True)),
             terminators=re.compile("|".join(_phrase(t).pattern for t in
                                             sorted(trig["terminators"], key=len, reverse=True))),
@@ -215,11 +219,11 @@ def _label_clause(clause: str, rules: Rules) -> dict[str, Status]:
     for pat in rules.pseudo:
         for m in pat.finditer(text):
             text = _blank(text, m.start(), m.end())
-    triggers: list[tuple[int, int, str]] = []
-    for pat, kind in rules.triggers:
+    triggers: list[tuple[int, int, frozenset[str]]] = []
+    for pat, kinds in rules.triggers:
         for m in pat.finditer(text):
             if not any(s < m.end() and m.start() < e for s, e, _ in triggers):
-                triggers.append((m.start(), m.end(), kind))
+                triggers.append((m.start(), m.end(), kinds))
     taken = [(s, e) for s, e, _ in triggers]
     for label, fr in rules.findings.items():
         for pat in fr.mentions:
@@ -234,19 +238,20 @@ def _label_clause(clause: str, rules: Rules) -> dict[str, Status]:
     return decided
 
 
-def _mention_status(clause: str, start: int, end: int, triggers: list[tuple[int, int, str]]) -> Status:
-    after = [t for t in triggers if t[0] >= end and t[2] in ("neg_post", "unc_post")]
+def _mention_status(clause: str, start: int, end: int,
+                    triggers: list[tuple[int, int, frozenset[str]]]) -> Status:
+    after = [t for t in triggers if t[0] >= end and t[2] & {"neg_post", "unc_post"}]
     if after:
-        return "negative" if after[0][2] == "neg_post" else "uncertain"
-    before = [t for t in triggers if t[1] <= start and t[2] in ("neg_pre", "unc_pre")]
+        return "negative" if "neg_post" in after[0][2] else "uncertain"
+    before = [t for t in triggers if t[1] <= start and t[2] & {"neg_pre", "unc_pre"}]
     if not before:
         return "positive"
     nearest = before[-1]
-    if nearest[2] == "neg_pre":
+    if "neg_pre" in nearest[2]:
         return "negative"
     # A negated hedge is a negation: "no focal consolidation to suggest pneumonia".
     for t in before[:-1]:
-        if t[2] == "neg_pre" and "," not in clause[t[1]: nearest[0]]:
+        if "neg_pre" in t[2] and "," not in clause[t[1]: nearest[0]]:
             return "negative"
     return "uncertain"
 
