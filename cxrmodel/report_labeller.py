@@ -152,8 +152,10 @@ def sections(text: str, rules: Rules) -> list[tuple[str, str]]:
     return out
 
 
-# A full stop ends a sentence unless it sits inside a number ("1.5 cm"); "?" "!" ";" and blank lines too.
-_SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|[!?;]|\n\s*\n|:\s")
+# A full stop ends a sentence unless it sits inside a number ("1.5 cm"); so do "?" "!" ";", blank
+# lines and a numbered item ("1. Cardiomegaly 2. No effusion"). A colon does not: in "Pneumothorax:
+# none" the statement runs across it.
+_SENTENCE_END = re.compile(r"\.(?!\d)|(?<!\d)\.|[!?;]|\n\s*\n|(?:^|(?<=\s))\d{1,2}[.)](?=\s)")
 
 
 def sentences(text: str) -> list[str]:

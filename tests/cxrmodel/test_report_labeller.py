@@ -78,8 +78,20 @@ def test_statements_that_name_no_finding_decide_nothing(text):
     ("No effusion, the heart is enlarged.", {"Effusion": "negative", "Cardiomegaly": "positive"}),
     ("No effusion. Atelectasis in the left base.", {"Effusion": "negative", "Atelectasis": "positive"}),
     ("No effusion, possible pneumonia.", {"Effusion": "negative", "Pneumonia": "uncertain"}),
+    ("1. No effusion 2. Right lower lobe pneumonia", {"Effusion": "negative", "Pneumonia": "positive"}),
+    ("A 1.5 cm nodule in the right upper lobe. No effusion.", {"Nodule": "positive", "Effusion": "negative"}),
 ])
 def test_negation_scope_ends_at_clause_boundaries(text, expected):
+    assert statuses(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Pneumothorax: none.", {"Pneumothorax": "negative"}),
+    ("Pleural effusion: none identified. Heart: normal size.", {"Effusion": "negative", "Cardiomegaly": "negative"}),
+    ("Lungs: no consolidation.", {"Consolidation": "negative"}),
+    ("Heart: mildly enlarged. Lungs: small right effusion.", {"Cardiomegaly": "positive", "Effusion": "positive"}),
+])
+def test_structured_report_lines(text, expected):
     assert statuses(text) == expected
 
 
