@@ -4,8 +4,8 @@ Unpacks `../shared/data/reports/iu-xray-reports.tgz` into a temporary folder (ne
 repository), labels each report's FINDINGS + IMPRESSION text with `cxrmodel.report_labeller`, and
 compares with the report's `<major>` MeSH terms, mapped to ChestX-ray14 findings by MESH_TO_FINDING
 below. A naive keyword matcher (the same synonyms, no negation, no uncertainty, no sections) is
-measured in the same run. The labeller's "uncertain" counts as not positive (the indexers did not
-index hedged findings: "cannot exclude pneumonia" carries no Pneumonia term); the figures with
+measured in the same run. The labeller's "uncertain" counts as not positive (the indexers mostly did
+not index hedged findings: "cannot exclude pneumonia" carries no Pneumonia term); the figures with
 uncertain counted as positive are printed beside them.
 
     .venv/bin/python benchmarks/report_labels.py            # --min-positives 20 --json
