@@ -1,4 +1,8 @@
-"""`cxrd labels import FILE.csv` and `cxrd labels export [DIR]`: the hospital's studies as training data."""
+"""`cxrd labels import FILE.csv`, `cxrd labels export [DIR]` and `cxrd labels from-report FILE`.
+
+Import and export move the hospital's studies in and out as training data; from-report shows what the
+report labeller reads in one report, for the person who runs it on their own file.
+"""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +27,11 @@ def register(sub) -> None:  # noqa: ANN001
     e.add_argument("--all", action="store_true", help="include labels exported before")
     e.add_argument("--format", choices=("text", "json"), default="text")
     e.set_defaults(func=run_export)
+    r = actions.add_parser("from-report", help="label one radiology report text file (FINDINGS/IMPRESSION) "
+                                               "for inspection: each finding and the phrase that decided it")
+    r.add_argument("report", type=Path)
+    r.add_argument("--format", choices=("text", "json"), default="text")
+    r.set_defaults(func=run_from_report, needs_state=False, reads_dicom=False)
 
 
 def run_import(args: argparse.Namespace, rt: Runtime) -> int:
@@ -45,4 +54,56 @@ def run_export(args: argparse.Namespace, rt: Runtime) -> int:
     else:
         print(f"exported {r['images']} labeled image(s) to {r['destination']}; "
               f"{len(r['refused_burned_in'])} refused (burned-in annotation yes/unknown)")
+    return 0
+
+
+MAX_REPORT_BYTES = 1 << 20  # a report is a few kilobytes; anything near this is not one report
+
+
+def read_report(path: Path) -> str:
+    """The text of a report file, or a CommandError (exit 2) that says in one line what is wrong."""
+    from daemon.cli.errors import CommandError
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_REPORT_BYTES + 1)
+    except FileNotFoundError:
+        raise CommandError(f"no such report file: {path}", 2) from None
+    except IsADirectoryError:
+        raise CommandError(f"not a file: {path}", 2) from None
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or type(exc).__name__}", 2) from None
+    if len(raw) > MAX_REPORT_BYTES:
+        raise CommandError(f"{path}: larger than {MAX_REPORT_BYTES // 1024} KiB; give one report per file", 2)
+    if b"\0" in raw:
+        raise CommandError(f"{path}: not a text file (binary content)", 2)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("cp1252", errors="replace")  # reports exported from Windows RIS clients
+    controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f")
+    if controls > max(2, len(text) // 100):
+        raise CommandError(f"{path}: not a text file (control characters)", 2)
+    if not text.strip():
+        raise CommandError(f"{path}: empty report", 2)
+    return text
+
+
+def run_from_report(args: argparse.Namespace, rt: Runtime) -> int:
+    from cxrmodel.labels import LABELS
+    from cxrmodel.report_labeller import label_report
+    found = label_report(read_report(args.report))
+    if args.format == "json":
+        print(json.dumps({"file": str(args.report), "findings": {
+            label: ({"status": f.status, "section": f.section, "evidence": f.evidence}
+                    if (f := found.get(label)) else None) for label in LABELS}}, indent=2))
+        return 0
+    width = max(len(label) for label in LABELS)
+    for label in LABELS:
+        f = found.get(label)
+        if f is None:
+            print(f"{label:{width}}  not mentioned")
+        else:
+            print(f"{label:{width}}  {f.status:9}  {f.section}: \"{f.evidence}\"")
+    if not found:
+        print("(the report names none of the 14 findings)")
     return 0

@@ -46,6 +46,7 @@ COMMAND_MODULES = [
 # `restore` fills a new one, `check-config` reads nothing. Every other command first checks that the
 # state exists (`Runtime.require_state`) and, if not, says where it looked and creates nothing.
 STATELESS_COMMANDS = frozenset({"init", "serve", "restore", "check-config"})
+# A subcommand that reads only its own argument file sets `needs_state=False` (`labels from-report`).
 
 log = logging.getLogger("cxrd.cli")
 
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.quiet_pydicom()
     try:
         rt = Runtime(settings, getattr(args, "config", None))
-        if args.command not in STATELESS_COMMANDS:
+        if args.command not in STATELESS_COMMANDS and getattr(args, "needs_state", True):
             rt.require_state()
         return int(args.func(args, rt) or 0)
     except CommandError as exc:

@@ -44,6 +44,8 @@ NEEDS_STATE: dict[tuple[str, ...], list[str]] = {
     ("results", "retry"): [],
 }
 CASES = [[*command, *rest] for command, rest in NEEDS_STATE.items()]
+# Subcommands that read only the file they are given (they set `needs_state=False`).
+READS_ONLY_ITS_ARGUMENT: set[tuple[str, ...]] = {("labels", "from-report")}
 
 
 def _leaves(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
@@ -74,7 +76,7 @@ def elsewhere(tmp_path, monkeypatch) -> Path:
 
 def test_the_table_names_every_command():
     every = _leaves(cli.build_parser())
-    assert every == set(NEEDS_STATE) | {(c,) for c in cli.STATELESS_COMMANDS}
+    assert every == set(NEEDS_STATE) | {(c,) for c in cli.STATELESS_COMMANDS} | READS_ONLY_ITS_ARGUMENT
 
 
 @pytest.mark.parametrize("argv", CASES, ids=[" ".join(c) for c in NEEDS_STATE])
@@ -85,6 +87,14 @@ def test_without_state_a_command_says_where_it_looked_and_creates_nothing(elsewh
     assert err.startswith(f"cxrd: error: no initialised cxrd state: {elsewhere / 'var'} does not exist")
     assert "the embedded default, relative to the current directory" in err
     assert "cxrd init" in err and "--config" in err and "CXRD_STORAGE__STATE_DIR" in err
+    assert _tree(elsewhere) == []
+
+
+def test_labelling_a_report_file_needs_no_state_and_creates_nothing(elsewhere, tmp_path, capsys):
+    report = tmp_path / "report.txt"
+    report.write_text("FINDINGS: No pneumothorax.\n")
+    assert cli.main(["labels", "from-report", str(report)]) == 0
+    assert "Pneumothorax" in capsys.readouterr().out
     assert _tree(elsewhere) == []
 
 
