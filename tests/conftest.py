@@ -273,3 +273,17 @@ def copy_with_new_uids(src: Path, out_dir: Path, n: int, *, markers: dict[str, s
         ds.save_as(p, enforce_file_format=True)
         paths.append(p)
     return paths
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator:
+    """A migrated SQLite database in a temporary directory (the storage tests' database).
+
+    It lives here, not in a conftest of its own: every conftest.py is imported under the module name
+    `conftest`, so a second one would shadow this file for the tests that `from conftest import`.
+    """
+    from storage import db
+    eng = db.engine_from_url(f"sqlite:///{tmp_path / 'cxrd.db'}")
+    db.migrate(eng)
+    yield eng
+    eng.dispose()
