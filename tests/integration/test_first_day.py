@@ -119,8 +119,13 @@ def test_first_day_from_the_readme(tmp_path, shared_data, weights):
         r = cxrd("status")
         assert f"state directory : {state}" in r.stdout and "current model   : none yet" in r.stdout
 
+        # weights without evaluation data are imported but not made current, and the one line says how
         r = cxrd("model", "import", str(weights), "--format", "torchvision", "--version", "first-day",
-                 "--promote")
+                 "--promote", expect=1)
+        assert "--promote-without-evaluation" in r.stderr
+        r = cxrd("status")
+        assert "current model   : none yet" in r.stdout
+        r = cxrd("model", "promote", "first-day", "--force")
         assert "first-day" in r.stdout
         _wait(lambda: _instance_states(state / "cxrd.db").get("predicted") == 1, 90, "the image to be predicted")
 
