@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 
 from daemon.dicom import finding_codes as codes
 from daemon.dicom.result_objects import (DISCLAIMER, MANUFACTURER, MODEL_NAME, ReportError, SourceImage,
-                                         StudyIdentity)
+                                         StudyIdentity, source_standin)
 
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
 SERIES_NUMBER = 9903
@@ -79,20 +79,7 @@ def _source_standin(identity: StudyIdentity, source: SourceImage, header: Datase
     the grid (Rows, Columns, Pixel Spacing when it is a real one) and whether it was ever lossy.
     Deliberately no Frame of Reference or plane attributes: a radiograph has no 3-D geometry, and
     highdicom then references the source frame with Spatial Locations Preserved YES."""
-    ds = Dataset()
-    ds.SOPClassUID = source.sop_class_uid
-    ds.SOPInstanceUID = source.sop_instance_uid
-    ds.SeriesInstanceUID = source.series_uid
-    ds.StudyInstanceUID = identity.study_uid
-    ds.PatientID = identity.patient_id
-    ds.PatientName = identity.patient_name
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    ds.AccessionNumber = identity.accession_number
-    ds.StudyDate = identity.study_date
-    ds.StudyTime = ""
-    ds.StudyID = ""
-    ds.ReferringPhysicianName = ""
+    ds = source_standin(identity, source)
     ds.Modality = str(header.get("Modality", "") or "DX")
     ds.Rows = int(header.Rows)
     ds.Columns = int(header.Columns)

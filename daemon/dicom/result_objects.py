@@ -118,9 +118,10 @@ def _uid(*parts: str) -> str:
     return "2.25." + str(uuid.uuid5(_UID_NAMESPACE, "\x00".join(parts)).int)
 
 
-def _evidence(identity: StudyIdentity, image: SourceImage) -> Dataset:
-    """A header-only stand-in for a source image: highdicom copies patient/study from evidence[0]
-    and lists every evidence item in the Current Requested Procedure Evidence Sequence."""
+def source_standin(identity: StudyIdentity, image: SourceImage) -> Dataset:
+    """A header-only stand-in for a source image (original UIDs and patient, re-identified by the
+    caller): highdicom copies patient/study from the first source or evidence item and lists every
+    evidence item in the Current Requested Procedure Evidence Sequence."""
     ds = Dataset()
     ds.SOPClassUID = image.sop_class_uid
     ds.SOPInstanceUID = image.sop_instance_uid
@@ -289,7 +290,7 @@ def build_sr(identity: StudyIdentity, images: Sequence[SourceImage], findings_pe
         contribution_description="AI inference: ChestX-ray14 findings computed from the source images")
     equipment.DeviceUID = device
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[_evidence(identity, im) for im in evidence], content=content, previous_versions=previous,
+        evidence=[source_standin(identity, im) for im in evidence], content=content, previous_versions=previous,
         series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER, sop_instance_uid=sop_uid,
         instance_number=1, manufacturer=MANUFACTURER, institution_name=institution, is_complete=True,
         is_final=False, is_verified=False, contributing_equipment=[equipment])
