@@ -1,6 +1,7 @@
 """End to end: C-STORE into a real `cxrd serve` -> prediction committed, next to the bare forward rate.
 
     .venv/bin/python benchmarks/end_to_end.py [--n 200] [--rounds 3] [--backend bf16] [--threads CORES-1] [--batch-size 8]
+        [--studies 20] [--images-per-study 3] [--gap-s 1] [--settle-quiet-s 5]
 
 Measured in one run, on the same machine and backend:
   bare     cxrmodel Engine.predict on batches of 8 preprocessed real images, back to back for 3 s
@@ -11,7 +12,12 @@ Measured in one run, on the same machine and backend:
            prediction committed (prediction created_at), a few samples;
   burst    N images (real pixels, fresh UIDs) pushed over one storescu association: sustained images/s
            from the first C-STORE to the last prediction committed, and p50/p99 of the same latency;
-           repeated `--rounds` times.
+           repeated `--rounds` times;
+  report   then, in a fresh state with results enabled and dcmtk's storescp as the PACS: `--studies`
+           studies of `--images-per-study` images each, one storescu association per study, a study
+           every `--gap-s`; per study, seconds from its last image acknowledged (storescu done) to its
+           SR written by storescp (the file's mtime), p50/p95, printed as measured and with the
+           configured quiet period (`--settle-quiet-s`, the report's deliberate hold-back) subtracted.
 Prints numbers only; it never passes or fails on time.
 """
 from __future__ import annotations
@@ -95,6 +101,90 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
+def received_reports(folder: Path, seen: dict[str, tuple[str, str, float]]) -> dict[str, list[float]]:
+    """Study UID -> mtimes of the SR files storescp wrote for it. `seen` caches headers already read
+    (a file not yet readable in full is looked at again next time)."""
+    import pydicom
+    for f in folder.iterdir():
+        if f.name in seen:
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["Modality", "StudyInstanceUID"])
+            seen[f.name] = (str(ds.get("Modality", "")), str(ds.StudyInstanceUID), f.stat().st_mtime)
+        except Exception:  # still being written
+            continue
+    out: dict[str, list[float]] = {}
+    for modality, study, mtime in seen.values():
+        if modality == "SR":
+            out.setdefault(study, []).append(mtime)
+    return out
+
+
+def report_latency(args: argparse.Namespace, work: Path, base_env: dict[str, str]) -> dict:
+    """Last image of a study acknowledged -> its report landed in a real receiver (dcmtk storescp).
+
+    A fresh state, so no study of the throughput bursts is reported here; one warm-up study first
+    (model load, first report). A study is acknowledged when storescu, which sends all its images
+    over one association, has had the last C-STORE answered and released (the time after it exits).
+    """
+    import pydicom
+    from cxrmodel.network import build_model
+    from cxrmodel.registry import Registry
+
+    state, received = work / "state-results", work / "received"
+    received.mkdir()
+    port, http, pacs = free_port(), free_port(), free_port()
+    env = {**base_env, "CXRD_STORAGE__STATE_DIR": str(state), "CXRD_DICOM__PORT": str(port),
+           "CXRD_HTTP__PORT": str(http), "CXRD_RESULTS__ENABLED": "true", "CXRD_RESULTS__HOST": "127.0.0.1",
+           "CXRD_RESULTS__PORT": str(pacs), "CXRD_RESULTS__AE_TITLE": "STORESCP",
+           "CXRD_RESULTS__SETTLE_QUIET_S": str(args.settle_quiet_s), "CXRD_RESULTS__SETTLE_MAX_S": "600"}
+    state.mkdir(parents=True)
+    subprocess.run([CXRD, "init"], env=env, check=True, capture_output=True)
+    Registry(state / "models").add(build_model(seed=0), promote=True)
+    scp = subprocess.Popen(["storescp", "--max-pdu", "131072", "-od", str(received), "-aet", "STORESCP", str(pacs)],
+                           env=base_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = None
+    seen: dict[str, tuple[str, str, float]] = {}
+    study_of = lambda f: str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID)  # noqa: E731
+    try:
+        wait_until(lambda: _port_open(pacs), 30, "storescp")
+        serve = subprocess.Popen([CXRD, "serve"], env=env, stdout=open(work / "serve-results.log", "wb"),
+                                 stderr=subprocess.STDOUT)
+        wait_until(lambda: _port_open(port) or serve.poll() is not None, 120, "the DICOM port")
+        if serve.poll() is not None:
+            raise SystemExit(f"cxrd serve exited; see {work / 'serve-results.log'} (--keep)")
+        warm = make_files(SRC, work / "report-warm", args.images_per_study, "warm")
+        push(port, warm)
+        wait_until(lambda: study_of(warm[0]) in received_reports(received, seen), 300, "the warm-up report")
+        acked: dict[str, float] = {}
+        for i in range(args.studies):
+            files = make_files(SRC, work / f"study{i}", args.images_per_study, f"s{i}-")
+            push(port, files)
+            acked[study_of(files[0])] = time.time()
+            time.sleep(args.gap_s)
+        wait_until(lambda: set(acked) <= set(received_reports(received, seen)),
+                   120 + args.settle_quiet_s + 10 * args.studies * args.images_per_study, "every study's report")
+        time.sleep(args.settle_quiet_s + 1.0)  # a second report of a study (a replacement) would show now
+        landed = received_reports(received, seen)
+    finally:
+        for p in (serve, scp):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    total = [min(landed[s]) - t for s, t in acked.items()]
+    excl = [x - args.settle_quiet_s for x in total]
+    return {"studies": args.studies, "images_per_study": args.images_per_study, "gap_s": args.gap_s,
+            "settle_quiet_s": args.settle_quiet_s,
+            "ack_to_report_s": {"p50": round(pct(total, 50), 3), "p95": round(pct(total, 95), 3),
+                                "max": round(max(total), 3)},
+            "ack_to_report_excluding_settle_s": {"p50": round(pct(excl, 50), 3), "p95": round(pct(excl, 95), 3),
+                                                 "max": round(max(excl), 3)},
+            "studies_with_more_than_one_report": sum(len(landed[s]) > 1 for s in acked)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200,
@@ -107,10 +197,17 @@ def main() -> None:
                     help="inference threads (default: cores minus one, as `cxrd serve` uses)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-batch-wait-ms", type=int, default=50)
+    ap.add_argument("--studies", type=int, default=20,
+                    help="studies for the report latency (0: skip it); each is one association")
+    ap.add_argument("--images-per-study", type=int, default=3)
+    ap.add_argument("--gap-s", type=float, default=1.0, help="seconds between two studies' pushes")
+    ap.add_argument("--settle-quiet-s", type=float, default=5.0,
+                    help="results.settle_quiet_s for the report latency (subtracted in the second figure)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     args = ap.parse_args()
-    if shutil.which("storescu") is None:
-        raise SystemExit("dcmtk storescu not found")
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"dcmtk {tool} not found")
 
     import torch
     torch.set_num_threads(args.threads)
@@ -190,9 +287,19 @@ def main() -> None:
             "median_ratio_to_bare": round(statistics.median(r["ratio_to_bare"] for r in rounds), 3),
             "median_ratio_to_best_batch": round(statistics.median(r["ratio_to_best_batch"] for r in rounds), 3),
         }
+        if args.studies > 0:
+            proc.terminate()  # the report latency runs on its own daemon, with the cores to itself
+            proc.wait(60)
+            out["report_latency"] = rep = report_latency(args, work, env)
         print(json.dumps(out, indent=2))
         print(f"median of {len(rounds)} bursts of {args.n}: {out['median_ratio_to_bare']:.2f}x bare "
               f"({out['median_ratio_to_best_batch']:.2f}x best batch) | idle p50 {statistics.median(idle):.3f}s")
+        if args.studies > 0:
+            a, b = rep["ack_to_report_s"], rep["ack_to_report_excluding_settle_s"]
+            print(f"report latency, last image acknowledged -> SR in storescp, {args.studies} studies of "
+                  f"{args.images_per_study}: p50 {b['p50']:.2f}s p95 {b['p95']:.2f}s excluding the "
+                  f"{args.settle_quiet_s:g}s settle (as measured: p50 {a['p50']:.2f}s p95 {a['p95']:.2f}s); "
+                  f"studies with more than one report: {rep['studies_with_more_than_one_report']}")
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()

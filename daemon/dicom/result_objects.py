@@ -12,7 +12,9 @@ objects, which is what lets `tests/daemon/dicom/test_result_objects.py` check th
 
 The SR's Series and SOP Instance UIDs are derived from the study pseudonym, model version and the
 set of source images (not random), so a retry after a lost C-STORE response re-sends the *same*
-instance and the PACS overwrites it instead of filing a duplicate report.
+instance and the PACS overwrites it instead of filing a duplicate report. A heatmap's are derived
+from the image and finding it shows (`heatmap_uids`), so a replacement report that shows the same
+one re-sends the same instance rather than a second copy.
 """
 from __future__ import annotations
 
@@ -76,6 +78,15 @@ class PriorReport:
 
 
 @dataclass(frozen=True)
+class HeatmapRef:
+    """A heatmap object sent with a report: which finding on which image it shows, and its UID."""
+    kind: str  # "heatmap" (the Secondary Capture) or "heatmap_map" (the Segmentation), as `read_kind` says
+    sop_instance_uid: str
+    label: str
+    source: SourceImage
+
+
+@dataclass(frozen=True)
 class Finding:
     label: str
     probability: float
@@ -108,6 +119,17 @@ def report_uids(study_pseudonym: str, model_version: str, kind: str,
     sources = sorted(instance_pseudonyms)
     return (_uid("cxrd-series", study_pseudonym, model_version, kind),
             _uid("cxrd-sop", study_pseudonym, model_version, kind, *sources))
+
+
+def heatmap_uids(study_pseudonym: str, model_version: str, kind: str, source_pseudonym: str,
+                 label: str) -> tuple[str, str]:
+    """(series UID, SOP instance UID) for a heatmap object: a function of the image and the finding it
+    shows, not of the study's other images. A replacement report whose top finding is still on the
+    same image therefore re-sends the very same instance (the PACS keeps one copy), and only a
+    heatmap of another image or finding is a new instance. The series is the study's heatmap series
+    of that kind, as `report_uids` gives it."""
+    return (_uid("cxrd-series", study_pseudonym, model_version, kind),
+            _uid("cxrd-heatmap", study_pseudonym, model_version, kind, source_pseudonym, label))
 
 
 _UID_NAMESPACE = uuid.UUID("6f1c2a52-3c1e-4d1b-9a57-2f1e0c7d9b11")
@@ -200,6 +222,21 @@ def replacement_text(prior: PriorReport) -> str:
             "images arrived after it was sent. The earlier report should no longer be used.")
 
 
+_HEATMAP_NAMES = {"heatmap": "Secondary Capture", "heatmap_map": "Segmentation"}
+
+
+def heatmap_text(current: Sequence[HeatmapRef], replacement: bool) -> str:
+    """The line naming the heatmap objects that go with this report, so a reader can tell the current
+    overlay from one an earlier report of the study left in the PACS (no C-STORE can remove it)."""
+    first = current[0]
+    objects = "; ".join(f"{_HEATMAP_NAMES.get(h.kind, h.kind)} {h.sop_instance_uid}" for h in current)
+    text = (f"Current AI heatmap of this study: Grad-CAM of {first.label.replace('_', ' ')} on image "
+            f"{first.source.sop_instance_uid} ({objects}).")
+    if replacement:
+        text += " Heatmaps sent with earlier reports of this study and not named here are out of date."
+    return text
+
+
 def _not_analysed_group(item: NotAnalysedImage, model: ModelIdentity,
                         sop_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """When no image was analysed: one TID 1501 group per image, naming it as the source and saying
@@ -213,10 +250,11 @@ def _not_analysed_group(item: NotAnalysedImage, model: ModelIdentity,
 
 
 def _qualitative_evaluations(combined: Sequence[Finding], not_analysed: Sequence[NotAnalysedImage] = (),
-                             prior: PriorReport | None = None) -> hd.sr.ContainerContentItem:
+                             prior: PriorReport | None = None,
+                             heatmaps: Sequence[HeatmapRef] = ()) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12: the study-level call per finding at the model's operating point, the
-    combination rule, the images not analysed (with why), what this report replaces, and the
-    disclaimer a reader must see."""
+    combination rule, the images not analysed (with why), what this report replaces, which heatmap
+    objects are current, and the disclaimer a reader must see."""
     container = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     items: list = [hd.sr.CodeContentItem(name=codes.finding_code(f.label), value=codes.PRESENT if f.positive
                                     else codes.ABSENT, relationship_type="CONTAINS") for f in combined]
@@ -224,6 +262,8 @@ def _qualitative_evaluations(combined: Sequence[Finding], not_analysed: Sequence
     notes += [not_analysed_text(n) for n in not_analysed]
     if prior is not None:
         notes.append(replacement_text(prior))
+    if heatmaps:
+        notes.append(heatmap_text(heatmaps, prior is not None))
     notes.append(DISCLAIMER)
     items += [hd.sr.TextContentItem(name=codes.COMMENT, value=text[:1024], relationship_type="CONTAINS")
               for text in notes]
@@ -233,7 +273,8 @@ def _qualitative_evaluations(combined: Sequence[Finding], not_analysed: Sequence
 
 def build_sr(identity: StudyIdentity, images: Sequence[SourceImage], findings_per_image: Sequence[Sequence[Finding]],
              *, model: ModelIdentity, series_uid: str, sop_uid: str, institution: str | None = None,
-             not_analysed: Sequence[NotAnalysedImage] = (), replaces: PriorReport | None = None) -> Dataset:
+             not_analysed: Sequence[NotAnalysedImage] = (), replaces: PriorReport | None = None,
+             heatmaps: Sequence[HeatmapRef] = ()) -> Dataset:
     """A Comprehensive 3D SR with TID 1500 (Imaging Measurement Report) as root, in the original study.
 
     The procedure reported is the chest radiograph; the observer is the algorithm as a device
@@ -247,6 +288,7 @@ def build_sr(identity: StudyIdentity, images: Sequence[SourceImage], findings_pe
     Procedure Evidence unless no image was analysed at all, when the report says so instead of
     giving findings and those images are what it is about. `replaces`: the earlier report of the
     same study this one supersedes (Predecessor Documents Sequence, and a line saying so).
+    `heatmaps`: the heatmap objects sent with this report, named in a line as the current ones.
     """
     if not images and not not_analysed:
         raise ReportError("a report needs at least one source image")
@@ -274,7 +316,7 @@ def build_sr(identity: StudyIdentity, images: Sequence[SourceImage], findings_pe
         imaging_measurements=groups or [_not_analysed_group(n, model, sop_uid) for n in not_analysed],
         title=codes.IMAGING_MEASUREMENT_REPORT,
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(codes.ENGLISH))
-    content[0].ContentSequence.append(_qualitative_evaluations(combined, not_analysed, replaces))
+    content[0].ContentSequence.append(_qualitative_evaluations(combined, not_analysed, replaces, heatmaps))
     evidence = images if images else [n.image for n in not_analysed]
     previous = None
     if replaces is not None:

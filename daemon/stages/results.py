@@ -15,6 +15,9 @@ The report lists every analysed image of the study with its findings and every i
 analysed with the reason. When a study that was reported gets more images, the next report is a
 replacement: a new SOP Instance UID, the earlier report in its Predecessor Documents Sequence and a
 line saying it replaces it; `sent_reports` keeps which report superseded which (audited).
+A heatmap's UIDs depend only on the image and finding it shows, so a replacement whose top finding
+is on the same image re-sends the same instances (no second copy in the PACS); every report names
+the heatmap objects that go with it, so one that shows another image says which are current.
 A claim is a lease (`daemon.stages.leases`): the row becomes `sending`, held by us, with
 `next_attempt_at` pushed `LEASE_S` ahead; a sender that dies simply lets the lease run out and
 another (or the restarted one) takes the row again. On PostgreSQL the claim uses
@@ -235,6 +238,14 @@ class _Source:
     vault_object: str | None
     image: report.SourceImage
     findings: list[report.Finding]
+
+
+def heatmap_choice(findings: list[report.Finding], sources: list[_Source]) -> tuple[report.Finding, _Source]:
+    """What the heatmap shows: the study's top finding, on the image where it is highest (the first
+    such image in the report's order on a tie, so the same study always gives the same choice)."""
+    top = max(findings, key=lambda f: f.probability)
+    src = max(sources, key=lambda s: next((f.probability for f in s.findings if f.label == top.label), -1.0))
+    return top, src
 
 
 class ResultsSender:
@@ -473,22 +484,13 @@ class ResultsSender:
         sources, identity = got.sources, got.identity
         findings = report.study_findings(s.findings for s in sources)
         pseudos = [s.pseudo_sop for s in sources] + [f"not-analysed:{p}" for _, p, _ in got.not_analysed]
-        objects: list[Dataset] = []
-        try:
-            if self.send_sr:
-                series, sop = report.report_uids(study, version, "sr", pseudos)
-                # the same content again (a retry after a lost response) is the same instance, not its own successor
-                prior = got.prior[1] if got.prior and got.prior[1].sop_instance_uid != sop else None
-                objects.append(report.build_sr(identity, [s.image for s in sources], [s.findings for s in sources],
-                                               model=self._identity(version), series_uid=series, sop_uid=sop,
-                                               not_analysed=[n for _, _, n in got.not_analysed], replaces=prior))
-        except report.ReportError as exc:  # our own one-line reasons
-            raise PermanentError(f"cannot build the structured report: {exc}") from None
-        except Exception as exc:  # highdicom refusing odd source values: its text may quote them (PHI)
-            raise PermanentError(f"cannot build the structured report ({type(exc).__name__})") from None
+        # The heatmap first: the SR names the heatmap objects that actually go with it.
+        heatmaps: list[Dataset] = []
+        refs: list[report.HeatmapRef] = []
         if self.send_heatmap and findings and sources:
+            top, src = heatmap_choice(findings, sources)
             try:
-                objects.extend(self._heatmap(study, version, sources, identity, findings))
+                heatmaps = self._heatmap(study, version, top, src, identity)
             except TamperError as exc:  # a row points at another instance's object: send nothing
                 with self.sessions() as session, session.begin():
                     audit.record_tamper(session, self.keys.audit_key, exc, what="vault", actor=ACTOR,
@@ -497,6 +499,23 @@ class ResultsSender:
             except Exception as exc:  # the SR still goes out; the overlay is a convenience
                 event(log, "result.heatmap_failed", logging.WARNING, study=study, model=version,
                       error=type(exc).__name__ if not isinstance(exc, (ModelError, StorageError)) else str(exc))
+            refs = [report.HeatmapRef(report.read_kind(ds), str(ds.SOPInstanceUID), top.label, src.image)
+                    for ds in heatmaps]
+        objects: list[Dataset] = []
+        try:
+            if self.send_sr:
+                series, sop = report.report_uids(study, version, "sr", pseudos)
+                # the same content again (a retry after a lost response) is the same instance, not its own successor
+                prior = got.prior[1] if got.prior and got.prior[1].sop_instance_uid != sop else None
+                objects.append(report.build_sr(identity, [s.image for s in sources], [s.findings for s in sources],
+                                               model=self._identity(version), series_uid=series, sop_uid=sop,
+                                               not_analysed=[n for _, _, n in got.not_analysed], replaces=prior,
+                                               heatmaps=refs))
+        except report.ReportError as exc:  # our own one-line reasons
+            raise PermanentError(f"cannot build the structured report: {exc}") from None
+        except Exception as exc:  # highdicom refusing odd source values: its text may quote them (PHI)
+            raise PermanentError(f"cannot build the structured report ({type(exc).__name__})") from None
+        objects.extend(heatmaps)
         if not objects:
             raise PermanentError("nothing to send (results.send_sr and send_heatmap are both off)")
         return objects
@@ -536,17 +555,16 @@ class ResultsSender:
             self._models[version] = model
         return model
 
-    def _heatmap(self, study: str, version: str, sources: list[_Source], identity: report.StudyIdentity,
-                 findings: list[report.Finding]) -> list[Dataset]:
-        """The heatmap objects `heatmap_objects` names, from one Grad-CAM of the top finding."""
+    def _heatmap(self, study: str, version: str, top: report.Finding, src: _Source,
+                 identity: report.StudyIdentity) -> list[Dataset]:
+        """The heatmap objects `heatmap_objects` names, from one Grad-CAM of `top` on `src`, under
+        UIDs that depend only on that image and finding (`report.heatmap_uids`)."""
         import pydicom
         from io import BytesIO
         from cxrmodel.gradcam import gradcam
         from cxrmodel.preprocess import load_image
         from daemon.dicom import heatmap_map
 
-        top = max(findings, key=lambda f: f.probability)
-        src = max(sources, key=lambda s: next((f.probability for f in s.findings if f.label == top.label), -1.0))
         if src.vault_object is None:
             raise StorageError("instance has no stored object")
         data = checked_instance(self.vault.get(src.vault_object), src.pseudo_sop, src.vault_object)
@@ -556,18 +574,17 @@ class ResultsSender:
         orientation = "\\".join(orientation) if not isinstance(orientation, str) else orientation
         square = model.manifest.preprocessing.square
         cam = gradcam(model.module, model.preprocess(data), top.label)
-        pseudos = [s.pseudo_sop for s in sources]
         attention = heatmap_map.attention_on_grid(cam, int(header.Rows), int(header.Columns), square)
         objects: list[Dataset] = []
         if "secondary_capture" in self.heatmap_objects:
             picture = report.heatmap_picture(model.module, None, load_image(data), top.label, attention=attention)
-            series, sop = report.report_uids(study, version, "heatmap", pseudos)
+            series, sop = report.heatmap_uids(study, version, "heatmap", src.pseudo_sop, top.label)
             objects.append(report.build_heatmap_sc(
                 identity, src.image, picture, label=top.label, probability=top.probability, model_version=version,
                 series_uid=series, sop_uid=sop, patient_orientation=orientation,
                 burned_in_annotation=str(header.get("BurnedInAnnotation", ""))))
         if "segmentation" in self.heatmap_objects:
-            series, sop = report.report_uids(study, version, "heatmap_map", pseudos)
+            series, sop = report.heatmap_uids(study, version, "heatmap_map", src.pseudo_sop, top.label)
             try:
                 objects.append(heatmap_map.build_heatmap_map(
                     identity, src.image, header, attention, label=top.label, probability=top.probability,

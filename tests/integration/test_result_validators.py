@@ -85,12 +85,15 @@ def objects(tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
         "sr_single": report.build_sr(identity, images[3:4] or images[:1], per_image[3:4] or per_image[:1],
                                      model=model_id, series_uid=pydicom.uid.generate_uid(),
                                      sop_uid=pydicom.uid.generate_uid()),
-        # PA + repeat PA analysed, a lateral listed as not analysed, replacing an earlier report
+        # PA + repeat PA analysed, a lateral listed as not analysed, replacing an earlier report, with
+        # the line naming the current heatmap objects
         "sr_replacement_with_lateral": report.build_sr(
             identity, images[:2], per_image[:2], model=model_id, series_uid=pydicom.uid.generate_uid(),
             sop_uid=pydicom.uid.generate_uid(),
             not_analysed=[report.NotAnalysedImage(images[2], "lateral", "ViewPosition says lateral (LL)")],
-            replaces=report.PriorReport(pydicom.uid.generate_uid(), pydicom.uid.generate_uid())),
+            replaces=report.PriorReport(pydicom.uid.generate_uid(), pydicom.uid.generate_uid()),
+            heatmaps=[report.HeatmapRef(kind, pydicom.uid.generate_uid(), "Pleural_Thickening", images[1])
+                      for kind in ("heatmap", "heatmap_map")]),
         # a study of lateral views only: the report says why there are no findings
         "sr_nothing_analysed": report.build_sr(
             identity, [], [], model=model_id, series_uid=pydicom.uid.generate_uid(),

@@ -196,9 +196,11 @@ def test_a_study_over_two_associations_gets_one_report_then_one_replacement(orth
                                                                            tmp_path):
     """PA + lateral (LL) in one association, a repeat PA in a second: one report in the patient's study,
     referencing the two frontal images and listing the lateral as not analysed. One more PA later: a
-    replacement whose Predecessor Documents Sequence names the first report."""
+    replacement whose Predecessor Documents Sequence names the first report. With heatmaps on, the
+    study holds one heatmap per image-and-finding shown, and the replacement names the current one."""
     d = started_daemon(daemon_factory, results_env(orthanc, CXRD_RESULTS__SETTLE_QUIET_S="4",
-                                                   CXRD_RESULTS__SETTLE_MAX_S="120"))
+                                                   CXRD_RESULTS__SETTLE_MAX_S="120",
+                                                   CXRD_RESULTS__SEND_HEATMAP="true"))
     orthanc.add_modality("cxrd", "CXRD", d.dicom_port)
     files = copy_with_new_uids(shared_data / SRC, tmp_path / "in", 4, markers=MARKERS)
     pa, lateral, repeat, late = (_with_view(f, v) for f, v in zip(files, ("PA", "LL", "PA", "PA")))
@@ -239,14 +241,30 @@ def test_a_study_over_two_associations_gets_one_report_then_one_replacement(orth
     referenced = {r.ReferencedSOPInstanceUID for e in sr2.CurrentRequestedProcedureEvidenceSequence
                   for s in e.ReferencedSeriesSequence for r in s.ReferencedSOPSequence}
     assert referenced == {uids["pa"], uids["repeat"], uids["late"]}
+    sent = [json.loads(det) for (det,) in wait_for(lambda: (lambda rows: rows if len(rows) == 2 else [])(db_rows(
+        d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "result.sent"))))]
     reports = db_rows(d.state_dir, select(SentReport.id, SentReport.sop_instance_uid, SentReport.superseded_by)
                       .order_by(SentReport.id))
     assert [(r.sop_instance_uid, r.superseded_by) for r in reports] == [
         (str(sr1.SOPInstanceUID), reports[1].id), (str(sr2.SOPInstanceUID), None)]
-    sent = [json.loads(det) for (det,) in db_rows(
-        d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "result.sent"))]
     assert [s.get("replaces") for s in sent] == [None, reports[0].id]
+    assert [sorted(s["objects"]) for s in sent] == [["heatmap", "sr"], ["heatmap", "sr"]]
+    # The heatmaps: a replacement showing the same image and finding re-sent the same instance, so the
+    # study holds one heatmap per distinct choice, and the newest report names one that is there.
+    heatmaps = {i["SOPInstanceUID"] for i in orthanc.study_instances(study) if i.get("Modality") == "OT"}
+    note1, note2 = (next(n for n in _texts(sr) if "AI heatmap" in n) for sr in (sr1, sr2))
+    same_choice = note1.split(" (")[0] == note2.split(" (")[0]  # "... Grad-CAM of <finding> on image <uid>"
+    assert len(heatmaps) == (1 if same_choice else 2)
+    assert any(f"Secondary Capture {uid}" in note2 for uid in heatmaps)
+    assert "out of date" in note2 and "out of date" not in note1
     assert study not in d.log_text()
+
+
+def _texts(sr) -> list[str]:  # noqa: ANN001
+    """The TEXT items of the SR's Qualitative Evaluations container."""
+    [qual] = [i for i in sr.ContentSequence if i.ValueType == "CONTAINER"
+              and i.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"]
+    return [i.TextValue for i in qual.ContentSequence if i.ValueType == "TEXT"]
 
 
 @pytest.mark.slow
