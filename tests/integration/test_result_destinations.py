@@ -334,7 +334,8 @@ def test_daemon_sends_by_cstore_stowrs_and_hl7(orthanc, daemon_factory, shared_d
         assert by_stow["PatientID"] == MARKERS["PatientID"]
         [raw] = peer.received
         msg = hl7.parse(raw)
-        assert str(msg.segment("PID")[3][0][0]) == MARKERS["PatientID"]
+        assert str(msg.segment("PID")[3]).split("^")[0] == MARKERS["PatientID"]
+        assert str(msg.segment("PID")[5]).split("^")[:2] == MARKERS["PatientName"].split("^")
         assert str(msg.segment("OBR")[3]) == MARKERS["AccessionNumber"]
         uid_obx = [s for s in segments(msg, "OBX") if str(s[3][0][0]) == "110180"]
         assert str(uid_obx[0][5]) == original.StudyInstanceUID
