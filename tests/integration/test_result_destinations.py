@@ -373,3 +373,23 @@ def test_an_hl7_receiver_answering_ae_parks_the_result_after_max_attempts(  # no
     text = d.log_text() + json.dumps(failed) + row.last_error
     for secret in (*MARKERS.values(), original.StudyInstanceUID):
         assert secret not in text
+
+
+@pytest.mark.slow
+def test_a_stow_rs_refusal_parks_the_result_at_once(orthanc, daemon_factory, shared_data, tmp_path):  # noqa: ANN001
+    d = started_daemon(daemon_factory, results_env(  # Orthanc without the plugin: 404 on /dicom-web/studies
+        orthanc, CXRD_RESULTS__STOW__ENABLED="true", CXRD_RESULTS__STOW__URL=f"{orthanc.url}/dicom-web",
+        CXRD_RESULTS__RETRY_BASE_S="0.2", CXRD_RESULTS__MAX_ATTEMPTS="5"))
+    [src] = copy_with_new_uids(shared_data / SRC, tmp_path / "in", 1, markers=MARKERS)
+    assert storescu(d.dicom_port, src)[1] == ["Success"]
+
+    def parked():  # noqa: ANN202
+        rows = db_rows(d.state_dir, select(Result.state, Result.attempts, Result.last_error))
+        return rows[0] if rows and rows[0].state == "failed" else None
+    row = wait_for(parked)
+    assert row.attempts == 1 and "HTTP 404" in row.last_error  # a refusal is not retried
+    [failed] = [json.loads(x) for (x,) in db_rows(
+        d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "result.failed"))]
+    assert failed["final"] is True and "STOW-RS" in failed["destination"]
+    status = json.loads(d.cli("status", "--format", "json", check=True).stdout)
+    assert status["results"] == {"failed": 1}
