@@ -195,6 +195,52 @@ def test_a_flooding_receiver_is_cut_off():
     srv.close()
 
 
+def test_a_study_with_nothing_analysed_says_so_and_carries_no_finding(hl7_peer):  # noqa: ANN001
+    peer = hl7_peer("AA")
+    empty = ReportContent(identity=content().identity, findings=[], model=report.ModelIdentity(version="v7"),
+                          report_uid="2.25.77", not_analysed=1)
+    hl7_oru.Hl7Destination(host="127.0.0.1", port=peer.port, timeout_s=5).send([], empty)
+    msg = hl7.parse(peer.received[0])
+    codes_sent = {str(s[3][0][0]) for s in segments(msg, "OBX")}
+    assert "122157" not in codes_sent and not codes_sent & {f.code.value for f in codes.FINDINGS}
+    comments = " ".join(msg.unescape(str(s[5])) for s in segments(msg, "OBX") if str(s[3][0][0]) == "121106")
+    assert "No image of this study was analysed" in comments
+
+
+def test_an_ack_for_another_message_is_not_taken_as_delivery():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def wrong_ack() -> None:
+        conn, _ = srv.accept()
+        try:
+            conn.recv(65536)
+            conn.sendall(b"\x0bMSH|^~\\&|RIS||CXRD||20240101||ACK|1|P|2.5.1\rMSA|AA|SOMETHINGELSE\r\x1c\r")
+        finally:
+            conn.close()
+    threading.Thread(target=wrong_ack, daemon=True).start()
+    with pytest.raises(SendError, match="another message"):
+        hl7_oru.Hl7Destination(host="127.0.0.1", port=srv.getsockname()[1], timeout_s=5).send([], content())
+    srv.close()
+
+
+def test_credentials_come_from_their_file_and_a_missing_file_is_one_line(tmp_path):  # noqa: ANN001
+    from daemon.errors import DaemonError
+    from daemon.stages.destinations.configured import destinations_from_settings
+    token = tmp_path / "stow.cred"
+    token.write_text("pacs:pa55word\n")
+    env = {"CXRD_STORAGE__STATE_DIR": str(tmp_path), "CXRD_RESULTS__STOW__ENABLED": "true",
+           "CXRD_RESULTS__STOW__URL": "http://127.0.0.1:1/dw", "CXRD_RESULTS__STOW__AUTH": "basic",
+           "CXRD_RESULTS__STOW__CREDENTIALS_FILE": str(token)}
+    [dest] = destinations_from_settings(load_settings(None, env).results)
+    assert dest.authorization == "Basic cGFjczpwYTU1d29yZA=="
+    assert "cGFjczpwYTU1d29yZA" not in dest.describe() + repr(dest)
+    token.unlink()
+    with pytest.raises(DaemonError, match="results.stow.credentials_file: cannot read"):
+        destinations_from_settings(load_settings(None, env).results)
+
+
 def test_escape_leaves_no_delimiter_or_segment_break():
     assert hl7_oru.escape("a|b^c&d~e\\f\rg\nh\x00") == "a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f\\X0D\\g\\X0A\\h"
 

@@ -19,7 +19,7 @@ import json
 import secrets
 import ssl
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
@@ -38,7 +38,7 @@ REFERENCED_SOP_INSTANCE_UID = "00081155"
 @dataclass(frozen=True)
 class StowDestination:
     url: str                                # base URL of the DICOMweb service, e.g. https://pacs/dicom-web
-    authorization: str = ""                 # the Authorization header value; never shown
+    authorization: str = field(default="", repr=False)  # the Authorization header value; never shown
     tls: ssl.SSLContext | None = None
     timeout_s: float = 30.0
 
