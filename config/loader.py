@@ -47,8 +47,10 @@ def load_settings(path: str | os.PathLike | None = None,
 
     def base(key: str) -> Path:
         """The directory a relative path under `key` is relative to (see the module docstring)."""
-        section, name = key.split(".", 1)
-        in_file = file_dir is not None and name in raw.get(section, {}) and key not in env_keys
+        node: Any = raw
+        for part in key.split("."):  # nested tables too (results.stow.credentials_file)
+            node = node.get(part) if isinstance(node, dict) else None
+        in_file = file_dir is not None and node is not None and key not in env_keys
         return file_dir if in_file else Path.cwd()
 
     return _derive(settings, env, base)
@@ -285,7 +287,43 @@ def _derive(s: Settings, env: Mapping[str, str], base: Callable[[str], Path]) ->
     if s.results.send_heatmap and not s.results.heatmap_objects:
         raise ConfigError("'results.send_heatmap' is true but 'results.heatmap_objects' is empty: list "
                           "\"secondary_capture\" and/or \"segmentation\", or set send_heatmap = false")
-    return dataclasses.replace(s, storage=storage, security=security, retrain=retrain)
+    results = _check_result_destinations(s.results, base)
+    return dataclasses.replace(s, storage=storage, security=security, retrain=retrain, results=results)
+
+
+def _check_result_destinations(r: Any, base: Callable[[str], Path]) -> Any:
+    """`results.stow` and `results.hl7`: complete when enabled, no credentials in clear, paths absolute."""
+    import urllib.parse
+    stow = dataclasses.replace(r.stow, credentials_file=_absolute(r.stow.credentials_file,
+                                                                  base("results.stow.credentials_file")),
+                               ca=_absolute(r.stow.ca, base("results.stow.ca")))
+    hl7 = dataclasses.replace(r.hl7, ca=_absolute(r.hl7.ca, base("results.hl7.ca")))
+    if stow.enabled:
+        u = urllib.parse.urlsplit(stow.url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ConfigError("'results.stow.url' must be an http:// or https:// URL when 'results.stow.enabled' "
+                              "is true (e.g. https://pacs.example/dicom-web)")
+        if u.username or u.password:
+            raise ConfigError("'results.stow.url' must not carry a user or password: set 'results.stow.auth' "
+                              "and put them in 'results.stow.credentials_file'")
+        try:
+            u.port
+        except ValueError:
+            raise ConfigError("'results.stow.url' has an invalid port") from None
+        if stow.auth != "none" and not stow.credentials_file:
+            raise ConfigError(f"'results.stow.credentials_file' is required when 'results.stow.auth' is "
+                              f"{stow.auth!r}")
+        if stow.ca and u.scheme != "https":
+            raise ConfigError("'results.stow.ca' is set but 'results.stow.url' is not https")
+    if hl7.enabled:
+        if not hl7.host.strip():
+            raise ConfigError("'results.hl7.host' is required when 'results.hl7.enabled' is true")
+        for key in ("sending_application", "sending_facility", "receiving_application", "receiving_facility"):
+            value = getattr(hl7, key)
+            if len(value) > 227 or any(c in value for c in "|^~\\&\r\n"):
+                raise ConfigError(f"'results.hl7.{key}' must be at most 227 characters without HL7 delimiters "
+                                  "(| ^ ~ \\ &)")
+    return dataclasses.replace(r, stow=stow, hl7=hl7)
 
 
 def _check_certificate_rules(tls: Any) -> None:

@@ -177,6 +177,31 @@ class Retrain:
 
 
 @dataclass(frozen=True)
+class ResultsStow:
+    enabled: bool = _f(False, "Also send every result object by DICOMweb STOW-RS (POST {url}/studies)")
+    url: str = _f("", "Base URL of the DICOMweb service, e.g. https://pacs.example/dicom-web (no user or "
+                      "password in it: use auth and credentials_file)")
+    auth: str = _f("none", "HTTP authentication", choices=("none", "basic", "bearer"))
+    credentials_file: str = _f("", "File whose first line is \"user:password\" (basic) or the token (bearer)")
+    ca: str = _f("", "PEM CA bundle that verifies an https URL; empty = the system store")
+    timeout_s: float = _f(30.0, "Network timeout per request", min=1.0, max=600)
+
+
+@dataclass(frozen=True)
+class ResultsHl7:
+    enabled: bool = _f(False, "Also send each study's findings as an HL7 v2.5.1 ORU^R01 over MLLP")
+    host: str = _f("", "HL7 receiver (interface engine or RIS) host")
+    port: int = _f(2575, "HL7 receiver MLLP port", min=1, max=65535)
+    sending_application: str = _f("CXRD", "MSH-3 Sending Application")
+    sending_facility: str = _f("", "MSH-4 Sending Facility")
+    receiving_application: str = _f("", "MSH-5 Receiving Application")
+    receiving_facility: str = _f("", "MSH-6 Receiving Facility")
+    tls: bool = _f(False, "Wrap MLLP in TLS, verified against ca")
+    ca: str = _f("", "PEM CA bundle that verifies the receiver when tls is true; empty = the system store")
+    timeout_s: float = _f(30.0, "Longest wait for the connection and the ACK", min=1.0, max=600)
+
+
+@dataclass(frozen=True)
 class Results:
     enabled: bool = _f(False, "Send results back to the PACS")
     ae_title: str = _f("PACS", "Called AE title of the destination")
@@ -199,6 +224,8 @@ class Results:
     settle_max_s: float = _f(600.0, "Send it at the latest this long after its first unreported image "
                              "arrived, even if more keep coming or some still await inference",
                              min=0.0, max=604800)
+    stow: ResultsStow = _f(ResultsStow, "DICOMweb STOW-RS destination, beside C-STORE", factory=True)
+    hl7: ResultsHl7 = _f(ResultsHl7, "HL7 v2 ORU^R01 over MLLP destination, beside C-STORE", factory=True)
 
 
 @dataclass(frozen=True)

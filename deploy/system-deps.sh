@@ -1,13 +1,15 @@
 #!/bin/sh
 # Debian packages the test suite uses as real peers: dcmtk (storescu/echoscu/dsrdump), Orthanc (a real
-# PACS), PostgreSQL 15 (the scale-out database), iproute2 (`ss`: a test reads the DICOM port's listen
-# backlog), and the independent DICOM validators the result objects are checked with: dicom3tools
-# (dciodvfy) and pixelmed-apps (PixelMed's DicomSRValidator; pulls in libpixelmed-java and a Java
-# runtime; javac is not needed). Installs only what is missing; needs root for that.
+# PACS) with its DICOMweb plugin (orthanc-dicomweb: the STOW-RS peer), PostgreSQL 15 (the scale-out
+# database), iproute2 (`ss`: a test reads the DICOM port's listen backlog), and the independent DICOM
+# validators the result objects are checked with: dicom3tools (dciodvfy) and pixelmed-apps (PixelMed's
+# DicomSRValidator; pulls in libpixelmed-java and a Java runtime; javac is not needed).
+# Installs only what is missing; needs root for that.
 set -eu
 missing=""
 command -v storescu >/dev/null 2>&1 || missing="$missing dcmtk"
 command -v Orthanc >/dev/null 2>&1 || missing="$missing orthanc"
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$missing orthanc-dicomweb"
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$missing postgresql-15"
 command -v ss >/dev/null 2>&1 || missing="$missing iproute2"
 command -v dciodvfy >/dev/null 2>&1 || missing="$missing dicom3tools"

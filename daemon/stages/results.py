@@ -23,6 +23,11 @@ A claim is a lease (`daemon.stages.leases`): the row becomes `sending`, held by 
 another (or the restarted one) takes the row again. On PostgreSQL the claim uses
 `FOR UPDATE SKIP LOCKED`; on SQLite the writer's BEGIN IMMEDIATE serialises claimers.
 
+Beside C-STORE, the destinations `[results.stow]` and `[results.hl7]` enable (`daemon.stages.destinations`)
+get every report after it; the row is `sent` only when all acknowledged, and a retry resends to all
+(each is idempotent by the report's SOP Instance UID). A destination's `RefusedError` parks the row at
+once; its `SendError`, like C-STORE's, counts as an attempt.
+
 Failures to reach the destination are retried after `retry_base_s`, doubling per attempt, until
 `max_attempts` attempts; then the row is parked as `failed` (audited, visible in `cxrd status`)
 and only `cxrd results retry` puts it back. Problems no retry can fix (no re-identification entry,
@@ -50,6 +55,9 @@ from daemon.dicom import statuses
 from daemon.dicom.object_checks import ObjectCheckError, check_object
 from daemon.errors import DaemonError
 from daemon.ops.logs import event
+from daemon.stages.destinations.content import ReportContent
+from daemon.stages.destinations.errors import RefusedError
+from daemon.stages.destinations.errors import SendError as DestinationSendError
 from daemon.stages.leases import LEASE_S, worker_id
 from storage import audit, records, reid
 from storage.dicomfile import checked_instance
@@ -71,7 +79,7 @@ INFERENCE_POLL_S = 5.0  # a settled study whose images await inference is looked
 MAX_DELAY_S = 86400.0
 
 
-class SendError(Exception):
+class SendError(DestinationSendError):
     """The destination could not be reached or refused an object; worth retrying later."""
 
 
@@ -258,7 +266,7 @@ class ResultsSender:
                  heatmap_objects: tuple[str, ...] = ("secondary_capture",),
                  max_attempts: int = 8, retry_base_s: float = 5.0, audit_host: str = "",
                  settle_quiet_s: float = 0.0, settle_max_s: float = 0.0,
-                 sender: Callable[[list[Dataset], Destination], None] = send):
+                 sender: Callable[[list[Dataset], Destination], None] = send, destinations: tuple = ()):
         self.sessions = sessions
         self.vault = vault
         self.keys = keys
@@ -271,6 +279,8 @@ class ResultsSender:
         self.retry_base_s = retry_base_s
         self.audit_host = audit_host
         self.sender = sender
+        # STOW-RS / HL7 (daemon.stages.destinations), after C-STORE; the row is sent once all acknowledged
+        self.destinations = tuple(destinations)
         self.settle_quiet_s = settle_quiet_s
         self.settle_max_s = settle_max_s
         self._next_sweep = 0.0
@@ -378,8 +388,15 @@ class ResultsSender:
             return
         try:
             self.sender(objects, self.destination)
+            if self.destinations:
+                content = self._content(version, got, objects)
+                for dest in self.destinations:
+                    dest.send(objects, content)
+        except RefusedError as exc:  # the peer refused the content itself: a retry would be refused too
+            self._finish_failed(result_id, study, version, attempts, str(exc), final=True)
+            return
         except Exception as exc:  # any network/TLS/protocol problem is worth another try
-            text = str(exc) if isinstance(exc, SendError) else f"send failed ({type(exc).__name__})"
+            text = str(exc) if isinstance(exc, DestinationSendError) else f"send failed ({type(exc).__name__})"
             self._finish_failed(result_id, study, version, attempts, text, final=attempts >= self.max_attempts)
             return
         self._finish_sent(result_id, study, version, got, objects, time.monotonic() - t0)
@@ -520,6 +537,18 @@ class ResultsSender:
             raise PermanentError("nothing to send (results.send_sr and send_heatmap are both off)")
         return objects
 
+    def _content(self, version: str, got: _Collected, objects: list[Dataset]) -> ReportContent:
+        """What the STOW-RS/HL7 destinations need beside the objects (HL7 carries the findings itself)."""
+        sr = next((ds for ds in objects if report.read_kind(ds) == "sr"), objects[0])
+        uid = str(sr.SOPInstanceUID)
+        return ReportContent(identity=got.identity, findings=report.study_findings(s.findings for s in got.sources),
+                             model=self._identity(version), report_uid=uid,
+                             replaces=got.prior is not None and got.prior[1].sop_instance_uid != uid,
+                             analysed=len(got.sources), not_analysed=len(got.not_analysed))
+
+    def _describe(self) -> str:
+        return " + ".join([self.destination.describe()] + [d.describe() for d in self.destinations])
+
     def _identity(self, version: str) -> report.ModelIdentity:
         """The model as the report names it; its weights' sha256 (from the manifest, no torch load)
         makes the Device UID differ for every model the registry ever held."""
@@ -625,7 +654,7 @@ class ResultsSender:
             session.execute(update(Instance).where(Instance.id.in_(listed), Instance.reported_at.is_(None))
                             .values(reported_at=now))
             details: dict = {"model": version, "objects": kinds, "instances": len(analysed),
-                             "not_analysed": len(got.not_analysed), "destination": self.destination.describe()}
+                             "not_analysed": len(got.not_analysed), "destination": self._describe()}
             if got.unlisted:
                 details["without_reid_entry"] = len(got.unlisted)
             sr = next((ds for ds in objects if report.read_kind(ds) == "sr"), None)
@@ -660,7 +689,7 @@ class ResultsSender:
             audit.append(session, self.keys.audit_key, event_type="result.failed", outcome=8 if final else 4,
                          actor=ACTOR, host=self.audit_host, study_uid=study,
                          details={"model": version, "attempt": attempts, "final": final, "error": error[:200],
-                                  "destination": self.destination.describe()})
+                                  "destination": self._describe()})
         if final:
             event(log, "result.parked", logging.ERROR, study=study, model=version, attempts=attempts, error=error,
                   hint="fix the destination, then `cxrd results retry`")
@@ -686,8 +715,10 @@ def from_settings(rt, vault: Vault) -> ResultsSender:  # noqa: ANN001 - daemon.r
             raise DaemonError("results.tls: cannot load dicom.tls ca/cert/key for the destination "
                                f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
     dest = Destination(calling_aet=s.dicom.ae_title, called_aet=r.ae_title, host=r.host, port=r.port, tls=tls)
+    from daemon.stages.destinations.configured import destinations_from_settings
     return ResultsSender(sessions=rt.sessions, vault=vault, keys=rt.keys, registry=rt.registry, destination=dest,
                          send_sr=r.send_sr, send_heatmap=r.send_heatmap,
                          heatmap_objects=tuple(r.heatmap_objects), max_attempts=r.max_attempts,
                          retry_base_s=r.retry_base_s, audit_host=rt.hostname,
-                         settle_quiet_s=r.settle_quiet_s, settle_max_s=r.settle_max_s)
+                         settle_quiet_s=r.settle_quiet_s, settle_max_s=r.settle_max_s,
+                         destinations=destinations_from_settings(r))

@@ -40,7 +40,13 @@ class Orthanc:
 
     aet = "ORTHANC"
 
-    def __init__(self, workdir: Path):
+    DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian's orthanc-dicomweb
+
+    def __init__(self, workdir: Path, dicomweb: bool = False):
+        """`dicomweb`: load the DICOMweb plugin (STOW-RS at `{url}/dicom-web/studies`)."""
+        if dicomweb and not Path(self.DICOMWEB_PLUGIN).exists():
+            pytest.fail("Orthanc's DICOMweb plugin not found (apt-get install orthanc-dicomweb; "
+                        "deploy/system-deps.sh does this)")
         self.workdir = workdir
         self.dicom_port = free_port()
         self.http_port = free_port()
@@ -53,7 +59,8 @@ class Orthanc:
             "Name": "cxrd-test-pacs", "StorageDirectory": str(workdir / "db"), "IndexDirectory": str(workdir / "db"),
             "DicomAet": self.aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowStore": True, "DicomModalities": {}, "Plugins": [], "StableAge": 1,
+            "DicomAlwaysAllowStore": True, "DicomModalities": {},
+            "Plugins": [self.DICOMWEB_PLUGIN] if dicomweb else [], "StableAge": 1,
             "SaveJobs": False, "DicomScuTimeout": 20, "ConcurrentJobs": 2,
         }))
 
