@@ -92,6 +92,10 @@ class _AwaitingInference(Exception):
     """Nothing of the study is predicted yet but an image awaits inference: wait, even past the max."""
 
 
+class _ReidUnusable(Exception):
+    """A re-identification entry that exists but cannot be trusted (tampered, unreadable)."""
+
+
 class PermanentError(Exception):
     """Nothing to send or the source data is unusable; a retry would fail the same way."""
 
@@ -429,16 +433,11 @@ class ResultsSender:
                 if iid not in looked_up:
                     looked_up.add(iid)
                     try:
-                        orig = reid.open_entry(session, self.keys.reid_key, sop)
-                    except StorageError as exc:  # TamperError included: never send under a wrong identity
-                        audit.record_tamper(session, self.keys.audit_key, exc, what="reid", actor=ACTOR,
-                                            host=self.audit_host, study_uid=study)
-                        unusable = f"re-identification entry unusable: {exc}"
+                        orig = self._original(session, study, sop)
+                    except _ReidUnusable as exc:
+                        unusable = str(exc)
                         break  # leave the block normally so the security alert is committed
-                    audit.append(session, self.keys.audit_key, event_type="reid.lookup", actor=ACTOR,
-                                 host=self.audit_host, study_uid=study, object_uid=sop,
-                                 details={"purpose": "result", "found": orig is not None})
-                    if orig is None or not orig.get("study_uid") or not orig.get("sop_instance_uid"):
+                    if orig is None:
                         unlisted.append(iid)
                         continue
                     originals[iid] = orig
@@ -454,16 +453,11 @@ class ResultsSender:
                                Instance.analysis_reason)
                         .where(Instance.study_uid == study, Instance.state == NOT_ANALYSED).order_by(Instance.id)):
                     try:
-                        orig = reid.open_entry(session, self.keys.reid_key, sop)
-                    except StorageError as exc:
-                        audit.record_tamper(session, self.keys.audit_key, exc, what="reid", actor=ACTOR,
-                                            host=self.audit_host, study_uid=study)
-                        unusable = f"re-identification entry unusable: {exc}"
+                        orig = self._original(session, study, sop)
+                    except _ReidUnusable as exc:
+                        unusable = str(exc)
                         break
-                    audit.append(session, self.keys.audit_key, event_type="reid.lookup", actor=ACTOR,
-                                 host=self.audit_host, study_uid=study, object_uid=sop,
-                                 details={"purpose": "result", "found": orig is not None})
-                    if orig is None or not orig.get("study_uid") or not orig.get("sop_instance_uid"):
+                    if orig is None:
                         unlisted.append(iid)
                         continue
                     originals[iid] = orig
@@ -496,6 +490,23 @@ class ResultsSender:
             series, _ = report.report_uids(study, version, "sr", [])
             prior = (prior_row[0], report.PriorReport(series_uid=series, sop_instance_uid=prior_row[1]))
         return _Collected(sources, skipped, identity, prior, unlisted)
+
+    def _original(self, session: Session, study: str, sop: str) -> dict[str, str] | None:
+        """The instance's original identifiers from its re-identification entry (the lookup audited),
+        or None when it has no usable one. A tampered or unreadable entry is recorded as a security
+        alert and raised as `_ReidUnusable`: nothing is ever sent under a wrong identity."""
+        try:
+            orig = reid.open_entry(session, self.keys.reid_key, sop)
+        except StorageError as exc:  # TamperError included
+            audit.record_tamper(session, self.keys.audit_key, exc, what="reid", actor=ACTOR,
+                                host=self.audit_host, study_uid=study)
+            raise _ReidUnusable(f"re-identification entry unusable: {exc}") from exc
+        audit.append(session, self.keys.audit_key, event_type="reid.lookup", actor=ACTOR,
+                     host=self.audit_host, study_uid=study, object_uid=sop,
+                     details={"purpose": "result", "found": orig is not None})
+        if orig is None or not orig.get("study_uid") or not orig.get("sop_instance_uid"):
+            return None
+        return orig
 
     def _build(self, study: str, version: str, kind: str, got: _Collected) -> list[Dataset]:
         sources, identity = got.sources, got.identity
