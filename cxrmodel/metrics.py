@@ -7,6 +7,7 @@ in the evaluation set) are `None`, never NaN, so reports stay valid JSON.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -124,13 +125,20 @@ def bootstrap_auc_ci(
     y, s = _check(y, s)
     if y.all() or not y.any():
         return None
+    return _percentile_bootstrap(y.size, lambda i: roc_auc(y[i], s[i]), n_boot, alpha, seed)
+
+
+def _percentile_bootstrap(n: int, statistic: Callable[[np.ndarray], float | None], n_boot: int, alpha: float,
+                          seed: int) -> tuple[float, float] | None:
+    """The (alpha/2, 1 - alpha/2) quantiles of `statistic` over `n_boot` resamples of n images drawn
+    with replacement; resamples where it is undefined (None) are skipped. The seed fixes the draws,
+    so a model's interval is the same every time it is judged."""
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_boot):
-        i = rng.integers(0, y.size, y.size)
-        a = roc_auc(y[i], s[i])
-        if a is not None:
-            values.append(a)
+        v = statistic(rng.integers(0, n, n))
+        if v is not None:
+            values.append(v)
     if not values:
         return None
     lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
@@ -159,14 +167,5 @@ def bootstrap_mean_auc_ci(
     Y, P = np.asarray(Y), np.asarray(P, dtype=np.float64)
     if not columns or Y.shape[0] == 0:
         return None
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        i = rng.integers(0, Y.shape[0], Y.shape[0])
-        m = mean_defined([roc_auc(Y[i, k], P[i, k]) for k in columns])
-        if m is not None:
-            values.append(m)
-    if not values:
-        return None
-    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    return _percentile_bootstrap(
+        Y.shape[0], lambda i: mean_defined([roc_auc(Y[i, k], P[i, k]) for k in columns]), n_boot, alpha, seed)
