@@ -2,6 +2,7 @@
 running `cxrd serve` process."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -96,19 +97,27 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A real PostgreSQL 15 server on a loopback port in a temporary data directory."""
+@contextlib.contextmanager
+def running_postgres(auth: str = "trust", password: str | None = None) -> Iterator[str]:
+    """A real PostgreSQL 15 server on a loopback port in a temporary data directory, stopped and
+    removed afterwards; yields a URL for the `postgres` superuser without a password. `auth` is
+    initdb's method for every connection; `password` (with e.g. "scram-sha-256") is the superuser's."""
     if not (PG_BIN / "initdb").exists():
         pytest.fail("PostgreSQL 15 server binaries not found in /usr/lib/postgresql/15/bin "
                     "(apt-get install postgresql-15; `make test` does this)")
     datadir = Path(tempfile.mkdtemp(prefix="cxrd-pg-"))
+    initdb = [str(PG_BIN / "initdb"), "-D", str(datadir / "data"), "-U", "postgres", f"--auth={auth}",
+              "-E", "UTF8", "--no-sync"]
+    pwfile = datadir / "pw"
+    if password is not None:
+        pwfile.write_text(password + "\n")
+        initdb.append(f"--pwfile={pwfile}")
     if os.geteuid() == 0:
-        shutil.chown(datadir, "postgres", "postgres")
+        for p in (datadir, pwfile) if password is not None else (datadir,):
+            shutil.chown(p, "postgres", "postgres")
     port = free_port()
-    subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(datadir / "data"), "-U", "postgres",
-                                 "--auth=trust", "-E", "UTF8", "--no-sync"]),
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(_as_postgres(initdb), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pwfile.unlink(missing_ok=True)
     subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir / "data"), "-w", "-l",
                                  str(datadir / "log"), "-o",
                                  f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off",
@@ -119,6 +128,13 @@ def postgres_url() -> Iterator[str]:
         subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir / "data"), "-m", "immediate",
                                      "stop"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(datadir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL 15 server on a loopback port in a temporary data directory."""
+    with running_postgres() as url:
+        yield url
 
 
 @pytest.fixture()

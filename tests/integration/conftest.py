@@ -33,6 +33,7 @@ wait_for_port = _root.wait_for_port
 dcmtk = _root.dcmtk
 storescu = _root.storescu
 copy_with_new_uids = _root.copy_with_new_uids
+running_postgres = _root.running_postgres
 
 
 class Orthanc:

@@ -4,57 +4,25 @@ PostgreSQL 15 server that insists on a password (scram-sha-256) proves which one
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from conftest import running_postgres
 
 from config import load_settings
 from storage import db
 from storage.errors import DatabaseUnavailable
 
 PASSWORD = "s3cret-Only-In-The-Credential"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
 @pytest.fixture(scope="module")
 def password_server() -> Iterator[str]:
     """A server whose every connection, loopback included, needs the password; yields a URL without it."""
-    datadir = Path(tempfile.mkdtemp(prefix="cxrd-pgpw-"))
-    pwfile = datadir / "pw"
-    pwfile.write_text(PASSWORD + "\n")
-    if os.geteuid() == 0:
-        for p in (datadir, pwfile):
-            shutil.chown(p, "postgres", "postgres")
-    port = free_port()
-    subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(datadir / "data"), "-U", "postgres",
-                                 "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"]),
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pwfile.unlink()
-    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir / "data"), "-w", "-l",
-                                 str(datadir / "log"), "-o",
-                                 f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off",
-                                 "start"]), check=True, stdout=subprocess.DEVNULL)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir / "data"), "-m", "immediate",
-                                     "stop"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shutil.rmtree(datadir, ignore_errors=True)
+    with running_postgres("scram-sha-256", PASSWORD) as url:
+        yield url
 
 
 @pytest.fixture
