@@ -303,3 +303,28 @@ def engine(tmp_path: Path) -> Iterator:
     db.migrate(eng)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture()
+def cli_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An initialised state directory (tmp_path/var) for `cxrd` commands run in this process, from
+    tmp_path, with no systemd credentials in the environment; returns the state directory."""
+    from daemon.cli import main as cli
+    state = tmp_path / "var"
+    monkeypatch.setenv("CXRD_STORAGE__STATE_DIR", str(state))
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["init"]) == 0
+    return state
+
+
+@pytest.fixture()
+def cli_captured(cli_state: Path, capsys: pytest.CaptureFixture):
+    """`cxrd ARGS` in this process against `cli_state`; returns (exit code, stdout, stderr)."""
+    from daemon.cli import main as cli
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run

@@ -10,7 +10,6 @@ import torch
 import torchvision
 from torch import nn
 
-import daemon.cli.main as cli
 from cxrmodel.labels import LABELS
 from cxrmodel.registry import Registry
 
@@ -18,18 +17,10 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture()
-def cxrd(tmp_path, monkeypatch, capsys):
-    """Run `cxrd ARGS` in-process with the state dir in tmp_path; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("CXRD_STORAGE__STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = cli.main(list(args))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-    code, _, err = run("init")  # database and keys: promote/rollback are audited
-    assert code == 0, err
-    return run
+def cxrd(cli_captured):
+    """Run `cxrd ARGS` in-process with an initialised state dir (database and keys: promote and
+    rollback are audited) in tmp_path/var; returns (exit code, stdout, stderr)."""
+    return cli_captured
 
 
 def audit_events(tmp_path: Path) -> list[tuple[str, dict]]:
@@ -72,20 +63,20 @@ def test_import_list_predict_promote_rollback(cxrd, checkpoints, shared_data, tm
                           "--version", "chex0", "--promote")
     assert code == 1 and "imported as chex0 but not promoted" in err and "no evaluation" in err
     assert err.count("\n") == 1 and "--promote-without-evaluation" in err
-    reg = Registry(tmp_path / "state" / "models")
+    reg = Registry(tmp_path / "var" / "models")
     assert reg.current() is None and [i.version for i in reg.list()] == ["chex0"]
     # the same file again is refused, naming the version it already is; nothing is created
     code, out, err = cxrd("model", "import", str(checkpoints["chexnet"]), "--format", "chexnet",
                           "--version", "chex1", "--promote-without-evaluation")
     assert code == 1 and "already model chex0" in err and "sha256" in err and "nothing imported" in err
-    assert [i.version for i in reg.list()] == ["chex0"] and not (tmp_path / "state" / "models" / "chex1").exists()
+    assert [i.version for i in reg.list()] == ["chex0"] and not (tmp_path / "var" / "models" / "chex1").exists()
     # read as another format mapping it is another model: not a duplicate
     code, out, err = cxrd("model", "import", str(checkpoints["chexnet"]), "--format", "chexnet",
                           "--labels", ",".join(reversed(LABELS)), "--version", "chexrev")
     assert code == 0, err
     assert cxrd("model", "list", "--format", "json")[0] == 0
     for version in ("chex0", "chexrev"):  # start the walk-through below from an empty registry
-        shutil.rmtree(tmp_path / "state" / "models" / version)
+        shutil.rmtree(tmp_path / "var" / "models" / version)
 
     code, out, err = cxrd("model", "import", str(checkpoints["chexnet"]), "--format", "chexnet",
                           "--version", "chex1", "--promote-without-evaluation")
@@ -173,7 +164,7 @@ def test_random_weights_evaluated_on_real_images_are_not_promoted(cxrd, checkpoi
     assert code == 1 and err.count("\n") == 1, err
     assert "imported as rand but not promoted" in err and "model.promotion." in err and "--force" in err
     assert "below the promotion floor" in out
-    reg = Registry(tmp_path / "state" / "models")
+    reg = Registry(tmp_path / "var" / "models")
     assert reg.current() is None
     evidence = reg.manifest("rand").metrics["promotion_evidence"]
     assert evidence["min_positives"] == 10 and evidence["n_boot"] == 200

@@ -8,7 +8,6 @@ import pydicom
 import pytest
 import torch
 
-import daemon.cli.main as cli
 from cxrmodel.network import build_model
 from cxrmodel.registry import Registry
 
@@ -19,18 +18,10 @@ CANINE = "dicom/nonchest/highdicom_dx_image_canine_thorax.dcm"
 
 
 @pytest.fixture()
-def cxrd(tmp_path, monkeypatch, capsys):
+def cxrd(cli_state, cli_captured):
     """`cxrd ARGS` in-process, state in tmp_path, one seeded model current; (exit code, stdout, stderr)."""
-    monkeypatch.setenv("CXRD_STORAGE__STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = cli.main(list(args))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-    assert run("init")[0] == 0
-    Registry(tmp_path / "state" / "models").add(build_model(seed=0), version="seed0", promote=True)
-    return run
+    Registry(cli_state / "models").add(build_model(seed=0), version="seed0", promote=True)
+    return cli_captured
 
 
 def lateral(shared_data, tmp_path, **attrs) -> str:  # noqa: ANN003

@@ -19,12 +19,8 @@ ORIGINAL_STUDY = "1.2.826.0.1.3680043.8.498.1234567"
 
 
 @pytest.fixture
-def rt(tmp_path, monkeypatch) -> Runtime:
+def rt(cli_state) -> Runtime:
     """A state dir with one instance predicted three days ago, one yesterday at noon and one now."""
-    monkeypatch.setenv("CXRD_STORAGE__STATE_DIR", str(tmp_path / "var"))
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["init"]) == 0
     runtime = Runtime(load_settings(None))
     now = datetime.now().astimezone()
     noon = datetime.combine(now.date(), time(12)).astimezone()

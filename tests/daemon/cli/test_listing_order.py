@@ -14,11 +14,7 @@ from daemon.runtime import Runtime
 
 
 @pytest.fixture
-def rt(tmp_path, monkeypatch) -> Runtime:
-    monkeypatch.setenv("CXRD_STORAGE__STATE_DIR", str(tmp_path / "var"))
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["init"]) == 0
+def rt(cli_state) -> Runtime:
     return Runtime(load_settings(None))
 
 

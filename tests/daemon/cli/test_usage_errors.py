@@ -57,12 +57,8 @@ CASES: list[tuple[list[str], str]] = [
 
 
 @pytest.fixture
-def rt(tmp_path, monkeypatch) -> Runtime:
-    monkeypatch.setenv("CXRD_STORAGE__STATE_DIR", str(tmp_path / "var"))
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    monkeypatch.chdir(tmp_path)
+def rt(cli_state, tmp_path) -> Runtime:
     (tmp_path / "w.pt").write_bytes(b"not weights")
-    assert cli.main(["init"]) == 0
     return Runtime(load_settings(None))
 
 
