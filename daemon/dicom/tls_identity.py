@@ -29,6 +29,7 @@ from typing import Callable, Iterable
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from daemon.dicom import gate_rules
 from daemon.ops.logs import event
 
 log = logging.getLogger("cxrd.scp")
@@ -151,8 +152,7 @@ def requested_handler(rules: list[Rule], on_reject: RejectFn | None) -> Callable
         event(log, "association.certificate_refused", logging.WARNING, calling_aet=calling, host=host,
               reason=reason)
         if on_reject:
-            on_reject(calling, host, reason,
-                      str(getattr(assoc.requestor.primitive, "called_ae_title", "") or "").strip())
+            on_reject(calling, host, reason, gate_rules.called_ae_title(assoc))
         # permanent, by the service user, calling AE title not recognised; then end the association
         # as pynetdicom does after its own rejections
         assoc.acse.send_reject(0x01, 0x01, 0x03)
