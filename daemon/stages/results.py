@@ -53,7 +53,6 @@ from cxrmodel.labels import LABELS
 from daemon.dicom import result_objects as report
 from daemon.dicom import statuses
 from daemon.dicom.object_checks import ObjectCheckError, check_object
-from daemon.errors import DaemonError
 from daemon.ops.logs import event
 from daemon.stages.destinations.content import ReportContent
 from daemon.stages.destinations.errors import RefusedError
@@ -111,15 +110,6 @@ class Destination:
 
     def describe(self) -> str:
         return f"{self.called_aet}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
-
-
-def tls_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
-    """A client context that verifies the PACS against `ca` (system store if empty) and presents
-    our certificate when one is configured (mutual TLS)."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca or None)
-    if cert:
-        ctx.load_cert_chain(cert, key or None)
-    return ctx
 
 
 def retry_delay_s(attempts: int, base_s: float) -> float:
@@ -717,16 +707,11 @@ def from_settings(rt, vault: Vault) -> ResultsSender:  # noqa: ANN001 - daemon.r
     """
     s = rt.settings
     r = s.results
-    tls = None
-    if r.tls:
-        t = s.dicom.tls
-        try:
-            tls = tls_context(ca=t.ca, cert=t.cert, key=t.key)
-        except (OSError, ssl.SSLError) as exc:
-            raise DaemonError("results.tls: cannot load dicom.tls ca/cert/key for the destination "
-                               f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+    from daemon.stages.destinations.configured import client_tls, destinations_from_settings
+    t = s.dicom.tls
+    tls = client_tls("results.tls", "dicom.tls ca/cert/key for the destination", ca=t.ca, cert=t.cert,
+                     key=t.key) if r.tls else None
     dest = Destination(calling_aet=s.dicom.ae_title, called_aet=r.ae_title, host=r.host, port=r.port, tls=tls)
-    from daemon.stages.destinations.configured import destinations_from_settings
     return ResultsSender(sessions=rt.sessions, vault=vault, keys=rt.keys, registry=rt.registry, destination=dest,
                          send_sr=r.send_sr, send_heatmap=r.send_heatmap,
                          heatmap_objects=tuple(r.heatmap_objects), max_attempts=r.max_attempts,

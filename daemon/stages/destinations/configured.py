@@ -21,12 +21,18 @@ def _read_secret(path: str, key: str) -> str:
     return line
 
 
-def _context(ca: str, key: str) -> ssl.SSLContext:
+def client_tls(setting: str, what: str, ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
+    """A client context for every result destination: it verifies the peer against `ca` (the system
+    store if empty) and presents our certificate when one is configured (mutual TLS). A file that
+    cannot be loaded stops the start with one line naming `setting` and `what` it tried to load."""
     try:
-        return ssl.create_default_context(cafile=ca or None)
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca or None)
+        if cert:
+            ctx.load_cert_chain(cert, key or None)
     except (OSError, ssl.SSLError) as exc:
-        raise DaemonError(f"{key}: cannot load {ca} ({getattr(exc, 'strerror', None) or type(exc).__name__})") \
-            from None
+        raise DaemonError(f"{setting}: cannot load {what} "
+                          f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+    return ctx
 
 
 def destinations_from_settings(r: Any) -> tuple:  # r: config.schema.Results
@@ -37,7 +43,7 @@ def destinations_from_settings(r: Any) -> tuple:  # r: config.schema.Results
             else ""
         if r.stow.auth == "basic" and ":" not in secret:
             raise DaemonError("results.stow.credentials_file: basic auth needs \"user:password\" on its first line")
-        tls = _context(r.stow.ca, "results.stow.ca") if r.stow.url.startswith("https:") else None
+        tls = client_tls("results.stow.ca", r.stow.ca, ca=r.stow.ca) if r.stow.url.startswith("https:") else None
         out.append(StowDestination(url=r.stow.url, authorization=authorization(r.stow.auth, secret), tls=tls,
                                    timeout_s=r.stow.timeout_s))
     if r.hl7.enabled:
@@ -45,5 +51,5 @@ def destinations_from_settings(r: Any) -> tuple:  # r: config.schema.Results
         out.append(Hl7Destination(host=h.host, port=h.port, sending_application=h.sending_application,
                                   sending_facility=h.sending_facility, receiving_application=h.receiving_application,
                                   receiving_facility=h.receiving_facility,
-                                  tls=_context(h.ca, "results.hl7.ca") if h.tls else None, timeout_s=h.timeout_s))
+                                  tls=client_tls("results.hl7.ca", h.ca, ca=h.ca) if h.tls else None, timeout_s=h.timeout_s))
     return tuple(out)
