@@ -288,7 +288,31 @@ def _derive(s: Settings, env: Mapping[str, str], base: Callable[[str], Path]) ->
         raise ConfigError("'results.send_heatmap' is true but 'results.heatmap_objects' is empty: list "
                           "\"secondary_capture\" and/or \"segmentation\", or set send_heatmap = false")
     results = _check_result_destinations(s.results, base)
-    return dataclasses.replace(s, storage=storage, security=security, retrain=retrain, results=results)
+    hl7 = _check_hl7_listener(s.hl7, base)
+    return dataclasses.replace(s, storage=storage, security=security, retrain=retrain, results=results,
+                               hl7=hl7)
+
+
+def _check_hl7_listener(h: Any, base: Callable[[str], Path]) -> Any:
+    """`hl7.listen`: TLS complete when enabled, networks valid, ACK names free of HL7 delimiters."""
+    tls = h.listen.tls
+    tls = dataclasses.replace(tls, **{k: _absolute(getattr(tls, k), base(f"hl7.listen.tls.{k}"))
+                                      for k in ("cert", "key", "ca")})
+    if tls.enabled and not (tls.cert and tls.key):
+        raise ConfigError("'hl7.listen.tls.cert' and 'hl7.listen.tls.key' are required when "
+                          "'hl7.listen.tls.enabled' is true")
+    if tls.require_client_cert and not tls.ca:
+        raise ConfigError("'hl7.listen.tls.ca' is required when 'hl7.listen.tls.require_client_cert' is true")
+    _check_networks("hl7.listen.allowed_hosts", h.listen.allowed_hosts)
+    if h.listen.allow_any_host and h.listen.allowed_hosts:
+        raise ConfigError("'hl7.listen.allow_any_host' is true but 'hl7.listen.allowed_hosts' lists addresses: "
+                          "empty the list to accept any host, or set allow_any_host = false")
+    for key in ("receiving_application", "receiving_facility"):
+        value = getattr(h.listen, key)
+        if len(value) > 227 or any(c in value for c in "|^~\\&\r\n"):
+            raise ConfigError(f"'hl7.listen.{key}' must be at most 227 characters without HL7 delimiters "
+                              "(| ^ ~ \\ &)")
+    return dataclasses.replace(h, listen=dataclasses.replace(h.listen, tls=tls))
 
 
 def _check_result_destinations(r: Any, base: Callable[[str], Path]) -> Any:

@@ -236,6 +236,62 @@ class Http:
 
 
 @dataclass(frozen=True)
+class Hl7ListenTLS:
+    enabled: bool = _f(False, "Require TLS on the HL7 MLLP port")
+    cert: str = _f("", "PEM server certificate (required when enabled)")
+    key: str = _f("", "PEM private key of the server certificate")
+    ca: str = _f("", "PEM CA bundle used to verify client certificates")
+    require_client_cert: bool = _f(False, "Refuse TLS clients without a certificate signed by `ca`")
+
+
+@dataclass(frozen=True)
+class Hl7Listen:
+    enabled: bool = _f(False, "Listen for HL7 v2 radiology reports (ORU^R01) from the RIS over MLLP")
+    bind: str = _f("0.0.0.0", "Address the HL7 listener binds")
+    port: int = _f(2575, "HL7 MLLP port", min=1, max=65535)
+    allowed_hosts: list[str] = _f(lambda: ["127.0.0.1", "::1"],
+                                  "Source IP addresses or CIDR networks allowed to connect (the RIS or "
+                                  "interface engine: [\"10.1.2.4\"]); default loopback only. `cxrd serve` "
+                                  "refuses to start with an empty list unless allow_any_host is true",
+                                  factory=True)
+    allow_any_host: bool = _f(False, "Accept connections from any source address when allowed_hosts is "
+                                     "empty (logged as a warning at every start)")
+    max_message_bytes: int = _f(1024 * 1024, "Largest MLLP frame (one HL7 message) accepted, in bytes; a "
+                                             "larger one is answered AR and the connection closed, after at "
+                                             "most this much was buffered", min=1024, max=64 * 1024 * 1024)
+    idle_timeout_s: float = _f(300.0, "Seconds a connection may stay silent between messages before it is "
+                                      "closed", min=1, max=86400)
+    read_timeout_s: float = _f(30.0, "Seconds a message may take from its first byte to its end (and a TLS "
+                                     "handshake to finish) before the connection is closed", min=1, max=3600)
+    max_connections: int = _f(8, "Maximum concurrent HL7 connections", min=1, max=1000)
+    max_connections_per_host: int = _f(4, "Maximum concurrent connections from one source address (0 = no "
+                                          "per-host limit)", min=0, max=1000)
+    receiving_application: str = _f("CXRD", "MSH-3 Sending Application of our ACKs (the application the "
+                                            "RIS addressed)")
+    receiving_facility: str = _f("", "MSH-4 Sending Facility of our ACKs")
+    tls: Hl7ListenTLS = _f(Hl7ListenTLS, "TLS on the HL7 port", factory=True)
+
+
+@dataclass(frozen=True)
+class Hl7:
+    listen: Hl7Listen = _f(Hl7Listen, "HL7 v2 report intake over MLLP", factory=True)
+    report_text: str = _f("encrypted", "The report text once recorded: encrypted = kept in the vault like "
+                                       "images (crypto-shredded by `cxrd purge` with the study); discard = "
+                                       "never written: labelled on arrival, only the labels are kept",
+                          choices=("encrypted", "discard"))
+    match_wait_s: float = _f(86400.0, "How long a report whose images have not arrived yet waits for them "
+                                      "before it expires (audited)", min=60, max=90 * 86400)
+
+
+@dataclass(frozen=True)
+class Labels:
+    uncertain_as: str = _f("exclude", "How a finding a report calls uncertain (\"cannot exclude pneumonia\") "
+                                      "enters training: negative, positive, or exclude (the image is left out "
+                                      "of training exports while any finding is uncertain)",
+                           choices=("negative", "positive", "exclude"))
+
+
+@dataclass(frozen=True)
 class Log:
     level: str = _f("info", "Log level", choices=("debug", "info", "warning", "error"))
     format: str = _f("logfmt", "One event per line, as key=value pairs or JSON", choices=("logfmt", "json"))
@@ -251,4 +307,6 @@ class Settings:
     retrain: Retrain = _f(Retrain, "Scheduled retraining", factory=True)
     results: Results = _f(Results, "Results back to the PACS", factory=True)
     http: Http = _f(Http, "Health and metrics endpoint", factory=True)
+    hl7: Hl7 = _f(Hl7, "Radiology reports from the RIS (HL7 v2 over MLLP)", factory=True)
+    labels: Labels = _f(Labels, "Ground-truth labels (manual imports and reports)", factory=True)
     log: Log = _f(Log, "Logging", factory=True)

@@ -17,6 +17,8 @@ from typing import Callable, Protocol
 
 from daemon.dicom import patches, scp
 from daemon.errors import DaemonError
+from daemon.hl7.intake import ReportIntake
+from daemon.hl7.listener import Hl7Listener
 from daemon.ops import systemd
 from daemon.ops.chain_anchoring import ChainAnchoring
 from daemon.ops.http import HttpEndpoint
@@ -28,6 +30,7 @@ from daemon.runtime import Runtime
 from daemon.stages import results, retraining
 from daemon.stages.chest_rule import chest_rule_from
 from daemon.stages.ingest import Ingest, sweep_orphans
+from daemon.stages.report_matching import ReportMatching, label_text
 from daemon.stages.scheduling import RetrainScheduler
 from daemon.stages.worker import EngineSettings, Worker
 from storage import db
@@ -63,17 +66,18 @@ def probe_state_dir(rt: Runtime) -> None:
         raise DaemonError(f"state directory {rt.state_dir} is not writable: {exc.strerror}") from None
 
 
-def check_host_gate(allowed_hosts: list[str], allow_any_host: bool) -> None:
+def check_host_gate(allowed_hosts: list[str], allow_any_host: bool, section: str = "dicom") -> None:
     """The DICOM port fails closed: with no source allow-list, anyone who can reach the port could have
     images stored and, with results on, a cxrd report written into a real patient's study. An empty
     list is served only when the configuration says so explicitly, and then warned about at every start."""
     if allowed_hosts:
         return
+    peer = "the PACS's" if section == "dicom" else "the RIS's"
     if not allow_any_host:
-        raise DaemonError("dicom.allowed_hosts is empty: list the PACS's addresses (e.g. [\"10.1.2.3\"]), "
-                          "or set dicom.allow_any_host = true to accept associations from any host")
-    event(log, "dicom.any_host_allowed", logging.WARNING,
-          hint="dicom.allow_any_host is true: any host that reaches the DICOM port may store images")
+        raise DaemonError(f"{section}.allowed_hosts is empty: list {peer} addresses (e.g. [\"10.1.2.3\"]), "
+                          f"or set {section}.allow_any_host = true to accept connections from any host")
+    event(log, f"{section.split('.')[0]}.any_host_allowed", logging.WARNING,
+          hint=f"{section}.allow_any_host is true: any host that reaches the port may send")
 
 
 class Service:
@@ -83,6 +87,8 @@ class Service:
         self.stages: list[Stage] = []
         self.scp: scp.ScpHandle | None = None
         self.worker: Worker | None = None  # woken by each stored image
+        self.matching: ReportMatching | None = None  # woken by each stored image and recorded report
+        self.hl7: Hl7Listener | None = None
         # Refusals are counted here and audited by its own thread, never on the accept path.
         self.refusals = RefusalAudit(rt.audit)
         self.metrics = Metrics()
@@ -91,6 +97,8 @@ class Service:
         rt, s = self.rt, self.rt.settings
         if s.dicom.enabled:
             check_host_gate(s.dicom.allowed_hosts, s.dicom.allow_any_host)
+        if s.hl7.listen.enabled:
+            check_host_gate(s.hl7.listen.allowed_hosts, s.hl7.listen.allow_any_host, "hl7.listen")
         probe_state_dir(rt)
         revision = db.migrate(rt.engine)
         self.stages = self._build_stages()
@@ -112,6 +120,17 @@ class Service:
                 self._stop_stages()
                 raise DaemonError(f"cannot listen for DICOM on {s.dicom.bind}:{s.dicom.port}: "
                                    f"{exc.strerror or exc}") from None
+        if s.hl7.listen.enabled:
+            try:
+                self.hl7 = self._hl7_listener()
+                self.hl7.start()
+            except (OSError, ValueError) as exc:
+                self.hl7 = None
+                if self.scp is not None:
+                    self.scp.stop(drain_s=DRAIN_S)
+                self._stop_stages()
+                raise DaemonError(f"cannot listen for HL7 on {s.hl7.listen.bind}:{s.hl7.listen.port}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
         where = f"{s.dicom.ae_title}@{s.dicom.bind}:{self.scp.port}" if self.scp else "off (worker-only)"
         event(log, "service.started", state_dir=str(rt.state_dir),
               database=rt.engine.url.render_as_string(hide_password=True), schema=revision, dicom=where,
@@ -119,7 +138,8 @@ class Service:
         self._audit_service("config.loaded", config_file=self.rt.config_file or "(embedded defaults)",
                             settings_sha256=settings_digest(self.rt.settings))
         self._audit_service("app.start", dicom=where, schema=revision, pid=os.getpid())
-        print(f"cxrd: DICOM {where}; state in {rt.state_dir}", flush=True)
+        hl7 = f"; HL7 {s.hl7.listen.bind}:{self.hl7.port}" if self.hl7 else ""
+        print(f"cxrd: DICOM {where}{hl7}; state in {rt.state_dir}", flush=True)
         systemd.notify("READY=1", f"STATUS=DICOM {where}")
 
     def _build_stages(self) -> list[Stage]:
@@ -141,6 +161,14 @@ class Service:
         self.anchoring = ChainAnchoring(rt.sessions, rt.keys.audit_key, rt.state_dir,
                                         s.storage.audit_anchor_interval_s)
         stages: list[Stage] = [self.anchoring] + ([self.refusals] if s.dicom.enabled else [])
+        if s.hl7.listen.enabled:
+            # connection refusals of the HL7 port, aggregated like the DICOM gate's
+            self.hl7_refusals = RefusalAudit(
+                lambda _type, **fields: rt.audit("hl7.connection_refused", **fields))
+            self.matching = ReportMatching(rt.sessions, vault, rt.keys.audit_key, s.hl7.match_wait_s,
+                                           host=rt.hostname)
+            stages += [self.hl7_refusals, self.matching]
+            self._vault = vault
         if s.model.workers > 0:
             self.worker = Worker(
                 sessions=rt.sessions, vault=vault, keys=rt.keys, registry=rt.registry,
@@ -170,6 +198,8 @@ class Service:
         bad = [st.name for st in self.stages if not st.healthy()]
         if self.scp is not None and self.scp.server.socket.fileno() == -1:
             bad.append("dicom")
+        if self.hl7 is not None and not self.hl7.healthy():
+            bad.append("hl7")
         return (not bad, "ok" if not bad else "unhealthy: " + ", ".join(bad))
 
     def ready_check(self) -> tuple[bool, str]:
@@ -190,6 +220,18 @@ class Service:
         self.metrics.observe_store(outcome, seconds, nbytes)
         if outcome == "stored" and self.worker is not None:
             self.worker.wake()
+        if outcome == "stored" and self.matching is not None:
+            self.matching.wake()
+
+    def _hl7_listener(self) -> Hl7Listener:
+        rt, s = self.rt, self.rt.settings
+        intake = ReportIntake(
+            sessions=rt.sessions, vault=self._vault, keys=rt.keys, audit=rt.audit, label=label_text,
+            keep_text=s.hl7.report_text == "encrypted", match_wait_s=s.hl7.match_wait_s,
+            application=s.hl7.listen.receiving_application, facility=s.hl7.listen.receiving_facility,
+            observe=self.metrics.observe_hl7, on_recorded=self.matching.wake,
+            on_connection_refused=lambda host, reason: self.hl7_refusals.record("", host, reason))
+        return Hl7Listener(s.hl7.listen, intake)
 
     def _on_store(self):  # noqa: ANN202
         return self.ingest.store
@@ -230,6 +272,8 @@ class Service:
         t0 = time.monotonic()
         if self.scp is not None:
             self.scp.stop(drain_s=DRAIN_S)
+        if self.hl7 is not None:
+            self.hl7.stop(drain_s=DRAIN_S)
         self._stop_stages()
         self._audit_service("app.stop", seconds=round(time.monotonic() - t0, 2))
         event(log, "service.stopped", seconds=round(time.monotonic() - t0, 2))

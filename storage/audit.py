@@ -91,6 +91,14 @@ EVENTS: dict[str, tuple[str, str]] = {
     "reid.pseudonymize": (PATIENT_RECORD, "R"),  # an original UID was used to search (with a reason)
     "purge.expired": (STUDY_DELETED, "D"),       # image retention purge (crypto-shredding) summary
     "config.loaded": (APPLICATION_ACTIVITY, "E"),
+    # radiology reports from the RIS (daemon.hl7, storage.reports); details never carry report text
+    "report.received": (IMPORT, "C"),       # recorded, then acknowledged AA
+    "report.refused": (IMPORT, "E"),        # answered AE or AR: nothing recorded
+    "report.matched": (PATIENT_RECORD, "U"),
+    "report.labelled": (PATIENT_RECORD, "C"),
+    "report.expired": (PATIENT_RECORD, "D"),
+    "report.purged": (STUDY_DELETED, "D"),
+    "hl7.connection_refused": (USER_AUTHENTICATION, "E"),
 }
 
 

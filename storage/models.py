@@ -80,6 +80,9 @@ class Instance(Base):
     # The results stage settles a study on its unreported images and sends a replacement when a
     # study already reported gets new ones (migration 0005).
     reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Keyed hash of the original Accession Number (storage.reports.accession_key), written at ingest,
+    # so a radiology report from the RIS finds its study without the number being stored (0007).
+    accession_hash: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
 
 
 class Job(Base):
@@ -189,14 +192,60 @@ class AuditEvent(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+LABEL_MANUAL, LABEL_REPORT = "manual", "report"
+
+
 class Label(Base):
-    """Ground-truth findings for an instance we received, imported by `cxrd labels import`."""
+    """Ground-truth findings for an instance we received: imported by `cxrd labels import` (manual)
+    or read from the radiologist's report (report). A manual label is never replaced by a report's;
+    storage.ground_truth reads them for monitoring, daemon.stages.training_data for training."""
     __tablename__ = "labels"
 
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
-    findings: Mapped[str] = mapped_column(Text)  # ChestX-ray14 '|' separated, or 'No Finding'
+    findings: Mapped[str] = mapped_column(Text)  # ChestX-ray14 '|' separated positives, or 'No Finding'
     imported_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     used_in_model: Mapped[str] = mapped_column(String(64), default="")
+    source: Mapped[str] = mapped_column(String(16), default=LABEL_MANUAL, server_default=LABEL_MANUAL)
+    # JSON {finding: "positive"|"negative"|"uncertain"} for the findings a report names; "{}" for a
+    # manual label (its `findings` lists the positives, every other finding is negative)
+    states: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    report_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # reports.id of a report label
+
+
+# Report states: waiting for its images; matched to a study with nothing to label (yet); labelled;
+# expired (its images never came within hl7.match_wait_s); refused (recorded, acknowledged, but not
+# usable as ground truth: a result status other than final or corrected, or no key to match on).
+WAITING, MATCHED, LABELLED, EXPIRED, REFUSED = "waiting", "matched", "labelled", "expired", "refused"
+REPORT_STATES = (WAITING, MATCHED, LABELLED, EXPIRED, REFUSED)
+
+
+class Report(Base):
+    """One radiology report message from the RIS (HL7 ORU^R01), by pseudonymous keys only.
+
+    `study_uid` is the Study Instance UID's pseudonym under the DICOM de-identification key (equal to
+    the instances' study_uid); `accession_hash` the keyed accession hash instances carry;
+    `message_key` a keyed hash of sender + MSH-10 (duplicates are found by it). The text is never
+    here: it is a vault object (`text_object`, hl7.report_text = "encrypted") or was never written.
+    `findings` holds the labeller's states (JSON), which say nothing about the patient by themselves.
+    """
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_key: Mapped[str] = mapped_column(String(64), unique=True)
+    sender: Mapped[str] = mapped_column(String(128), default="")  # MSH-3^MSH-4 (application, facility)
+    message_type: Mapped[str] = mapped_column(String(16), default="")
+    result_status: Mapped[str] = mapped_column(String(4), default="")  # OBR-25
+    study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    accession_hash: Mapped[str] = mapped_column(String(64), default="", index=True)
+    state: Mapped[str] = mapped_column(String(16), default=WAITING, index=True)
+    reason: Mapped[str] = mapped_column(String(240), default="")
+    findings: Mapped[str] = mapped_column(Text, default="{}")
+    text_object: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    matched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    matched_study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    labelled: Mapped[int] = mapped_column(Integer, default=0)  # instances whose label came from it
 
 
 class RetrainRun(Base):

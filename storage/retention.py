@@ -10,6 +10,9 @@ PNGs, cached features) live outside storage's view: the caller removes them thro
 called with each batch's pseudonymous SOP Instance UIDs after the objects are shredded and before
 the rows commit, so a crash in between repeats it on the next run.
 
+Radiology report texts (storage.reports) received before the cutoff, or whose matched study has no
+stored image left, are crypto-shredded in the same run (`report.purged` per report).
+
 What is never purged: an instance still waiting for inference (`received`), or one whose study
 still has a result waiting to be sent (the heatmap needs the pixels). Audit rows are not touched
 here at all: they have their own, longer retention (`storage.audit_retention_days`).
@@ -33,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage import audit
 from storage.errors import StorageError
 from storage.models import RECEIVED, Instance, ReidEntry, Result
+from storage.reports import purge_reports
 
 
 class RetentionError(StorageError):
@@ -46,6 +50,7 @@ class PurgeReport:
     shredded: int             # vault objects crypto-shredded now
     missing: int              # rows whose object was already gone (e.g. after a crash mid-purge)
     dry_run: bool
+    reports_shredded: int = 0  # radiology report texts crypto-shredded (storage.reports.purge_reports)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +82,8 @@ def purge_expired(sessions: sessionmaker[Session], vault, audit_key: bytes, rete
     if dry_run:
         with sessions() as s:
             n = s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-        return PurgeReport(cutoff.isoformat(timespec="seconds"), int(n), 0, 0, True)
+        texts = purge_reports(sessions, vault, audit_key, cutoff, actor=actor, host=host, dry_run=True)
+        return PurgeReport(cutoff.isoformat(timespec="seconds"), int(n), 0, 0, True, texts)
     expired = shredded = missing = 0
     last_id = 0
     while True:
@@ -100,7 +106,9 @@ def purge_expired(sessions: sessionmaker[Session], vault, audit_key: bytes, rete
         expired += len(rows)
         shredded += sum(gone.values())
         missing += sum(not g for g in gone.values())
-    report = PurgeReport(cutoff.isoformat(timespec="seconds"), expired, shredded, missing, False)
+    # after the images: a report whose study has no image left goes with it
+    texts = purge_reports(sessions, vault, audit_key, cutoff, actor=actor, host=host)
+    report = PurgeReport(cutoff.isoformat(timespec="seconds"), expired, shredded, missing, False, texts)
     with sessions.begin() as s:
         audit.append(s, audit_key, event_type="purge.expired", actor=actor, host=host,
                      details=report.as_dict() | {"retention_days": retention_days})

@@ -1,4 +1,5 @@
-"""`cxrd labels import FILE.csv`, `cxrd labels export [DIR]` and `cxrd labels from-report FILE`.
+"""`cxrd labels import FILE.csv`, `cxrd labels export [DIR]`, `cxrd labels list` and
+`cxrd labels from-report FILE`.
 
 Import and export move the hospital's studies in and out as training data; from-report shows what the
 report labeller reads in one report, for the person who runs it on their own file.
@@ -27,6 +28,10 @@ def register(sub) -> None:  # noqa: ANN001
     e.add_argument("--all", action="store_true", help="include labels exported before")
     e.add_argument("--format", choices=("text", "json"), default="text")
     e.set_defaults(func=run_export)
+    c = actions.add_parser("list", help="count ground-truth labels by source (manual, report) and radiology "
+                                        "reports from the RIS by state")
+    c.add_argument("--format", choices=("text", "json"), default="text")
+    c.set_defaults(func=run_list, reads_dicom=False)
     r = actions.add_parser("from-report", help="label one radiology report text file (FINDINGS/IMPRESSION) "
                                                "for inspection: each finding and the phrase that decided it")
     r.add_argument("report", type=Path)
@@ -44,6 +49,23 @@ def run_import(args: argparse.Namespace, rt: Runtime) -> int:
         for problem in r.problems:
             print(f"  {problem}", file=sys.stderr)
     return 0 if not r.problems else 1
+
+
+def run_list(args: argparse.Namespace, rt: Runtime) -> int:
+    from storage.ground_truth import counts_by_source
+    from storage.models import REPORT_STATES
+    from storage.reports import counts_by_state
+    with rt.read_sessions() as session:
+        labels = counts_by_source(session)
+        reports = counts_by_state(session)
+    labels = {src: labels.get(src, 0) for src in ("manual", "report")} | labels
+    reports = {state: reports.get(state, 0) for state in REPORT_STATES} | reports
+    if args.format == "json":
+        print(json.dumps({"labels": labels, "reports": reports}, indent=2))
+        return 0
+    print("labels:  " + ", ".join(f"{n} {src}" for src, n in labels.items()) + f" ({sum(labels.values())} in all)")
+    print("reports: " + ", ".join(f"{n} {state}" for state, n in reports.items()))
+    return 0
 
 
 def run_export(args: argparse.Namespace, rt: Runtime) -> int:

@@ -43,8 +43,8 @@ def run_purge(args: argparse.Namespace, rt: Runtime) -> int:
         print()
     elif report.dry_run:
         print(f"cxrd: {report.expired} images received before {report.cutoff} would be crypto-shredded "
-              f"(retention {days} days)")
+              f"(retention {days} days), and {report.reports_shredded} report texts")
     else:
         print(f"cxrd: crypto-shredded {report.shredded} images received before {report.cutoff} "
-              f"({report.missing} already gone); audited")
+              f"({report.missing} already gone) and {report.reports_shredded} report texts; audited")
     return 0

@@ -37,6 +37,12 @@ class Metrics:
                                            "Acknowledgement to prediction committed",
                                            buckets=(.05, .1, .25, .5, 1, 2, 5, 10, 30, 60, 300),
                                            registry=self.registry)
+        self.hl7_messages = Counter("cxrd_hl7_messages_total", "HL7 report messages and connections by "
+                                    "outcome (accepted, duplicate, refused, failed, connection_refused)",
+                                    ["outcome"], registry=self.registry)
+
+    def observe_hl7(self, outcome: str) -> None:
+        self.hl7_messages.labels(outcome).inc()
 
     def observe_store(self, outcome: str, seconds: float, nbytes: int) -> None:
         self.instances.labels(outcome).inc()

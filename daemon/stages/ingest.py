@@ -47,6 +47,7 @@ from storage.dicomfile import UnwritableDataset, file_parts
 from storage.errors import DatabaseUnavailable, DeidError, VaultError
 from storage.keys import Keys
 from storage.models import NOT_ANALYSED, RECEIVED, Instance
+from storage.reports import accession_key, referenced_text_objects
 from storage.rows import IngestRows, RowConflict, Transaction
 from storage.vault import Vault
 
@@ -217,7 +218,8 @@ class Ingest:
             view_position=str(ds.get("ViewPosition", ""))[:16], transfer_syntax=transfer_syntax,
             state=RECEIVED if view.analyse else NOT_ANALYSED, view=view.view,
             analysis_reason=view.reason[:240], vault_object=object_id, size_bytes=size,
-            burned_in_annotation=result.burned_in, calling_aet=calling_aet[:16])
+            burned_in_annotation=result.burned_in, calling_aet=calling_aet[:16],
+            accession_hash=accession_key(self.keys.uid_key, result.original.get("accession_number", "")))
         if view.analyse:
             tx.job(instance_id=instance_id, kind="predict")
         tx.reid_entry(sop_instance_uid=sop, study_uid=result.study_uid,
@@ -284,10 +286,11 @@ class _guarded:
 
 
 def sweep_orphans(sessions: sessionmaker[Session], vault: Vault, older_than_s: float = 600.0) -> int:
-    """Shred vault objects no instance row points at (a crash between write and commit), leaving
-    recent ones alone because another daemon sharing the vault may be about to commit them."""
+    """Shred vault objects no instance or report row points at (a crash between write and commit),
+    leaving recent ones alone because another daemon sharing the vault may be about to commit them."""
     with sessions() as session:
         referenced = set(session.scalars(select(Instance.vault_object).where(Instance.vault_object.is_not(None))))
+        referenced |= referenced_text_objects(session)
     cutoff = time.time() - older_than_s
     removed = 0
     for object_id in list(vault.object_ids()):

@@ -1,7 +1,10 @@
 """The hospital's own studies as training data: import ground-truth labels for images we received,
 and export labeled, de-identified images as a ChestX-ray14-format batch the retraining job reads.
 
-Labels are keyed by the pseudonymous SOP Instance UID (what `cxrd predictions` shows), in the
+Labels come from two sources: imported here (manual, which always wins) or read from radiology
+reports by daemon.stages.report_matching (report, never replacing a manual one). A report's
+uncertain findings train as `labels.uncertain_as` says (negative, positive, or the image left out).
+Imported labels are keyed by the pseudonymous SOP Instance UID (what `cxrd predictions` shows), in the
 ChestX-ray14 layout (`Image Index,Finding Labels,...`; `Image Index` may carry a `.png` suffix).
 Images whose BurnedInAnnotation is YES or unknown are never exported: their pixels may carry names.
 
@@ -33,7 +36,7 @@ from cxrmodel.labels import LABELS
 from daemon.errors import DaemonError
 from daemon.runtime import Runtime
 from storage.dicomfile import checked_instance
-from storage.models import Instance, Label, utcnow
+from storage.models import LABEL_MANUAL, Instance, Label, utcnow
 from storage.vault import Vault
 
 HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
@@ -83,15 +86,40 @@ def import_labels(rt: Runtime, csv_path: Path) -> ImportReport:
                 report.problems.append(f"{csv_path.name}:{line}: no received image {image}")
                 continue
             existing = session.get(Label, inst.id)
+            states = manual_states(findings)
             if existing is None:
-                session.add(Label(instance_id=inst.id, findings=findings))
+                session.add(Label(instance_id=inst.id, findings=findings, source=LABEL_MANUAL, states=states))
                 report.imported += 1
-            elif existing.findings != findings:
+            elif existing.findings != findings or existing.source != LABEL_MANUAL:
+                # a manual label replaces a report's, even one that says the same
                 existing.findings, existing.imported_at, existing.used_in_model = findings, utcnow(), ""
+                existing.source, existing.states, existing.report_id = LABEL_MANUAL, states, None
                 report.replaced += 1
     rt.audit("import.labels", imported=report.imported, replaced=report.replaced, problems=len(report.problems),
              file=csv_path.name)
     return report
+
+
+def manual_states(findings: str) -> str:
+    """The states JSON of a manual label: its listed findings positive, every other negative."""
+    listed = set(findings.split("|"))
+    return json.dumps({f: ("positive" if f in listed else "negative") for f in LABELS}, sort_keys=True)
+
+
+def training_findings(label: Label, uncertain_as: str) -> str | None:
+    """The ChestX-ray14 `Finding Labels` a label trains as under `labels.uncertain_as`, or None when
+    the image is left out (an uncertain finding with "exclude"). Manual labels are used as imported."""
+    try:
+        states = json.loads(label.states or "{}")
+    except ValueError:
+        states = {}
+    if not isinstance(states, dict) or not states:
+        return label.findings
+    if "uncertain" in states.values() and uncertain_as == "exclude":
+        return None
+    take = {"positive"} | ({"uncertain"} if uncertain_as == "positive" else set())
+    positive = [f for f in LABELS if states.get(f) in take]
+    return "|".join(positive) if positive else NO_FINDING
 
 
 def _patient_number(pseudonym: str) -> int:
@@ -113,6 +141,9 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
         pairs = session.execute(q.order_by(Instance.id)).all()
     refused = [i.sop_instance_uid for i, _ in pairs if i.burned_in_annotation != "no"]
     pairs = [(i, lab) for i, lab in pairs if i.burned_in_annotation == "no"]
+    uncertain_as = rt.settings.labels.uncertain_as
+    uncertain_left_out = sum(training_findings(lab, uncertain_as) is None for _, lab in pairs)
+    pairs = [(i, lab) for i, lab in pairs if training_findings(lab, uncertain_as) is not None]
     from cxrmodel.preprocess import load_image  # decoding pulls in torch: only export needs it
 
     (dest / "images").mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -126,7 +157,7 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
             dest / "images" / f"{inst.sop_instance_uid}.png")
         age = str(ds.get("PatientAge", "") or "")
         spacing = list(ds.get("PixelSpacing", ds.get("ImagerPixelSpacing", [""] * 2)) or ["", ""])
-        rows.append([f"{inst.sop_instance_uid}.png", lab.findings, 0, _patient_number(str(ds.get("PatientID", ""))),
+        rows.append([f"{inst.sop_instance_uid}.png", training_findings(lab, uncertain_as), 0, _patient_number(str(ds.get("PatientID", ""))),
                      int(age[:3]) if age[:3].isdigit() else "", str(ds.get("PatientSex", "") or ""),
                      inst.view_position, unit.shape[1], unit.shape[0], *[str(v) for v in spacing[:2]]])
     with open(dest / "Data_Entry_2017.csv", "w", newline="", encoding="utf-8") as f:
@@ -137,8 +168,10 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
         for inst, lab in pairs:
             row = session.get(Label, lab.instance_id)
             row.used_in_model = dest.name[:64]
-    rt.audit("export.training", images=len(rows), refused_burned_in=len(refused), batch=dest.name)
-    return {"destination": str(dest), "images": len(rows), "refused_burned_in": refused}
+    rt.audit("export.training", images=len(rows), refused_burned_in=len(refused), batch=dest.name,
+             uncertain_left_out=uncertain_left_out)
+    return {"destination": str(dest), "images": len(rows), "refused_burned_in": refused,
+            "uncertain_left_out": uncertain_left_out}
 
 
 EXPORTS_FILE = "training-exports.jsonl"

@@ -1,0 +1,93 @@
+"""One HL7 message in, one ACK out: AA only once the report is durably recorded.
+
+AA  the report was recorded (row + audit committed, text fsynced in the vault when kept) - or it is
+    a duplicate of one recorded before (same sender, same MSH-10), recorded once;
+AE  the content is wrong (cannot be decoded or parsed, a required field missing, a bad UID);
+AR  refused: a message type other than ORU^R01, a frame over hl7.listen.max_message_bytes, an
+    unknown character set, or the report could not be recorded now (the sender should resend).
+Nothing is recorded for AE and AR, and each is audited (`report.refused`) with our reason only.
+The report text is labelled here, in memory, so that with hl7.report_text = "discard" it never
+touches a disk; neither it nor any field of the message is ever logged.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from daemon.hl7 import acks, messages
+from daemon.ops.logs import event
+from storage.reports import IncomingReport, record_report
+
+log = logging.getLogger("cxrd.hl7")
+
+Labeller = Callable[[str], dict[str, str]]      # report text -> {finding: status} for named findings
+Observe = Callable[[str], None]                 # outcome: accepted, duplicate, refused, failed
+
+
+class ReportIntake:
+    def __init__(self, *, sessions, vault, keys, audit: Callable[..., None], label: Labeller,  # noqa: ANN001
+                 keep_text: bool, match_wait_s: float, application: str, facility: str,
+                 observe: Observe | None = None, on_recorded: Callable[[], None] | None = None,
+                 on_connection_refused: Callable[[str, str], None] | None = None):
+        self.sessions, self.vault, self.keys, self.audit = sessions, vault, keys, audit
+        self.label = label
+        self.keep_text = keep_text
+        self.match_wait_s = match_wait_s
+        self.application, self.facility = application, facility
+        self.observe = observe or (lambda outcome: None)
+        self.on_recorded = on_recorded or (lambda: None)
+        self.on_connection_refused = on_connection_refused or (lambda host, reason: None)
+
+    def _ack(self, header: acks.Header, code: str, reason: str, error: str = acks.ACCEPTED) -> bytes:
+        return acks.build_ack(header, code, reason, error, application=self.application, facility=self.facility)
+
+    def handle(self, raw: bytes, host: str) -> bytes:
+        header = acks.read_header(raw)
+        try:
+            parsed = messages.parse(raw)
+        except messages.Refusal as r:
+            return self._refuse(header, host, r.code, r.error, r.reason)
+        try:
+            findings = self.label(parsed.text)
+        except Exception as exc:  # the labeller's rules failed on this text: never quote it
+            log.error("hl7.labeller_failed", extra={"cxrd_fields": {"error": type(exc).__name__}})
+            return self._refuse(header, host, acks.AR, acks.INTERNAL_ERROR, "report could not be labelled")
+        incoming = IncomingReport(sender=parsed.sender, message_type=parsed.message_type,
+                                  control_id=parsed.control_id, result_status=parsed.result_status,
+                                  study_uid=parsed.study_uid, accession=parsed.accession, text=parsed.text)
+        try:
+            rec = record_report(self.sessions, self.vault, self.keys, incoming, findings,
+                                keep_text=self.keep_text, match_wait_s=self.match_wait_s, host=host)
+        except Exception as exc:  # database or disk: not recorded, so not acknowledged
+            event(log, "hl7.record_failed", logging.ERROR, host=host, error=type(exc).__name__)
+            self.observe("failed")
+            return self._ack(header, acks.AR, "report could not be recorded now; send it again",
+                             acks.INTERNAL_ERROR)
+        if rec.duplicate:
+            self.observe("duplicate")
+            event(log, "hl7.duplicate", host=host, report=rec.report_id)
+            return self._ack(header, acks.AA, "duplicate of a message already recorded")
+        self.observe("accepted")
+        event(log, "hl7.report_recorded", host=host, report=rec.report_id, state=rec.state,
+              sender=parsed.sender, findings=len(findings))
+        self.on_recorded()
+        return self._ack(header, acks.AA, "recorded" if not rec.reason else f"recorded, not used: {rec.reason}")
+
+    def too_large(self, head: bytes, host: str, limit: int) -> bytes:
+        return self._refuse(acks.read_header(head), host, acks.AR, acks.DATA_TYPE,
+                            "message larger than hl7.listen.max_message_bytes")
+
+    def refused_connection(self, host: str, reason: str) -> None:
+        self.observe("connection_refused")
+        self.on_connection_refused(host, reason)
+
+    def _refuse(self, header: acks.Header, host: str, code: str, error: str, reason: str) -> bytes:
+        self.observe("refused")
+        event(log, "hl7.message_refused", logging.WARNING, host=host, ack=code, reason=reason,
+              sender=header.sending_application)
+        try:
+            self.audit("report.refused", outcome=4, actor=f"hl7:{header.sending_application}"[:128], host=host,
+                       ack=code, error=error, reason=reason)
+        except Exception as exc:
+            log.error("audit.write_failed", exc_info=exc)
+        return self._ack(header, code, reason, error)
