@@ -31,6 +31,14 @@ def clean(value: str, limit: int = 64) -> str:
     return "".join(ch for ch in value if ch in _SAFE)[:limit].strip()
 
 
+def escape(text: str) -> str:
+    """Our own reason text as an HL7 ST value: printable ASCII, delimiters as HL7 escape sequences."""
+    text = "".join(ch for ch in text if 32 <= ord(ch) < 127)
+    for ch, seq in (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\")):
+        text = text.replace(ch, seq)
+    return text
+
+
 @dataclass(frozen=True)
 class Header:
     """The MSH fields an ACK answers, as far as they could be read (all cleaned; "" when unreadable)."""
@@ -70,7 +78,7 @@ def build_ack(header: Header, code: str, reason: str, error: str, *, application
     processing = header.processing_id if header.processing_id in ("P", "T", "D") else "P"
     ts = now.strftime("%Y%m%d%H%M%S") + "+0000"
     trigger = header.trigger or "R01"
-    reason = clean(reason, 80)
+    reason = escape(reason[:120])
     msh = "|".join(["MSH", "^~\\&", application, facility, header.sending_application, header.sending_facility,
                     ts, "", f"ACK^{trigger}^ACK", "CXRD" + secrets.token_hex(8).upper(), processing, version])
     segments = [msh, "|".join(["MSA", code, header.control_id, reason])]
