@@ -37,6 +37,7 @@ NEEDS_STATE: dict[tuple[str, ...], list[str]] = {
     ("backup",): ["backup-dir"],
     ("labels", "import"): ["labels.csv"],
     ("labels", "export"): ["batch-dir"],
+    ("labels", "list"): [],
     ("train",): ["--data", "nih"],
     ("evaluate",): ["--data", "nih"],
     ("predictions",): [],
