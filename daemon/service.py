@@ -72,12 +72,14 @@ def check_host_gate(allowed_hosts: list[str], allow_any_host: bool, section: str
     list is served only when the configuration says so explicitly, and then warned about at every start."""
     if allowed_hosts:
         return
-    peer = "the PACS's" if section == "dicom" else "the RIS's"
+    dicom = section == "dicom"
     if not allow_any_host:
-        raise DaemonError(f"{section}.allowed_hosts is empty: list {peer} addresses (e.g. [\"10.1.2.3\"]), "
-                          f"or set {section}.allow_any_host = true to accept connections from any host")
-    event(log, f"{section.split('.')[0]}.any_host_allowed", logging.WARNING,
-          hint=f"{section}.allow_any_host is true: any host that reaches the port may send")
+        raise DaemonError(f"{section}.allowed_hosts is empty: list the {'PACS' if dicom else 'RIS'}'s addresses "
+                          f"(e.g. [\"10.1.2.3\"]), or set {section}.allow_any_host = true to accept "
+                          f"{'associations' if dicom else 'connections'} from any host")
+    event(log, "dicom.any_host_allowed" if dicom else "hl7.any_host_allowed", logging.WARNING,
+          hint=f"{section}.allow_any_host is true: any host that reaches the "
+               + ("DICOM port may store images" if dicom else "HL7 port may send reports"))
 
 
 class Service:
@@ -164,7 +166,8 @@ class Service:
         if s.hl7.listen.enabled:
             # connection refusals of the HL7 port, aggregated like the DICOM gate's
             self.hl7_refusals = RefusalAudit(
-                lambda _type, **fields: rt.audit("hl7.connection_refused", **fields))
+                lambda _type, **fields: rt.audit("hl7.connection_refused", **fields),
+                log_event="hl7.connection_refused")
             self.matching = ReportMatching(rt.sessions, vault, rt.keys.audit_key, s.hl7.match_wait_s,
                                            host=rt.hostname)
             stages += [self.hl7_refusals, self.matching]

@@ -81,7 +81,7 @@ class Hl7Listener:
         self.tls = server_context(cfg.tls) if cfg.tls.enabled else None
         self._lock = threading.Lock()
         self._active: dict[str, int] = {}
-        self._conns: set[socket.socket] = set()
+        self._idle: set[socket.socket] = set()  # connections between messages (or mid-frame): closed at stop
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -107,23 +107,25 @@ class Hl7Listener:
         return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
     def stop(self, drain_s: float = 10.0) -> None:
+        """Stop accepting; close connections waiting for (or in the middle of) a message at once
+        (nothing of theirs was acknowledged, so the RIS sends it again); let those whose message is
+        being recorded finish and send their ACK, for up to `drain_s`."""
         self._stop.set()
         if self._sock is not None:
             self._sock.close()
         if self._thread is not None:
             self._thread.join(2.0)
         deadline = time.monotonic() + drain_s
-        while time.monotonic() < deadline:
+        while True:
             with self._lock:
-                if not self._active:
+                for conn in list(self._idle):
+                    try:  # the descriptor's own shutdown (under TLS too): the reading thread sees EOF
+                        socket.socket.shutdown(conn, socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                if not self._active or time.monotonic() > deadline:
                     break
             time.sleep(0.05)
-        with self._lock:  # idle connections waiting for a next message: close them
-            for conn in list(self._conns):
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def _accept_loop(self) -> None:
         sel = selectors.DefaultSelector()
@@ -166,15 +168,13 @@ class Hl7Listener:
             log.error("hl7.refusal_report_failed", exc_info=exc)
 
     def _serve(self, conn: socket.socket, host: str) -> None:
-        with self._lock:
-            self._conns.add(conn)
         try:
             self._converse(conn, host)
         except Exception as exc:  # a connection thread must end quietly, never with a traceback of peer data
             event(log, "hl7.connection_failed", logging.WARNING, host=host, error=type(exc).__name__)
         finally:
             with self._lock:
-                self._conns.discard(conn)
+                self._idle.discard(conn)
                 self._active[host] -= 1
                 if not self._active[host]:
                     del self._active[host]
@@ -192,7 +192,11 @@ class Hl7Listener:
                       reason=getattr(exc, "reason", None) or type(exc).__name__)
                 return
         reader = FrameReader(conn, cfg.max_message_bytes, cfg.idle_timeout_s, cfg.read_timeout_s)
-        while not self._stop.is_set():
+        while True:
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._idle.add(conn)
             try:
                 raw = reader.next_frame()
             except FrameTooLarge as exc:
@@ -211,6 +215,9 @@ class Hl7Listener:
                 return
             except (OSError, ssl.SSLError):
                 return
+            finally:
+                with self._lock:
+                    self._idle.discard(conn)
             if raw is None:
                 return
             conn.sendall(frame(self.intake.handle(raw, host)))

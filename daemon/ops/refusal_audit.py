@@ -50,8 +50,10 @@ class RefusalAudit:
 
     name = "refusal-audit"
 
-    def __init__(self, write: AuditWrite, interval_s: float = 1.0, max_sources: int = 256):
+    def __init__(self, write: AuditWrite, interval_s: float = 1.0, max_sources: int = 256,
+                 log_event: str = "association.refused"):
         self.write = write
+        self.log_event = log_event  # the log line's name (the HL7 port's refusals use their own)
         self.interval_s = interval_s
         self.max_sources = max_sources
         self._tallies: dict[tuple[str, str], _Tally] = {}
@@ -75,7 +77,7 @@ class RefusalAudit:
                 return
             tally = self._tallies[key] = _Tally(1, now, now)
             tally.add_titles(calling_aet, called_aet)
-        event(log, "association.refused", logging.WARNING, host=host, reason=reason, calling_aet=calling_aet,
+        event(log, self.log_event, logging.WARNING, host=host, reason=reason, calling_aet=calling_aet,
               called_aet=called_aet)
 
     def flush(self) -> int:

@@ -175,3 +175,14 @@ def test_tls_with_required_client_certificates(listen, tmp_path):
     out = send(listener.port, frame(MSG), wrap=lambda s: ctx.wrap_socket(s, server_hostname="localhost"))
     assert b"MSA|AA|C1" in out
     assert send(listener.port, frame(MSG)) == b""  # plain MLLP on a TLS port: the handshake fails, closed
+
+
+def test_stop_does_not_wait_for_a_persistent_idle_connection(listen):
+    listener, intake = listen()
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as s:
+        s.sendall(frame(MSG))
+        assert b"MSA|AA" in s.recv(4096)  # the RIS keeps its connection open for the next report
+        t0 = time.monotonic()
+        listener.stop(drain_s=20)
+        assert time.monotonic() - t0 < 3
+        assert s.recv(4096) == b""  # closed
