@@ -11,6 +11,7 @@ import signal
 import subprocess
 import tarfile
 import time
+import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -190,8 +191,8 @@ def test_reports_before_and_after_images_over_mllp(daemon_factory, shared_data, 
         events = [e for (e,) in c.execute(text("SELECT event_type FROM audit_events"))]
     assert events.count("report.received") == 4 and events.count("report.refused") >= 4
     assert "report.matched" in events and "report.labelled" in events and "hl7.connection_refused" in events
-    metrics = __import__("urllib.request").request.urlopen(f"http://127.0.0.1:{d.http_port}/metrics").read()
-    assert b"cxrd_hl7_messages_total" in metrics
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{d.http_port}/metrics").read().decode()
+    assert 'cxrd_hl7_messages_total{outcome="connection_refused"} 1.0' in metrics  # since the restart
     d.stop()
 
     # The marker planted in every report text, and the patient name, are nowhere in clear.
