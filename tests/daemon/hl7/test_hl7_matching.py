@@ -166,3 +166,27 @@ def test_uncertain_findings_train_as_the_setting_says(policy, expected):
     assert training_findings(label, policy) == expected
     manual = Label(findings="Effusion", source="manual", states=manual_states("Effusion"))
     assert training_findings(manual, policy) == "Effusion"
+
+
+def test_a_manual_import_replaces_a_report_label_and_labels_list_counts_by_source(cli_state, cli_captured):
+    from sqlalchemy import create_engine
+    engine = create_engine(f"sqlite:///{cli_state / 'cxrd.db'}")
+    with db.sessions(engine).begin() as s:
+        for i, uid in enumerate(("2.25.11", "2.25.12"), start=1):
+            s.add(Instance(id=i, sop_instance_uid=uid, study_uid="2.25.1", series_uid="2.25.2",
+                           sop_class_uid="1.2", state="predicted", vault_object=f"o{i}"))
+        s.flush()
+        for i in (1, 2):
+            s.add(Label(instance_id=i, findings="Cardiomegaly", source="report", report_id=1,
+                        states=json.dumps(complete_states({"Cardiomegaly": "positive"}))))
+    (cli_state.parent / "labels.csv").write_text("Image Index,Finding Labels\n2.25.11.png,Effusion\n")
+    code, out, err = cli_captured("labels", "import", str(cli_state.parent / "labels.csv"))
+    assert code == 0 and "1 replaced" in out, out + err
+    with db.sessions(engine)() as s:
+        manual, report = s.get(Label, 1), s.get(Label, 2)
+        assert (manual.source, manual.findings, manual.report_id) == ("manual", "Effusion", None)
+        assert json.loads(manual.states)["Cardiomegaly"] == "negative" and report.source == "report"
+    code, out, _ = cli_captured("labels", "list", "--format", "json")
+    counts = json.loads(out)
+    assert counts["labels"] == {"manual": 1, "report": 1} and counts["reports"]["waiting"] == 0
+    engine.dispose()
