@@ -23,7 +23,7 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Iterable
 
 from sqlalchemy import and_, exists, func, select, update
@@ -98,7 +98,8 @@ def record_report(sessions: sessionmaker[Session], vault, keys: Keys, incoming: 
     accession = accession_key(keys.uid_key, incoming.accession)
     state, reason = WAITING, ""
     if incoming.result_status not in FINAL_STATUSES:
-        state, reason = REFUSED, f"result status {incoming.result_status or '(none)'!s:.4} is not final (F) or corrected (C)"
+        status = incoming.result_status[:4] or "(none)"
+        state, reason = REFUSED, f"result status {status} is not final (F) or corrected (C)"
     elif not study and not accession:
         state, reason = REFUSED, "no Study Instance UID and no Accession Number to match on"
     object_id = None
@@ -306,6 +307,3 @@ def report_ids_for(session: Session, study_uids: Iterable[str]) -> list[int]:
     uids = list(study_uids)
     return list(session.scalars(select(Report.id).where(Report.matched_study_uid.in_(uids)))) if uids else []
 
-
-def _utc(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)

@@ -22,8 +22,21 @@ from storage.vault import Vault
 TEXT = "FINDINGS: The heart is enlarged. SECRETTEXT. IMPRESSION: Cardiomegaly. Cannot exclude pneumonia."
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_engine(request, tmp_path):  # noqa: ANN001, ANN201
+    """The matching tests on SQLite and on PostgreSQL 15 (a fresh database per test)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("engine")
+        return
+    eng = db.engine_from_url(request.getfixturevalue("fresh_pg_database"))
+    db.migrate(eng)
+    yield eng
+    eng.dispose()
+
+
 @pytest.fixture
-def store(engine, tmp_path):  # noqa: ANN001, ANN201
+def store(store_engine, tmp_path):  # noqa: ANN001, ANN201
+    engine = store_engine
     init_keys(tmp_path / "keys" / "master.key", tmp_path / "keys" / "keyring.json")
     keys = load_keys(tmp_path / "keys" / "master.key", tmp_path / "keys" / "keyring.json")
     return SimpleNamespace(sessions=db.sessions(engine), keys=keys, vault=Vault(tmp_path / "vault", keys.keyring))
