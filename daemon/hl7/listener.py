@@ -20,7 +20,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Callable, Protocol
+from typing import Protocol
 
 from config.schema import Hl7Listen
 from daemon.hl7.framing import FrameReader, FrameTimeout, FrameTooLarge, FramingError, frame

@@ -15,7 +15,6 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, text
 
 from conftest import copy_with_new_uids, free_port, storescu
