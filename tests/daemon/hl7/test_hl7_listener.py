@@ -73,10 +73,14 @@ def send(port: int, data: bytes, *, wrap=None) -> bytes:  # noqa: ANN001
 
 
 def wait(predicate, timeout: float = 5.0) -> bool:  # noqa: ANN001
+    """True as soon as `predicate()` is (called once per try: it may have side effects)."""
     deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.02)
-    return predicate()
 
 
 def test_host_allowed_matches_networks_and_ipv4_mapped_addresses():
