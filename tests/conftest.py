@@ -485,3 +485,62 @@ def sign_in_browser(browser, url: str, user: str, password: str, *, expect_succe
 def signed_in():  # noqa: ANN201
     """`signed_in(browser, url, user, password)`: see `sign_in_browser`."""
     return sign_in_browser
+
+
+class ConsoleClient:
+    """The console app in this process (Starlette's TestClient, https://testserver so cookies are
+    Secure and HSTS is sent) on an initialised state; `sign_in` goes through the real form."""
+
+    def __init__(self, rt, base_url: str = "https://testserver", client: tuple[str, int] = ("10.9.8.7", 50000)):  # noqa: ANN001
+        from starlette.testclient import TestClient
+
+        from daemon.console.app import build_app
+        self.rt = rt
+        self.http = TestClient(build_app(rt), base_url=base_url, follow_redirects=False, client=client)
+
+    def add_user(self, name: str, role: str, password: str) -> None:
+        from storage import accounts
+        with self.rt.sessions() as s, s.begin():
+            accounts.add(s, name, role, accounts.hash_password(password, 8))
+
+    def csrf(self, path: str = "/signin") -> str:
+        import re
+        page = self.http.get(path)
+        found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+        assert found, f"no CSRF field on {path} ({page.status_code})"
+        return found.group(1)
+
+    def sign_in(self, name: str, password: str):  # noqa: ANN201
+        return self.http.post("/signin", data={"name": name, "password": password, "csrf_token": self.csrf()})
+
+    def post(self, path: str, data: dict[str, str], page: str | None = None):  # noqa: ANN201
+        """POST a form with the CSRF token of the page it is on (`page`, default `path`)."""
+        return self.http.post(path, data={**data, "csrf_token": self.csrf(page or path)})
+
+    def audit_rows(self, *event_types: str) -> list[dict]:
+        import json
+
+        from sqlalchemy import select
+
+        from storage.models import AuditEvent
+        with self.rt.read_sessions() as s:
+            rows = s.scalars(select(AuditEvent).where(AuditEvent.event_type.in_(event_types))
+                             .order_by(AuditEvent.seq)).all()
+            return [{"seq": r.seq, "event_id": r.event_id, "event_type": r.event_type, "outcome": r.outcome,
+                     "actor": r.actor, "host": r.host, "details": json.loads(r.details)} for r in rows]
+
+
+@pytest.fixture()
+def console_client(cli_state: Path):
+    """make(**console_settings) -> a `ConsoleClient` on `cli_state`, with `console.*` settings replaced
+    (e.g. session_idle_s=60, lockout_threshold=3)."""
+    import dataclasses
+
+    from config import load_settings
+    from daemon.runtime import Runtime
+
+    def make(base_url: str = "https://testserver", **console: object) -> ConsoleClient:
+        settings = load_settings(None)
+        settings = dataclasses.replace(settings, console=dataclasses.replace(settings.console, **console))
+        return ConsoleClient(Runtime(settings), base_url=base_url)
+    return make
