@@ -544,3 +544,118 @@ def console_client(cli_state: Path):
         settings = dataclasses.replace(settings, console=dataclasses.replace(settings.console, **console))
         return ConsoleClient(Runtime(settings), base_url=base_url)
     return make
+
+
+class Slapd:
+    """A real OpenLDAP server (Debian's slapd) on a loopback port, mdb backend in a temporary
+    directory, StartTLS with a self-signed certificate (`ca`), loaded with people and groups:
+
+    carol (cxrd-compliance), otto (cxrd-operations), ada (cxrd-admins), nina (no console group),
+    dora (cxrd-compliance and cxrd-admins: two roles). Every password is `PASSWORD`. The service
+    account `svc_dn` reads the tree; its password is in `svc_password_file`."""
+
+    BASE = "dc=cxrd,dc=test"
+    PASSWORD = "directory pass 1"
+    GROUPS = {"cxrd-compliance": ("carol", "dora"), "cxrd-operations": ("otto",), "cxrd-admins": ("ada", "dora"),
+              "unrelated": ("nina",)}
+    PEOPLE = ("carol", "otto", "ada", "nina", "dora")
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.url = f"ldap://127.0.0.1:{self.port}"
+        self.svc_dn = f"cn=cxrd-svc,ou=service,{self.BASE}"
+        self.svc_password_file = root / "svc.pass"
+        self.ca = root / "tls.crt"
+        self.proc: subprocess.Popen | None = None
+
+    def group_dn(self, name: str) -> str:
+        return f"cn={name},ou=groups,{self.BASE}"
+
+    def role_groups(self) -> list[str]:
+        return [f"{self.group_dn('cxrd-compliance')} => compliance", f"{self.group_dn('cxrd-operations')} => operations",
+                f"{self.group_dn('cxrd-admins')} => admin"]
+
+    def settings(self, **overrides: str) -> dict[str, str]:
+        """CXRD_CONSOLE__LDAP__* variables for a console signing people in against this server."""
+        import json
+        env = {"ENABLED": "true", "URL": self.url, "START_TLS": "true", "CA": str(self.ca),
+               "BIND_DN": self.svc_dn, "BIND_PASSWORD_FILE": str(self.svc_password_file),
+               "BASE_DN": f"ou=people,{self.BASE}", "GROUP_BASE_DN": f"ou=groups,{self.BASE}",
+               "ROLE_GROUPS": json.dumps(self.role_groups()), **overrides}
+        return {f"CXRD_CONSOLE__LDAP__{k}": v for k, v in env.items()}
+
+    def start(self) -> "Slapd":
+        from daemon.console.tls import make_self_signed
+        for tool in ("/usr/sbin/slapd", "/usr/bin/ldapadd", "/usr/sbin/slappasswd"):
+            if not Path(tool).exists():
+                pytest.fail(f"{tool} not found (apt-get install slapd ldap-utils; deploy/system-deps.sh)")
+        (self.root / "db").mkdir(parents=True)
+        make_self_signed(self.ca, self.root / "tls.key")
+        svc_password = "service pass 1"
+        self.svc_password_file.write_text(svc_password + "\n")
+        root_password = "root-pass-1"
+        (self.root / "slapd.conf").write_text(f"""
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+pidfile {self.root}/slapd.pid
+argsfile {self.root}/slapd.args
+modulepath /usr/lib/ldap
+moduleload back_mdb
+TLSCertificateFile {self.ca}
+TLSCertificateKeyFile {self.root}/tls.key
+database mdb
+maxsize 10485760
+suffix "{self.BASE}"
+rootdn "cn=admin,{self.BASE}"
+rootpw {root_password}
+directory {self.root}/db
+access to attrs=userPassword by anonymous auth by * none
+access to * by dn.exact="{self.svc_dn}" read by self read by * none
+""")
+
+        def hashed(password: str) -> str:
+            return subprocess.run(["/usr/sbin/slappasswd", "-s", password], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        people_hash = hashed(self.PASSWORD)
+        ldif = [f"dn: {self.BASE}\nobjectClass: dcObject\nobjectClass: organization\no: cxrd test\ndc: cxrd\n"]
+        for ou in ("people", "groups", "service"):
+            ldif.append(f"dn: ou={ou},{self.BASE}\nobjectClass: organizationalUnit\nou: {ou}\n")
+        ldif.append(f"dn: {self.svc_dn}\nobjectClass: person\ncn: cxrd-svc\nsn: service\n"
+                    f"userPassword: {hashed(svc_password)}\n")
+        for uid in self.PEOPLE:
+            ldif.append(f"dn: uid={uid},ou=people,{self.BASE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\n"
+                        f"sn: {uid}\nuserPassword: {people_hash}\n")
+        for group, members in self.GROUPS.items():
+            lines = "".join(f"member: uid={m},ou=people,{self.BASE}\n" for m in members)
+            ldif.append(f"dn: {self.group_dn(group)}\nobjectClass: groupOfNames\ncn: {group}\n{lines}")
+        log = open(self.root / "slapd.log", "wb")
+        self.proc = subprocess.Popen(["/usr/sbin/slapd", "-h", f"{self.url}/", "-f", str(self.root / "slapd.conf"),
+                                      "-d", "0"], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        try:
+            wait_for_port(self.port, 30, self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"slapd: {exc}: {(self.root / 'slapd.log').read_text(errors='replace')[-1500:]}") from None
+        subprocess.run(["/usr/bin/ldapadd", "-x", "-H", self.url, "-D", f"cn=admin,{self.BASE}", "-w", root_password],
+                       input="\n".join(ldif), capture_output=True, text=True, check=True, timeout=30)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    """A real OpenLDAP server for directory sign-in tests (see `Slapd`), shared by the session."""
+    server = Slapd(tmp_path_factory.mktemp("slapd")).start()
+    yield server
+    server.stop()
