@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -33,11 +34,14 @@ class AccountError(ValueError):
 
 def _hasher():  # noqa: ANN202
     from argon2 import PasswordHasher, Type
-    # RFC 9106's second recommended profile (argon2id, 64 MiB, 3 passes): about 50 ms on one core.
+    # RFC 9106's second recommended profile (argon2id, 64 MiB, 3 passes); cost in docs/performance.md.
     return PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4, type=Type.ID)
 
 
 _DUMMY: list[str] = []
+# Each argon2 computation holds 64 MiB: at most this many at once in a process, so a flood of sign-in
+# attempts queues (bounded by the server's connection limit) instead of taking the host's memory.
+HASH_SLOTS = threading.BoundedSemaphore(4)
 
 
 def now() -> datetime:
@@ -64,22 +68,24 @@ def hash_password(password: str, min_length: int) -> str:
         raise AccountError(f"a password must be at most {MAX_PASSWORD_LENGTH} characters")
     if password != password.strip() or any(c in password for c in "\r\n\x00"):
         raise AccountError("a password must not start or end with spaces or contain line breaks")
-    return _hasher().hash(password)
+    with HASH_SLOTS:
+        return _hasher().hash(password)
 
 
 def verify_or_waste(password_hash: str | None, password: str) -> bool:
     """True when `password` matches; with no hash (unknown name), spend the same work and say False."""
     from argon2.exceptions import InvalidHashError, VerificationError
     hasher = _hasher()
-    if password_hash is None:
-        if not _DUMMY:
-            _DUMMY.append(hasher.hash(secrets.token_urlsafe(16)))
-        password_hash = _DUMMY[0]
-        password = password + "\x00never"
-    try:
-        return hasher.verify(password_hash, password[:MAX_PASSWORD_LENGTH])
-    except (VerificationError, InvalidHashError):
-        return False
+    with HASH_SLOTS:
+        if password_hash is None:
+            if not _DUMMY:
+                _DUMMY.append(hasher.hash(secrets.token_urlsafe(16)))
+            password_hash = _DUMMY[0]
+            password = password + "\x00never"
+        try:
+            return hasher.verify(password_hash, password[:MAX_PASSWORD_LENGTH])
+        except (VerificationError, InvalidHashError):
+            return False
 
 
 # --- accounts -------------------------------------------------------------------------------------
