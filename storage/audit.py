@@ -99,6 +99,18 @@ EVENTS: dict[str, tuple[str, str]] = {
     "report.expired": (PATIENT_RECORD, "D"),
     "report.purged": (STUDY_DELETED, "D"),
     "hl7.connection_refused": (USER_AUTHENTICATION, "E"),
+    # web console (daemon.console, storage.accounts): actor "console:NAME", host = the client address
+    "console.signin": (USER_AUTHENTICATION, "E"),          # success
+    "console.signin_failed": (USER_AUTHENTICATION, "E"),   # wrong password, unknown or disabled name, no role
+    "console.locked": (USER_AUTHENTICATION, "E"),          # a name or address just locked out
+    "console.signout": (USER_AUTHENTICATION, "E"),         # by the person, or an idle/absolute time-out
+    # console accounts changed (`cxrd users`, the accounts page)
+    "users.listed": (APPLICATION_ACTIVITY, "R"),     # who looked at the account list
+    "users.added": (SECURITY_ALERT, "C"),
+    "users.disabled": (SECURITY_ALERT, "U"),
+    "users.enabled": (SECURITY_ALERT, "U"),
+    "users.password_reset": (SECURITY_ALERT, "U"),
+    "users.role_set": (SECURITY_ALERT, "U"),
 }
 
 
