@@ -1,0 +1,1 @@
+"""The web console (see daemon/console/app.py)."""
