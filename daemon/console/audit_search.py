@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Callable, Mapping
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from storage import audit_query
@@ -150,7 +150,7 @@ def page(session: Session, search: Search) -> Page:
         return Page([], None, None, audit_query.head_seq(session))
     conds += window
     if search.after is not None and search.before is None:
-        stmt = select(*cols).where(and_(c.seq > search.after, *conds)).order_by(c.seq.asc()).limit(n + 1)
+        stmt = select(*cols).where(c.seq > search.after, *conds).order_by(c.seq.asc()).limit(n + 1)
         rows = [audit_query.as_event(r) for r in session.execute(stmt)]
         newer_exist = len(rows) > n
         rows = list(reversed(rows[:n]))
@@ -160,7 +160,7 @@ def page(session: Session, search: Search) -> Page:
             older = None
     else:
         bound = [c.seq < search.before] if search.before is not None else []
-        stmt = select(*cols).where(and_(*bound, *conds)).order_by(c.seq.desc()).limit(n + 1)
+        stmt = select(*cols).where(*bound, *conds).order_by(c.seq.desc()).limit(n + 1)
         rows = [audit_query.as_event(r) for r in session.execute(stmt)]
         older = rows[n - 1]["seq"] if len(rows) > n else None
         rows = rows[:n]
@@ -192,7 +192,7 @@ def _window_seqs(session: Session, flt: AuditFilter) -> list | None:
 
 
 def _exists(session: Session, conds: list, bound: Any) -> bool:
-    return session.execute(select(AuditEvent.seq).where(and_(bound, *conds)).limit(1)).first() is not None
+    return session.execute(select(AuditEvent.seq).where(bound, *conds).limit(1)).first() is not None
 
 
 def event(session: Session, seq: int) -> dict[str, Any] | None:

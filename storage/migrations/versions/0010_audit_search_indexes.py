@@ -7,13 +7,13 @@ of walking the whole table backwards past rows that do not match. (occurred_at, 
 per-day counts of events and failures, so they read the index alone.
 
 Revision ID: 0010
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-29 17:45:00
 """
 from alembic import op
 
 revision = '0010'
-down_revision = '0005'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
