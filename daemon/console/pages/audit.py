@@ -266,11 +266,12 @@ def day_chart(days: list[audit_search.Day], label: str) -> Markup:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="audit-chart" viewBox="0 0 {width} {height}" '
              'role="img" aria-labelledby="day-chart-title day-chart-desc">',
              f'<title id="day-chart-title">{escape(title)}</title>', f'<desc id="day-chart-desc">{escape(desc)}</desc>']
-    for i in range(5):
-        y = top + plot_h - plot_h * i / 4
+    intervals = 5 if scale % 5 == 0 else 4  # whole-number ticks: 0..50 by 10, 0..20 by 5, 0..4 by 1
+    for i in range(intervals + 1):
+        y = top + plot_h - plot_h * i / intervals
         parts.append(f'<line class="audit-chart-grid" x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}"/>')
         parts.append(f'<text class="audit-chart-tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                     f'{int(scale * i / 4)}</text>')
+                     f'{scale * i // intervals}</text>')
     for i, d in enumerate(days):
         x = left + i * step + (step - bar) / 2
         for cls, value in (("audit-chart-events", d.events), ("audit-chart-failures", d.failures)):
