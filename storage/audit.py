@@ -260,7 +260,8 @@ def _raw_rows(session: Session, sql: str, batch: int) -> Iterator[tuple]:
 
 
 def verify(session: Session, audit_key: bytes, *, expect_head: tuple[int, str] | None = None,
-           anchored_at: str | None = None, batch: int = 20000) -> VerifyReport:
+           anchored_at: str | None = None, batch: int = 20000,
+           progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Walk the chain in seq order and report the first row changed, removed or reordered.
 
     Streams driver tuples in batches so memory stays flat for millions of rows. `expect_head=(seq,
@@ -271,6 +272,8 @@ def verify(session: Session, audit_key: bytes, *, expect_head: tuple[int, str] |
     (UTC ISO, as `occurred_at` is stored) at or after the anchored head was written, can: no row the
     anchor covers is later than it, so the first later row at or below the anchored seq is where the
     removed rows began.
+
+    `progress(rows)` is called after every `batch` rows checked (a console shows how far it got).
     """
     sql = f"SELECT {', '.join(_FIELDS)}, hash FROM {AuditEvent.__tablename__} ORDER BY seq"
     prev_seq, prev_hash, rows = 0, GENESIS, 0
@@ -288,6 +291,8 @@ def verify(session: Session, audit_key: bytes, *, expect_head: tuple[int, str] |
         if not compare(row_hash(values).encode(), str(r[-1]).encode()):
             return VerifyReport(False, rows, seq, f"row {seq} content does not match its hash (modified)")
         prev_seq, prev_hash = seq, r[-1]
+        if progress is not None and rows % batch == 0:
+            progress(rows)
     if expect_head is not None:
         seq, h = expect_head
         found = session.execute(select(AuditEvent.hash).where(AuditEvent.seq == seq)).scalar()

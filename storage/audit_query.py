@@ -171,6 +171,11 @@ def _as_dict(row) -> dict[str, Any]:  # noqa: ANN001 - a Row
     return d
 
 
+#: for readers that build their own statements over the same filters (the console's keyset pages)
+conditions = _where
+as_event = _as_dict
+
+
 def query(session: Session, flt: AuditFilter, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
     """One page of matching events in seq order (oldest first)."""
     if limit < 1 or offset < 0:

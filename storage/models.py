@@ -175,6 +175,13 @@ class AuditEvent(Base):
     `occurred_at` is an ISO 8601 UTC string so the hash input is byte-exact on every backend.
     """
     __tablename__ = "audit_events"
+    # keyset search by seq under one filter, and per-day counts (migration 0010)
+    __table_args__ = (Index("ix_audit_events_type_seq", "event_type", "seq"),
+                      Index("ix_audit_events_event_id_seq", "event_id", "seq"),
+                      Index("ix_audit_events_actor_seq", "actor", "seq"),
+                      Index("ix_audit_events_outcome_seq", "outcome", "seq"),
+                      Index("ix_audit_events_study_seq", "study_uid", "seq"),
+                      Index("ix_audit_events_time_outcome", "occurred_at", "outcome"))
 
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                      autoincrement=True)

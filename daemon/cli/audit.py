@@ -86,23 +86,12 @@ def register(sub) -> None:  # noqa: ANN001
 
 
 def run_verify(args: argparse.Namespace, rt: Runtime) -> int:
-    from storage import audit, audit_anchor
-    anchor_file = rt.state_dir / audit_anchor.FILE_NAME
-    anchor, anchored_at = None, None
-    if args.expect_head:
-        head, anchored_at = _expected_head(args.expect_head)
-        if anchored_at is None:  # the same head anchored by the daemon says when it was current
-            known = audit_anchor.find(anchor_file, rt.keys.audit_key, *head)
-            anchored_at = audit_anchor.covered_until(known) if known else None
-    else:  # the last head the daemon (or `cxrd init`) anchored outside the database
-        anchor, _ = audit_anchor.last(anchor_file, rt.keys.audit_key)
-        head = anchor.head() if anchor else None
-        anchored_at = audit_anchor.covered_until(anchor) if anchor else None
+    from storage import chain_check
+    head, anchored_at = _expected_head(args.expect_head) if args.expect_head else (None, None)
     with rt.read_sessions() as s:
-        report = audit.verify(s, rt.keys.audit_key, expect_head=head, anchored_at=anchored_at)
-    result = report.as_dict() | {"anchor": {"seq": anchor.seq, "at": anchor.at} if anchor else None}
-    if report.ok and report.last_seq:
-        result["head"] = f"{report.last_seq}:{report.last_hash}@{report.last_at}"
+        report, result = chain_check.verify(s, rt.keys.audit_key, rt.state_dir, expect_head=head,
+                                            anchored_at=anchored_at)
+    anchor = result["anchor"]
     rt.audit("audit.verify", outcome=0 if report.ok else 12, **result)
     if args.format == "json":
         json.dump(result, sys.stdout, indent=2)
@@ -110,7 +99,7 @@ def run_verify(args: argparse.Namespace, rt: Runtime) -> int:
         return 0 if report.ok else 1
     if not report.ok:
         raise CommandError(f"audit chain broken at row {report.first_bad_seq}: {report.reason}")
-    reached = f"; reaches the head anchored at {anchor.at} (seq {anchor.seq})" if anchor else ""
+    reached = f"; reaches the head anchored at {anchor['at']} (seq {anchor['seq']})" if anchor else ""
     print(f"cxrd: audit chain intact ({report.rows} rows, last seq {report.last_seq}{reached})")
     return 0
 
