@@ -346,7 +346,7 @@ class Registry:
 
     def _write_shadow(self, version: str | None, origin: str) -> None:
         at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        atomic_write(self.root / SHADOW, json.dumps({"version": version, "origin": origin if version else "",
+        atomic_write(self.root / SHADOW, json.dumps({"version": version, "origin": origin,
                                                      "since": at}, indent=2) + "\n")
         with open(self.root / HISTORY, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"at": at, "event": "shadow" if version else "shadow-off", "version": version,

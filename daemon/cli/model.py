@@ -323,7 +323,8 @@ def run_shadow(args: argparse.Namespace, rt: Runtime) -> int:
     if not args.version:
         pointer = reg.shadow()
         if not pointer["version"]:
-            print("no shadow: `cxrd model shadow VERSION` runs one beside the current model")
+            last = f" (last one stopped {pointer['since']}: {pointer['origin']})" if pointer["origin"] else ""
+            print(f"no shadow{last}: `cxrd model shadow VERSION` runs one beside the current model")
             return 0
         print(f"shadow: {pointer['version']} (since {pointer['since']}, chosen by {pointer['origin']})")
         live = _live_comparison(rt, pointer["version"])
