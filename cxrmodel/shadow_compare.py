@@ -29,6 +29,7 @@ from . import metrics as M
 from .labels import LABELS
 
 WORSE, BETTER, NO_DIFFERENCE, INSUFFICIENT = "worse", "better", "no significant difference", "insufficient data"
+_WEIGHTS_PER_BLOCK = 4_000_000  # resample weights held at once (32 MB of float64)
 
 
 @dataclass(frozen=True)
@@ -111,14 +112,28 @@ def _interval(values: list[float], alpha: float) -> tuple[float, float] | None:
     return float(lo), float(hi)
 
 
-def _aucs(truth: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> list[float | None]:
-    """Per-finding AUROC over `rows`, each finding on the rows where its truth is known."""
-    out: list[float | None] = []
-    for k in range(truth.shape[1]):
-        y = truth[rows, k]
-        known = ~np.isnan(y)
-        out.append(M.roc_auc(y[known], scores[rows, k][known]) if known.any() else None)
-    return out
+def _boot_aucs(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of one finding under each row of `weights` (B, n): how many times each image was drawn.
+
+    The Mann-Whitney count with multiplicities, on scores sorted once: per distinct score, the drawn
+    positive and negative weight; a positive beats every negative below it and ties count one half
+    (what `metrics.roc_auc` counts). NaN where a draw has no positive or no negative.
+    """
+    order = np.argsort(scores, kind="mergesort")
+    s_sorted, pos = scores[order], y[order].astype(np.float64)
+    starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]
+    w = weights[:, order]
+    wp = w * pos
+    wn = w - wp
+    if len(starts) < len(s_sorted):  # tied scores: one bucket per distinct score
+        wp, wn = np.add.reduceat(wp, starts, axis=1), np.add.reduceat(wn, starts, axis=1)
+    below = np.cumsum(wn, axis=1)
+    below -= 0.5 * wn  # negatives strictly below, plus half of the tied ones
+    total_p, total_n = wp.sum(axis=1), wn.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.einsum("ij,ij->i", wp, below) / (total_p * total_n)
+    auc[(total_p == 0) | (total_n == 0)] = np.nan
+    return auc
 
 
 def compare(truth: np.ndarray, current: np.ndarray, candidate: np.ndarray, studies: Sequence[str], *,
@@ -139,44 +154,54 @@ def compare(truth: np.ndarray, current: np.ndarray, candidate: np.ndarray, studi
     pos = [int(np.nansum(Y[:, k])) for k in range(len(labels))]
     neg = [int(known[:, k].sum()) - pos[k] for k in range(len(labels))]
     judged = [k for k in range(len(labels)) if min(pos[k], neg[k]) >= min_positives]
-    all_rows = np.arange(n)
-    point_c, point_s = _aucs(Y, Pc, all_rows), _aucs(Y, Ps, all_rows)
+    point_c = [M.roc_auc(Y[known[:, k], k], Pc[known[:, k], k]) if known[:, k].any() else None
+               for k in range(len(labels))]
+    point_s = [M.roc_auc(Y[known[:, k], k], Ps[known[:, k], k]) if known[:, k].any() else None
+               for k in range(len(labels))]
 
-    # Resample studies; every statistic of one resample comes from the same draw (paired).
+    # Resample studies: each draw gives every image a weight (how often its study was drawn), and
+    # every statistic of one draw uses the same weights (paired).
     study_ids = {s: i for i, s in enumerate(dict.fromkeys(studies))}
-    members: list[list[int]] = [[] for _ in study_ids]
-    for i, s in enumerate(studies):
-        members[study_ids[s]].append(i)
-    groups = [np.asarray(m) for m in members]
-    boot_c: list[list[float]] = [[] for _ in labels]
-    boot_s: list[list[float]] = [[] for _ in labels]
-    boot_d: list[list[float]] = [[] for _ in labels]
-    boot_mean_d: list[float] = []
+    group = np.array([study_ids[s] for s in studies], dtype=np.int64)
     rng = np.random.default_rng(seed)
-    for _ in range(n_boot if n else 0):
-        drawn = rng.integers(0, len(groups), len(groups))
-        rows = np.concatenate([groups[g] for g in drawn])
-        ac, as_ = _aucs(Y, Pc, rows), _aucs(Y, Ps, rows)
+    boots = n_boot if n else 0
+    boot_c = np.full((boots, len(labels)), np.nan)
+    boot_s = np.full((boots, len(labels)), np.nan)
+    block = max(1, _WEIGHTS_PER_BLOCK // max(n, 1))  # bounded memory however many studies
+    for first in range(0, boots, block):
+        b = min(block, boots - first)
+        drawn = rng.integers(0, len(study_ids), (b, len(study_ids)))
+        counts = np.zeros((b, len(study_ids)))
+        np.add.at(counts, (np.repeat(np.arange(b), len(study_ids)), drawn.ravel()), 1.0)
+        weights = counts[:, group]
         for k in range(len(labels)):
-            if ac[k] is not None and as_[k] is not None:
-                boot_c[k].append(ac[k])
-                boot_s[k].append(as_[k])
-                boot_d[k].append(as_[k] - ac[k])
-        defined = [k for k in judged if ac[k] is not None and as_[k] is not None]
-        if defined:
-            boot_mean_d.append(float(np.mean([as_[k] - ac[k] for k in defined])))
+            m = known[:, k]
+            if m.any():
+                wk = weights if m.all() else weights[:, m]
+                boot_c[first:first + b, k] = _boot_aucs(Y[m, k], Pc[m, k], wk)
+                boot_s[first:first + b, k] = _boot_aucs(Y[m, k], Ps[m, k], wk)
+    boot_d = boot_s - boot_c
+    judged_d = boot_d[:, judged]
+    defined = ~np.isnan(judged_d)
+    has = defined.any(axis=1) if judged else np.zeros(boots, dtype=bool)
+    boot_mean_d = [float(np.nanmean(row)) for row in judged_d[has]]
+
+    def col(a: np.ndarray, k: int) -> list[float]:
+        v = a[:, k]
+        return [float(x) for x in v[~np.isnan(v)]]
 
     per_label = []
     for k, label in enumerate(labels):
         c, s = point_c[k], point_s[k]
         per_label.append(LabelComparison(
-            label, int(known[:, k].sum()), pos[k], k in judged, c, _interval(boot_c[k], alpha), s,
-            _interval(boot_s[k], alpha), None if c is None or s is None else s - c, _interval(boot_d[k], alpha)))
+            label, int(known[:, k].sum()), pos[k], k in judged, c, _interval(col(boot_c, k), alpha), s,
+            _interval(col(boot_s, k), alpha), None if c is None or s is None else s - c,
+            _interval(col(boot_d, k), alpha)))
     mean_c = M.mean_defined([point_c[k] for k in judged])
     mean_s = M.mean_defined([point_s[k] for k in judged])
     mean_d = None if mean_c is None or mean_s is None else mean_s - mean_c
     mean_ci = _interval(boot_mean_d, alpha) if judged else None
-    where = f"{len(groups)} live labeled studies ({n} images)"
+    where = f"{len(study_ids)} live labeled studies ({n} images)"
     if not judged or mean_d is None or mean_ci is None:
         verdict = INSUFFICIENT
         summary = (f"{INSUFFICIENT}: {where}; no finding has {min_positives} positive and {min_positives} "
@@ -191,7 +216,7 @@ def compare(truth: np.ndarray, current: np.ndarray, candidate: np.ndarray, studi
         summary = (f"{verdict}: mean AUROC {mean_s:.3f} vs {mean_c:.3f}, difference {mean_d:+.3f} "
                    f"(95% CI {mean_ci[0]:+.3f} to {mean_ci[1]:+.3f}) over {len(judged)} findings, {where}; "
                    f"fewest positives {min(pos[k] for k in judged)}")
-    return Comparison(candidate_version, current_version, n, len(groups), min_positives, n_boot, tuple(per_label),
+    return Comparison(candidate_version, current_version, n, len(study_ids), min_positives, n_boot, tuple(per_label),
                       tuple(labels[k] for k in judged), mean_c, mean_s, mean_d, mean_ci, verdict, summary)
 
 

@@ -52,8 +52,9 @@ def _list_runs(args: argparse.Namespace, rt: Runtime) -> int:
             if r["candidate"] in live:
                 print(f"     live shadow vs {live[r['candidate']].current or '-'}: {live[r['candidate']].summary}")
         if shadow["version"]:
-            print(f"shadow now: {shadow['version']} (since {shadow['since']}, {shadow['origin']})"
-                  + ("" if shadow["version"] in live else "; no live image scored yet"))
+            now = live.get(shadow["version"])
+            print(f"shadow now: {shadow['version']} (since {shadow['since']}, {shadow['origin']}): "
+                  + (f"live vs {now.current or '-'}: {now.summary}" if now else "no live image scored yet"))
     return 0
 
 

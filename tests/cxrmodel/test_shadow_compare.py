@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from cxrmodel import metrics as M
 from cxrmodel import shadow_compare as S
 from cxrmodel.labels import LABELS
 
@@ -104,3 +105,15 @@ def test_mismatched_inputs_are_refused():
     Y, Pc, Ps = case([1, 0], [0.9, 0.1], [0.9, 0.1])
     with pytest.raises(ValueError):
         S.compare(Y, Pc, Ps, ["only-one"])
+
+
+def test_a_resamples_weighted_auroc_is_the_auroc_of_the_resampled_images():
+    """The bootstrap scores a draw by multiplicities; that must equal scoring the drawn images (ties too)."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 50).astype(float)
+    s = np.round(rng.random(50), 1)  # many ties
+    drawn = rng.integers(0, 50, 50)
+    weights = np.bincount(drawn, minlength=50).astype(float)[None, :]
+    assert S._boot_aucs(y, s, weights)[0] == pytest.approx(M.roc_auc(y[drawn], s[drawn]))
+    assert S._boot_aucs(y, s, np.ones((1, 50)))[0] == pytest.approx(M.roc_auc(y, s))
+    assert np.isnan(S._boot_aucs(y, s, (y == 1).astype(float)[None, :])[0])  # a draw of positives only
