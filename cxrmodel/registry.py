@@ -1,14 +1,15 @@
 """Model versions on disk: `{models_dir}/<version>/{weights.pt, manifest.json}` plus one pointer.
 
-`current.json` names the current version and the stack of versions that were current before it,
-in one file replaced atomically (write temp, fsync, rename): a crash leaves the old or the new
-pointer, never half of one, and `rollback` always knows where to return. `history.jsonl` is an
-append-only log of promotions, rollbacks and shadow choices for people; `shadow.json`
+`current.json` names the current version and the stack of versions that were current before it, in
+one file replaced atomically (write temp, fsync, rename): a crash leaves the old or the new pointer,
+never half of one, and `rollback` always knows where to return. `history.jsonl` is an append-only
+log of promotions, rollbacks and shadow choices for people; `shadow.json`
 (`cxrmodel.shadow_pointer`) names the one version, if any, that runs in shadow beside the current
-one. Loading verifies the weights' sha256 against the manifest, so a corrupted or swapped file is refused rather than used. Importing a file
-that is already a version (same sha256 of the file, same format and output mapping) is refused
-with `DuplicateModelError` naming that version: one set of weights is one version, so its
-evaluation, promotions and predictions are not split across two names.
+one. Loading verifies the weights' sha256 against the manifest, so a corrupted or swapped file is
+refused rather than used. Importing a file that is already a version (same sha256 of the file, same
+format and output mapping) is refused with `DuplicateModelError` naming that version: one set of
+weights is one version, so its evaluation, promotions and predictions are not split across two
+names.
 
 Training hands a trained module here::
 

@@ -231,7 +231,8 @@ def run_list(args: argparse.Namespace, rt: Runtime) -> int:
         verdict = verdicts[i.version]
         floor_text = "clears" if verdict.passed else ("not evaluated" if "no evaluation" in verdict.summary
                                                       else "below")
-        print(f"{'*' if i.current else 's' if i.version == shadow else ' ':2}{i.version:<34}{i.created:<27}{i.source or '-':<17}{auroc_text:<12}"
+        mark = "*" if i.current else "s" if i.version == shadow else " "
+        print(f"{mark:2}{i.version:<34}{i.created:<27}{i.source or '-':<17}{auroc_text:<12}"
               f"{floor_text}")
     if shadow:
         print("(* current, s shadow: scored on live images, nothing sent; `cxrd model report VERSION`)")

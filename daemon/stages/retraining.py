@@ -70,7 +70,8 @@ def inbox_batches(inbox: Path) -> list[Batch]:
 
 def used_batches(rt: Runtime) -> set[str]:
     with rt.read_sessions() as s:
-        reports = s.scalars(select(RetrainRun.report).where(RetrainRun.outcome.in_(("promoted", "rejected", "shadowed"))))
+        reports = s.scalars(select(RetrainRun.report)
+                            .where(RetrainRun.outcome.in_(("promoted", "rejected", "shadowed"))))
         return {name for r in reports for name in json.loads(r or "{}").get("batches", [])}
 
 

@@ -91,7 +91,8 @@ def test_shadow_runs_on_a_live_push_sends_nothing_and_its_comparison_blocks_prom
     # Ground truth the current model ranks right and the candidate ranks wrong, per finding: the
     # images where the current model's rank most exceeds the candidate's are the positives.
     current: dict[str, dict[str, float]] = {}
-    for uid, label, p in db_rows(d.state_dir, select(Instance.sop_instance_uid, Prediction.label, Prediction.probability)
+    for uid, label, p in db_rows(d.state_dir, select(Instance.sop_instance_uid, Prediction.label,
+                                                     Prediction.probability)
                                  .join(Prediction, Prediction.instance_id == Instance.id)):
         current.setdefault(uid, {})[label] = p
     candidate = {uid: json.loads(text) for uid, text in db_rows(

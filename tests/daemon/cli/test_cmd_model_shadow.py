@@ -145,7 +145,8 @@ def test_rows_edited_in_sql_are_left_out_of_the_comparison(cli_state, models):
     rt = runtime()
     plant(rt, 40, candidate_backwards=False)
     with rt.sessions() as s, s.begin():
-        probs = json.loads(s.execute(text("SELECT probabilities FROM shadow_predictions WHERE instance_id = 1")).scalar())
+        stored = s.execute(text("SELECT probabilities FROM shadow_predictions WHERE instance_id = 1")).scalar()
+        probs = json.loads(stored)
         probs["Effusion"] = 0.0  # a candidate made to look better by an edit
         s.execute(text("UPDATE shadow_predictions SET probabilities = :p WHERE instance_id = 1"),
                   {"p": shadow_rows.canonical(probs)})
