@@ -144,6 +144,18 @@ class Promotion:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    after_retrain: bool = _f(False, "A candidate from scheduled retraining that clears the promotion floor and is "
+                                    "no worse than the current model on held-out images runs in shadow (live "
+                                    "traffic, nothing sent) instead of becoming current at once")
+    min_labeled_studies: int = _f(200, "A shadow put there by retraining is promoted automatically (at the next "
+                                       "retraining run) once this many live studies with ground truth were scored "
+                                       "by both models and the candidate is not significantly worse; turned off "
+                                       "if it is significantly worse. A shadow chosen with `cxrd model shadow` "
+                                       "is never promoted automatically", min=1, max=10000000)
+
+
+@dataclass(frozen=True)
 class Model:
     device: str = _f("cpu", "Torch device for inference (cpu, cuda, cuda:0, ...)")
     batch_size: int = _f(8, "Images per inference batch", min=1, max=512)
@@ -156,6 +168,8 @@ class Model:
     workers: int = _f(1, "1 = this `serve` process runs the inference worker; 0 = ingest-only role "
                          "(another daemon sharing the database does inference)", min=0, max=1)
     promotion: Promotion = _f(Promotion, "The evidence a model needs before it becomes current", factory=True)
+    shadow: Shadow = _f(Shadow, "Shadow candidates: a second model scored on live traffic beside the current one, "
+                                "compared on live labeled studies, never sent (`cxrd model shadow`)", factory=True)
 
 
 @dataclass(frozen=True)

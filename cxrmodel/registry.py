@@ -1,13 +1,15 @@
 """Model versions on disk: `{models_dir}/<version>/{weights.pt, manifest.json}` plus one pointer.
 
-`current.json` names the current version and the stack of versions that were current before it,
-in one file replaced atomically (write temp, fsync, rename): a crash leaves the old or the new
-pointer, never half of one, and `rollback` always knows where to return. `history.jsonl` is an
-append-only log of promotions and rollbacks for people. Loading verifies the weights' sha256
-against the manifest, so a corrupted or swapped file is refused rather than used. Importing a file
-that is already a version (same sha256 of the file, same format and output mapping) is refused
-with `DuplicateModelError` naming that version: one set of weights is one version, so its
-evaluation, promotions and predictions are not split across two names.
+`current.json` names the current version and the stack of versions that were current before it, in
+one file replaced atomically (write temp, fsync, rename): a crash leaves the old or the new pointer,
+never half of one, and `rollback` always knows where to return. `history.jsonl` is an append-only
+log of promotions, rollbacks and shadow choices for people; `shadow.json`
+(`cxrmodel.shadow_pointer`) names the one version, if any, that runs in shadow beside the current
+one. Loading verifies the weights' sha256 against the manifest, so a corrupted or swapped file is
+refused rather than used. Importing a file that is already a version (same sha256 of the file, same
+format and output mapping) is refused with `DuplicateModelError` naming that version: one set of
+weights is one version, so its evaluation, promotions and predictions are not split across two
+names.
 
 Training hands a trained module here::
 
@@ -38,6 +40,7 @@ from .errors import DuplicateModelError, IntegrityError, ModelError, NoModelErro
 from .manifest import Manifest
 from .network import ArchSpec, ChestNet, build, probabilities
 from .pointer import CURRENT, read_pointer
+from .shadow_pointer import SHADOW, read_shadow
 from .preprocess import PreprocessSpec, Source, preprocess
 from .weights import Imported, sha256_file
 
@@ -305,6 +308,7 @@ class Registry:
             return old
         previous = ptr["previous"] + ([old] if old else [])
         self._set_pointer(version, previous[-50:], "promote")
+        self._end_shadow_of(version)
         return old
 
     def rollback(self) -> str:
@@ -316,7 +320,45 @@ class Registry:
                 raise ModelError("nothing to roll back to: no model was current before this one")
             target = previous.pop()
             self._set_pointer(target, previous, "rollback")
+            self._end_shadow_of(target)
             return target
+
+    # ------------------------------------------------------------------ shadow candidate
+    def shadow(self) -> dict[str, Any]:
+        """The shadow pointer (`cxrmodel.shadow_pointer.read_shadow`): version None when there is none."""
+        return read_shadow(self.root)
+
+    def set_shadow(self, version: str | None, origin: str = "admin", *, only_if: str | None = None) -> str | None:
+        """Run `version` in shadow (None: no shadow); returns the version that was in shadow before.
+
+        At most one shadow: choosing another replaces it. The current model is never its own shadow.
+        With `only_if`, nothing changes unless that version is the shadow now (the worker turning off
+        a broken shadow must not turn off one an administrator chose meanwhile).
+        """
+        with self._locked():
+            if version is not None:
+                self.manifest(version)  # exists and parses
+                if self._pointer()["version"] == version:
+                    raise ModelError(f"{version} is the current model: a shadow runs beside the current one")
+            before = read_shadow(self.root)["version"]
+            if only_if is None or before == only_if:
+                self._write_shadow(version, origin)
+            return before
+
+    def _write_shadow(self, version: str | None, origin: str) -> None:
+        at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        atomic_write(self.root / SHADOW, json.dumps({"version": version, "origin": origin,
+                                                     "since": at}, indent=2) + "\n")
+        with open(self.root / HISTORY, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"at": at, "event": "shadow" if version else "shadow-off", "version": version,
+                                 "origin": origin}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _end_shadow_of(self, version: str) -> None:
+        """A version that becomes current stops being the shadow (it would run twice on every image)."""
+        if read_shadow(self.root)["version"] == version:
+            self._write_shadow(None, "became current")
 
     def history(self) -> list[dict[str, Any]]:
         p = self.root / HISTORY

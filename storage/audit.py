@@ -76,6 +76,11 @@ EVENTS: dict[str, tuple[str, str]] = {
     "model.rejected": (APPLICATION_ACTIVITY, "E"),
     "model.rollback": (APPLICATION_ACTIVITY, "U"),
     "model.imported": (IMPORT, "C"),
+    # shadow candidates (daemon.stages.shadow): chosen, stopped, turned off by the worker, put by retraining
+    "model.shadow": (APPLICATION_ACTIVITY, "U"),
+    "model.shadow.off": (APPLICATION_ACTIVITY, "U"),
+    "model.shadow.disabled": (APPLICATION_ACTIVITY, "E"),
+    "model.shadowed": (APPLICATION_ACTIVITY, "E"),
     "reid.lookup": (PATIENT_RECORD, "R"),
     "reid.refused": (PATIENT_RECORD, "R"),
     "backup.created": (EXPORT, "R"),

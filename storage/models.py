@@ -121,6 +121,26 @@ class Prediction(Base):
     mac: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
+class ShadowPrediction(Base):
+    """A shadow candidate's probabilities for one image, beside the current model's (storage.shadow).
+
+    Never read by the results stage: nothing here is ever sent. `probabilities` is a JSON object
+    {finding: probability}; `current_version` is the model whose batch it ran beside; `mac` is an HMAC
+    over all of it and the pseudonymous SOP Instance UID, so an edited row is left out of comparisons.
+    """
+    __tablename__ = "shadow_predictions"
+    __table_args__ = (UniqueConstraint("instance_id", "model_version"),
+                      Index("ix_shadow_predictions_version", "model_version", "current_version"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(String(64))
+    current_version: Mapped[str] = mapped_column(String(64))
+    probabilities: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    mac: Mapped[str] = mapped_column(String(64))
+
+
 class Result(Base):
     """A result object (SR or heatmap) to send back to the PACS for one study and model version."""
     __tablename__ = "results"
@@ -263,7 +283,8 @@ class RetrainRun(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     trigger: Mapped[str] = mapped_column(String(16), default="schedule")
-    outcome: Mapped[str] = mapped_column(String(16), default="running")  # running promoted rejected failed skipped
+    # running promoted rejected shadowed failed skipped
+    outcome: Mapped[str] = mapped_column(String(16), default="running")
     candidate_version: Mapped[str] = mapped_column(String(64), default="")
     report: Mapped[str] = mapped_column(Text, default="{}")
 

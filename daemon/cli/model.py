@@ -1,4 +1,4 @@
-"""`cxrd predict` and `cxrd model list|promote|rollback|import`: the model registry from the shell.
+"""`cxrd predict` and `cxrd model list|promote|rollback|import|shadow|report`: the registry from the shell.
 
 `predict` classifies files directly (no DICOM network, no database, nothing stored), so a person
 can check a model on a few films before promoting it, and IT can validate an installation. It
@@ -13,6 +13,13 @@ line naming the number and the floor, and is audited. `--force` overrides the fl
 record names what it overrode; an import without evaluation data is made current only with
 `--promote-without-evaluation`. `rollback` is not judged: it returns to a model that was current
 before, and it is the way out of a bad model, which must never be blocked.
+
+`shadow VERSION` runs a candidate on live traffic beside the current model, sending nothing
+(`daemon.stages.shadow`); `shadow --off` stops it; both are audited. A version with live shadow data
+is also judged on it when promoted: one significantly worse than the current model on the same
+live labeled studies is refused like a floor failure (`--force` overrides, audited), and the
+comparison goes into the promotion's audit record. `report VERSION` prints a version's evaluation
+and its live shadow comparison.
 """
 from __future__ import annotations
 
@@ -65,6 +72,18 @@ def register(sub) -> None:  # noqa: ANN001
 
     a = actions.add_parser("rollback", help="return to the model that was current before")
     a.set_defaults(func=run_rollback)
+
+    a = actions.add_parser("shadow", help="run VERSION on live images beside the current model, sending nothing "
+                                          "(--off: stop); without arguments: show the shadow")
+    a.add_argument("version", metavar="VERSION", nargs="?")
+    a.add_argument("--off", action="store_true", help="stop running a shadow candidate")
+    a.set_defaults(func=run_shadow)
+
+    a = actions.add_parser("report", help="a version's evaluation on record and its live shadow comparison")
+    a.add_argument("version", metavar="VERSION")
+    a.add_argument("--format", choices=("table", "json"), default="table")
+    a.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the live comparison")
+    a.set_defaults(func=run_report)
 
     a = actions.add_parser("import", help="add a model from a local weights file")
     a.add_argument("file", metavar="FILE", help="weights file (state dict)")
@@ -194,9 +213,11 @@ def run_list(args: argparse.Namespace, rt: Runtime) -> int:
     infos = rt.registry.list()
     floor = _floor(rt)
     verdicts = {i.version: judge(i.metrics, floor) for i in infos}
+    shadow = rt.registry.shadow()["version"]
     if args.format == "json":
-        json.dump([{**i.to_dict(), "promotion_floor": {"passed": verdicts[i.version].passed,
-                                                       "summary": verdicts[i.version].summary}}
+        json.dump([{**i.to_dict(), "shadow": i.version == shadow,
+                    "promotion_floor": {"passed": verdicts[i.version].passed,
+                                        "summary": verdicts[i.version].summary}}
                    for i in infos], sys.stdout, indent=2)
         print()
         return 0
@@ -210,8 +231,11 @@ def run_list(args: argparse.Namespace, rt: Runtime) -> int:
         verdict = verdicts[i.version]
         floor_text = "clears" if verdict.passed else ("not evaluated" if "no evaluation" in verdict.summary
                                                       else "below")
-        print(f"{'*' if i.current else ' ':2}{i.version:<34}{i.created:<27}{i.source or '-':<17}{auroc_text:<12}"
+        mark = "*" if i.current else "s" if i.version == shadow else " "
+        print(f"{mark:2}{i.version:<34}{i.created:<27}{i.source or '-':<17}{auroc_text:<12}"
               f"{floor_text}")
+    if shadow:
+        print("(* current, s shadow: scored on live images, nothing sent; `cxrd model report VERSION`)")
     return 0
 
 
@@ -254,16 +278,124 @@ def run_promote(args: argparse.Namespace, rt: Runtime) -> int:
         metrics = dict(loaded.manifest.metrics)
     floor = _floor(rt)
     verdict = judge(metrics, floor)
-    if not verdict.passed and not args.force:
-        rt.audit("model.rejected", outcome=4, version=args.version, refused=list(verdict.failures),
-                 promotion=verdict.audit_details(floor))
-        raise CommandError(f"{args.version} not promoted: {verdict.summary} (`--force` promotes it anyway, "
-                           f"audited)")
+    live = _live_comparison(rt, args.version)  # on the same live labeled studies as the current model
+    if live is not None:
+        print("\n".join(live.lines()))
+    from daemon.stages.shadow import shadow_refusal
+    live_refusal = shadow_refusal(live)
+    failures = list(verdict.failures) + ([live_refusal] if live_refusal else [])
+    live_details = live.to_dict() if live is not None else None
+    if failures and not args.force:
+        rt.audit("model.rejected", outcome=4, version=args.version, refused=failures,
+                 promotion=verdict.audit_details(floor), live_shadow=live_details)
+        raise CommandError(f"{args.version} not promoted: {'; '.join(failures) if live_refusal else verdict.summary} "
+                           f"(`--force` promotes it anyway, audited)")
     previous = reg.promote(args.version)
-    rt.audit("model.promoted", version=args.version, previous=previous, forced=not verdict.passed,
-             overridden=list(verdict.failures) or None, promotion=verdict.audit_details(floor))
+    rt.audit("model.promoted", version=args.version, previous=previous, forced=bool(failures),
+             overridden=failures or None, promotion=verdict.audit_details(floor), live_shadow=live_details)
     print(f"current model: {args.version}" + (f" (was {previous})" if previous and previous != args.version else ""))
-    print(("promoted by --force, overriding: " if not verdict.passed else "evidence: ") + verdict.summary)
+    if failures:
+        print("promoted by --force, overriding: " + "; ".join(failures))
+    else:
+        print("evidence: " + verdict.summary)
+    return 0
+
+
+def _live_comparison(rt: Runtime, version: str, n_boot: int = 1000):  # noqa: ANN202 - Comparison | None
+    """`version`'s live shadow comparison with the current model, None if it never ran in shadow."""
+    from daemon.stages.shadow import live_comparison
+    from cxrmodel.pointer import read_pointer
+    current = read_pointer(rt.models_dir)["version"]
+    if current == version:
+        return None
+    return live_comparison(rt.read_sessions, rt.keys, version, current,
+                           min_positives=int(rt.settings.model.promotion.min_positives), n_boot=n_boot)
+
+
+def run_shadow(args: argparse.Namespace, rt: Runtime) -> int:
+    reg = rt.registry
+    if args.off and args.version:
+        raise CommandError("give VERSION or --off, not both", 2)
+    if args.off:
+        previous = reg.set_shadow(None, "admin")
+        rt.audit("model.shadow.off", version=previous)
+        print(f"shadow off (was {previous})" if previous else "no shadow was running")
+        return 0
+    if not args.version:
+        pointer = reg.shadow()
+        if not pointer["version"]:
+            last = f" (last one stopped {pointer['since']}: {pointer['origin']})" if pointer["origin"] else ""
+            print(f"no shadow{last}: `cxrd model shadow VERSION` runs one beside the current model")
+            return 0
+        print(f"shadow: {pointer['version']} (since {pointer['since']}, chosen by {pointer['origin']})")
+        live = _live_comparison(rt, pointer["version"])
+        print("\n".join(live.lines()) if live else "no live image scored in shadow yet")
+        return 0
+    loaded = reg.load(args.version)  # a version whose weights fail verification is refused here
+    current = reg.current()
+    if current is not None:
+        if current.version == args.version:
+            raise CommandError(f"{args.version} is the current model: a shadow runs beside the current one")
+        spec = reg.manifest(current.version).preprocessing
+        if spec != loaded.manifest.preprocessing:
+            raise CommandError(f"{args.version} prepares images differently from the current model {current.version} "
+                               f"({_spec_text(loaded.manifest.preprocessing)} vs {_spec_text(spec)}): a shadow "
+                               f"runs on the current model's preprocessed images")
+    previous = reg.set_shadow(args.version, "admin")
+    rt.audit("model.shadow", version=args.version, previous=previous, current=current.version if current else None)
+    print(f"shadow: {args.version} runs on new images beside the current model "
+          f"{current.version if current else '(none yet)'}; nothing it says is sent"
+          + (f" (replaces {previous})" if previous and previous != args.version else ""))
+    print(f"compare: `cxrd model report {args.version}` once live studies have ground truth (`cxrd labels import`)")
+    return 0
+
+
+def _spec_text(spec: Any) -> str:
+    return f"{spec.size} px, {spec.channels} channel(s), range {tuple(spec.value_range)}, {spec.square}"
+
+
+def run_report(args: argparse.Namespace, rt: Runtime) -> int:
+    from cxrmodel.pointer import read_pointer
+    from cxrmodel.promotion import judge
+
+    reg = rt.registry
+    manifest = reg.manifest(args.version)
+    current = read_pointer(rt.models_dir)["version"]
+    shadow = reg.shadow()
+    floor = _floor(rt)
+    verdict = judge(manifest.metrics, floor)
+    live = _live_comparison(rt, args.version, args.n_boot)
+    role = ("current" if current == args.version else f"shadow since {shadow['since']} ({shadow['origin']})"
+            if shadow["version"] == args.version else "candidate")
+    if args.format == "json":
+        json.dump({"version": args.version, "created": manifest.created, "role": role, "current": current,
+                   "source": dict(manifest.source), "training": dict(manifest.training),
+                   "metrics": dict(manifest.metrics),
+                   "promotion_floor": {"passed": verdict.passed, "summary": verdict.summary},
+                   "live_shadow": live.to_dict() if live else None}, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    m = manifest.metrics
+    print(f"model {args.version} ({role}); created {manifest.created}; source {manifest.source.get('format', '-')}")
+    if isinstance(m.get("n_images"), int):
+        print(f"Evaluation on record: {m.get('evaluated_on')}, {m['n_images']} images")
+        cis, aurocs, positives = m.get("auroc_ci95") or {}, m.get("auroc") or {}, m.get("positives") or {}
+        for label in LABELS:
+            ci = cis.get(label)
+            auc = aurocs.get(label)
+            print(f"  {label:<19}{positives.get(label, '-'):>5}  "
+                  + (f"{auc:.3f}" if isinstance(auc, (int, float)) else "-")
+                  + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""))
+    else:
+        print("Evaluation on record: none (`cxrd model promote VERSION --evaluate-on DATA` evaluates it)")
+    print(("Promotion floor: clears: " if verdict.passed else "Promotion floor: below: ") + verdict.summary)
+    if current == args.version:
+        print("Live shadow comparison: none (this is the current model; a candidate is compared with it)")
+    elif live is None:
+        print(f"Live shadow comparison: none ({args.version} has not run in shadow; `cxrd model shadow "
+              f"{args.version}`)")
+    else:
+        print("\n".join(live.lines()))
     return 0
 
 

@@ -1,4 +1,8 @@
-"""`cxrd retrain`: run the scheduled retraining job now (what the schedule runs), and show past runs."""
+"""`cxrd retrain`: run the scheduled retraining job now (what the schedule runs), and show past runs.
+
+`--list` also shows, under each run whose candidate ran in shadow, its live comparison with the current
+model on the same labeled studies (`daemon.stages.shadow`), and the shadow running now.
+"""
 from __future__ import annotations
 
 import argparse
@@ -37,9 +41,36 @@ def _list_runs(args: argparse.Namespace, rt: Runtime) -> int:
         runs = [{"id": r.id, "started_at": r.started_at.isoformat(), "trigger": r.trigger,
                  "outcome": r.outcome, "candidate": r.candidate_version, "report": json.loads(r.report or "{}")}
                 for r in s.scalars(select(RetrainRun).order_by(RetrainRun.id))]
+    shadow, live = _live_shadow(rt, {r["candidate"] for r in runs if r["candidate"]})
+    for r in runs:
+        r["live_shadow"] = live[r["candidate"]].to_dict() if r["candidate"] in live else None
     if args.format == "json":
         print(json.dumps(runs, indent=2))
     else:
         for r in runs:
             print(f"{r['id']:4d} {r['started_at'][:19]} {r['trigger']:8} {r['outcome']:9} {r['candidate']}")
+            if r["candidate"] in live:
+                print(f"     live shadow vs {live[r['candidate']].current or '-'}: {live[r['candidate']].summary}")
+        if shadow["version"]:
+            now = live.get(shadow["version"])
+            print(f"shadow now: {shadow['version']} (since {shadow['since']}, {shadow['origin']}): "
+                  + (f"live vs {now.current or '-'}: {now.summary}" if now else "no live image scored yet"))
     return 0
+
+
+def _live_shadow(rt: Runtime, candidates: set[str]):  # noqa: ANN202 - (pointer, {version: Comparison})
+    """The shadow pointer, and the live comparison of every candidate that ran in shadow (torch-free)."""
+    from cxrmodel.pointer import read_pointer
+    from cxrmodel.shadow_pointer import read_shadow
+    from daemon.stages.shadow import live_comparison
+    from storage.shadow import versions
+
+    current = read_pointer(rt.models_dir)["version"]
+    shadow = read_shadow(rt.models_dir)
+    with rt.read_sessions() as s:
+        scored = set(versions(s))
+    wanted = (candidates | ({shadow["version"]} if shadow["version"] else set())) & scored - {current}
+    min_positives = int(rt.settings.model.promotion.min_positives)
+    live = {v: c for v in sorted(wanted)
+            if (c := live_comparison(rt.read_sessions, rt.keys, v, current, min_positives=min_positives)) is not None}
+    return shadow, live

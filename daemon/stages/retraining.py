@@ -8,6 +8,11 @@ candidate is promoted only if its evidence clears the promotion floor (`cxrmodel
 `[model.promotion]`: shown better than chance; the first model too) and it is not worse than the
 current model (`cxrmodel.evaluate.compare`); otherwise it is kept, unpromoted, with its report and
 the reasons. Every run, promotion and rejection is a `retrain_runs` row and audited.
+
+With `model.shadow.after_retrain`, a candidate that would be promoted runs in shadow instead (outcome
+`shadowed`, `daemon.stages.shadow`): it is promoted by a later run once `model.shadow.min_labeled_studies`
+live labeled studies show it is not significantly worse than the current model, and turned off if
+they show it is. Each run starts with that decision, even a run that then finds no new data.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from cxrmodel.promotion import Floor, judge, with_evidence
 from cxrmodel.train import load_trained
 from daemon.ops.logs import event
 from daemon.runtime import Runtime
+from daemon.stages.shadow import settle_retrained_shadow
 from storage import audit
 from storage.keys import derive_key, read_master_key
 from storage.models import RetrainRun, utcnow
@@ -64,7 +70,8 @@ def inbox_batches(inbox: Path) -> list[Batch]:
 
 def used_batches(rt: Runtime) -> set[str]:
     with rt.read_sessions() as s:
-        reports = s.scalars(select(RetrainRun.report).where(RetrainRun.outcome.in_(("promoted", "rejected"))))
+        reports = s.scalars(select(RetrainRun.report)
+                            .where(RetrainRun.outcome.in_(("promoted", "rejected", "shadowed"))))
         return {name for r in reports for name in json.loads(r or "{}").get("batches", [])}
 
 
@@ -104,6 +111,13 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
         run_id = run.id
     summary: dict[str, Any] = {"batches": [b.name for b in batches], "new_batches": [b.name for b in fresh],
                                "new_images": new_images}
+    try:
+        shadow_decision = settle_retrained_shadow(rt)
+    except Exception as exc:  # the live comparison must never stop a retraining run
+        log.error("retrain.shadow_failed", exc_info=exc)
+        shadow_decision = {"outcome": "failed", "error": type(exc).__name__}
+    if shadow_decision is not None:
+        summary["shadow_decision"] = shadow_decision
     if new_images < s.min_new_images:
         summary["reason"] = f"{new_images} new labeled images (< {s.min_new_images})"
         return _finish(rt, run_id, "skipped", summary)
@@ -131,6 +145,8 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
         metrics = with_evidence(E.manifest_metrics(cand_report, "test"), truth, probabilities, floor)
         verdict = judge(metrics, floor)
         promote = better and verdict.passed
+        shadowed = promote and rt.settings.model.shadow.after_retrain and current is not None
+        promote = promote and not shadowed
         reasons = list(verdict.failures) + reasons  # the floor first: it is the reason a person reads
         version = rt.registry.add(candidate, promote=promote, thresholds=result["thresholds"],
                                   preprocessing=spec, metrics=metrics,
@@ -141,6 +157,11 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
                        promotion=verdict.audit_details(floor),
                        candidate_mean_auroc=cand_report.get("mean_auroc"),
                        current_mean_auroc=cur_report.get("mean_auroc") if cur_report else None)
+        if shadowed:
+            summary["shadow"] = _into_shadow(rt, version, current.version, run_id)
+            if summary["shadow"]["running"]:
+                return _finish(rt, run_id, "shadowed", summary, version)
+            reasons.append(f"not run in shadow: {summary['shadow']['why']}")
         return _finish(rt, run_id, "promoted" if promote else "rejected", summary, version)
     except Exception as exc:  # a failed run must never take the daemon or the current model down
         summary["error"] = str(exc) if isinstance(exc, ModelError) else type(exc).__name__
@@ -148,6 +169,15 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
         return _finish(rt, run_id, "failed", summary)
     finally:
         shutil.rmtree(work / "data", ignore_errors=True)
+
+
+def _into_shadow(rt: Runtime, version: str, current: str, run_id: int) -> dict[str, Any]:
+    """Run the candidate in shadow instead of promoting it (it replaces an earlier shadow)."""
+    if rt.registry.manifest(version).preprocessing != rt.registry.manifest(current).preprocessing:
+        return {"running": False, "why": f"prepares images differently from {current}: cannot share its tensors"}
+    previous = rt.registry.set_shadow(version, f"retrain:{run_id}")
+    return {"running": True, "replaces": previous, "beside": current,
+            "promoted_after": rt.settings.model.shadow.min_labeled_studies}
 
 
 def _current(rt: Runtime):  # noqa: ANN202 - LoadedModel | None
@@ -187,7 +217,7 @@ def _finish(rt: Runtime, run_id: int, outcome: str, summary: dict[str, Any], ver
         run.outcome, run.finished_at, run.candidate_version = outcome, utcnow(), version
         run.report = json.dumps(summary, default=str)
         actor, host = "cxrd:scheduler", rt.hostname
-        if outcome in ("promoted", "rejected"):
+        if outcome in ("promoted", "rejected", "shadowed"):
             audit.append(session, rt.keys.audit_key, event_type="model.trained", actor=actor, host=host,
                          details={"run": run_id, "version": version, "new_images": summary["new_images"]})
             audit.append(session, rt.keys.audit_key, event_type=f"model.{outcome}", actor=actor, host=host,

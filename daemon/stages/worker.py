@@ -10,7 +10,9 @@ Three threads form a pipeline: claim + decrypt + decode + preprocess, then the f
 bottleneck), then the database writes, so the forward pass never waits on vault reads, JPEG 2000
 decoding, resizing or commits. In `cxrd serve` ingest wakes the claimer as soon as it commits a job;
 polling is only for jobs committed by other daemons. After committing predictions the worker asks
-the results stage for a report of each study (`daemon.stages.results.schedule_result`).
+the results stage for a report of each study (`daemon.stages.results.schedule_result`). A shadow
+candidate, when one is chosen, runs on each batch after the current model and its rows are stored
+apart, never sent (`daemon.stages.shadow`).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from cxrmodel.registry import LoadedModel, Registry
 from daemon.ops.logs import event, mask
 from daemon.stages.leases import release_dead_claims, worker_id
 from daemon.stages.results import schedule_result
+from daemon.stages.shadow import ShadowBatch, ShadowRunner
 from storage import audit, records
 from storage.dicomfile import checked_instance
 from storage.errors import StorageError, TamperError
@@ -200,13 +203,16 @@ class Worker:
         self.batches = BatchFormer(engine_settings.batch_size, engine_settings.max_batch_wait_ms / 1000.0)
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._done: queue.Queue[Forwarded] = queue.Queue(maxsize=2)
+        self._done: queue.Queue[Forwarded | ShadowBatch] = queue.Queue(maxsize=2)
         self._threads: list[threading.Thread] = []
         self._model: LoadedModel | None = None
         self._engine: Engine | None = None
         self._model_lock = threading.Lock()
         self.last_beat = time.monotonic()
         self.waiting_for_model = False
+        self.shadow = ShadowRunner(registry=registry, sessions=sessions, keys=keys, audit_host=audit_host,
+                                   backend=lambda: self._engine.backend if self._engine is not None else "fp32",
+                                   threads=engine_settings.threads, batch_size=engine_settings.batch_size)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -224,6 +230,7 @@ class Worker:
         self._wake.set()
         for t in self._threads:
             t.join(timeout=60)
+        self.shadow.close()
         if self._engine is not None:
             self._engine.close()
 
@@ -287,6 +294,7 @@ class Worker:
             if model is None:
                 self._stop.wait(1.0)
                 continue
+            self.shadow.refresh()
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -337,8 +345,9 @@ class Worker:
                                            p.object_id, p.received_at) if p.tensor is not None else p
                          for p in batch]
             good = [p for p in batch if p.tensor is not None]
+            stacked = torch.stack([p.tensor for p in good]) if good else None
             try:
-                probs = engine.predict(torch.stack([p.tensor for p in good])) if good else []
+                probs = engine.predict(stacked) if good else []
             except Exception as exc:  # the jobs go back to the queue (with backoff), not lost
                 log.error("worker.inference_failed", exc_info=exc)
                 for p in good:
@@ -346,6 +355,10 @@ class Worker:
                     p.error_class = type(exc).__name__
                 good, probs = [], []
             self._done.put(Forwarded(model, good, probs, [p for p in batch if p.tensor is None]))
+            # After the current model's rows are handed on, so the shadow never delays them.
+            shadowed = self.shadow.forward(model, stacked, good) if good else None
+            if shadowed is not None:
+                self._done.put(shadowed)
 
     # -- thread 3: the database writes -------------------------------------------------------------
     def _record_loop(self) -> None:
@@ -354,6 +367,9 @@ class Worker:
             try:
                 done = self._done.get(timeout=0.5)
             except queue.Empty:
+                continue
+            if isinstance(done, ShadowBatch):
+                self.shadow.record(done)
                 continue
             self._record(done)
 

@@ -13,7 +13,7 @@ Create Date: 2026-11-29 17:45:00
 from alembic import op
 
 revision = '0010'
-down_revision = '0007'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
