@@ -14,6 +14,7 @@ from cxrmodel.preprocess import PreprocessSpec
 from cxrmodel.registry import Registry
 from storage import records
 from storage import shadow as shadow_rows
+from daemon.stages.training_data import manual_states
 from storage.models import AuditEvent, Instance, Label, Prediction, RetrainRun, utcnow
 
 # Evaluation on record that clears the default floor (min_positives 10): one judged finding.
@@ -54,7 +55,8 @@ def plant(rt, n: int, candidate_backwards: bool, start: int = 0) -> None:  # noq
                 s.add(Prediction(instance_id=iid, model_version="cur", label=lab, probability=p, threshold=0.5,
                                  positive=p >= 0.5, mac=records.mac(key, sop, "cur", lab, p, 0.5, p >= 0.5)))
             shadow_rows.record(s, key, "cand", "cur", [(iid, sop, cand)], utcnow())
-            s.add(Label(instance_id=iid, findings="Effusion" if pos else "No Finding"))
+            findings = "Effusion" if pos else "No Finding"
+            s.add(Label(instance_id=iid, findings=findings, states=manual_states(findings)))
 
 
 def model_events(rt) -> list[tuple[str, int, dict]]:  # noqa: ANN001
