@@ -12,7 +12,7 @@ from storage.rows import IngestRows
 from storage.models import Base
 
 EXPECTED_TABLES = {"sent_reports", "alembic_version", "audit_events", "instances", "jobs", "labels",
-                   "predictions", "reid_map", "results", "retrain_runs"}
+                   "predictions", "reid_map", "results", "retrain_runs", "input_profiles", "monitor_state"}
 
 
 def _assert_models_match_schema(engine) -> None:
