@@ -17,8 +17,10 @@ Statistics and the thresholds that turn them into a verdict:
 - Two-sample Kolmogorov-Smirnov, numeric: D = the largest gap between the live empirical CDF and
   the reference CDF (interpolated between its quantiles), p from the asymptotic Kolmogorov
   distribution with n_eff = n*m/(n+m). KS alone never raises drift (with thousands of images a
-  trivial shift is "significant"); it is reported beside PSI, and counts as drift only with both
-  p < KS_ALPHA and D > KS_MIN_D.
+  trivial shift is "significant"); it is reported beside PSI, and turns a moderate PSI into drift
+  with both p < KS_ALPHA and D > KS_MIN_D. D > KS_STRONG_D with p < KS_ALPHA (most of the mass has
+  moved) is drift whatever the PSI: a reference with tied deciles (a constant, such as the bit
+  depth) leaves PSI bins that cannot tell a value below the constant from the constant.
 Below `MIN_LIVE` live values a statistic is reported with `too_few` set and no verdict.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ PSI_MODERATE = 0.1
 PSI_DRIFT = 0.25
 KS_ALPHA = 0.01
 KS_MIN_D = 0.1
+KS_STRONG_D = 0.5
 MIN_LIVE = 30
 QUANTILES = np.linspace(0.0, 1.0, 101)
 
@@ -176,7 +179,8 @@ def psi_verdict(psi: float) -> str:
     return STABLE
 
 
-def compare_numeric(reference: Mapping[str, Any] | None, live: Sequence[float | None]) -> dict[str, Any]:
+def compare_numeric(reference: Mapping[str, Any] | None, live: Sequence[float | None], *,
+                    min_live: int = MIN_LIVE) -> dict[str, Any]:
     """PSI and KS of live values against a numeric reference, with a verdict (module docstring)."""
     x = [float(v) for v in live if v is not None and math.isfinite(float(v))]
     out: dict[str, Any] = {"kind": "numeric", "n_live": len(x), "n_reference": reference["n"] if reference else 0}
@@ -185,17 +189,18 @@ def compare_numeric(reference: Mapping[str, Any] | None, live: Sequence[float | 
     q = reference["quantiles"]
     out["reference_median"] = float(q[50])
     out["live_median"] = float(np.median(x)) if x else None
-    if len(x) < MIN_LIVE:
+    if len(x) < min_live:
         return {**out, "verdict": TOO_FEW}
     psi = psi_numeric(reference, x)
     d, p = ks_numeric(reference, x)
     verdict = psi_verdict(psi)
-    if verdict != DRIFT and p < KS_ALPHA and d > KS_MIN_D and psi >= PSI_MODERATE:
+    if p < KS_ALPHA and (d > KS_STRONG_D or (d > KS_MIN_D and psi >= PSI_MODERATE)):
         verdict = DRIFT
     return {**out, "psi": psi, "ks_d": d, "ks_p": p, "verdict": verdict}
 
 
-def compare_categorical(reference: Mapping[str, Any] | None, live: Sequence[str | None]) -> dict[str, Any]:
+def compare_categorical(reference: Mapping[str, Any] | None, live: Sequence[str | None], *,
+                        min_live: int = MIN_LIVE) -> dict[str, Any]:
     """Categorical PSI and the share of new categories, with a verdict: drift also when more than
     a tenth of live images come in a category the reference never had."""
     values = ["" if v is None else str(v) for v in live]
@@ -205,7 +210,7 @@ def compare_categorical(reference: Mapping[str, Any] | None, live: Sequence[str 
     if reference is None:
         return {**out, "verdict": NO_REFERENCE}
     out["reference_counts"] = dict(reference["counts"])
-    if len(values) < MIN_LIVE:
+    if len(values) < min_live:
         return {**out, "verdict": TOO_FEW}
     psi, new_share, new = psi_categorical(reference, values)
     verdict = psi_verdict(psi)

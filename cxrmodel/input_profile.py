@@ -135,3 +135,21 @@ def validation_inputs(paths: list[Any], limit: int = 500) -> list[dict[str, Any]
         except Exception:  # noqa: BLE001 - a reference is a summary; one odd file must not stop it
             continue
     return out
+
+
+def preprocess_profiled(data: bytes, spec: Any) -> tuple[Any, dict[str, Any] | None]:
+    """(model input, profile) of one DICOM object, decoding its pixels once.
+
+    The tensor is exactly `preprocess.preprocess(data, spec)`; the profile is None when it cannot be
+    measured, which never fails the image: monitoring must not stop a prediction."""
+    from .preprocess import PNG_MAGIC, _parse_dicom, dicom_to_unit, preprocess, to_tensor
+    if data.startswith(PNG_MAGIC):
+        return preprocess(data, spec), None
+    ds = _parse_dicom(data)
+    unit = dicom_to_unit(ds)
+    tensor = to_tensor(unit, spec)
+    try:
+        profile = dicom_profile(ds, unit)
+    except Exception:  # noqa: BLE001 - an odd attribute value costs the profile, never the prediction
+        profile = None
+    return tensor, profile

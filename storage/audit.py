@@ -91,6 +91,10 @@ EVENTS: dict[str, tuple[str, str]] = {
     "reid.pseudonymize": (PATIENT_RECORD, "R"),  # an original UID was used to search (with a reason)
     "purge.expired": (STUDY_DELETED, "D"),       # image retention purge (crypto-shredding) summary
     "config.loaded": (APPLICATION_ACTIVITY, "E"),
+    # monitoring (daemon.stages.monitoring): an alarm starting or ending, once per crossing
+    "monitor.drift": (APPLICATION_ACTIVITY, "E"),
+    "monitor.performance_drop": (APPLICATION_ACTIVITY, "E"),
+    "monitor.cleared": (APPLICATION_ACTIVITY, "E"),
 }
 
 

@@ -40,6 +40,7 @@ COMMAND_MODULES = [
     "daemon.cli.labels",      # labels import / export
     "daemon.cli.train",       # train / evaluate
     "daemon.cli.predictions", # predictions; results list / retry
+    "daemon.cli.monitor",     # monitor report (drift, live performance)
 ]
 
 # Commands that may run without an initialised state directory: `init` and `serve` create it,
