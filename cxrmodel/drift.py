@@ -9,11 +9,17 @@ live images after promotion, and compared here with the live values.
 Statistics and the thresholds that turn them into a verdict:
 - PSI (population stability index), numeric: bins are the reference's deciles (10 bins, edges at the
   10th..90th percentiles; tied edges merge), the expected share of each bin is read from the
-  reference quantiles, the live share counted; PSI = sum (a - e) * ln(a / e) with every share
-  floored at `EPSILON` so an empty bin gives a large, finite value.
-- PSI, categorical: the same sum over the categories seen in either, each share floored at EPSILON;
+  reference quantiles, the live share counted; PSI = sum (a - e) * ln(a / e) with an empty live
+  bin counted as half an image (share 0.5/n, the usual continuity correction; at least `EPSILON`)
+  and every expected share floored at `EPSILON`, so an empty bin gives a large, finite value that
+  does not explode in a small window.
+- PSI, categorical: the same sum over the categories seen in either, shares floored as above;
   `new_share` is the share of live values in categories the reference never had.
-- Verdict on PSI: < 0.1 stable, 0.1-0.25 moderate, > 0.25 drift (the usual credit-scoring bands).
+- Verdict on PSI: < 0.1 stable, 0.1-0.25 moderate, > 0.25 drift (the usual credit-scoring bands),
+  except that PSI is only called drift above its sampling noise as well: with n live and m reference
+  values PSI is about chi-square(bins - 1) x (1/n + 1/m) when nothing changed, so a PSI under that
+  distribution's 99.9th percentile (`psi_noise_floor`) is "moderate", however high. With 80 live
+  images and ten bins the floor is about 0.36: a small window cannot raise drift on PSI alone.
 - Two-sample Kolmogorov-Smirnov, numeric: D = the largest gap between the live empirical CDF and
   the reference CDF (interpolated between its quantiles), p from the asymptotic Kolmogorov
   distribution with n_eff = n*m/(n+m). KS alone never raises drift (with thousands of images a
@@ -35,10 +41,12 @@ import numpy as np
 EPSILON = 1e-4
 PSI_MODERATE = 0.1
 PSI_DRIFT = 0.25
-KS_ALPHA = 0.01
+KS_ALPHA = 0.001
+NOISE_Z = 3.090  # one-sided 99.9%: about thirty comparisons per run, so few false alarms
 KS_MIN_D = 0.1
 KS_STRONG_D = 0.5
 MIN_LIVE = 30
+NEW_SHARE = 0.1
 QUANTILES = np.linspace(0.0, 1.0, 101)
 
 STABLE, MODERATE, DRIFT, TOO_FEW, NO_REFERENCE = "stable", "moderate", "drift", "too_few", "no_reference"
@@ -127,7 +135,7 @@ def psi_numeric(reference: Mapping[str, Any], live: Sequence[float]) -> float:
     counts = np.bincount(np.searchsorted(edges, x, side="left"), minlength=expected.size) if x.size \
         else np.zeros(expected.size)
     actual = counts / max(x.size, 1)
-    e, a = np.maximum(expected, EPSILON), np.maximum(actual, EPSILON)
+    e, a = np.maximum(expected, EPSILON), np.maximum(actual, max(EPSILON, 0.5 / max(x.size, 1)))
     return float(np.sum((a - e) * np.log(a / e)))
 
 
@@ -139,7 +147,7 @@ def psi_categorical(reference: Mapping[str, Any], live: Sequence[str]) -> tuple[
     psi = 0.0
     for cat in set(ref) | set(live_counts):
         e = max(ref.get(cat, 0) / n_ref, EPSILON)
-        a = max(live_counts.get(cat, 0) / n_live, EPSILON)
+        a = max(live_counts.get(cat, 0) / n_live, EPSILON, 0.5 / n_live)
         psi += (a - e) * math.log(a / e)
     new = sorted(c for c in live_counts if c not in ref)
     return float(psi), float(sum(live_counts[c] for c in new) / n_live), new
@@ -171,9 +179,19 @@ def ks_numeric(reference: Mapping[str, Any], live: Sequence[float]) -> tuple[flo
     return d, kolmogorov_p(d, n * m / (n + m))
 
 
-def psi_verdict(psi: float) -> str:
-    if psi > PSI_DRIFT:
+def psi_noise_floor(bins: int, n: int, m: int, z: float = NOISE_Z) -> float:
+    """The PSI that chance alone stays under with ~99.9% probability for `bins` bins, n live and m
+    reference values: the chi-square(bins - 1) quantile (Wilson-Hilferty) times 1/n + 1/m."""
+    df = max(bins - 1, 1)
+    q = df * (1.0 - 2.0 / (9 * df) + z * math.sqrt(2.0 / (9 * df))) ** 3
+    return float(q * (1.0 / max(n, 1) + 1.0 / max(m, 1)))
+
+
+def psi_verdict(psi: float, noise_floor: float = 0.0) -> str:
+    if psi > PSI_DRIFT and psi > noise_floor:
         return DRIFT
+    if psi > PSI_DRIFT:
+        return MODERATE
     if psi >= PSI_MODERATE:
         return MODERATE
     return STABLE
@@ -193,10 +211,11 @@ def compare_numeric(reference: Mapping[str, Any] | None, live: Sequence[float | 
         return {**out, "verdict": TOO_FEW}
     psi = psi_numeric(reference, x)
     d, p = ks_numeric(reference, x)
-    verdict = psi_verdict(psi)
+    floor = psi_noise_floor(np.unique(np.asarray(q)[10:100:10]).size + 1, len(x), int(reference["n"]))
+    verdict = psi_verdict(psi, floor)
     if p < KS_ALPHA and (d > KS_STRONG_D or (d > KS_MIN_D and psi >= PSI_MODERATE)):
         verdict = DRIFT
-    return {**out, "psi": psi, "ks_d": d, "ks_p": p, "verdict": verdict}
+    return {**out, "psi": psi, "psi_noise_floor": floor, "ks_d": d, "ks_p": p, "verdict": verdict}
 
 
 def compare_categorical(reference: Mapping[str, Any] | None, live: Sequence[str | None], *,
@@ -213,10 +232,12 @@ def compare_categorical(reference: Mapping[str, Any] | None, live: Sequence[str 
     if len(values) < min_live:
         return {**out, "verdict": TOO_FEW}
     psi, new_share, new = psi_categorical(reference, values)
-    verdict = psi_verdict(psi)
-    if new_share > 0.1:
+    floor = psi_noise_floor(len(set(reference["counts"]) | set(values)), len(values), int(reference["n"]))
+    verdict = psi_verdict(psi, floor)
+    if new_share > NEW_SHARE:
         verdict = DRIFT
-    return {**out, "psi": psi, "new_share": new_share, "new_categories": new, "verdict": verdict}
+    return {**out, "psi": psi, "psi_noise_floor": floor, "new_share": new_share, "new_categories": new,
+            "verdict": verdict}
 
 
 def compare_positive_rate(reference: Mapping[str, Any] | None, live: Sequence[float], threshold: float) -> dict[str, Any]:

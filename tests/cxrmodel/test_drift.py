@@ -28,8 +28,8 @@ def test_psi_by_hand_on_deciles():
     # reference 0..100 uniform: deciles at 10, 20, ... 90; live all in the lowest bin
     reference = D.numeric_reference(np.arange(0, 101, dtype=float))
     live = [1.0] * 50
-    # bin 1 actual 1.0 vs expected 0.1; nine bins actual eps vs expected 0.1
-    e = D.EPSILON
+    # bin 1 actual 1.0 vs expected 0.1; nine empty bins count half an image each (0.5/50) vs 0.1
+    e = 0.5 / 50
     expected = (1.0 - 0.1) * np.log(1.0 / 0.1) + 9 * (e - 0.1) * np.log(e / 0.1)
     assert D.psi_numeric(reference, live) == pytest.approx(expected, rel=1e-6)
     assert D.psi_numeric(reference, np.arange(0, 101, dtype=float)) == pytest.approx(0.0, abs=1e-3)
