@@ -246,3 +246,13 @@ def compare_positive_rate(reference: Mapping[str, Any] | None, live: Sequence[fl
     x = np.asarray(live, dtype=np.float64)
     return {"reference": None if reference is None else reference.get("positive_rate"),
             "live": float(np.mean(x >= threshold)) if x.size else None}
+
+
+def evaluation_reference(P: np.ndarray, thresholds: Mapping[str, float], paths: Sequence[Any], source: str,
+                         limit: int = 500) -> dict[str, Any]:
+    """The reference a model's manifest records when it is evaluated (`metrics.reference`): its score
+    distribution on the evaluation images and the characteristics of up to `limit` of them."""
+    from .input_profile import validation_inputs
+    from .labels import LABELS
+    return reference_summary(P, LABELS, [float(thresholds.get(lab, 0.5)) for lab in LABELS],
+                             validation_inputs(list(paths), limit), source)

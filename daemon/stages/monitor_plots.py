@@ -45,7 +45,7 @@ def performance_over_time(model: Mapping[str, Any], path: Path) -> Path:
     if not drawn:
         title += f" (no period has {perf['min_cases']} positive and negative studies of any finding)"
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower left", ncol=3)
+    ax.legend(fontsize=7, loc="lower left", ncol=3)  # the floor line always has a label
     return _save(fig, plt, path)
 
 
@@ -74,7 +74,8 @@ def score_distributions(model: Mapping[str, Any], path: Path) -> Path:
         ax.tick_params(labelsize=6)
     for ax in axes.ravel()[len(labels):]:
         ax.axis("off")
-    axes.ravel()[0].legend(fontsize=7)
+    if axes.ravel()[0].get_legend_handles_labels()[0]:
+        axes.ravel()[0].legend(fontsize=7)
     fig.suptitle(f"{model['model']}: score distributions (CDF) against the reference", fontsize=10)
     return _save(fig, plt, path)
 
