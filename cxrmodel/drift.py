@@ -8,9 +8,11 @@ live images after promotion, and compared here with the live values.
 
 Statistics and the thresholds that turn them into a verdict:
 - PSI (population stability index), numeric: bins are the reference's deciles (10 bins, edges at the
-  10th..90th percentiles; tied edges merge), the expected share of each bin is read from the
+  10th..90th percentiles; tied edges merge) and two outer bins for values below the reference's
+  minimum and above its maximum (expected share EPSILON), the expected share of each bin is read from the
   reference quantiles, the live share counted; PSI = sum (a - e) * ln(a / e) with an empty live
-  bin counted as half an image (share 0.5/n, the usual continuity correction; at least `EPSILON`)
+  bin counted as half an image (share 0.5/n, the usual continuity correction; at most the expected
+  share, at least `EPSILON`)
   and every expected share floored at `EPSILON`, so an empty bin gives a large, finite value that
   does not explode in a small window.
 - PSI, categorical: the same sum over the categories seen in either, shares floored as above;
@@ -124,19 +126,30 @@ def _ref_cdf(quantiles: Sequence[float], x: np.ndarray) -> np.ndarray:
 
 
 def psi_numeric(reference: Mapping[str, Any], live: Sequence[float]) -> float:
-    """PSI of live values against the reference's deciles (module docstring)."""
+    """PSI of live values against the reference's deciles, plus one bin below the reference's
+    minimum and one above its maximum (module docstring)."""
     q = np.asarray(reference["quantiles"], dtype=np.float64)
     x = np.asarray(live, dtype=np.float64)
     edges = np.unique(q[10:100:10])
-    # expected share per bin: the reference CDF at its right edge minus at its left
-    cdf = np.r_[0.0, _ref_cdf(q, edges), 1.0]
-    expected = np.diff(cdf)
-    # bins are right-closed: a value equal to an edge belongs with the reference mass at or below it
-    counts = np.bincount(np.searchsorted(edges, x, side="left"), minlength=expected.size) if x.size \
-        else np.zeros(expected.size)
+    # expected share per decile bin: the reference CDF at its right edge minus at its left; nothing
+    # of the reference lies outside [min, max]
+    expected = np.r_[0.0, np.diff(np.r_[0.0, _ref_cdf(q, edges), 1.0]), 0.0]
+    # decile bins are right-closed: a value equal to an edge belongs with the reference mass at or below it
+    idx = np.searchsorted(edges, x, side="left") + 1
+    idx[x < q[0]] = 0
+    idx[x > q[-1]] = expected.size - 1
+    counts = np.bincount(idx, minlength=expected.size) if x.size else np.zeros(expected.size)
     actual = counts / max(x.size, 1)
-    e, a = np.maximum(expected, EPSILON), np.maximum(actual, max(EPSILON, 0.5 / max(x.size, 1)))
+    e = np.maximum(expected, EPSILON)
+    # an empty bin counts as half an image, or as what the reference expects there if that is less
+    # (the outer bins: empty in both, they add nothing)
+    a = np.maximum(actual, np.maximum(EPSILON, np.minimum(0.5 / max(x.size, 1), e)))
     return float(np.sum((a - e) * np.log(a / e)))
+
+
+def psi_bins(reference: Mapping[str, Any]) -> int:
+    """How many bins `psi_numeric` uses for this reference (for its noise floor)."""
+    return int(np.unique(np.asarray(reference["quantiles"])[10:100:10]).size + 3)
 
 
 def psi_categorical(reference: Mapping[str, Any], live: Sequence[str]) -> tuple[float, float, list[str]]:
@@ -147,7 +160,7 @@ def psi_categorical(reference: Mapping[str, Any], live: Sequence[str]) -> tuple[
     psi = 0.0
     for cat in set(ref) | set(live_counts):
         e = max(ref.get(cat, 0) / n_ref, EPSILON)
-        a = max(live_counts.get(cat, 0) / n_live, EPSILON, 0.5 / n_live)
+        a = max(live_counts.get(cat, 0) / n_live, EPSILON, min(0.5 / n_live, e))
         psi += (a - e) * math.log(a / e)
     new = sorted(c for c in live_counts if c not in ref)
     return float(psi), float(sum(live_counts[c] for c in new) / n_live), new
@@ -211,7 +224,7 @@ def compare_numeric(reference: Mapping[str, Any] | None, live: Sequence[float | 
         return {**out, "verdict": TOO_FEW}
     psi = psi_numeric(reference, x)
     d, p = ks_numeric(reference, x)
-    floor = psi_noise_floor(np.unique(np.asarray(q)[10:100:10]).size + 1, len(x), int(reference["n"]))
+    floor = psi_noise_floor(psi_bins(reference), len(x), int(reference["n"]))
     verdict = psi_verdict(psi, floor)
     if p < KS_ALPHA and (d > KS_STRONG_D or (d > KS_MIN_D and psi >= PSI_MODERATE)):
         verdict = DRIFT

@@ -28,9 +28,10 @@ def test_psi_by_hand_on_deciles():
     # reference 0..100 uniform: deciles at 10, 20, ... 90; live all in the lowest bin
     reference = D.numeric_reference(np.arange(0, 101, dtype=float))
     live = [1.0] * 50
-    # bin 1 actual 1.0 vs expected 0.1; nine empty bins count half an image each (0.5/50) vs 0.1
+    # bin 1 actual 1.0 vs expected 0.1; nine empty bins count half an image each (0.5/50) vs 0.1;
     e = 0.5 / 50
-    expected = (1.0 - 0.1) * np.log(1.0 / 0.1) + 9 * (e - 0.1) * np.log(e / 0.1)
+    expected = (1.0 - 0.1) * np.log(1.0 / 0.1) + 9 * (e - 0.1) * np.log(e / 0.1) \
+        + 0.0  # the outer bins are empty in both and add nothing
     assert D.psi_numeric(reference, live) == pytest.approx(expected, rel=1e-6)
     assert D.psi_numeric(reference, np.arange(0, 101, dtype=float)) == pytest.approx(0.0, abs=1e-3)
 
@@ -63,6 +64,9 @@ def test_tied_reference_does_not_flag_identical_values():
     r = D.numeric_reference([12.0] * 200)
     assert D.compare_numeric(r, [12.0] * 50)["verdict"] == D.STABLE
     assert D.compare_numeric(r, [8.0] * 50)["verdict"] == D.DRIFT
+    # half the images below a constant reference: the outer bin sees them
+    half = D.compare_numeric(r, [12.0] * 25 + [8.0] * 25)
+    assert half["verdict"] == D.DRIFT and half["psi"] > D.PSI_DRIFT
 
 
 def test_score_reference_records_positive_rate():
