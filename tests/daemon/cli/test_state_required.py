@@ -42,6 +42,7 @@ NEEDS_STATE: dict[tuple[str, ...], list[str]] = {
     ("predictions",): [],
     ("results", "list"): [],
     ("results", "retry"): [],
+    ("monitor", "report"): [],
 }
 CASES = [[*command, *rest] for command, rest in NEEDS_STATE.items()]
 # Subcommands that read only the file they are given (they set `needs_state=False`).
