@@ -120,3 +120,10 @@ def gauges(session: Session) -> list[tuple[str, dict[str, str], float | None, bo
     rows = session.execute(select(MonitorState.metric, MonitorState.labels, MonitorState.value,
                                   MonitorState.alarm).order_by(MonitorState.key)).all()
     return [(m, json.loads(lab or "{}"), v, bool(a)) for m, lab, v, a in rows]
+
+
+def drop_stale(session: Session, now: datetime) -> int:
+    """Remove gauges the pass at `now` did not write (a model no longer current, a version with no
+    predictions left in the window), so /metrics never shows an alarm nobody evaluates any more."""
+    from sqlalchemy import delete
+    return session.execute(delete(MonitorState).where(MonitorState.updated_at < now)).rowcount or 0

@@ -8,7 +8,8 @@ a characteristic PNG validation images do not state, such as the manufacturer) i
 version's first `monitor.baseline_images` live images after promotion, and the report says which
 source each comparison used. Baseline images are never part of the window they are compared with.
 
-The job (`scheduled`, run by the scheduler leader every `monitor.interval_minutes`) writes gauges to
+The job (`scheduled`, run by the scheduler leader every `monitor.interval_minutes`) computes in a read
+session and then writes gauges, in one short transaction, to
 `monitor_state`, which every daemon's /metrics reads, and appends `monitor.drift` /
 `monitor.performance_drop` when an alarm starts and `monitor.cleared` when it ends: once per
 crossing, never on every run while it lasts. Audit details carry finding names, characteristic
@@ -22,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from cxrmodel import drift as D
 from cxrmodel import live_metrics as LM
@@ -194,16 +195,36 @@ def report(session: Session, registry: Any, since: datetime, until: datetime, *,
                            "performance_floor": floor}}
 
 
-def run_once(session: Session, registry: Any, monitor: Any, floor: float, audit_key: bytes, host: str = "",
-             now: datetime | None = None) -> dict[str, Any]:
-    """One monitoring pass in the caller's transaction: gauges written, alarms audited on change."""
+def assess(session: Session, registry: Any, monitor: Any, floor: float,
+           now: datetime | None = None) -> dict[str, Any]:
+    """One monitoring pass's numbers, read only: drift of the current model over the last
+    `monitor.window_hours`, live performance of every version over `monitor.performance_window_days`.
+
+    Kept apart from `record` so the bootstrap runs in a read session: on SQLite a write transaction
+    holds the database's one write lock from its start, and ingest must never wait on statistics."""
     now = now or datetime.now(timezone.utc)
     try:
         current = registry.current_version()
     except Exception:  # noqa: BLE001 - no model yet: nothing to watch
-        return {"model": None}
+        return {"model": None, "now": now}
     d = drift(session, registry, current, now - timedelta(hours=monitor.window_hours), now,
               baseline_n=monitor.baseline_images, min_images=monitor.min_images)
+    perf_since = now - timedelta(days=monitor.performance_window_days)
+    truth = ground_truth(session)
+    perf = {version: performance(session, version, perf_since, now, min_cases=monitor.min_cases, floor=floor,
+                                 n_boot=1000, periods=1, truth=truth)
+            for version in SM.versions_between(session, perf_since, now)}
+    return {"model": current, "now": now, "drift": d, "performance": perf, "floor": floor,
+            "window_hours": monitor.window_hours, "window_days": monitor.performance_window_days}
+
+
+def record(session: Session, a: Mapping[str, Any], audit_key: bytes, host: str = "") -> dict[str, Any]:
+    """Write an assessment's gauges in the caller's (short) transaction; audit alarms that start or end."""
+    current, now = a["model"], a["now"]
+    if current is None:
+        SM.drop_stale(session, now)
+        return {"model": None}
+    d = a["drift"]
     for label, c in d["labels"].items():
         SM.set_gauge(session, "cxrd_drift_psi", {"label": label, "model": current}, c.get("psi"),
                      c["verdict"] == D.DRIFT, now)
@@ -215,13 +236,9 @@ def run_once(session: Session, registry: Any, monitor: Any, floor: float, audit_
     _audit_change(session, audit_key, host, change, "monitor.drift", current, {
         "labels": {lab: _brief(d["labels"][lab]) for lab in d["drifting_labels"]},
         "inputs": {key: _brief(d["inputs"][key]) for key in d["drifting_inputs"]},
-        "images": d["n_images"], "window_hours": monitor.window_hours})
-    perf_since = now - timedelta(days=monitor.performance_window_days)
-    truth = ground_truth(session)
+        "images": d["n_images"], "window_hours": a["window_hours"]})
     alarms = {}
-    for version in SM.versions_between(session, perf_since, now):
-        p = performance(session, version, perf_since, now, min_cases=monitor.min_cases, floor=floor,
-                        n_boot=1000, periods=1, truth=truth)
+    for version, p in a["performance"].items():
         for label, v in p["labels"].items():
             SM.set_gauge(session, "cxrd_live_auroc", {"label": label, "model": version}, v.get("auroc"),
                          label in p["below_floor"], now)
@@ -231,10 +248,20 @@ def run_once(session: Session, registry: Any, monitor: Any, floor: float, audit_
             "labels": {lab: {"auroc": p["labels"][lab]["auroc"], "auroc_ci95": p["labels"][lab]["auroc_ci95"],
                              "positives": p["labels"][lab]["positives"], "negatives": p["labels"][lab]["negatives"]}
                        for lab in p["below_floor"]},
-            "floor": floor, "window_days": monitor.performance_window_days})
+            "floor": a["floor"], "window_days": a["window_days"]})
         alarms[version] = p["alarm"]
+    SM.drop_stale(session, now)
     return {"model": current, "drift": d["alarm"], "drifting": d["drifting_labels"] + d["drifting_inputs"],
             "images": d["n_images"], "performance_alarms": alarms}
+
+
+def run_once(read: sessionmaker[Session], write: sessionmaker[Session], registry: Any, monitor: Any, floor: float,
+             audit_key: bytes, host: str = "", now: datetime | None = None) -> dict[str, Any]:
+    """One monitoring pass: `assess` in a read session, then `record` in a short write transaction."""
+    with read() as session:
+        a = assess(session, registry, monitor, floor, now)
+    with write() as session, session.begin():
+        return record(session, a, audit_key, host)
 
 
 def _brief(c: Mapping[str, Any]) -> dict[str, Any]:
@@ -270,9 +297,8 @@ def scheduled() -> None:
         raise RuntimeError("monitoring runtime not installed")
     s = rt.settings
     try:
-        with rt.sessions() as session, session.begin():
-            out = run_once(session, rt.registry, s.monitor, s.model.promotion.min_auroc_lower_bound,
-                           rt.keys.audit_key, rt.hostname)
+        out = run_once(rt.read_sessions, rt.sessions, rt.registry, s.monitor, s.model.promotion.min_auroc_lower_bound,
+                       rt.keys.audit_key, rt.hostname)
         event(log, "monitor.run", model=out.get("model") or "none", drift=out.get("drift", False),
               images=out.get("images", 0))
     except Exception as exc:  # noqa: BLE001 - the next run tries again

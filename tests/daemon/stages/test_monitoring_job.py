@@ -88,8 +88,7 @@ def _events(sessions, event_type: str) -> list[dict]:
 
 
 def _run(sessions, registry, now: datetime) -> dict:
-    with sessions() as s, s.begin():
-        return monitoring.run_once(s, registry, Cfg(), 0.5, KEY, now=now)
+    return monitoring.run_once(sessions, sessions, registry, Cfg(), 0.5, KEY, now=now)
 
 
 def test_drift_raised_once_for_other_equipment_and_not_for_more_of_the_reference(engine, registry, tmp_path):
@@ -124,6 +123,13 @@ def test_drift_raised_once_for_other_equipment_and_not_for_more_of_the_reference
     _seed(sessions, back - timedelta(hours=5), _scores(rng, 80), [_profile(rng) for _ in range(80)])
     assert _run(sessions, registry, back)["drift"] is False
     assert len(_events(sessions, "monitor.cleared")) == 1
+    # gauges of a version no longer watched (no predictions left in any window) are dropped
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(MonitorState).where(MonitorState.key.like("%model=v1%")))
+    _run(sessions, registry, back + timedelta(days=60))
+    with sessions() as s:
+        live = s.scalars(select(MonitorState.key)).all()
+    assert "cxrd_drift_alarm{model=v1}" in live and not any(k.startswith("cxrd_live_auroc") for k in live)
 
 
 def test_score_drift_is_detected_per_finding(engine, registry):
