@@ -29,6 +29,8 @@ Statistics and the thresholds that turn them into a verdict:
   with both p < KS_ALPHA and D > KS_MIN_D. D > KS_STRONG_D with p < KS_ALPHA (most of the mass has
   moved) is drift whatever the PSI: a reference with tied deciles (a constant, such as the bit
   depth) leaves PSI bins that cannot tell a value below the constant from the constant.
+Numeric live values within a relative 1e-5 of a reference quantile count as equal to it (`_snap`):
+scores of the same image from batches of different sizes differ in their last bits.
 Below `MIN_LIVE` live values a statistic is reported with `too_few` set and no verdict.
 """
 from __future__ import annotations
@@ -49,6 +51,7 @@ KS_MIN_D = 0.1
 KS_STRONG_D = 0.5
 MIN_LIVE = 30
 NEW_SHARE = 0.1
+SNAP = 1e-5
 QUANTILES = np.linspace(0.0, 1.0, 101)
 
 STABLE, MODERATE, DRIFT, TOO_FEW, NO_REFERENCE = "stable", "moderate", "drift", "too_few", "no_reference"
@@ -125,11 +128,25 @@ def _ref_cdf(quantiles: Sequence[float], x: np.ndarray) -> np.ndarray:
     return np.interp(x, xs, probs, left=0.0, right=1.0)
 
 
+def _snap(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Live values within `SNAP` (relative) of a reference quantile taken as equal to it: the same
+    image scored in a batch of 8 and in a batch of 1 differs in the last float bits, which must not
+    put it outside a reference whose quantiles tie (identical images, a constant bit depth)."""
+    if x.size == 0:
+        return x
+    tol = SNAP * max(1.0, float(np.max(np.abs(q))))
+    u = np.unique(q)
+    i = np.clip(np.searchsorted(u, x), 1, u.size - 1) if u.size > 1 else np.zeros(x.size, dtype=int)
+    lo, hi = u[np.maximum(i - 1, 0)], u[i]
+    nearest = np.where(np.abs(x - lo) <= np.abs(x - hi), lo, hi)
+    return np.where(np.abs(x - nearest) <= tol, nearest, x)
+
+
 def psi_numeric(reference: Mapping[str, Any], live: Sequence[float]) -> float:
     """PSI of live values against the reference's deciles, plus one bin below the reference's
     minimum and one above its maximum (module docstring)."""
     q = np.asarray(reference["quantiles"], dtype=np.float64)
-    x = np.asarray(live, dtype=np.float64)
+    x = _snap(q, np.asarray(live, dtype=np.float64))
     edges = np.unique(q[10:100:10])
     # expected share per decile bin: the reference CDF at its right edge minus at its left; nothing
     # of the reference lies outside [min, max]
@@ -180,10 +197,10 @@ def kolmogorov_p(d: float, n_eff: float) -> float:
 
 def ks_numeric(reference: Mapping[str, Any], live: Sequence[float]) -> tuple[float, float]:
     """(D, p) of the two-sample KS test of live values against the reference quantiles."""
-    x = np.sort(np.asarray(live, dtype=np.float64))
+    q = np.asarray(reference["quantiles"], dtype=np.float64)
+    x = np.sort(_snap(q, np.asarray(live, dtype=np.float64)))
     if x.size == 0:
         return 0.0, 1.0
-    q = np.asarray(reference["quantiles"], dtype=np.float64)
     points = np.unique(np.r_[x, q])
     f_live = np.searchsorted(x, points, side="right") / x.size
     f_ref = _ref_cdf(q, points)
