@@ -180,3 +180,14 @@ def test_live_performance_against_labels_and_the_floor_alarm(engine, registry):
     _run(sessions, registry, NOW)
     events = _events(sessions, "monitor.performance_drop")
     assert len(events) == 1 and list(events[0]["labels"]) == ["Effusion"]
+
+
+@pytest.mark.postgres
+def test_drift_and_alarms_on_postgresql(fresh_pg_database, registry, tmp_path):
+    from storage import db
+    engine = db.engine_from_url(fresh_pg_database)
+    db.migrate(engine)
+    try:
+        test_drift_raised_once_for_other_equipment_and_not_for_more_of_the_reference(engine, registry, tmp_path)
+    finally:
+        engine.dispose()
