@@ -364,6 +364,28 @@ class Console:
 
 
 @dataclass(frozen=True)
+class Monitor:
+    enabled: bool = _f(True, "Run the monitoring job (drift against the model's reference, live performance against report/label "
+                             "ground truth), with Prometheus gauges and audit events. The input characteristics of each analysed image are recorded "
+                             "either way (a few ms per image, nothing identifying)")
+    interval_minutes: int = _f(60, "Minutes between monitoring runs (the scheduler leader runs them)",
+                               min=1, max=10080)
+    window_hours: float = _f(168.0, "Drift compares the images analysed in this many past hours with the "
+                                    "reference", min=1.0, max=87600.0)
+    min_images: int = _f(30, "Fewer analysed images in the window than this: no drift verdict (too few)",
+                         min=5, max=1000000)
+    baseline_images: int = _f(200, "A model with no validation reference (imported without evaluation) is "
+                                   "compared with its first this many live images after promotion; input "
+                                   "characteristics its validation images do not state (a PNG has no "
+                                   "manufacturer) also use this live baseline", min=10, max=1000000)
+    performance_window_days: float = _f(30.0, "Live performance covers studies analysed in this many past days",
+                                        min=1.0, max=3650.0)
+    min_cases: int = _f(10, "A finding's live AUROC, sensitivity and specificity are reported only with at "
+                            "least this many positive and this many negative studies; below, \"too few\"",
+                        min=1, max=100000)
+
+
+@dataclass(frozen=True)
 class Log:
     level: str = _f("info", "Log level", choices=("debug", "info", "warning", "error"))
     format: str = _f("logfmt", "One event per line, as key=value pairs or JSON", choices=("logfmt", "json"))
@@ -382,4 +404,5 @@ class Settings:
     hl7: Hl7 = _f(Hl7, "Radiology reports from the RIS (HL7 v2 over MLLP)", factory=True)
     labels: Labels = _f(Labels, "Ground-truth labels (manual imports and reports)", factory=True)
     console: Console = _f(Console, "Web console (`cxrd console`)", factory=True)
+    monitor: Monitor = _f(Monitor, "Drift and live performance monitoring", factory=True)
     log: Log = _f(Log, "Logging", factory=True)

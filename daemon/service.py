@@ -27,7 +27,7 @@ from daemon.ops.process_guard import forbid_core_dumps
 from daemon.ops.refusal_audit import RefusalAudit
 from daemon.ops.prometheus import Metrics, StateCollector
 from daemon.runtime import Runtime
-from daemon.stages import results, retraining
+from daemon.stages import monitoring, results, retraining
 from daemon.stages.chest_rule import chest_rule_from
 from daemon.stages.ingest import Ingest, sweep_orphans
 from daemon.stages.report_matching import ReportMatching, label_text
@@ -184,11 +184,13 @@ class Service:
             stages.append(self.worker)
         if s.results.enabled:
             stages.append(results.from_settings(rt, vault))
-        if s.retrain.enabled or s.storage.retention_days > 0:
+        if s.retrain.enabled or s.storage.retention_days > 0 or s.monitor.enabled:
             retraining.install(rt)
+            monitoring.install(rt)
             stages.append(RetrainScheduler(engine=rt.engine, state_dir=rt.state_dir,
                                            cron=s.retrain.schedule if s.retrain.enabled else None,
-                                           purge_daily=s.storage.retention_days > 0))
+                                           purge_daily=s.storage.retention_days > 0,
+                                           monitor_minutes=s.monitor.interval_minutes if s.monitor.enabled else 0))
         if s.http.enabled:
             self.metrics.attach_state(StateCollector(rt.read_sessions, rt.state_dir, s.storage.min_free_mb,
                                                      rt.registry.current,

@@ -116,6 +116,10 @@ EVENTS: dict[str, tuple[str, str]] = {
     "users.enabled": (SECURITY_ALERT, "U"),
     "users.password_reset": (SECURITY_ALERT, "U"),
     "users.role_set": (SECURITY_ALERT, "U"),
+    # monitoring (daemon.stages.monitoring): an alarm starting or ending, once per crossing
+    "monitor.drift": (APPLICATION_ACTIVITY, "E"),
+    "monitor.performance_drop": (APPLICATION_ACTIVITY, "E"),
+    "monitor.cleared": (APPLICATION_ACTIVITY, "E"),
 }
 
 

@@ -334,3 +334,53 @@ class SigninFailure(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class InputProfile(Base):
+    """Characteristics of one analysed image, for input drift (`cxrmodel.input_profile`; migration 0008).
+
+    Equipment and geometry only: Manufacturer and Manufacturer's Model Name (products, not people or
+    devices), spacing, bit depth, photometric interpretation, size, intensity statistics, the view the
+    view rule decided. Never a station name, institution, serial number or date.
+    """
+    __tablename__ = "input_profiles"
+
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), default="")  # the model whose worker measured it
+    measured_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    manufacturer: Mapped[str] = mapped_column(String(64), default="")
+    model_name: Mapped[str] = mapped_column(String(64), default="")
+    pixel_spacing_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bits_stored: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    photometric: Mapped[str] = mapped_column(String(16), default="")
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    columns: Mapped[int] = mapped_column(Integer, default=0)
+    view: Mapped[str] = mapped_column(String(16), default="")
+    intensity_mean: Mapped[float | None] = mapped_column(Float, nullable=True)
+    intensity_std: Mapped[float | None] = mapped_column(Float, nullable=True)
+    intensity_p05: Mapped[float | None] = mapped_column(Float, nullable=True)
+    intensity_p50: Mapped[float | None] = mapped_column(Float, nullable=True)
+    intensity_p95: Mapped[float | None] = mapped_column(Float, nullable=True)
+    unit_mean: Mapped[float | None] = mapped_column(Float, nullable=True)
+    unit_std: Mapped[float | None] = mapped_column(Float, nullable=True)
+    unit_p05: Mapped[float | None] = mapped_column(Float, nullable=True)
+    unit_p50: Mapped[float | None] = mapped_column(Float, nullable=True)
+    unit_p95: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class MonitorState(Base):
+    """The latest value of one monitoring gauge and whether it is in alarm (migration 0008).
+
+    Written by the scheduled monitoring job (`daemon.stages.monitoring`), read by every daemon's
+    /metrics, so all report the same; `alarm_since` lets the job audit a crossing once, not on
+    every run while it lasts.
+    """
+    __tablename__ = "monitor_state"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)  # metric name + sorted labels
+    metric: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[str] = mapped_column(Text, default="{}")  # JSON {label: value}, never PHI
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    alarm: Mapped[bool] = mapped_column(Boolean, default=False)
+    alarm_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -42,6 +42,7 @@ COMMAND_MODULES = [
     "daemon.cli.predictions", # predictions; results list / retry
     "daemon.cli.console",     # console (the web console)
     "daemon.cli.users",       # users add / list / disable / enable / reset-password / set-role
+    "daemon.cli.monitor",     # monitor report (drift, live performance)
 ]
 
 # Commands that may run without an initialised state directory: `init` and `serve` create it,

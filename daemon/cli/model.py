@@ -263,7 +263,10 @@ def _evaluate_on(rt: Runtime, module: Any, manifest: Any, data: Path, n_boot: in
     report, truth, probabilities = E.evaluate_model(module, entries, manifest.preprocessing,
                                                     activation=manifest.architecture.activation,
                                                     thresholds=dict(manifest.thresholds), n_boot=n_boot)
-    return with_evidence(E.manifest_metrics(report, where), truth, probabilities, _floor(rt), n_boot=n_boot)
+    from cxrmodel.drift import evaluation_reference
+    metrics = with_evidence(E.manifest_metrics(report, where), truth, probabilities, _floor(rt), n_boot=n_boot)
+    metrics["reference"] = evaluation_reference(probabilities, manifest.thresholds, [e.path for e in entries], where)
+    return metrics
 
 
 def run_promote(args: argparse.Namespace, rt: Runtime) -> int:

@@ -126,6 +126,11 @@ def run_train(args: argparse.Namespace, rt: Runtime) -> int:
     # the floor's interval always gets 1000 resamples (about a second), whatever --n-boot the report used
     metrics = with_evidence(E.manifest_metrics(test_report, "test split (patient-disjoint)"), truth, probabilities,
                             floor, n_boot=max(args.n_boot, 1000), seed=args.seed)
+    from cxrmodel.drift import evaluation_reference
+    tested = set(result["test_images"])
+    metrics["reference"] = evaluation_reference(probabilities, result["thresholds"],
+                                                [e.path for e in _dataset(args).splits["test"] if e.image in tested],
+                                                "test split (patient-disjoint)")
     verdict = judge(metrics, floor)
     # what stands between this model and promotion, each a line naming the number and the limit
     blockers = list(verdict.failures) + ([] if better or args.promote == "always" else reasons)

@@ -18,7 +18,22 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage import monitoring as monitor_state
 from storage.models import AuditEvent, Instance, Job, Result, RetrainRun
+
+# Monitoring gauges written by the scheduled monitoring job (daemon.stages.monitoring) and read here,
+# so every daemon reports the same values: metric -> (help, label names).
+MONITOR_GAUGES = {
+    "cxrd_drift_psi": ("PSI of a finding's live scores against the model's reference (>0.25 drift)",
+                       ["label", "model"]),
+    "cxrd_input_drift": ("PSI of an input characteristic against the model's reference (>0.25 drift)",
+                         ["characteristic", "model"]),
+    "cxrd_drift_alarm": ("1 while a finding's scores or an input characteristic have drifted from the "
+                         "model's reference", ["model"]),
+    "cxrd_live_auroc": ("Live AUROC of a finding on studies with ground truth (absent with too few cases)",
+                        ["label", "model"]),
+    "cxrd_performance_alarm": ("1 while a finding's live AUROC 95% CI lies below the promotion floor", ["model"]),
+}
 
 
 class Metrics:
@@ -102,9 +117,10 @@ class StateCollector:
                 results = dict(s.execute(select(Result.state, func.count()).group_by(Result.state)).all())
                 runs = dict(s.execute(select(RetrainRun.outcome, func.count()).group_by(RetrainRun.outcome)).all())
                 head = s.scalar(select(func.max(AuditEvent.seq)))
+                monitored = monitor_state.gauges(s)
             up = 1
         except Exception:  # database down: say so, keep serving the other metrics
-            states, queue, results, runs, head, up = {}, 0, {}, {}, 0, 0
+            states, queue, results, runs, head, up, monitored = {}, 0, {}, {}, 0, 0, []
         g = GaugeMetricFamily("cxrd_database_up", "1 if the database answered this scrape")
         g.add_metric([], up)
         out.append(g)
@@ -131,6 +147,12 @@ class StateCollector:
                               "rows were removed or replaced")
         g.add_metric([], 1 if self.behind_anchor() else 0)
         out.append(g)
+        families = {name: GaugeMetricFamily(name, doc, labels=names) for name, (doc, names) in MONITOR_GAUGES.items()}
+        for metric, labels, value, _alarm in monitored:
+            family = families.get(metric)
+            if family is not None and value is not None:
+                family.add_metric([str(labels.get(n, "")) for n in MONITOR_GAUGES[metric][1]], value)
+        out += list(families.values())
         info = self.current_model()
         g = GaugeMetricFamily("cxrd_model_info", "The current model (1) by version", labels=["version"])
         a = GaugeMetricFamily("cxrd_model_age_seconds", "Seconds since the current model was created")

@@ -32,6 +32,7 @@ from sqlalchemy import select
 
 from cxrmodel import evaluate as E
 from cxrmodel.chestxray14 import read_dataset
+from cxrmodel.drift import evaluation_reference
 from cxrmodel.errors import ModelError, NoModelError
 from cxrmodel.preprocess import PreprocessSpec
 from cxrmodel.promotion import Floor, judge, with_evidence
@@ -143,6 +144,7 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
         better, reasons = E.compare(cand_report, cur_report, s.max_auroc_drop)
         floor = Floor.of(rt.settings.model.promotion)
         metrics = with_evidence(E.manifest_metrics(cand_report, "test"), truth, probabilities, floor)
+        metrics["reference"] = evaluation_reference(probabilities, result["thresholds"], [e.path for e in test], "test")
         verdict = judge(metrics, floor)
         promote = better and verdict.passed
         shadowed = promote and rt.settings.model.shadow.after_retrain and current is not None

@@ -1,4 +1,4 @@
-"""Scheduled retraining and retention purge: APScheduler in memory, one leader among daemons.
+"""Scheduled retraining, retention purge and monitoring: APScheduler in memory, one leader among daemons.
 
 The schedule lives in configuration, so the leader adds its jobs afresh each time it is elected and
 keeps them in memory. Nothing is stored in or read back from the database: a persistent APScheduler
@@ -9,7 +9,8 @@ after a restart; the next cron time comes, and `cxrd retrain` runs one now.
 Exactly one daemon runs the schedule: the one holding the leader lock — a session-level `pg_advisory_lock` on PostgreSQL (released
 by the server when that daemon dies), an `flock` on `{state_dir}/scheduler.lock` with SQLite (one
 host). The others retry every `RETRY_S`. The job itself (`daemon.stages.retraining.retrain_once`) is
-coalesced, never runs twice at once, and trains in a child process.
+coalesced, never runs twice at once, and trains in a child process. The monitoring job
+(`daemon.stages.monitoring.scheduled`) runs every `monitor.interval_minutes`, the first at election.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import fcntl
 import logging
 import os
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import text
@@ -30,6 +32,7 @@ LEADER_LOCK_ID = 7437003  # storage.db 7437001 migrations, storage.audit 7437002
 RETRY_S = 10.0
 JOB_ID = "cxrd-retrain"
 PURGE_JOB_ID = "cxrd-retention-purge"
+MONITOR_JOB_ID = "cxrd-monitor"
 
 
 class LeaderLock:
@@ -78,12 +81,14 @@ class RetrainScheduler:
 
     def __init__(self, *, engine: Engine, state_dir: Path, cron: str | None, purge_daily: bool = False,
                  job: str = "daemon.stages.retraining:scheduled",
-                 purge_job: str = "daemon.stages.retraining:scheduled_purge"):
+                 purge_job: str = "daemon.stages.retraining:scheduled_purge", monitor_minutes: int = 0,
+                 monitor_job: str = "daemon.stages.monitoring:scheduled"):
         self.lock = LeaderLock(engine, state_dir)
         self.engine, self.cron, self.purge_daily = engine, cron, purge_daily
         # "module:function" references, resolved when the leader adds the jobs, so a daemon that never
         # leads never imports the training code.
         self.job, self.purge_job = job, purge_job
+        self.monitor_job, self.monitor_minutes = monitor_job, monitor_minutes  # 0 = no monitoring job
         self.scheduler = None
         self.leader = False
         self._stop = threading.Event()
@@ -116,6 +121,10 @@ class RetrainScheduler:
         if self.purge_daily:
             self.scheduler.add_job(self.purge_job, CronTrigger.from_crontab("30 3 * * *"),
                                    id=PURGE_JOB_ID, name="retention purge")
+        if self.monitor_minutes:
+            from apscheduler.triggers.interval import IntervalTrigger
+            self.scheduler.add_job(self.monitor_job, IntervalTrigger(minutes=self.monitor_minutes), id=MONITOR_JOB_ID,
+                                   name="drift and live performance", next_run_time=datetime.now(timezone.utc))
         self.scheduler.start()
         jobs = {j.id: j.next_run_time for j in self.scheduler.get_jobs()}
         event(log, "scheduler.leader", cron=self.cron or "off",

@@ -33,6 +33,7 @@ from cxrmodel.errors import ModelError, NoModelError
 from cxrmodel.labels import LABELS
 from cxrmodel.registry import LoadedModel, Registry
 from daemon.ops.logs import event, mask
+from daemon.stages import input_profile
 from daemon.stages.leases import release_dead_claims, worker_id
 from daemon.stages.results import schedule_result
 from daemon.stages.shadow import ShadowBatch, ShadowRunner
@@ -90,6 +91,7 @@ class Prepared:
     received_at: datetime | None = None
     object_id: str | None = None
     version: str = ""  # the model whose preprocessing made `tensor`
+    profile: dict | None = None  # the image's input characteristics (daemon.stages.input_profile)
 
 
 @dataclass
@@ -323,7 +325,8 @@ class Worker:
         try:
             if object_id is None:
                 raise StorageError("instance has no stored object")
-            p.tensor = model.preprocess(checked_instance(self.vault.get(object_id), sop, object_id))
+            p.tensor, p.profile = input_profile.preprocess(model, checked_instance(self.vault.get(object_id), sop,
+                                                                                   object_id))
         except TamperError as exc:
             p.error, p.error_class, p.quarantine = str(exc), type(exc).__name__, True
         except (StorageError, ModelError) as exc:
@@ -421,6 +424,7 @@ class Worker:
                          object_uid=p.sop_uid, details={"model": version, "positive": positives})
         if rows:
             conn.execute(insert(Prediction.__table__), rows)
+        input_profile.record(conn, [(p.instance_id, p.profile) for p in good], version, now)
         conn.execute(update(Instance.__table__).where(Instance.id.in_(ids), Instance.state == RECEIVED)
                      .values(state=PREDICTED, updated_at=now))
         conn.execute(update(Job.__table__).where(Job.id.in_([p.job_id for p in good]))

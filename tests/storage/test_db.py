@@ -12,8 +12,8 @@ from storage.rows import IngestRows
 from storage.models import Base
 
 EXPECTED_TABLES = {"sent_reports", "reports", "console_users", "console_sessions", "console_signin_failures",
-                   "alembic_version", "audit_events", "instances", "jobs", "labels",
-                   "predictions", "reid_map", "results", "retrain_runs", "shadow_predictions"}
+                   "alembic_version", "audit_events", "instances", "jobs", "labels", "predictions", "reid_map",
+                   "results", "retrain_runs", "shadow_predictions", "input_profiles", "monitor_state"}
 
 
 def _assert_models_match_schema(engine) -> None:

@@ -169,6 +169,11 @@ def test_random_weights_evaluated_on_real_images_are_not_promoted(cxrd, checkpoi
     evidence = reg.manifest("rand").metrics["promotion_evidence"]
     assert evidence["min_positives"] == 10 and evidence["n_boot"] == 200
     assert reg.manifest("rand").metrics["evaluated_on"] == "eval, all images"
+    # the drift reference: score distributions and the validation images' characteristics (PNGs: no
+    # manufacturer, which the live baseline then stands in for)
+    reference = reg.manifest("rand").metrics["reference"]
+    assert reference["n_images"] == 40 and reference["scores"]["Effusion"]["n"] == 40
+    assert reference["inputs"]["rows"]["quantiles"][50] == 256 and reference["inputs"]["manufacturer"] is None
     code, _, err = cxrd("model", "promote", "rand")
     assert code == 1 and "rand not promoted" in err
     code, out, _ = cxrd("model", "list")

@@ -50,6 +50,7 @@ NEEDS_STATE: dict[tuple[str, ...], list[str]] = {
     ("users", "enable"): ["alice"],
     ("users", "reset-password"): ["alice"],
     ("users", "set-role"): ["alice", "compliance"],
+    ("monitor", "report"): [],
 }
 CASES = [[*command, *rest] for command, rest in NEEDS_STATE.items()]
 # Subcommands that read only the file they are given (they set `needs_state=False`).

@@ -63,6 +63,10 @@ def test_skip_promote_then_judge_a_candidate_against_the_current_model(rt, make_
     assert rt.registry.current().version == second["candidate"]
     manifest = rt.registry.manifest(second["candidate"])
     assert set(manifest.thresholds) and manifest.metrics
+    # the drift reference of its held-out test images (daemon.stages.monitoring compares traffic with it)
+    reference = manifest.metrics["reference"]
+    assert reference["source"] == "test" and reference["scores"]["Effusion"]["n"] == reference["n_images"] > 0
+    assert reference["inputs"]["unit_mean"]["n"] == reference["n_images"]
     assert "model.trained" in events(rt) and "model.promoted" in events(rt)
 
     assert retrain_once(rt, "manual")["outcome"] == "skipped"  # nothing new since
