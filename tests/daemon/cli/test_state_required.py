@@ -23,6 +23,8 @@ NEEDS_STATE: dict[tuple[str, ...], list[str]] = {
     ("model", "list"): [],
     ("model", "promote"): ["v1"],
     ("model", "rollback"): [],
+    ("model", "shadow"): [],
+    ("model", "report"): ["v1"],
     ("model", "import"): ["weights.pt", "--format", "torchvision"],
     ("audit", "verify"): [],
     ("audit", "query"): ["--since", "today"],
