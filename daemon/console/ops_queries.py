@@ -256,12 +256,12 @@ def model_events(session: Session, limit: int = 100) -> list[dict[str, Any]]:
     """Who promoted, rolled back or refused which model version, and when (newest first)."""
     rows = session.execute(
         select(AuditEvent.seq, AuditEvent.occurred_at, AuditEvent.event_type, AuditEvent.outcome, AuditEvent.actor,
-               AuditEvent.details)
+               AuditEvent.host, AuditEvent.details)
         .where(AuditEvent.event_type.in_(("model.promoted", "model.rollback", "model.rejected", "model.imported",
                                           "model.trained")))
         .order_by(AuditEvent.seq.desc()).limit(limit)).all()
     out = []
-    for seq, at, event_type, outcome, actor, details in rows:
+    for seq, at, event_type, outcome, actor, host, details in rows:
         try:
             data = json.loads(details or "{}")
         except ValueError:
@@ -269,7 +269,7 @@ def model_events(session: Session, limit: int = 100) -> list[dict[str, Any]]:
         if not isinstance(data, dict):
             data = {}
         out.append({"seq": seq, "at": at, "event": event_type.split(".", 1)[1], "outcome": outcome, "actor": actor,
-                    "version": str(data.get("version") or ""), "previous": str(data.get("previous") or ""),
+                    "host": host, "version": str(data.get("version") or ""), "previous": str(data.get("previous") or ""),
                     "forced": bool(data.get("forced")), "source": str(data.get("source") or ""),
                     "overridden": data.get("overridden") or data.get("refused") or []})
     return out
