@@ -288,7 +288,44 @@ def _derive(s: Settings, env: Mapping[str, str], base: Callable[[str], Path]) ->
         raise ConfigError("'results.send_heatmap' is true but 'results.heatmap_objects' is empty: list "
                           "\"secondary_capture\" and/or \"segmentation\", or set send_heatmap = false")
     results = _check_result_destinations(s.results, base)
-    return dataclasses.replace(s, storage=storage, security=security, retrain=retrain, results=results)
+    console = _check_console(s.console, state, env, base)
+    return dataclasses.replace(s, storage=storage, security=security, retrain=retrain, results=results,
+                               console=console)
+
+
+CONSOLE_ROLES = ("compliance", "operations", "admin")
+
+
+def _check_console(c: Any, state: Path, env: Mapping[str, str], base: Callable[[str], Path]) -> Any:
+    """`console.*`: certificate paths (default: the pair `cxrd init` makes), proxies, LDAP mapping."""
+    _check_networks("console.trusted_proxies", c.trusted_proxies)
+    if c.session_absolute_s < c.session_idle_s:
+        raise ConfigError("'console.session_absolute_s' must be at least 'console.session_idle_s'")
+    ldap = c.ldap
+    password_file = _absolute(ldap.bind_password_file, base("console.ldap.bind_password_file"))
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    if not password_file and creds and (Path(creds) / "cxrd.ldappass").is_file():
+        password_file = str(Path(creds) / "cxrd.ldappass")
+    ldap = dataclasses.replace(ldap, bind_password_file=password_file,
+                               ca=_absolute(ldap.ca, base("console.ldap.ca")))
+    for entry in ldap.role_groups:
+        group, arrow, role = entry.rpartition("=>")
+        if not arrow or not group.strip() or role.strip() not in CONSOLE_ROLES:
+            raise ConfigError(f"'console.ldap.role_groups': {entry!r} must be 'GROUP DN => ROLE' with ROLE one "
+                              f"of {', '.join(CONSOLE_ROLES)}")
+    if ldap.enabled:
+        if not ldap.url.startswith(("ldap://", "ldaps://")):
+            raise ConfigError("'console.ldap.url' must be an ldaps:// or ldap:// URL when 'console.ldap.enabled' "
+                              "is true")
+        if not ldap.base_dn or not ldap.role_groups:
+            raise ConfigError("'console.ldap.base_dn' and 'console.ldap.role_groups' are required when "
+                              "'console.ldap.enabled' is true")
+        if "{user}" not in ldap.user_filter or "{dn}" not in ldap.group_filter:
+            raise ConfigError("'console.ldap.user_filter' must contain {user} and 'console.ldap.group_filter' {dn}")
+    return dataclasses.replace(
+        c, ldap=ldap,
+        tls_cert=_absolute(c.tls_cert, base("console.tls_cert")) or str(state / "console" / "tls.crt"),
+        tls_key=_absolute(c.tls_key, base("console.tls_key")) or str(state / "console" / "tls.key"))
 
 
 def _check_result_destinations(r: Any, base: Callable[[str], Path]) -> Any:

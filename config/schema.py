@@ -236,6 +236,64 @@ class Http:
 
 
 @dataclass(frozen=True)
+class ConsoleLdap:
+    enabled: bool = _f(False, "Also sign people in against an LDAP / Active Directory server (local accounts "
+                              "are tried first; a local account's name is never looked up in the directory)")
+    url: str = _f("", "Server URL: ldaps://dc.example.org:636 (TLS from the first byte) or ldap://host:389 "
+                      "with start_tls = true; plain ldap:// without start_tls only to a loopback address")
+    start_tls: bool = _f(False, "Upgrade an ldap:// connection with StartTLS before binding")
+    ca: str = _f("", "PEM CA bundle that verifies the directory's certificate; empty = the system store")
+    bind_dn: str = _f("", "Service account DN used to search for the person signing in "
+                          "(e.g. CN=cxrd-svc,OU=Service,DC=example,DC=org)")
+    bind_password_file: str = _f("", "File whose first line is the service account's password (mode 0600); "
+                                     "empty = the systemd credential `cxrd.ldappass` when "
+                                     "$CREDENTIALS_DIRECTORY holds it")
+    base_dn: str = _f("", "Subtree searched for people (e.g. OU=Staff,DC=example,DC=org)")
+    user_filter: str = _f("(&(objectClass=person)(uid={user}))",
+                          "Search filter for the person signing in; {user} is replaced by the escaped name "
+                          "typed (Active Directory: (&(objectClass=user)(sAMAccountName={user})))")
+    group_base_dn: str = _f("", "Subtree searched for the person's groups; empty = base_dn")
+    group_filter: str = _f("(|(&(objectClass=groupOfNames)(member={dn}))"
+                           "(&(objectClass=groupOfUniqueNames)(uniqueMember={dn}))(&(objectClass=group)(member={dn})))",
+                           "Search filter for the groups a person is a direct member of; {dn} is replaced "
+                           "by the person's escaped DN")
+    role_groups: list[str] = _f(list, "Group -> role mapping, entries \"GROUP DN => role\" with role one of "
+                                      "compliance, operations, admin. A person in no mapped group is refused; "
+                                      "a person whose groups map to more than one role is refused too (fail "
+                                      "closed: give each person one console group)", factory=True)
+    timeout_s: float = _f(10.0, "Network timeout for each directory operation", min=1.0, max=120)
+
+
+@dataclass(frozen=True)
+class Console:
+    bind: str = _f("127.0.0.1", "Address `cxrd console` listens on")
+    port: int = _f(8443, "Console port", min=1, max=65535)
+    tls: bool = _f(True, "Serve HTTPS with tls_cert / tls_key. false = plain HTTP, allowed only on a loopback "
+                         "bind or behind the reverse proxies listed in trusted_proxies (which then terminate TLS)")
+    tls_cert: str = _f("", "PEM certificate (chain) of the console; empty = {state_dir}/console/tls.crt, the "
+                           "self-signed pair `cxrd init` makes for a first start")
+    tls_key: str = _f("", "PEM private key of tls_cert; empty = {state_dir}/console/tls.key")
+    trusted_proxies: list[str] = _f(list, "Reverse proxy addresses whose X-Forwarded-For / X-Forwarded-Proto "
+                                          "headers are believed (the client address then audited is the "
+                                          "one the proxy names); from any other address they are ignored",
+                                    factory=True)
+    session_idle_s: int = _f(900, "Sign a session out after this many seconds without a request", min=10,
+                             max=86400)
+    session_absolute_s: int = _f(28800, "Sign a session out this long after sign-in, however active", min=60,
+                                 max=604800)
+    lockout_threshold: int = _f(5, "Failed sign-ins in a row for one account name before it is locked out",
+                                min=1, max=1000)
+    lockout_address_threshold: int = _f(20, "Failed sign-ins in a row from one source address (any names) "
+                                            "before that address is locked out", min=1, max=100000)
+    lockout_base_s: int = _f(60, "First lock-out's length; each further failure while over the threshold "
+                                 "doubles it, up to lockout_max_s", min=1, max=86400)
+    lockout_max_s: int = _f(3600, "Longest lock-out; failures older than this are forgotten", min=1, max=604800)
+    min_password_length: int = _f(12, "Shortest password `cxrd users` and the accounts page accept", min=8,
+                                  max=1024)
+    ldap: ConsoleLdap = _f(ConsoleLdap, "Directory (LDAP / Active Directory) sign-in", factory=True)
+
+
+@dataclass(frozen=True)
 class Log:
     level: str = _f("info", "Log level", choices=("debug", "info", "warning", "error"))
     format: str = _f("logfmt", "One event per line, as key=value pairs or JSON", choices=("logfmt", "json"))
@@ -251,4 +309,5 @@ class Settings:
     retrain: Retrain = _f(Retrain, "Scheduled retraining", factory=True)
     results: Results = _f(Results, "Results back to the PACS", factory=True)
     http: Http = _f(Http, "Health and metrics endpoint", factory=True)
+    console: Console = _f(Console, "Web console (`cxrd console`)", factory=True)
     log: Log = _f(Log, "Logging", factory=True)

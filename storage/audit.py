@@ -91,6 +91,17 @@ EVENTS: dict[str, tuple[str, str]] = {
     "reid.pseudonymize": (PATIENT_RECORD, "R"),  # an original UID was used to search (with a reason)
     "purge.expired": (STUDY_DELETED, "D"),       # image retention purge (crypto-shredding) summary
     "config.loaded": (APPLICATION_ACTIVITY, "E"),
+    # web console (daemon.console, storage.accounts): actor "console:NAME", host = the client address
+    "console.signin": (USER_AUTHENTICATION, "E"),          # success
+    "console.signin_failed": (USER_AUTHENTICATION, "E"),   # wrong password, unknown or disabled name, no role
+    "console.locked": (USER_AUTHENTICATION, "E"),          # a name or address just locked out
+    "console.signout": (USER_AUTHENTICATION, "E"),         # by the person, or an idle/absolute time-out
+    # console accounts changed (`cxrd users`, the accounts page)
+    "users.added": (SECURITY_ALERT, "C"),
+    "users.disabled": (SECURITY_ALERT, "U"),
+    "users.enabled": (SECURITY_ALERT, "U"),
+    "users.password_reset": (SECURITY_ALERT, "U"),
+    "users.role_set": (SECURITY_ALERT, "U"),
 }
 
 

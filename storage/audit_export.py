@@ -51,6 +51,15 @@ EVENT_TYPE_CODE = {
     "reid.refused": ("110132", "Use of Restricted Function"),
     "security.tamper": ("110135", "Object Security Attributes Changed"),
     "purge.expired": ("110131", "Software Configuration"),
+    "console.signin": ("110122", "Login"),
+    "console.signin_failed": ("110122", "Login"),
+    "console.locked": ("110122", "Login"),
+    "console.signout": ("110123", "Logout"),
+    "users.added": ("110137", "User Security Attributes Changed"),
+    "users.disabled": ("110137", "User Security Attributes Changed"),
+    "users.enabled": ("110137", "User Security Attributes Changed"),
+    "users.password_reset": ("110137", "User Security Attributes Changed"),
+    "users.role_set": ("110136", "Security Roles Changed"),
 }
 
 # PS3.16 CID 402 "Audit Active Participant Role ID Code"
@@ -89,6 +98,8 @@ def _participants(msg: ET.Element, ev: dict[str, Any], source_id: str) -> None:
             attrs["AlternativeUserID"] = f"AETITLES={actor[4:]}"
         elif actor.startswith("os:"):
             attrs["UserName"] = actor[3:]
+        elif actor.startswith("console:"):
+            attrs["UserName"] = actor[8:]
         p = ET.SubElement(msg, "ActiveParticipant", attrs)
         if inbound:
             _code(p, "RoleIDCode", *ROLE_SOURCE[:1], "DCM", ROLE_SOURCE[1])
@@ -144,6 +155,12 @@ def message(ev: dict[str, Any], *, source_id: str, site_id: str = "") -> ET.Elem
         _code(obj, "ParticipantObjectIDTypeCode", "object_uid", "cxrd",
               "Pseudonymous SOP Instance UID or vault object id")
         ET.SubElement(obj, "Anonymized").text = "true"
+    if ev["event_type"].startswith("users.") and details.get("user"):
+        # The console account whose attributes changed (PS3.15 A.5.3.x: Security User Entity).
+        who = ET.SubElement(msg, "ParticipantObjectIdentification", {
+            "ParticipantObjectID": str(details["user"]), "ParticipantObjectTypeCode": "1",
+            "ParticipantObjectTypeCodeRole": "11"})
+        _code(who, "ParticipantObjectIDTypeCode", "11", "RFC-3881", "User Identifier")
     # The audit record itself: where the chain (seq, hash) and the PHI-free details travel.
     rec = ET.SubElement(msg, "ParticipantObjectIdentification", {
         "ParticipantObjectID": f"cxrd-audit:{ev['seq']}", "ParticipantObjectTypeCode": "2",

@@ -210,3 +210,50 @@ class RetrainRun(Base):
     outcome: Mapped[str] = mapped_column(String(16), default="running")  # running promoted rejected failed skipped
     candidate_version: Mapped[str] = mapped_column(String(64), default="")
     report: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class ConsoleAccount(Base):
+    """A local account of the web console (`cxrd users`); directory (LDAP) people have no row.
+
+    Only an argon2id hash of the password is kept. One role per account.
+    """
+    __tablename__ = "console_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # compliance operations admin
+    password_hash: Mapped[str] = mapped_column(Text)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConsoleSession(Base):
+    """A signed-in console session. Only the SHA-256 of the cookie's token is stored, so a copy of the
+    database signs nobody in; `ended_at` set = signed out (by the person, a time-out or an admin)."""
+    __tablename__ = "console_sessions"
+    __table_args__ = (Index("ix_console_sessions_user", "user_name", "ended_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    via: Mapped[str] = mapped_column(String(8))  # local ldap
+    source: Mapped[str] = mapped_column(String(64), default="")  # client address at sign-in
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end_reason: Mapped[str] = mapped_column(String(16), default="")
+
+
+class SigninFailure(Base):
+    """Failed sign-ins in a row for one account name or one source address (lock-out and back-off).
+
+    `subject` is "name:" or "addr:" followed by a SHA-256, so names typed by mistake (a password in
+    the name field) are never kept in clear."""
+    __tablename__ = "console_signin_failures"
+
+    subject: Mapped[str] = mapped_column(String(80), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -328,3 +328,160 @@ def cli_captured(cli_state: Path, capsys: pytest.CaptureFixture):
         out = capsys.readouterr()
         return code, out.out, out.err
     return run
+
+
+# --- the web console (daemon/console) -----------------------------------------------------------------
+
+ARTIFACTS = Path(os.environ.get("CXRD_TEST_ARTIFACTS") or REPO / "test-artifacts")
+
+
+class Console:
+    """A real `cxrd console` child process on a free loopback port, over HTTPS with the self-signed
+    pair `cxrd init` makes (or plain HTTP on loopback with tls=False), and `cxrd` commands against the
+    same state directory."""
+
+    def __init__(self, state_dir: Path, env: dict[str, str], tls: bool = True):
+        self.state_dir = state_dir
+        self.port = free_port()
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "TCP_NODELAY": "1",
+                    "CXRD_STORAGE__STATE_DIR": str(state_dir),
+                    "CXRD_CONSOLE__BIND": "127.0.0.1",
+                    "CXRD_CONSOLE__PORT": str(self.port),
+                    "CXRD_CONSOLE__TLS": "true" if tls else "false",
+                    "CXRD_RETRAIN__ENABLED": "false",
+                    **env}
+        self.env.pop("CREDENTIALS_DIRECTORY", None)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = state_dir.parent / f"console-{self.port}.log"
+
+    def cli(self, *args: str, input: str | None = None, check: bool = False,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([CXRD, *args], env=self.env, capture_output=True, text=True, input=input,
+                              timeout=timeout, check=check)
+
+    def init(self) -> "Console":
+        r = self.cli("init")
+        assert r.returncode == 0, r.stderr
+        return self
+
+    def add_user(self, name: str, role: str, password: str) -> None:
+        """`cxrd users add NAME --role ROLE`, the password on stdin as a script would give it."""
+        r = self.cli("users", "add", name, "--role", role, input=password + "\n")
+        assert r.returncode == 0, r.stderr
+
+    def start(self, timeout: float = 60.0) -> "Console":
+        if not (self.state_dir / "cxrd.db").exists():
+            self.init()
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([CXRD, "console"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(self.port, timeout, self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}: {self.log_text()[-2000:]}") from None
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.proc = None
+        self._log.close()
+        return rc
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def audit_rows(self, *event_types: str) -> list[dict]:
+        """Audit rows (oldest first) of these event types, read straight from the database."""
+        import json
+        import sqlite3
+        con = sqlite3.connect(self.state_dir / "cxrd.db")
+        try:
+            marks = ",".join("?" * len(event_types))
+            rows = con.execute(f"SELECT seq, event_id, event_type, outcome, actor, host, details FROM audit_events "
+                               f"WHERE event_type IN ({marks}) ORDER BY seq", event_types).fetchall()
+        finally:
+            con.close()
+        return [{"seq": r[0], "event_id": r[1], "event_type": r[2], "outcome": r[3], "actor": r[4], "host": r[5],
+                 "details": json.loads(r[6])} for r in rows]
+
+
+@pytest.fixture()
+def console_factory(tmp_path: Path) -> Iterator:
+    """make(state_dir=None, env=None, tls=True, start=True) -> a `Console` (started unless start=False;
+    `cxrd init` runs first when its state directory has no database)."""
+    started: list[Console] = []
+
+    def make(state_dir: Path | None = None, env: dict[str, str] | None = None, tls: bool = True,
+             start: bool = True) -> Console:
+        c = Console(state_dir or tmp_path / f"console-state{len(started)}", env or {}, tls=tls)
+        started.append(c)
+        return c.start() if start else c
+
+    yield make
+    for c in started:
+        c.stop(signal.SIGKILL)
+
+
+@pytest.fixture()
+def browser(request: pytest.FixtureRequest) -> Iterator:
+    """Headless Chromium (Debian's, through /usr/bin/chromedriver) driven by Selenium, with
+    `browser.screenshot(name)` writing `name`.png under $CXRD_TEST_ARTIFACTS or test-artifacts/."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    for exe in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        if not Path(exe).exists():
+            pytest.fail(f"{exe} not found (apt-get install chromium chromium-driver; deploy/system-deps.sh)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--ignore-certificate-errors", "--window-size=1280,900", "--no-first-run",
+                "--disable-extensions", "--disable-background-networking"):
+        options.add_argument(arg)
+    profile = Path(tempfile.mkdtemp(prefix="cxrd-chromium-"))
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver.set_page_load_timeout(30)
+
+    def screenshot(name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        driver.save_screenshot(str(path))
+        return path
+
+    driver.screenshot = screenshot
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def sign_in_browser(browser, url: str, user: str, password: str, *, expect_success: bool = True):  # noqa: ANN001, ANN201
+    """Sign in through the real form with the keyboard (type, Enter); returns the browser, on the
+    person's first page when `expect_success`, else still on the sign-in page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    browser.get(url.rstrip("/") + "/signin")
+    browser.find_element(By.ID, "name").send_keys(user)
+    field = browser.find_element(By.ID, "password")
+    field.send_keys(password)
+    field.send_keys(Keys.ENTER)
+    WebDriverWait(browser, 15).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    if expect_success:
+        WebDriverWait(browser, 15).until(lambda d: "/signin" not in d.current_url)
+    return browser
+
+
+@pytest.fixture()
+def signed_in():  # noqa: ANN201
+    """`signed_in(browser, url, user, password)`: see `sign_in_browser`."""
+    return sign_in_browser

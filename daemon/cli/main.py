@@ -40,6 +40,8 @@ COMMAND_MODULES = [
     "daemon.cli.labels",      # labels import / export
     "daemon.cli.train",       # train / evaluate
     "daemon.cli.predictions", # predictions; results list / retry
+    "daemon.cli.console",     # console (the web console)
+    "daemon.cli.users",       # users add / list / disable / enable / reset-password / set-role
 ]
 
 # Commands that may run without an initialised state directory: `init` and `serve` create it,

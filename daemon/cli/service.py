@@ -40,10 +40,23 @@ def initialise(rt: Runtime) -> dict[str, str]:
     before = db.schema_revision(rt.engine)
     revision = db.migrate(rt.engine)
     key_state = rt.ensure_keys()
+    _console_certificate(rt)
     if before != revision:
         rt.audit("app.init", schema_from=before, schema=revision)
         _anchor_audit_head(rt)
     return {"schema": revision or "", "key_file": key_state}
+
+
+def _console_certificate(rt: Runtime) -> None:
+    """A self-signed pair for the console's first start, when its certificate is the default one in the
+    state directory and none is there yet (never overwrites, never writes outside the state)."""
+    c = rt.settings.console
+    default_dir = rt.state_dir / "console"
+    if c.tls and all(str(p).startswith(str(default_dir) + "/") for p in (c.tls_cert, c.tls_key)):
+        from pathlib import Path
+
+        from daemon.console.tls import make_self_signed
+        make_self_signed(Path(c.tls_cert), Path(c.tls_key))
 
 
 def _anchor_audit_head(rt: Runtime) -> None:

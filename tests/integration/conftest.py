@@ -34,6 +34,8 @@ dcmtk = _root.dcmtk
 storescu = _root.storescu
 copy_with_new_uids = _root.copy_with_new_uids
 running_postgres = _root.running_postgres
+Console = _root.Console
+sign_in_browser = _root.sign_in_browser
 
 
 class Orthanc:

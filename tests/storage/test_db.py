@@ -11,7 +11,7 @@ from storage.errors import DatabaseUnavailable
 from storage.rows import IngestRows
 from storage.models import Base
 
-EXPECTED_TABLES = {"sent_reports", "alembic_version", "audit_events", "instances", "jobs", "labels",
+EXPECTED_TABLES = {"sent_reports", "console_users", "console_sessions", "console_signin_failures", "alembic_version", "audit_events", "instances", "jobs", "labels",
                    "predictions", "reid_map", "results", "retrain_runs"}
 
 

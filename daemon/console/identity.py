@@ -1,0 +1,57 @@
+"""Who is signed in: `current_user_or_none` reads the session cookie, looks its token's hash up
+(ending a session that has been idle or alive too long, audited as a sign-out) and caches the answer
+on the request."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from daemon.console.cookies import client_address, session_token
+
+ROLE_TITLES = {"compliance": "Compliance", "operations": "Operations", "admin": "Administrator"}
+
+
+@dataclass(frozen=True)
+class ConsoleUser:
+    name: str
+    role: str     # compliance | operations | admin
+    via: str      # local | ldap
+    source: str   # the client's address, for audit rows
+
+    @property
+    def actor(self) -> str:
+        """The audit actor string of this person."""
+        return f"console:{self.name}"
+
+
+_UNSET = object()
+
+
+def current_user_or_none(request: Request) -> ConsoleUser | None:
+    cached = getattr(request.state, "console_user", _UNSET)
+    if cached is not _UNSET:
+        return cached
+    user = None
+    token = session_token(request)
+    if token:
+        from storage import accounts
+        rt = request.app.state.runtime
+        c = rt.settings.console
+        with rt.sessions() as s, s.begin():
+            live, ended = accounts.find_session(s, token, idle_s=c.session_idle_s, absolute_s=c.session_absolute_s)
+        if live is not None:
+            user = ConsoleUser(live.name, live.role, live.via, client_address(request))
+        elif ended is not None:  # timed out just now: audited once, as the sign-out it is
+            rt.audit("console.signout", actor=f"console:{ended.name}", host=client_address(request),
+                     reason=f"{ended.end_reason} time-out", role=ended.role, via=ended.via)
+    request.state.console_user = user
+    return user
+
+
+def current_user(request: Request) -> ConsoleUser:
+    """The signed-in person; only valid inside an endpoint wrapped by `requires_role`."""
+    user = current_user_or_none(request)
+    if user is None:
+        raise PermissionError("no signed-in console user on this request")
+    return user

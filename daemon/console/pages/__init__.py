@@ -1,0 +1,1 @@
+"""One module per area of the console, each with a module-level `routes` list (see `app.PAGES`)."""
