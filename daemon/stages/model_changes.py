@@ -6,8 +6,9 @@ is never made current), judges its evidence against the promotion floor (`cxrmod
 `[model.promotion]`), and either makes it current (`model.promoted`) or refuses (`model.rejected`,
 outcome 4) unless forced; a forced promotion's record names what it overrode. A rollback is never
 judged: it is the way out of a bad model. Both are audited with the actor who asked (the OS user
-for the command line, `console:NAME` for the console) and any details the caller adds (the
-console's client address), in the same words whichever way they were asked for.
+for the command line, `console:NAME` for the console), the host (this machine's name, or the
+console's client address) and any details the caller adds, in the same words whichever way they
+were asked for.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def floor(rt: Runtime) -> Floor:
 
 def promote(rt: Runtime, version: str, *, force: bool = False,
             evaluate: Callable[[LoadedModel], dict[str, Any]] | None = None,
-            actor: str | None = None, **details: Any) -> Promoted:
+            actor: str | None = None, host: str | None = None, **details: Any) -> Promoted:
     """Make `version` current if its evidence clears the floor (or `force`); PromotionRefused if not.
 
     `evaluate`, when given, supplies fresh metrics for the loaded model (`--evaluate-on`); otherwise
@@ -60,11 +61,11 @@ def promote(rt: Runtime, version: str, *, force: bool = False,
     limit = floor(rt)
     verdict = judge(metrics, limit)
     if not verdict.passed and not force:
-        rt.audit("model.rejected", outcome=4, actor=actor, version=version, refused=list(verdict.failures),
+        rt.audit("model.rejected", outcome=4, actor=actor, host=host, version=version, refused=list(verdict.failures),
                  promotion=verdict.audit_details(limit), **details)
         raise PromotionRefused(version, verdict)
     previous = reg.promote(version)
-    rt.audit("model.promoted", actor=actor, version=version, previous=previous, forced=not verdict.passed,
+    rt.audit("model.promoted", actor=actor, host=host, version=version, previous=previous, forced=not verdict.passed,
              overridden=list(verdict.failures) or None, promotion=verdict.audit_details(limit), **details)
     return Promoted(version, previous, verdict)
 
@@ -77,11 +78,11 @@ def rollback_target(rt: Runtime) -> str | None:
     return previous[-1] if previous else None
 
 
-def rollback(rt: Runtime, *, actor: str | None = None, **details: Any) -> tuple[str, str | None]:
+def rollback(rt: Runtime, *, actor: str | None = None, host: str | None = None, **details: Any) -> tuple[str, str | None]:
     """Return to the model that was current before; (now current, was current). ModelError if none."""
     reg = rt.registry
     before = reg.current()
     version = reg.rollback()
     previous = before.version if before else None
-    rt.audit("model.rollback", actor=actor, version=version, previous=previous, **details)
+    rt.audit("model.rollback", actor=actor, host=host, version=version, previous=previous, **details)
     return version, previous
