@@ -62,7 +62,7 @@ def _charts(board: Dashboard) -> dict[str, charts.Chart]:
             "chart-throughput", f"Images per hour, last {board.hours} hours", labels,
             [charts.Series("received", [b.received for b in board.hourly]),
              charts.Series("predicted", [b.predicted for b in board.hourly])],
-            y_label="images per hour", x_title="hour starting"),
+            y_label="images per hour", x_title="hour starting", integer=True),
         "latency": charts.line_chart(
             "chart-latency", f"Receipt to prediction, last {board.hours} hours", labels,
             [charts.Series("mean seconds", [b.latency_mean_s for b in board.hourly]),
