@@ -22,7 +22,7 @@ from markupsafe import Markup
 
 WIDTH, HEIGHT = 640, 260
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16, 28, 44
-SERIES_CLASSES = 8  # chart-series-0 .. chart-series-7 in the stylesheet; more series reuse them
+SERIES_CLASSES = 14  # chart-series-0 .. chart-series-13 in the stylesheet (one per finding); more reuse them
 
 
 @dataclass(frozen=True)
