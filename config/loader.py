@@ -298,6 +298,7 @@ CONSOLE_ROLES = ("compliance", "operations", "admin")
 
 def _check_console(c: Any, state: Path, env: Mapping[str, str], base: Callable[[str], Path]) -> Any:
     """`console.*`: certificate paths (default: the pair `cxrd init` makes), proxies, LDAP mapping."""
+    import urllib.parse
     _check_networks("console.trusted_proxies", c.trusted_proxies)
     if c.session_absolute_s < c.session_idle_s:
         raise ConfigError("'console.session_absolute_s' must be at least 'console.session_idle_s'")
@@ -320,6 +321,10 @@ def _check_console(c: Any, state: Path, env: Mapping[str, str], base: Callable[[
         if not ldap.base_dn or not ldap.role_groups:
             raise ConfigError("'console.ldap.base_dn' and 'console.ldap.role_groups' are required when "
                               "'console.ldap.enabled' is true")
+        host = urllib.parse.urlsplit(ldap.url).hostname or ""
+        if ldap.url.startswith("ldap://") and not ldap.start_tls and host not in ("127.0.0.1", "::1", "localhost"):
+            raise ConfigError("'console.ldap.url' is ldap:// without 'console.ldap.start_tls': passwords would "
+                              "cross the network in clear; use ldaps:// or set start_tls = true")
         if "{user}" not in ldap.user_filter or "{dn}" not in ldap.group_filter:
             raise ConfigError("'console.ldap.user_filter' must contain {user} and 'console.ldap.group_filter' {dn}")
     return dataclasses.replace(

@@ -469,12 +469,14 @@ def sign_in_browser(browser, url: str, user: str, password: str, *, expect_succe
     person's first page when `expect_success`, else still on the sign-in page."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.ui import WebDriverWait
     browser.get(url.rstrip("/") + "/signin")
     browser.find_element(By.ID, "name").send_keys(user)
     field = browser.find_element(By.ID, "password")
     field.send_keys(password)
     field.send_keys(Keys.ENTER)
+    WebDriverWait(browser, 15).until(staleness_of(field))  # the answer page replaced the form
     WebDriverWait(browser, 15).until(lambda d: d.execute_script("return document.readyState") == "complete")
     if expect_success:
         WebDriverWait(browser, 15).until(lambda d: "/signin" not in d.current_url)
@@ -485,3 +487,180 @@ def sign_in_browser(browser, url: str, user: str, password: str, *, expect_succe
 def signed_in():  # noqa: ANN201
     """`signed_in(browser, url, user, password)`: see `sign_in_browser`."""
     return sign_in_browser
+
+
+class ConsoleClient:
+    """The console app in this process (Starlette's TestClient, https://testserver so cookies are
+    Secure and HSTS is sent) on an initialised state; `sign_in` goes through the real form."""
+
+    def __init__(self, rt, base_url: str = "https://testserver", client: tuple[str, int] = ("10.9.8.7", 50000)):  # noqa: ANN001
+        from starlette.testclient import TestClient
+
+        from daemon.console.app import build_app
+        self.rt = rt
+        self.http = TestClient(build_app(rt), base_url=base_url, follow_redirects=False, client=client)
+
+    def add_user(self, name: str, role: str, password: str) -> None:
+        from storage import accounts
+        with self.rt.sessions() as s, s.begin():
+            accounts.add(s, name, role, accounts.hash_password(password, 8))
+
+    def csrf(self, path: str = "/signin") -> str:
+        import re
+        page = self.http.get(path)
+        found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+        assert found, f"no CSRF field on {path} ({page.status_code})"
+        return found.group(1)
+
+    def sign_in(self, name: str, password: str):  # noqa: ANN201
+        return self.http.post("/signin", data={"name": name, "password": password, "csrf_token": self.csrf()})
+
+    def post(self, path: str, data: dict[str, str], page: str | None = None):  # noqa: ANN201
+        """POST a form with the CSRF token of the page it is on (`page`, default `path`)."""
+        return self.http.post(path, data={**data, "csrf_token": self.csrf(page or path)})
+
+    def audit_rows(self, *event_types: str) -> list[dict]:
+        import json
+
+        from sqlalchemy import select
+
+        from storage.models import AuditEvent
+        with self.rt.read_sessions() as s:
+            rows = s.scalars(select(AuditEvent).where(AuditEvent.event_type.in_(event_types))
+                             .order_by(AuditEvent.seq)).all()
+            return [{"seq": r.seq, "event_id": r.event_id, "event_type": r.event_type, "outcome": r.outcome,
+                     "actor": r.actor, "host": r.host, "details": json.loads(r.details)} for r in rows]
+
+
+@pytest.fixture()
+def console_client(cli_state: Path):
+    """make(**console_settings) -> a `ConsoleClient` on `cli_state`, with `console.*` settings replaced
+    (e.g. session_idle_s=60, lockout_threshold=3)."""
+    import dataclasses
+
+    from config import load_settings
+    from daemon.runtime import Runtime
+
+    def make(base_url: str = "https://testserver", **console: object) -> ConsoleClient:
+        settings = load_settings(None)
+        settings = dataclasses.replace(settings, console=dataclasses.replace(settings.console, **console))
+        return ConsoleClient(Runtime(settings), base_url=base_url)
+    return make
+
+
+class Slapd:
+    """A real OpenLDAP server (Debian's slapd) on loopback ports (`url` with StartTLS, `ldaps_url`),
+    mdb backend in a temporary directory, a self-signed certificate (`ca`), loaded with people and groups:
+
+    carol (cxrd-compliance), otto (cxrd-operations), ada (cxrd-admins), nina (no console group),
+    dora (cxrd-compliance and cxrd-admins: two roles). Every password is `PASSWORD`. The service
+    account `svc_dn` reads the tree; its password is in `svc_password_file`."""
+
+    BASE = "dc=cxrd,dc=test"
+    PASSWORD = "directory pass 1"
+    GROUPS = {"cxrd-compliance": ("carol", "dora"), "cxrd-operations": ("otto",), "cxrd-admins": ("ada", "dora"),
+              "unrelated": ("nina",)}
+    PEOPLE = ("carol", "otto", "ada", "nina", "dora")
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.url = f"ldap://127.0.0.1:{self.port}"
+        self.ldaps_port = free_port()
+        self.ldaps_url = f"ldaps://127.0.0.1:{self.ldaps_port}"  # TLS from the first byte
+        self.svc_dn = f"cn=cxrd-svc,ou=service,{self.BASE}"
+        self.svc_password_file = root / "svc.pass"
+        self.ca = root / "tls.crt"
+        self.proc: subprocess.Popen | None = None
+
+    def group_dn(self, name: str) -> str:
+        return f"cn={name},ou=groups,{self.BASE}"
+
+    def role_groups(self) -> list[str]:
+        return [f"{self.group_dn('cxrd-compliance')} => compliance", f"{self.group_dn('cxrd-operations')} => operations",
+                f"{self.group_dn('cxrd-admins')} => admin"]
+
+    def settings(self, **overrides: str) -> dict[str, str]:
+        """CXRD_CONSOLE__LDAP__* variables for a console signing people in against this server."""
+        import json
+        env = {"ENABLED": "true", "URL": self.url, "START_TLS": "true", "CA": str(self.ca),
+               "BIND_DN": self.svc_dn, "BIND_PASSWORD_FILE": str(self.svc_password_file),
+               "BASE_DN": f"ou=people,{self.BASE}", "GROUP_BASE_DN": f"ou=groups,{self.BASE}",
+               "ROLE_GROUPS": json.dumps(self.role_groups()), **overrides}
+        return {f"CXRD_CONSOLE__LDAP__{k}": v for k, v in env.items()}
+
+    def start(self) -> "Slapd":
+        from daemon.console.tls import make_self_signed
+        for tool in ("/usr/sbin/slapd", "/usr/bin/ldapadd", "/usr/sbin/slappasswd"):
+            if not Path(tool).exists():
+                pytest.fail(f"{tool} not found (apt-get install slapd ldap-utils; deploy/system-deps.sh)")
+        (self.root / "db").mkdir(parents=True)
+        make_self_signed(self.ca, self.root / "tls.key")
+        svc_password = "service pass 1"
+        self.svc_password_file.write_text(svc_password + "\n")
+        root_password = "root-pass-1"
+        (self.root / "slapd.conf").write_text(f"""
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+pidfile {self.root}/slapd.pid
+argsfile {self.root}/slapd.args
+modulepath /usr/lib/ldap
+moduleload back_mdb
+TLSCertificateFile {self.ca}
+TLSCertificateKeyFile {self.root}/tls.key
+database mdb
+maxsize 10485760
+suffix "{self.BASE}"
+rootdn "cn=admin,{self.BASE}"
+rootpw {root_password}
+directory {self.root}/db
+access to attrs=userPassword by anonymous auth by * none
+access to * by dn.exact="{self.svc_dn}" read by self read by * none
+""")
+
+        def hashed(password: str) -> str:
+            return subprocess.run(["/usr/sbin/slappasswd", "-s", password], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        people_hash = hashed(self.PASSWORD)
+        ldif = [f"dn: {self.BASE}\nobjectClass: dcObject\nobjectClass: organization\no: cxrd test\ndc: cxrd\n"]
+        for ou in ("people", "groups", "service"):
+            ldif.append(f"dn: ou={ou},{self.BASE}\nobjectClass: organizationalUnit\nou: {ou}\n")
+        ldif.append(f"dn: {self.svc_dn}\nobjectClass: person\ncn: cxrd-svc\nsn: service\n"
+                    f"userPassword: {hashed(svc_password)}\n")
+        for uid in self.PEOPLE:
+            ldif.append(f"dn: uid={uid},ou=people,{self.BASE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\n"
+                        f"sn: {uid}\nuserPassword: {people_hash}\n")
+        for group, members in self.GROUPS.items():
+            lines = "".join(f"member: uid={m},ou=people,{self.BASE}\n" for m in members)
+            ldif.append(f"dn: {self.group_dn(group)}\nobjectClass: groupOfNames\ncn: {group}\n{lines}")
+        log = open(self.root / "slapd.log", "wb")
+        self.proc = subprocess.Popen(["/usr/sbin/slapd", "-h", f"{self.url}/ {self.ldaps_url}/",
+                                      "-f", str(self.root / "slapd.conf"),
+                                      "-d", "0"], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        try:
+            wait_for_port(self.port, 30, self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"slapd: {exc}: {(self.root / 'slapd.log').read_text(errors='replace')[-1500:]}") from None
+        subprocess.run(["/usr/bin/ldapadd", "-x", "-H", self.url, "-D", f"cn=admin,{self.BASE}", "-w", root_password],
+                       input="\n".join(ldif), capture_output=True, text=True, check=True, timeout=30)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    """A real OpenLDAP server for directory sign-in tests (see `Slapd`), shared by the session."""
+    server = Slapd(tmp_path_factory.mktemp("slapd")).start()
+    yield server
+    server.stop()

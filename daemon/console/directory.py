@@ -42,13 +42,13 @@ def _server(cfg: ConsoleLdap):  # noqa: ANN202
     tls = Tls(validate=ssl.CERT_REQUIRED, version=ssl.PROTOCOL_TLS_CLIENT, ca_certs_file=cfg.ca or None)
     return Server(u.hostname or "", port=u.port or (636 if secure else 389), use_ssl=secure,
                   tls=tls if (secure or cfg.start_tls) else None, get_info="NO_INFO",
-                  connect_timeout=cfg.timeout_s)
+                  connect_timeout=max(1, int(cfg.timeout_s)))
 
 
 def _bound(cfg: ConsoleLdap, server, user: str, password: str):  # noqa: ANN001, ANN202
     """A connection bound as `user`, or None when the directory refuses the credentials."""
     from ldap3 import Connection
-    conn = Connection(server, user=user, password=password, receive_timeout=cfg.timeout_s,
+    conn = Connection(server, user=user, password=password, receive_timeout=max(1, int(cfg.timeout_s)),
                       raise_exceptions=False, read_only=True, auto_referrals=False)
     if not conn.open() and conn.closed:
         raise DirectoryError("the directory server cannot be reached")
@@ -102,7 +102,7 @@ def authenticate(cfg: ConsoleLdap, name: str, password: str) -> DirectoryAnswer:
             groups = {_norm_dn(e["dn"]) for e in svc.response or [] if e.get("type") == "searchResEntry"}
         finally:
             svc.unbind()
-    except LDAPException as exc:
+    except (LDAPException, OSError) as exc:  # ssl.SSLError is an OSError
         raise DirectoryError(f"directory error ({type(exc).__name__})") from exc
     mapping = role_mapping(cfg)
     roles = {mapping[g] for g in groups if g in mapping}
