@@ -102,3 +102,19 @@ def test_admin_rolls_back_with_the_typed_name_of_the_version_to_return_to(harnes
     assert (row["actor"], row["details"]["version"], row["details"]["previous"]) == ("console:ada", "base", "good")
     history = admin.http.get("/models").text
     assert "console:ada" in history and "rollback" in history
+
+
+def test_retraining_runs_show_outcome_and_why(harness):
+    import json as _json
+
+    from storage.models import RetrainRun
+    with harness.rt.sessions.begin() as s:
+        s.add(RetrainRun(trigger="schedule", outcome="rejected", candidate_version="cand7",
+                         report=_json.dumps({"new_images": 120, "candidate_mean_auroc": 0.71, "current_mean_auroc": 0.74,
+                                             "reasons": ["mean AUROC 0.7100 is below the current model's 0.7400"]})))
+        s.add(RetrainRun(trigger="manual", outcome="skipped", report=_json.dumps({"reason": "3 new labeled images (< 100)"})))
+        s.add(RetrainRun(trigger="schedule", outcome="failed", report="not json"))  # a damaged report: shown, not raised
+    page = harness.client("otto", "operations").http.get("/models").text
+    runs = page[page.index('id="runs-table"'):]
+    assert "below the current model&#39;s 0.7400" in runs and "0.710 / 0.740" in runs and ">120<" in runs
+    assert "3 new labeled images (&lt; 100)" in runs and "outcome-failed" in runs
