@@ -270,49 +270,29 @@ def _evaluate_on(rt: Runtime, module: Any, manifest: Any, data: Path, n_boot: in
 
 
 def run_promote(args: argparse.Namespace, rt: Runtime) -> int:
-    from cxrmodel.promotion import judge
+    from daemon.stages.model_changes import PromotionRefused, promote
 
-    reg = rt.registry
-    loaded = reg.load(args.version)  # refuse to promote a version whose weights fail verification
+    evaluate = None
     if args.evaluate_on is not None:
-        metrics = _evaluate_on(rt, loaded.module, loaded.manifest, args.evaluate_on, args.n_boot,
-                               own_training_data=str(loaded.manifest.training.get("data", "")))
-    else:
-        metrics = dict(loaded.manifest.metrics)
-    floor = _floor(rt)
-    verdict = judge(metrics, floor)
-    live = _live_comparison(rt, args.version)  # on the same live labeled studies as the current model
-    if live is not None:
-        print("\n".join(live.lines()))
-    from daemon.stages.shadow import shadow_refusal
-    live_refusal = shadow_refusal(live)
-    failures = list(verdict.failures) + ([live_refusal] if live_refusal else [])
-    live_details = live.to_dict() if live is not None else None
-    if failures and not args.force:
-        rt.audit("model.rejected", outcome=4, version=args.version, refused=failures,
-                 promotion=verdict.audit_details(floor), live_shadow=live_details)
-        raise CommandError(f"{args.version} not promoted: {'; '.join(failures) if live_refusal else verdict.summary} "
-                           f"(`--force` promotes it anyway, audited)")
-    previous = reg.promote(args.version)
-    rt.audit("model.promoted", version=args.version, previous=previous, forced=bool(failures),
-             overridden=failures or None, promotion=verdict.audit_details(floor), live_shadow=live_details)
+        def evaluate(loaded: LoadedModel) -> dict[str, Any]:
+            return _evaluate_on(rt, loaded.module, loaded.manifest, args.evaluate_on, args.n_boot,
+                                own_training_data=str(loaded.manifest.training.get("data", "")))
+    try:
+        done = promote(rt, args.version, force=args.force, evaluate=evaluate)
+    except PromotionRefused as exc:
+        if exc.live is not None:
+            print("\n".join(exc.live.lines()))
+        raise CommandError(f"{args.version} not promoted: {exc.reason} (`--force` promotes it anyway, "
+                           f"audited)") from None
+    if done.live is not None:
+        print("\n".join(done.live.lines()))
+    previous, verdict, failures = done.previous, done.verdict, done.overridden
     print(f"current model: {args.version}" + (f" (was {previous})" if previous and previous != args.version else ""))
     if failures:
         print("promoted by --force, overriding: " + "; ".join(failures))
     else:
         print("evidence: " + verdict.summary)
     return 0
-
-
-def _live_comparison(rt: Runtime, version: str, n_boot: int = 1000):  # noqa: ANN202 - Comparison | None
-    """`version`'s live shadow comparison with the current model, None if it never ran in shadow."""
-    from daemon.stages.shadow import live_comparison
-    from cxrmodel.pointer import read_pointer
-    current = read_pointer(rt.models_dir)["version"]
-    if current == version:
-        return None
-    return live_comparison(rt.read_sessions, rt.keys, version, current,
-                           min_positives=int(rt.settings.model.promotion.min_positives), n_boot=n_boot)
 
 
 def run_shadow(args: argparse.Namespace, rt: Runtime) -> int:
@@ -331,7 +311,8 @@ def run_shadow(args: argparse.Namespace, rt: Runtime) -> int:
             print(f"no shadow{last}: `cxrd model shadow VERSION` runs one beside the current model")
             return 0
         print(f"shadow: {pointer['version']} (since {pointer['since']}, chosen by {pointer['origin']})")
-        live = _live_comparison(rt, pointer["version"])
+        from daemon.stages.shadow import comparison_with_current
+        live = comparison_with_current(rt, pointer["version"])
         print("\n".join(live.lines()) if live else "no live image scored in shadow yet")
         return 0
     loaded = reg.load(args.version)  # a version whose weights fail verification is refused here
@@ -367,7 +348,8 @@ def run_report(args: argparse.Namespace, rt: Runtime) -> int:
     shadow = reg.shadow()
     floor = _floor(rt)
     verdict = judge(manifest.metrics, floor)
-    live = _live_comparison(rt, args.version, args.n_boot)
+    from daemon.stages.shadow import comparison_with_current
+    live = comparison_with_current(rt, args.version, args.n_boot)
     role = ("current" if current == args.version else f"shadow since {shadow['since']} ({shadow['origin']})"
             if shadow["version"] == args.version else "candidate")
     if args.format == "json":
@@ -403,11 +385,9 @@ def run_report(args: argparse.Namespace, rt: Runtime) -> int:
 
 
 def run_rollback(args: argparse.Namespace, rt: Runtime) -> int:
-    reg = rt.registry
-    before = reg.current()
-    version = reg.rollback()
-    rt.audit("model.rollback", version=version, previous=before.version if before else None)
-    print(f"current model: {version}" + (f" (was {before.version})" if before else ""))
+    from daemon.stages.model_changes import rollback
+    version, before = rollback(rt)
+    print(f"current model: {version}" + (f" (was {before})" if before else ""))
     return 0
 
 

@@ -234,6 +234,17 @@ def _with_note(c: shadow_compare.Comparison, note: str) -> shadow_compare.Compar
     return replace(c, summary=f"{c.summary}; {note}")
 
 
+def comparison_with_current(rt: Runtime, version: str, n_boot: int = 1000) -> shadow_compare.Comparison | None:
+    """`version`'s live shadow comparison with the current model; None if it never ran in shadow or
+    is the current model itself."""
+    from cxrmodel.pointer import read_pointer
+    current = read_pointer(rt.models_dir)["version"]
+    if current == version:
+        return None
+    return live_comparison(rt.read_sessions, rt.keys, version, current,
+                           min_positives=int(rt.settings.model.promotion.min_positives), n_boot=n_boot)
+
+
 def shadow_refusal(comparison: shadow_compare.Comparison | None) -> str | None:
     """The one line that blocks a promotion on live data, or None: only a candidate significantly
     worse than the current model (the whole CI of the mean AUROC difference below 0) is refused."""
