@@ -296,12 +296,13 @@ def run_promote(args: argparse.Namespace, rt: Runtime) -> int:
 
 
 def run_shadow(args: argparse.Namespace, rt: Runtime) -> int:
+    from daemon.stages.model_changes import ShadowRefused, start_shadow, stop_shadow
+
     reg = rt.registry
     if args.off and args.version:
         raise CommandError("give VERSION or --off, not both", 2)
     if args.off:
-        previous = reg.set_shadow(None, "admin")
-        rt.audit("model.shadow.off", version=previous)
+        previous = stop_shadow(rt)
         print(f"shadow off (was {previous})" if previous else "no shadow was running")
         return 0
     if not args.version:
@@ -315,27 +316,16 @@ def run_shadow(args: argparse.Namespace, rt: Runtime) -> int:
         live = comparison_with_current(rt, pointer["version"])
         print("\n".join(live.lines()) if live else "no live image scored in shadow yet")
         return 0
-    loaded = reg.load(args.version)  # a version whose weights fail verification is refused here
-    current = reg.current()
-    if current is not None:
-        if current.version == args.version:
-            raise CommandError(f"{args.version} is the current model: a shadow runs beside the current one")
-        spec = reg.manifest(current.version).preprocessing
-        if spec != loaded.manifest.preprocessing:
-            raise CommandError(f"{args.version} prepares images differently from the current model {current.version} "
-                               f"({_spec_text(loaded.manifest.preprocessing)} vs {_spec_text(spec)}): a shadow "
-                               f"runs on the current model's preprocessed images")
-    previous = reg.set_shadow(args.version, "admin")
-    rt.audit("model.shadow", version=args.version, previous=previous, current=current.version if current else None)
+    try:
+        started = start_shadow(rt, args.version)
+    except ShadowRefused as exc:
+        raise CommandError(str(exc)) from None
+    previous, current = started.previous, started.current
     print(f"shadow: {args.version} runs on new images beside the current model "
-          f"{current.version if current else '(none yet)'}; nothing it says is sent"
+          f"{current if current else '(none yet)'}; nothing it says is sent"
           + (f" (replaces {previous})" if previous and previous != args.version else ""))
     print(f"compare: `cxrd model report {args.version}` once live studies have ground truth (`cxrd labels import`)")
     return 0
-
-
-def _spec_text(spec: Any) -> str:
-    return f"{spec.size} px, {spec.channels} channel(s), range {tuple(spec.value_range)}, {spec.square}"
 
 
 def run_report(args: argparse.Namespace, rt: Runtime) -> int:

@@ -101,3 +101,54 @@ def rollback(rt: Runtime, *, actor: str | None = None, host: str | None = None, 
     previous = before.version if before else None
     rt.audit("model.rollback", actor=actor, host=host, version=version, previous=previous, **details)
     return version, previous
+
+
+# -- shadow candidates: the one code path of `cxrd model shadow` and the console's model page ------------------
+class ShadowRefused(DaemonError):
+    """The version cannot run in shadow beside the current model (it is the current model, or it
+    prepares images differently); nothing was changed. The message is the line a person reads."""
+
+
+@dataclass(frozen=True)
+class ShadowStarted:
+    version: str
+    previous: str | None        # the shadow it replaced, if any
+    current: str | None         # the current model it runs beside
+
+
+def start_shadow(rt: Runtime, version: str, *, origin: str = "admin", actor: str | None = None,
+                 host: str | None = None, **details: Any) -> ShadowStarted:
+    """Run `version` on live images beside the current model, sending nothing; audited as `model.shadow`.
+
+    The weights are verified first (a version whose sha256 fails is never run), and a version that
+    prepares images otherwise than the current model is refused: the shadow runs on the current
+    model's preprocessed tensors. `origin` is what the shadow pointer records as the chooser."""
+    reg = rt.registry
+    loaded = reg.load(version)  # a version whose weights fail verification is refused here
+    current = reg.current()
+    if current is not None:
+        if current.version == version:
+            raise ShadowRefused(f"{version} is the current model: a shadow runs beside the current one")
+        spec = reg.manifest(current.version).preprocessing
+        if spec != loaded.manifest.preprocessing:
+            raise ShadowRefused(f"{version} prepares images differently from the current model {current.version} "
+                                f"({spec_text(loaded.manifest.preprocessing)} vs {spec_text(spec)}): a shadow "
+                                f"runs on the current model's preprocessed images")
+    previous = reg.set_shadow(version, origin)
+    rt.audit("model.shadow", actor=actor, host=host, version=version, previous=previous,
+             current=current.version if current else None, **details)
+    return ShadowStarted(version, previous, current.version if current else None)
+
+
+def stop_shadow(rt: Runtime, *, origin: str = "admin", actor: str | None = None, host: str | None = None,
+                **details: Any) -> str | None:
+    """Stop running a shadow candidate; returns the version that was in shadow (None: none was).
+    Audited as `model.shadow.off` either way, as the command line always has."""
+    previous = rt.registry.set_shadow(None, origin)
+    rt.audit("model.shadow.off", actor=actor, host=host, version=previous, **details)
+    return previous
+
+
+def spec_text(spec: Any) -> str:
+    """A preprocessing spec in a person's words (size, channels, value range, squaring)."""
+    return f"{spec.size} px, {spec.channels} channel(s), range {tuple(spec.value_range)}, {spec.square}"
