@@ -111,10 +111,70 @@ def set_gauge(session: Session, metric: str, labels: Mapping[str, str], value: f
 
 
 def gauges(session: Session) -> list[tuple[str, dict[str, str], float | None, bool]]:
-    """Every stored gauge: (metric, labels, value, alarm)."""
+    """Every stored gauge: (metric, labels, value, alarm); the last pass's summary is not a gauge."""
     rows = session.execute(select(MonitorState.metric, MonitorState.labels, MonitorState.value,
-                                  MonitorState.alarm).order_by(MonitorState.key)).all()
+                                  MonitorState.alarm).where(MonitorState.metric != SUMMARY_METRIC)
+                           .order_by(MonitorState.key)).all()
     return [(m, json.loads(lab or "{}"), v, bool(a)) for m, lab, v, a in rows]
+
+
+# The last monitoring pass's numbers, for pages that must not recompute them (the console's model
+# watch): one row of `monitor_state` whose `labels` column holds the JSON summary (never a gauge:
+# `gauges` leaves it out, so /metrics never exports it). Written by the same pass, in the same
+# transaction, as the gauges; statistics, finding and equipment names only, nothing identifying.
+SUMMARY_METRIC = "cxrd_monitor_summary"
+SUMMARY_KEY = "monitor.last_run"
+MAX_SUMMARY_BYTES = 2 * 1024 * 1024
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: NaN and infinities become None (the summary must stay valid JSON)."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return _finite(value.item())
+    return value
+
+
+def set_summary(session: Session, summary: Mapping[str, Any], now: datetime) -> None:
+    """Store the last pass's summary (replacing the one before); too large a summary is not stored."""
+    text = json.dumps(_finite(summary), sort_keys=True, default=str)
+    if len(text) > MAX_SUMMARY_BYTES:
+        text = json.dumps({"error": f"summary larger than {MAX_SUMMARY_BYTES} bytes: not stored",
+                           "model": summary.get("model")})
+    values = {"metric": SUMMARY_METRIC, "labels": text, "value": None, "alarm": False, "alarm_since": None,
+              "updated_at": now}
+    if session.get(MonitorState, SUMMARY_KEY) is None:
+        session.execute(insert(MonitorState.__table__).values(key=SUMMARY_KEY, **values))
+    else:
+        session.execute(update(MonitorState).where(MonitorState.key == SUMMARY_KEY).values(**values))
+
+
+def last_summary(session: Session) -> tuple[dict[str, Any] | None, datetime | None]:
+    """(the last pass's summary, when it was written), or (None, None) before the first pass."""
+    row = session.execute(select(MonitorState.labels, MonitorState.updated_at)
+                          .where(MonitorState.key == SUMMARY_KEY)).first()
+    if row is None:
+        return None, None
+    try:
+        data = json.loads(row[0] or "{}")
+    except ValueError:
+        return None, row[1]
+    return (data if isinstance(data, dict) else None), row[1]
+
+
+def alarm_states(session: Session) -> list[tuple[str, dict[str, str], float | None, bool, datetime | None,
+                                                 datetime]]:
+    """Every gauge with its alarm's start and last update: (metric, labels, value, alarm, alarm_since,
+    updated_at); the page says since when an alarm has lasted."""
+    rows = session.execute(select(MonitorState.metric, MonitorState.labels, MonitorState.value, MonitorState.alarm,
+                                  MonitorState.alarm_since, MonitorState.updated_at)
+                           .where(MonitorState.metric != SUMMARY_METRIC).order_by(MonitorState.key)).all()
+    return [(m, json.loads(lab or "{}"), v, bool(a), since, at) for m, lab, v, a, since, at in rows]
 
 
 def drop_stale(session: Session, now: datetime) -> int:

@@ -193,7 +193,8 @@ def assess(session: Session, registry: Any, monitor: Any, floor: float,
     try:
         current = registry.current_version()
     except Exception:  # noqa: BLE001 - no model yet: nothing to watch
-        return {"model": None, "now": now}
+        return {"model": None, "now": now, "window_hours": monitor.window_hours,
+                "window_days": monitor.performance_window_days}
     d = drift(session, registry, current, now - timedelta(hours=monitor.window_hours), now,
               baseline_n=monitor.baseline_images, min_images=monitor.min_images)
     perf_since = now - timedelta(days=monitor.performance_window_days)
@@ -208,6 +209,7 @@ def assess(session: Session, registry: Any, monitor: Any, floor: float,
 def record(session: Session, a: Mapping[str, Any], audit_key: bytes, host: str = "") -> dict[str, Any]:
     """Write an assessment's gauges in the caller's (short) transaction; audit alarms that start or end."""
     current, now = a["model"], a["now"]
+    SM.set_summary(session, summary(a), now)
     if current is None:
         SM.drop_stale(session, now)
         return {"model": None}
@@ -249,6 +251,61 @@ def run_once(read: sessionmaker[Session], write: sessionmaker[Session], registry
         a = assess(session, registry, monitor, floor, now)
     with write() as session, session.begin():
         return record(session, a, audit_key, host)
+
+
+_SCORE_KEYS = ("verdict", "n_live", "n_reference", "psi", "psi_noise_floor", "ks_d", "ks_p", "reference_median",
+               "live_median", "positive_rate", "reference_source")
+_INPUT_KEYS = _SCORE_KEYS + ("kind", "new_share", "new_categories")
+_PERF_KEYS = ("n", "positives", "negatives", "too_few", "reason", "threshold", "auroc", "auroc_ci95", "sensitivity",
+              "sensitivity_ci95", "specificity", "specificity_ci95", "ece")
+MAX_CATEGORIES = 20  # categories per characteristic kept in the summary (the largest)
+
+
+def _quantiles(q: Any) -> list[float] | None:
+    """Every 5th percentile of a 101-quantile reference (21 points): enough to draw a distribution."""
+    if not isinstance(q, (list, tuple)) or len(q) != 101:
+        return None
+    return [round(float(q[i]), 5) for i in range(0, 101, 5)]
+
+
+def _top(counts: Any) -> dict[str, int] | None:
+    if not isinstance(counts, Mapping):
+        return None
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:MAX_CATEGORIES])
+
+
+def summary(a: Mapping[str, Any]) -> dict[str, Any]:
+    """What a page shows of one pass (`assess`), small and JSON-able: per finding the drift
+    statistics with their verdict and the score distribution against the reference (every 5th
+    percentile), per characteristic the same, and per version the live performance (no bootstrap
+    samples, no reliability bins). Finding, equipment and version names, and numbers, only."""
+    now = a["now"]
+    out: dict[str, Any] = {"model": a["model"], "at": now.isoformat(), "window_hours": a.get("window_hours"),
+                           "window_days": a.get("window_days"), "floor": a.get("floor"),
+                           "thresholds": {"psi_moderate": D.PSI_MODERATE, "psi_drift": D.PSI_DRIFT,
+                                          "ks_alpha": D.KS_ALPHA, "ks_min_d": D.KS_MIN_D,
+                                          "new_category_share": D.NEW_SHARE}}
+    if a["model"] is None:
+        return out
+    d = a["drift"]
+    out["drift"] = {
+        "since": (now - timedelta(hours=a["window_hours"])).isoformat(), "until": now.isoformat(),
+        "n_images": d["n_images"], "n_profiles": d["n_profiles"], "min_images": d["min_images"],
+        "too_few": d["too_few"], "reference": d["reference"], "alarm": d["alarm"],
+        "drifting_labels": d["drifting_labels"], "drifting_inputs": d["drifting_inputs"],
+        "labels": {lab: {**{k: c.get(k) for k in _SCORE_KEYS}, "reference_quantiles": _quantiles(c.get("reference_quantiles")),
+                         "live_quantiles": _quantiles(c.get("live_quantiles"))}
+                   for lab, c in d["labels"].items()},
+        "inputs": {key: {**{k: c.get(k) for k in _INPUT_KEYS}, "reference_counts": _top(c.get("reference_counts")),
+                         "live_counts": _top(c.get("live_counts"))}
+                   for key, c in d["inputs"].items()}}
+    out["performance"] = {
+        version: {"since": (now - timedelta(days=a["window_days"])).isoformat(), "until": now.isoformat(),
+                  "n_images": p.get("n_images"), "n_predicted": p.get("n_predicted"), "min_cases": p.get("min_cases"),
+                  "alarm": p["alarm"], "below_floor": p["below_floor"],
+                  "labels": {lab: {k: v.get(k) for k in _PERF_KEYS} for lab, v in p["labels"].items()}}
+        for version, p in a["performance"].items()}
+    return out
 
 
 def _brief(c: Mapping[str, Any]) -> dict[str, Any]:
