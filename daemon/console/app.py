@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from daemon.runtime import Runtime
 
 #: Page modules of daemon/console/pages/, each with a module-level `routes` list.
-PAGES = ("signin", "accounts", "audit", "operations", "models")
+PAGES = ("signin", "accounts", "audit", "operations", "models", "watch")
 STATIC = Path(__file__).with_name("static")
 
 

@@ -7,8 +7,10 @@ NAVIGATION: list[tuple[str, str, str]] = [
     ("compliance", "/audit", "Audit trail"),
     ("operations", "/operations", "Service"),
     ("operations", "/models", "Models"),
+    ("operations", "/watch", "Model watch"),
     ("admin", "/accounts", "Accounts"),
     ("admin", "/models", "Models"),
+    ("admin", "/watch", "Model watch"),
 ]
 
 

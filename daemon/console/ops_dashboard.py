@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from daemon.console import ops_intake
 from daemon.console import ops_queries as Q
 from daemon.runtime import Runtime
 
@@ -35,6 +36,8 @@ class Dashboard:
     associations: list[Q.AeCounts] = field(default_factory=list)
     vault: dict[str, int] = field(default_factory=dict)
     audit: dict[str, Any] = field(default_factory=dict)
+    intake: dict[str, Any] = field(default_factory=dict)
+    hl7: dict[str, Any] = field(default_factory=dict)
 
 
 def collect(rt: Runtime, hours: int = 24, now: datetime | None = None) -> Dashboard:
@@ -43,7 +46,7 @@ def collect(rt: Runtime, hours: int = 24, now: datetime | None = None) -> Dashbo
     now = now or datetime.now(timezone.utc)
     hours = max(1, min(int(hours), Q.MAX_HOURS))
     board = Dashboard(now=now, hours=hours, database=_database_head(rt), disk=disk(rt), keys=keys(rt),
-                      model=_model(rt))
+                      model=_model(rt), hl7=ops_intake.listener(rt.settings))
     try:
         with db.reachable(rt.engine), rt.read_sessions() as s:
             board.states = Q.images_by_state(s)
@@ -55,6 +58,7 @@ def collect(rt: Runtime, hours: int = 24, now: datetime | None = None) -> Dashbo
             board.associations = Q.associations(s, Q.hour_floor(now) - timedelta(hours=hours - 1))
             board.vault = Q.vault_size(s)
             board.audit = Q.audit_head(s)
+            board.intake = ops_intake.intake(s)
             board.database["size_bytes"] = Q.database_size(s)
         board.database["reachable"] = True
     except DatabaseUnavailable as exc:

@@ -285,12 +285,13 @@ def audit_head(session: Session) -> dict[str, Any]:
 
 
 def model_events(session: Session, limit: int = 100) -> list[dict[str, Any]]:
-    """Who promoted, rolled back or refused which model version, and when (newest first)."""
+    """Who promoted, rolled back, refused or ran in shadow which model version, and when (newest first)."""
     rows = session.execute(
         select(AuditEvent.seq, AuditEvent.occurred_at, AuditEvent.event_type, AuditEvent.outcome, AuditEvent.actor,
                AuditEvent.host, AuditEvent.details)
         .where(AuditEvent.event_type.in_(("model.promoted", "model.rollback", "model.rejected", "model.imported",
-                                          "model.trained")))
+                                          "model.trained", "model.shadow", "model.shadow.off",
+                                          "model.shadow.disabled")))
         .order_by(AuditEvent.seq.desc()).limit(limit)).all()
     out = []
     for seq, at, event_type, outcome, actor, host, details in rows:

@@ -9,6 +9,14 @@ weights are verified, the evidence is judged against the same promotion floor
 `model.rollback`, with the console user as actor and the client address as host. The console never
 forces a promotion past the floor; that stays a deliberate act on the command line (`--force`).
 
+The shadow candidate (`daemon.console.ops_shadow`): which version runs beside the current model,
+since when, chosen by whom or what, and its live comparison (per finding current vs candidate
+AUROC with 95% CIs, and the verdict a promotion would be judged on). An admin starts or stops a
+shadow with a typed confirmation (the version's name), through `daemon.stages.model_changes`
+`start_shadow` / `stop_shadow`, the code path of `cxrd model shadow VERSION|--off`: the weights are
+verified, a version that prepares images differently is refused, and the change is audited as
+`model.shadow` / `model.shadow.off` with the console user as actor and the client address as host.
+
 Viewing never imports torch (`daemon.console.ops_models` reads the JSON files); promoting does,
 once, to verify the weights.
 """
@@ -45,7 +53,7 @@ def _overview(request: Request, *, status_code: int = 200, error: str = "") -> R
     from storage import db
     from storage.errors import DatabaseUnavailable
 
-    from daemon.console import ops_queries
+    from daemon.console import ops_queries, ops_shadow
     rt = request.app.state.runtime
     versions = ops_models.versions(rt.models_dir)
     current = next((v for v in versions if v.current), None)
@@ -59,7 +67,10 @@ def _overview(request: Request, *, status_code: int = 200, error: str = "") -> R
     except DatabaseUnavailable as exc:
         db_error = str(exc)
     user = current_user(request)
+    shadow = ops_shadow.view(rt)
     return render(request, "models/overview.html", {
+        "shadow": shadow, "shadow_choices": [v.version for v in versions if not v.current and not v.error
+                                             and v.version != shadow.version],
         "title": "Models", "versions": versions, "current": current,
         "verdicts": {v.version: _verdict(request, v) for v in versions if not v.error},
         "roc": _roc(current) if current is not None and not current.error else None,
@@ -142,8 +153,60 @@ def rollback(request: Request) -> Response:
                  (f" (was {before})." if before else "."))
 
 
+@requires_role("admin")
+def shadow_start(request: Request) -> Response:
+    from cxrmodel.errors import ModelError
+    from daemon.stages.model_changes import ShadowRefused, start_shadow
+    rt = request.app.state.runtime
+    form = csrf.form_of(request)
+    version = str(form.get("version", "")).strip()
+    typed = str(form.get("confirm", "")).strip()
+    if not version or ops_models.find(rt.models_dir, version) is None:
+        return _back("/models", error="no such model version")
+    if typed != version:
+        return _back("/models", error=f"shadow not started: the confirmation must be the version name exactly "
+                                      f"({version}); nothing was changed")
+    user = current_user(request)
+    try:
+        done = start_shadow(rt, version, origin=user.actor, actor=user.actor, host=user.source, via="console")
+    except (ShadowRefused, ModelError) as exc:
+        return _back("/models", error=f"shadow not started: {exc}")
+    replaced = f" (replaces {done.previous})" if done.previous and done.previous != version else ""
+    return _back("/models", done=f"{version} now runs in shadow beside {done.current or 'no current model yet'}; "
+                                 f"nothing it says is sent{replaced}. Audited.")
+
+
+@requires_role("admin")
+def shadow_stop(request: Request) -> Response:
+    from cxrmodel.errors import ModelError
+    from cxrmodel.shadow_pointer import read_shadow
+    from daemon.stages.model_changes import stop_shadow
+    rt = request.app.state.runtime
+    typed = str(csrf.form_of(request).get("confirm", "")).strip()
+    try:
+        running = read_shadow(rt.models_dir)["version"]
+    except ModelError as exc:
+        running = None
+        if typed:
+            return _back("/models", error=f"shadow not stopped: {exc}")
+    if running is None:
+        return _back("/models", error="no shadow is running")
+    if typed != running:
+        return _back("/models", error=f"shadow not stopped: the confirmation must be the name of the version "
+                                      f"in shadow ({running}) exactly; nothing was changed")
+    user = current_user(request)
+    try:
+        previous = stop_shadow(rt, origin=f"stopped by {user.actor}", actor=user.actor, host=user.source,
+                               via="console")
+    except ModelError as exc:
+        return _back("/models", error=f"shadow not stopped: {exc}")
+    return _back("/models", done=f"Shadow stopped (was {previous}). Audited." if previous else "No shadow was running.")
+
+
 routes = [
     Route("/models", overview, methods=["GET"]),
+    Route("/models/shadow/start", shadow_start, methods=["POST"]),
+    Route("/models/shadow/stop", shadow_stop, methods=["POST"]),
     Route("/models/promote", promote, methods=["POST"]),
     Route("/models/rollback", rollback, methods=["POST"]),
     Route("/models/{version}", version_page, methods=["GET"]),
