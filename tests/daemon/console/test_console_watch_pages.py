@@ -8,11 +8,9 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
-from cxrmodel import drift as D
 from cxrmodel.labels import LABELS
 from cxrmodel.network import build_model
 from cxrmodel.preprocess import PreprocessSpec
@@ -21,60 +19,18 @@ from daemon.stages import monitoring
 from daemon.stages.training_data import manual_states
 from storage import records
 from storage import shadow as shadow_rows
-from storage.models import InputProfile, Instance, Label, MonitorState, Prediction, Report, utcnow
+from storage.models import Instance, Label, MonitorState, Prediction, Report, utcnow
 
 from console_ops_harness import Harness
+from console_watch_data import monitoring_pass, watched
 
 WATCH_GETS = ("/watch", "/watch?finding=Effusion")
 SHADOW_POSTS = ("/models/shadow/start", "/models/shadow/stop")
-EFFUSION = LABELS.index("Effusion")
 
 
 @pytest.fixture()
 def harness(console_client) -> Harness:  # noqa: ANN001
     return Harness(console_client)
-
-
-def _profile(rng: np.random.Generator, manufacturer: str = "ACME") -> dict:
-    mean = float(rng.normal(0.5, 0.03))
-    return {"manufacturer": manufacturer, "model_name": "DR-1", "pixel_spacing_mm": 0.143, "bits_stored": 12,
-            "photometric": "MONOCHROME2", "rows": 2048, "columns": 2048, "view": "frontal",
-            "intensity_mean": mean * 4095, "intensity_std": 800.0, "intensity_p05": 300.0,
-            "intensity_p50": mean * 4095, "intensity_p95": 3800.0, "unit_mean": mean, "unit_std": 0.2,
-            "unit_p05": 0.1, "unit_p50": mean, "unit_p95": 0.9}
-
-
-def _watched(rt, now: datetime) -> Registry:  # noqa: ANN001
-    """Model v1 with a validation reference (ACME); 80 live images from OTHERCO with Effusion scores
-    shifted up, half of them labelled Effusion (separable), the rest of the findings never positive."""
-    rng = np.random.default_rng(0)
-    ref_scores = rng.beta(2, 5, size=(2000, len(LABELS)))
-    reference = D.reference_summary(ref_scores, LABELS, [0.5] * 14, [_profile(rng) for _ in range(500)], "test split")
-    reg = Registry(rt.models_dir)
-    reg.add(build_model(seed=0), version="v1", promote=True, metrics={"reference": reference})
-    P = rng.beta(2, 5, size=(80, len(LABELS)))
-    with rt.sessions() as s, s.begin():
-        for i, row in enumerate(P):
-            positive = i % 2 == 0
-            row[EFFUSION] = 0.55 + 0.4 * rng.random() if positive else 0.3 + 0.4 * rng.random()
-            inst = Instance(sop_instance_uid=f"2.25.{10_000 + i}", study_uid=f"2.25.{20_000 + i}", series_uid="2.25.3",
-                            sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1", state="reported", view="frontal")
-            s.add(inst)
-            s.flush()
-            at = now - timedelta(hours=5) + timedelta(seconds=i)
-            s.execute(insert(Prediction.__table__), [
-                {"instance_id": inst.id, "model_version": "v1", "label": lab, "probability": float(p), "threshold": 0.5,
-                 "positive": bool(p >= 0.5), "created_at": at, "mac": ""} for lab, p in zip(LABELS, row)])
-            s.execute(insert(InputProfile.__table__), [{**_profile(rng, "OTHERCO"), "instance_id": inst.id,
-                                                        "model_version": "v1", "measured_at": at}])
-            findings = "Effusion" if positive else "No Finding"
-            s.add(Label(instance_id=inst.id, findings=findings, states=manual_states(findings)))
-    return reg
-
-
-def _pass(rt, now: datetime) -> dict:  # noqa: ANN001
-    return monitoring.run_once(rt.read_sessions, rt.sessions, rt.registry, rt.settings.monitor,
-                               rt.settings.model.promotion.min_auroc_lower_bound, rt.keys.audit_key, now=now)
 
 
 def test_compliance_gets_403_on_every_new_url_and_operations_cannot_change_the_shadow(harness):
@@ -104,8 +60,8 @@ def test_before_the_first_pass_the_page_says_so(harness):
 def test_watch_page_shows_what_the_last_pass_stored(harness):
     rt = harness.rt
     now = datetime.now(timezone.utc)
-    _watched(rt, now)
-    out = _pass(rt, now)
+    watched(rt, now)
+    out = monitoring_pass(rt, now)
     assert out["drift"] is True and "Effusion" in out["drifting"] and "manufacturer" in out["drifting"]
     ops = harness.client("otto", "operations")
     page = ops.http.get("/watch").text
@@ -254,8 +210,8 @@ def test_summary_row_is_not_a_gauge(harness):
     from storage import monitoring as SM
     rt = harness.rt
     now = datetime.now(timezone.utc)
-    _watched(rt, now)
-    _pass(rt, now)
+    watched(rt, now)
+    monitoring_pass(rt, now)
     with rt.read_sessions() as s:
         assert all(metric != SM.SUMMARY_METRIC for metric, *_ in SM.gauges(s))
         summary, at = SM.last_summary(s)
