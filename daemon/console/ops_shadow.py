@@ -6,10 +6,11 @@ The pointer (`cxrmodel.shadow_pointer`, read without torch) says which version a
 retraining); the audit trail's newest `model.shadow` row for that version says who asked, from
 where and when. The comparison is `daemon.stages.shadow.comparison_with_current`, the very one
 `cxrd model report` prints and a promotion is judged on (same resamples, same seed, so the same
-verdict). It is a paired bootstrap over every live labeled study both models scored, too slow to
-repeat on every view of a busy page, so it is kept in this process until something it rests on
-changes: the number of the candidate's shadow rows, or the ground truth (its row count and newest
-import time), or the current model; and at most `CACHE_S` seconds in any case.
+verdict). It is a paired bootstrap over every live labeled study both models scored (about two
+seconds at 2,000 studies), too slow to repeat on every view of a busy page while new images and
+report labels arrive all the time, so this process keeps it for `CACHE_S` seconds per (candidate,
+current model) pair and the page says when it was computed; choosing another shadow or another
+current model computes it afresh. A promotion never uses this copy: it computes its own.
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import func, select
 
 from daemon.runtime import Runtime
 
-CACHE_S = 600.0
+CACHE_S = 300.0
 _cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
 _lock = threading.Lock()
 
@@ -39,6 +41,7 @@ class ShadowView:
     chosen_at: str = ""
     scored: int = 0            # live images the candidate scored in shadow (all time)
     comparison: Any = None     # cxrmodel.shadow_compare.Comparison, or None (never ran in shadow)
+    computed_at: str = ""      # when the comparison shown was computed (ISO, UTC)
 
 
 def view(rt: Runtime) -> ShadowView:
@@ -46,7 +49,7 @@ def view(rt: Runtime) -> ShadowView:
     from cxrmodel.shadow_pointer import read_shadow
     from storage import db
     from storage.errors import DatabaseUnavailable
-    from storage.models import AuditEvent, Label, ShadowPrediction
+    from storage.models import AuditEvent, ShadowPrediction
     try:
         pointer = read_shadow(rt.models_dir)
     except ModelError as exc:
@@ -68,26 +71,26 @@ def view(rt: Runtime) -> ShadowView:
                     break
             out.scored = int(s.scalar(select(func.count()).select_from(ShadowPrediction)
                                       .where(ShadowPrediction.model_version == out.version)) or 0)
-            labels = s.execute(select(func.count(), func.max(Label.imported_at)).select_from(Label)).one()
     except DatabaseUnavailable as exc:
         out.error = str(exc)
         return out
     from daemon.console.ops_models import current_version
-    key = (str(rt.models_dir), out.version, current_version(rt.models_dir), out.scored, labels[0], str(labels[1]))
-    out.comparison = comparison(rt, out.version, key)
+    key = (str(rt.models_dir), out.version, current_version(rt.models_dir))
+    out.comparison, at = comparison(rt, out.version, key)
+    out.computed_at = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
     return out
 
 
-def comparison(rt: Runtime, version: str, key: tuple[Any, ...]) -> Any:
-    """`comparison_with_current(rt, version)`, kept while `key` (what it rests on) is unchanged."""
+def comparison(rt: Runtime, version: str, key: tuple[Any, ...]) -> tuple[Any, float]:
+    """(`comparison_with_current(rt, version)`, when it was computed), kept `CACHE_S` seconds per `key`."""
     from daemon.stages.shadow import comparison_with_current
-    now = time.monotonic()
+    now = time.time()
     with _lock:
         hit = _cache.get(key)
-        if hit is not None and now - hit[0] < CACHE_S:
-            return hit[1]
+        if hit is not None and 0 <= now - hit[0] < CACHE_S:
+            return hit[1], hit[0]
     result = comparison_with_current(rt, version)
     with _lock:
         _cache.clear()  # one shadow at a time: the previous entry is never asked for again
         _cache[key] = (now, result)
-    return result
+    return result, now
