@@ -1,7 +1,8 @@
 """Which model version runs in shadow beside the current one, read without importing torch.
 
 `{models_dir}/shadow.json` holds at most one version, who chose it (`admin` for `cxrd model shadow`,
-`retrain:<run>` for scheduled retraining; with no version, why the last one stopped) and when.
+`console:NAME` for the web console, `retrain:<run>` for scheduled retraining; with no version, why
+the last one stopped) and when.
 `Registry.set_shadow` writes it atomically under the registry lock, like `current.json`; the worker
 and `cxrd retrain --list` only read it. The choice lives beside the models, not in the
 configuration, so it survives restarts and a `cxrd model shadow --off` needs no configuration edit.
