@@ -332,7 +332,7 @@ def cli_captured(cli_state: Path, capsys: pytest.CaptureFixture):
 
 # --- the web console (daemon/console) -----------------------------------------------------------------
 
-ARTIFACTS = Path(os.environ.get("CXRD_TEST_ARTIFACTS") or REPO / "test-artifacts")
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or REPO / "test-artifacts")
 
 
 class Console:
@@ -433,7 +433,7 @@ def console_factory(tmp_path: Path) -> Iterator:
 @pytest.fixture()
 def browser(request: pytest.FixtureRequest) -> Iterator:
     """Headless Chromium (Debian's, through /usr/bin/chromedriver) driven by Selenium, with
-    `browser.screenshot(name)` writing `name`.png under $CXRD_TEST_ARTIFACTS or test-artifacts/."""
+    `browser.screenshot(name)` writing `name`.png under $TEST_ARTIFACTS_DIR or test-artifacts/."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     for exe in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
