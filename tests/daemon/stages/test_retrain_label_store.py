@@ -20,7 +20,7 @@ from daemon.runtime import Runtime
 from daemon.stages.chest_rule import chest_rule_from
 from daemon.stages.ingest import Ingest
 from daemon.stages.report_matching import label_text, match_once
-from daemon.stages.retraining import retrain_once
+from daemon.stages.retraining import inbox_batches, merge_batches, retrain_once
 from storage.deid import DeidOptions
 from storage.models import AuditEvent, Instance, Label
 from storage.reports import IncomingReport, record_report
@@ -128,20 +128,29 @@ def test_report_and_manual_labels_enter_a_run_once_manual_winning(tmp_path, shar
     exports = [json.loads(line)["path"] for line in (rt.state_dir / "training-exports.jsonl").read_text().splitlines()]
     assert str((inbox / batch).resolve()) in exports
 
-    # Under uncertain_as = "positive" the uncertain finding trains as positive; nothing exported
-    # before is exported again, and one image is too few for a run.
+    # Under uncertain_as = "positive" the uncertain finding trains as positive. A manual label that
+    # replaces an exported report label is exported again; nothing else exported before is, and two
+    # images are too few for a run.
     rt2 = make_runtime(tmp_path, CXRD_LABELS__UNCERTAIN_AS="positive", CXRD_RETRAIN__MIN_NEW_IMAGES="40")
+    import_manual(tmp_path, monkeypatch, rt2, [(rep[0], "Nodule")])
     second = retrain_once(rt2, "schedule")
-    assert second["outcome"] == "skipped" and second["new_images"] == 1
-    assert (second["label_store"]["images"], second["label_store"]["report"]) == (1, 1)
+    assert second["outcome"] == "skipped" and second["new_images"] == 2
+    assert (second["label_store"]["images"], second["label_store"]["manual"], second["label_store"]["report"]) \
+        == (2, 1, 1)
     assert "1 labeled image(s) not exported: Burned In Annotation not NO (1 not declared)" in second["reason"]
     findings = batch_rows(rt2, second["label_store"]["batch"])
-    assert list(findings) == [unc[0]] and "Pneumonia" in findings[unc[0]].split("|")
+    assert set(findings) == {unc[0], rep[0]} and "Pneumonia" in findings[unc[0]].split("|")
 
     third = retrain_once(rt2, "schedule")  # the second run's batch is still new; nothing else is
     assert third["label_store"]["batch"] is None and third["label_store"]["images"] == 0
-    assert third["new_images"] == 1 and third["new_sources"]["report"] == 1
+    assert third["new_images"] == 2 and third["new_sources"] == {"manual": 1, "report": 1, "inbox": 0}
     assert sorted(p.name for p in inbox.iterdir()) == sorted(["2026-11-01", batch, second["label_store"]["batch"]])
+    # what the next training reads: the latest label of an image exported twice
+    merged = merge_batches(inbox_batches(inbox), tmp_path / "merged")
+    with open(merged / "Data_Entry_2017.csv", newline="") as f:
+        listed = [(r["Image Index"].removesuffix(".png"), r["Finding Labels"]) for r in csv.DictReader(f)]
+    trains_as = dict(listed)
+    assert len(listed) == len(trains_as) == 60 + 4 and trains_as[rep[0]] == "Nodule" and trains_as[rep[1]] == "Cardiomegaly"
     with rt.read_sessions() as s:
         trained = [json.loads(d) for d in s.scalars(select(AuditEvent.details)
                                                       .where(AuditEvent.event_type == "model.trained"))]
