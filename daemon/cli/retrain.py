@@ -1,9 +1,10 @@
 """`cxrd retrain`: run the scheduled retraining job now (what the schedule runs), and show past runs.
 
-Each run's line says where its new images came from: the ground-truth store's manual labels
-(`cxrd labels import`) and report labels, and inbox batches; and how many labeled images the store
-could not give (Burned In Annotation not NO, unreadable, uncertain). `--list` also shows, under each run whose candidate ran in shadow, its live comparison with the current
-model on the same labeled studies (`daemon.stages.shadow`), and the shadow running now.
+Each run's line says where its new images came from: the ground-truth store's manual labels (`cxrd
+labels import`) and report labels, and inbox batches; and how many labeled images the store could
+not give (Burned In Annotation not NO, unreadable, uncertain). `--list` also shows, under each run
+whose candidate ran in shadow, its live comparison with the current model on the same labeled
+studies (`daemon.stages.shadow`), and the shadow running now.
 """
 from __future__ import annotations
 

@@ -3,13 +3,14 @@
 New data arrives as ChestX-ray14-format batches in the inbox (`{inbox}/<batch>/Data_Entry_2017.csv`
 + `images/`). With `retrain.use_label_store` (the default) each run first exports the ground-truth
 store's labels not yet exported (`cxrd labels import` and radiology reports; manual wins) into a new
-inbox batch through `daemon.stages.training_data.export_batch`, the same path as `cxrd labels export`,
-so those images count as new, are marked with the batch (`labels.used_in_model`) and are never
-exported twice; what the store held but could not give (Burned In Annotation not NO, unreadable,
-uncertain under `labels.uncertain_as = "exclude"`) is counted in the run's summary. A run trains on every batch (old and new), starting from the current model's weights
-when there is one, in a child process with a thread cap and lower priority so the SCP keeps its
-speed. The candidate and the current model are then evaluated on the same held-out patients and the
-candidate is promoted only if its evidence clears the promotion floor (`cxrmodel.promotion`,
+inbox batch through `daemon.stages.training_data.export_batch`, the same path as `cxrd labels
+export`, so those images count as new, are marked with the batch (`labels.used_in_model`) and are
+never exported twice; what the store held but could not give (Burned In Annotation not NO,
+unreadable, uncertain under `labels.uncertain_as = "exclude"`) is counted in the run's summary. A
+run trains on every batch (old and new), starting from the current model's weights when there is
+one, in a child process with a thread cap and lower priority so the SCP keeps its speed. The
+candidate and the current model are then evaluated on the same held-out patients and the candidate
+is promoted only if its evidence clears the promotion floor (`cxrmodel.promotion`,
 `[model.promotion]`: shown better than chance; the first model too) and it is not worse than the
 current model (`cxrmodel.evaluate.compare`); otherwise it is kept, unpromoted, with its report and
 the reasons. Every run, promotion and rejection is a `retrain_runs` row and audited.

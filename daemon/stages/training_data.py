@@ -1,5 +1,7 @@
 """The hospital's own studies as training data: import ground-truth labels for images we received,
 and export labeled, de-identified images as a ChestX-ray14-format batch the retraining job reads.
+`export_batch` is the one export path: `cxrd labels export` calls it, and so does every retraining
+run (`retrain.use_label_store`, daemon.stages.retraining.export_label_store).
 
 Labels come from two sources: imported here (manual, which always wins) or read from radiology
 reports by daemon.stages.report_matching (report, never replacing a manual one). A report's

@@ -21,6 +21,7 @@ from daemon.stages.chest_rule import chest_rule_from
 from daemon.stages.ingest import Ingest
 from daemon.stages.report_matching import label_text, match_once
 from daemon.stages.retraining import inbox_batches, merge_batches, retrain_once
+from daemon.stages.training_data import purge_training_copies
 from storage.deid import DeidOptions
 from storage.models import AuditEvent, Instance, Label
 from storage.reports import IncomingReport, record_report
@@ -150,7 +151,12 @@ def test_report_and_manual_labels_enter_a_run_once_manual_winning(tmp_path, shar
     with open(merged / "Data_Entry_2017.csv", newline="") as f:
         listed = [(r["Image Index"].removesuffix(".png"), r["Finding Labels"]) for r in csv.DictReader(f)]
     trains_as = dict(listed)
-    assert len(listed) == len(trains_as) == 60 + 4 and trains_as[rep[0]] == "Nodule" and trains_as[rep[1]] == "Cardiomegaly"
+    assert len(listed) == len(trains_as) == 60 + 4
+    assert trains_as[rep[0]] == "Nodule" and trains_as[rep[1]] == "Cardiomegaly"
+    # purging the image removes its training copies from both batches the runs wrote
+    removed = purge_training_copies(rt.state_dir, inbox, [rep[0]])
+    assert removed[rep[0]] >= 2 and not list(inbox.glob(f"*/images/{rep[0]}.png"))
+    assert rep[0] not in batch_rows(rt, batch) and rep[1] in batch_rows(rt, batch)
     with rt.read_sessions() as s:
         trained = [json.loads(d) for d in s.scalars(select(AuditEvent.details)
                                                       .where(AuditEvent.event_type == "model.trained"))]
