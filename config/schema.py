@@ -178,6 +178,9 @@ class Retrain:
     schedule: str = _f("0 2 * * *", "Cron expression (minute hour day month weekday), local time")
     inbox: str = _f("", "Directory of new ChestX-ray14-format batches; empty = {state_dir}/inbox")
     min_new_images: int = _f(100, "Retrain only when at least this many new labeled images arrived", min=1)
+    use_label_store: bool = _f(True, "Each run first exports the ground-truth store's labels not yet used "
+                                     "(cxrd labels import and radiology reports; manual wins) into a new inbox "
+                                     "batch, counted as new images; false = train on inbox batches only")
     max_auroc_drop: float = _f(0.02, "Reject a candidate if any label's AUROC drops by more than this",
                                min=0.0, max=1.0)
     threads: int = _f(1, "CPU threads for the training child process", min=1, max=1024)

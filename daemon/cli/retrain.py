@@ -1,7 +1,10 @@
 """`cxrd retrain`: run the scheduled retraining job now (what the schedule runs), and show past runs.
 
-`--list` also shows, under each run whose candidate ran in shadow, its live comparison with the current
-model on the same labeled studies (`daemon.stages.shadow`), and the shadow running now.
+Each run's line says where its new images came from: the ground-truth store's manual labels (`cxrd
+labels import`) and report labels, and inbox batches; and how many labeled images the store could
+not give (Burned In Annotation not NO, unreadable, uncertain). `--list` also shows, under each run
+whose candidate ran in shadow, its live comparison with the current model on the same labeled
+studies (`daemon.stages.shadow`), and the shadow running now.
 """
 from __future__ import annotations
 
@@ -28,9 +31,30 @@ def run_retrain(args: argparse.Namespace, rt: Runtime) -> int:
     else:
         print(f"retrain: {summary['outcome']}" + (f" ({summary['reason']})" if "reason" in summary else "")
               + (f": candidate {summary['candidate']}" if summary.get("candidate") else ""))
+        if "new_sources" in summary:
+            print(f"  {sources_line(summary)}")
         for line in summary.get("reasons", []):
             print(f"  {line}")
     return 0 if summary["outcome"] != "failed" else 1
+
+
+def sources_line(summary: dict) -> str:
+    """"12 new image(s): 3 manual label(s), 9 report label(s), 0 from inbox batches; 5 refused ..." """
+    src = summary.get("new_sources") or {}
+    line = (f"{summary.get('new_images', 0)} new image(s): {src.get('manual', 0)} manual label(s), "
+            f"{src.get('report', 0)} report label(s), {src.get('inbox', 0)} from inbox batches")
+    store = summary.get("label_store")
+    if store is None:
+        return line + " (label store not used: retrain.use_label_store = false)"
+    left = []
+    if store.get("refused_burned_in"):
+        left.append(f"{store['refused_burned_in']} refused: Burned In Annotation not NO "
+                    f"({store.get('refused_burned_in_unknown', 0)} not declared)")
+    if store.get("unreadable"):
+        left.append(f"{store['unreadable']} unreadable")
+    if store.get("uncertain_left_out"):
+        left.append(f"{store['uncertain_left_out']} uncertain left out")
+    return line + ("; label store: " + ", ".join(left) if left else "")
 
 
 def _list_runs(args: argparse.Namespace, rt: Runtime) -> int:
@@ -49,6 +73,8 @@ def _list_runs(args: argparse.Namespace, rt: Runtime) -> int:
     else:
         for r in runs:
             print(f"{r['id']:4d} {r['started_at'][:19]} {r['trigger']:8} {r['outcome']:9} {r['candidate']}")
+            if "new_sources" in r["report"]:
+                print(f"     {sources_line(r['report'])}")
             if r["candidate"] in live:
                 print(f"     live shadow vs {live[r['candidate']].current or '-'}: {live[r['candidate']].summary}")
         if shadow["version"]:

@@ -125,9 +125,20 @@ def run_status(args: argparse.Namespace, rt: Runtime) -> int:
     print("results         : " + (", ".join(f"{k} {v}" for k, v in info["results"].items()) or "none"))
     model = info["model"]
     print(f"current model   : {model or 'none yet - studies stay queued until one is promoted (cxrd train / cxrd model import)'}")
+    shadow = info["shadow"]
+    if shadow.get("error"):
+        print(f"shadow model    : {shadow['error']}")
+    elif shadow["version"]:
+        print(f"shadow model    : {shadow['version']} (since {shadow['since']}, {shadow['origin']}; "
+              f"{shadow['images_scored']} image(s) scored, nothing sent)")
+    else:
+        print("shadow model    : none")
     last = info["last_retrain"]
     print(f"last retrain    : {last['started_at']} {last['outcome']} {last['candidate']}" if last else
           "last retrain    : never")
+    print("reports         : " + ", ".join(f"{k} {v}" for k, v in info["reports"].items()))
+    print("labels          : " + ", ".join(f"{k} {v}" for k, v in info["labels"].items())
+          + f" ({sum(info['labels'].values())} in all; manual wins)")
     return 0
 
 
@@ -141,7 +152,11 @@ def collect_status(rt: Runtime) -> dict:
 
     from storage import db
     from storage.analysis import not_analysed_by_view
-    from storage.models import INSTANCE_STATES, AuditEvent, Instance, Job, Result, RetrainRun
+    from storage.ground_truth import counts_by_source
+    from storage.models import INSTANCE_STATES, LABEL_MANUAL, LABEL_REPORT, REPORT_STATES, AuditEvent, Instance, Job, \
+        Result, RetrainRun
+    from storage.reports import counts_by_state
+    from storage.shadow import versions
     with db.reachable(rt.engine), rt.read_sessions() as session:
         states = dict(session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all())
         # Images that leave no instance row are counted where ingest records them: the audit trail
@@ -157,6 +172,7 @@ def collect_status(rt: Runtime) -> dict:
         results = dict(session.execute(select(Result.state, func.count()).group_by(Result.state)).all())
         not_analysed = not_analysed_by_view(session)
         last = session.scalars(select(RetrainRun).order_by(RetrainRun.id.desc()).limit(1)).first()
+        reports, labels, scored = counts_by_state(session), counts_by_source(session), versions(session)
     return {
         "state_dir": str(rt.state_dir),
         "database": rt.engine.url.render_as_string(hide_password=True),
@@ -170,7 +186,23 @@ def collect_status(rt: Runtime) -> dict:
         "not_analysed": not_analysed,  # per view (lateral, decubitus, ...): daemon.stages.view_rule
         "results": results,
         "model": rt.current_model_summary(),
+        "shadow": _shadow_status(rt, scored),
+        # report intake (HL7) and the ground-truth store it feeds, beside `cxrd labels import`
+        "reports": {state: reports.get(state, 0) for state in REPORT_STATES} | reports,
+        "labels": {src: labels.get(src, 0) for src in (LABEL_MANUAL, LABEL_REPORT)} | labels,
         "last_retrain": None if last is None else {
             "started_at": last.started_at.isoformat(), "outcome": last.outcome,
             "candidate": last.candidate_version},
     }
+
+
+def _shadow_status(rt: Runtime, scored: dict[str, int]) -> dict:
+    """The shadow candidate (`cxrmodel.shadow_pointer`, read without torch) and how many live images
+    it has scored; an unreadable pointer is reported, not raised: status must always answer."""
+    from cxrmodel.errors import ModelError
+    from cxrmodel.shadow_pointer import read_shadow
+    try:
+        pointer = read_shadow(rt.models_dir)
+    except ModelError as exc:
+        return {"version": None, "error": str(exc)}
+    return {**pointer, "images_scored": scored.get(pointer["version"], 0) if pointer["version"] else 0}

@@ -1,8 +1,9 @@
 """Prometheus metrics: counters the pipeline stages bump, and gauges read from the database on scrape.
 
-Counters and histograms live in this process; queue depth, states, model age, retrain runs and the
-audit chain head are read from the shared database when /metrics is scraped (cached a few seconds),
-so every daemon of a scale-out setup reports the same truth.
+Counters and histograms live in this process; queue depth, states, model age, retrain runs, the
+audit chain head, report intake and ground truth, and what the shadow candidate has scored are read
+from the shared database (and the registry's pointers) when /metrics is scraped (cached a few
+seconds), so every daemon of a scale-out setup reports the same truth.
 """
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cxrmodel.shadow_pointer import read_shadow
 from storage import monitoring as monitor_state
+from storage.ground_truth import counts_by_source
 from storage.models import AuditEvent, Instance, Job, Result, RetrainRun
+from storage.reports import counts_by_state
+from storage.shadow import versions as shadow_versions
 
 # Monitoring gauges written by the scheduled monitoring job (daemon.stages.monitoring) and read here,
 # so every daemon reports the same values: metric -> (help, label names).
@@ -80,8 +85,11 @@ class StateCollector:
 
     def __init__(self, sessions: sessionmaker[Session], state_dir: Path, min_free_mb: int,
                  current_model: Callable[[], object | None], cache_s: float = 5.0,
-                 behind_anchor: Callable[[], bool] = lambda: False):
+                 behind_anchor: Callable[[], bool] = lambda: False,
+                 shadow_version: Callable[[], str | None] | None = None):
         self.behind_anchor = behind_anchor
+        # the registry's shadow pointer (beside current.json, under state_dir/models): torch-free
+        self.shadow_version = shadow_version or (lambda: read_shadow(state_dir / "models")["version"])
         self.sessions = sessions
         self.state_dir = state_dir
         self.min_free_bytes = min_free_mb * 1024 * 1024
@@ -118,9 +126,11 @@ class StateCollector:
                 runs = dict(s.execute(select(RetrainRun.outcome, func.count()).group_by(RetrainRun.outcome)).all())
                 head = s.scalar(select(func.max(AuditEvent.seq)))
                 monitored = monitor_state.gauges(s)
+                reports, labels, scored = counts_by_state(s), counts_by_source(s), shadow_versions(s)
             up = 1
         except Exception:  # database down: say so, keep serving the other metrics
             states, queue, results, runs, head, up, monitored = {}, 0, {}, {}, 0, 0, []
+            reports, labels, scored = {}, {}, {}
         g = GaugeMetricFamily("cxrd_database_up", "1 if the database answered this scrape")
         g.add_metric([], up)
         out.append(g)
@@ -164,4 +174,32 @@ class StateCollector:
             except (TypeError, ValueError):
                 pass
         out += [g, a]
+        out += self._shadow(scored)
+        g = GaugeMetricFamily("cxrd_reports", "Radiology reports from the RIS by state", labels=["state"])
+        for state, n in reports.items():
+            g.add_metric([state], n)
+        out.append(g)
+        g = GaugeMetricFamily("cxrd_labels", "Ground-truth labels by source (manual, report)", labels=["source"])
+        for source, n in labels.items():
+            g.add_metric([source], n)
+        out.append(g)
         return out
+
+    def _shadow(self, scored: dict[str, int]) -> list:
+        """The shadow candidate by version (1 while one runs) and the live images each candidate
+        version has scored (stored shadow predictions: a count that only grows while rows are kept)."""
+        try:
+            version = self.shadow_version()
+        except Exception:  # an unreadable pointer: the worker runs no shadow either
+            version = None
+        g = GaugeMetricFamily("cxrd_shadow_model_info", "The shadow candidate (1) by version; absent when none runs",
+                              labels=["version"])
+        if version:
+            g.add_metric([version], 1)
+        c = CounterMetricFamily("cxrd_shadow_predictions", "Live images a shadow candidate scored, by its version "
+                                "(stored apart; nothing a shadow says is sent)", labels=["model"])
+        for model, n in sorted(scored.items()):
+            c.add_metric([model], n)
+        if version and version not in scored:
+            c.add_metric([version], 0)
+        return [g, c]

@@ -1,10 +1,16 @@
 """One retraining run: new labeled data? -> train in a child process -> judge -> promote or keep.
 
 New data arrives as ChestX-ray14-format batches in the inbox (`{inbox}/<batch>/Data_Entry_2017.csv`
-+ `images/`). A run trains on every batch (old and new), starting from the current model's weights
-when there is one, in a child process with a thread cap and lower priority so the SCP keeps its
-speed. The candidate and the current model are then evaluated on the same held-out patients and the
-candidate is promoted only if its evidence clears the promotion floor (`cxrmodel.promotion`,
++ `images/`). With `retrain.use_label_store` (the default) each run first exports the ground-truth
+store's labels not yet exported (`cxrd labels import` and radiology reports; manual wins) into a new
+inbox batch through `daemon.stages.training_data.export_batch`, the same path as `cxrd labels
+export`, so those images count as new, are marked with the batch (`labels.used_in_model`) and are
+never exported twice; what the store held but could not give (Burned In Annotation not NO,
+unreadable, uncertain under `labels.uncertain_as = "exclude"`) is counted in the run's summary. A
+run trains on every batch (old and new), starting from the current model's weights when there is
+one, in a child process with a thread cap and lower priority so the SCP keeps its speed. The
+candidate and the current model are then evaluated on the same held-out patients and the candidate
+is promoted only if its evidence clears the promotion floor (`cxrmodel.promotion`,
 `[model.promotion]`: shown better than chance; the first model too) and it is not worse than the
 current model (`cxrmodel.evaluate.compare`); otherwise it is kept, unpromoted, with its report and
 the reasons. Every run, promotion and rejection is a `retrain_runs` row and audited.
@@ -37,9 +43,11 @@ from cxrmodel.errors import ModelError, NoModelError
 from cxrmodel.preprocess import PreprocessSpec
 from cxrmodel.promotion import Floor, judge, with_evidence
 from cxrmodel.train import load_trained
+from daemon.errors import DaemonError
 from daemon.ops.logs import event
 from daemon.runtime import Runtime
 from daemon.stages.shadow import settle_retrained_shadow
+from daemon.stages.training_data import EXPORT_SUMMARY
 from storage import audit
 from storage.keys import derive_key, read_master_key
 from storage.models import RetrainRun, utcnow
@@ -77,17 +85,23 @@ def used_batches(rt: Runtime) -> set[str]:
 
 
 def merge_batches(batches: list[Batch], dest: Path) -> Path:
-    """One ChestX-ray14 folder (CSV + images/ of symlinks) from several batches."""
+    """One ChestX-ray14 folder (CSV + images/ of symlinks) from several batches. An image listed in
+    more than one batch (a label replaced after it was exported: a manual label over a report's, a
+    corrected report) trains as the latest batch says: batches are read in name order, and exported
+    batch names begin with their UTC time."""
     images = dest / "images"
     images.mkdir(parents=True)
     header: list[str] | None = None
-    rows: list[list[str]] = []
+    rows: dict[str, list[str]] = {}
     for b in batches:
         with open(b.path / CSV, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             head = next(reader, None)
             header = header or head
-            rows += list(reader)
+            for row in reader:
+                key = row[0].strip() if row else ""
+                rows.pop(key, None)  # keeps the order of the latest listing
+                rows[key] = row
         for img in (b.path / "images").iterdir():
             link = images / img.name
             if not link.exists():
@@ -95,23 +109,48 @@ def merge_batches(batches: list[Batch], dest: Path) -> Path:
     with open(dest / CSV, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header or [])
-        w.writerows(rows)
+        w.writerows(rows.values())
     return dest
+
+
+def export_label_store(rt: Runtime, run_id: int) -> dict[str, Any]:
+    """Labels in the ground-truth store not yet exported (manual and report alike, manual winning: the
+    store keeps one label per image) become a new inbox batch through the one export path
+    (`training_data.export_batch`), named for this run. What was left out is counted, so that a run
+    that finds labels but cannot use them says why instead of silently training on nothing."""
+    from daemon.stages.training_data import export_batch
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    dest = Path(rt.settings.retrain.inbox) / f"cxrd-labels-{stamp}-run{run_id}"
+    r = export_batch(rt, dest, skip_empty=True)
+    out = {"batch": r["batch"], "images": r["images"], "manual": r["sources"].get("manual", 0),
+           "report": r["sources"].get("report", 0), "refused_burned_in": len(r["refused_burned_in"]),
+           "refused_burned_in_unknown": r["refused_burned_in_unknown"],
+           "uncertain_left_out": r["uncertain_left_out"], "purged": r["purged"], "unreadable": r["unreadable"]}
+    if out["refused_burned_in"] or out["unreadable"]:
+        event(log, "retrain.labels_refused", logging.WARNING, refused_burned_in=out["refused_burned_in"],
+              not_declared=out["refused_burned_in_unknown"], unreadable=out["unreadable"])
+    return out
+
+
+def batch_sources(batch: Batch) -> dict[str, int]:
+    """Where a batch's images came from: the label store's manual and report labels (the counts its
+    export wrote beside it) or, for a batch dropped into the inbox, all of them "inbox"."""
+    try:
+        sources = json.loads((batch.path / EXPORT_SUMMARY).read_text(encoding="utf-8"))["sources"]
+        return {"manual": int(sources.get("manual", 0)), "report": int(sources.get("report", 0)), "inbox": 0}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {"manual": 0, "report": 0, "inbox": batch.images}
 
 
 def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
     """Run once; returns the run's summary (also stored in `retrain_runs.report`)."""
     s = rt.settings.retrain
-    batches = inbox_batches(Path(s.inbox))
-    fresh = [b for b in batches if b.name not in used_batches(rt)]
-    new_images = sum(b.images for b in fresh)
     with rt.sessions() as session, session.begin():
         run = RetrainRun(trigger=trigger, outcome="running")
         session.add(run)
         session.flush()
         run_id = run.id
-    summary: dict[str, Any] = {"batches": [b.name for b in batches], "new_batches": [b.name for b in fresh],
-                               "new_images": new_images}
+    summary: dict[str, Any] = {}
     try:
         shadow_decision = settle_retrained_shadow(rt)
     except Exception as exc:  # the live comparison must never stop a retraining run
@@ -119,8 +158,23 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
         shadow_decision = {"outcome": "failed", "error": type(exc).__name__}
     if shadow_decision is not None:
         summary["shadow_decision"] = shadow_decision
+    if s.use_label_store:
+        try:
+            summary["label_store"] = export_label_store(rt, run_id)
+        except Exception as exc:  # never train as if the store were empty when it could not be read
+            log.error("retrain.label_export_failed", exc_info=exc)
+            summary.update(batches=[], new_batches=[], new_images=0,
+                           error=f"label store export: {exc}" if isinstance(exc, DaemonError) else
+                           f"label store export: {type(exc).__name__}")
+            return _finish(rt, run_id, "failed", summary)
+    batches = inbox_batches(Path(s.inbox))
+    fresh = [b for b in batches if b.name not in used_batches(rt)]
+    new_images = sum(b.images for b in fresh)
+    sources = [batch_sources(b) for b in fresh]
+    summary.update(batches=[b.name for b in batches], new_batches=[b.name for b in fresh], new_images=new_images,
+                   new_sources={k: sum(x[k] for x in sources) for k in ("manual", "report", "inbox")})
     if new_images < s.min_new_images:
-        summary["reason"] = f"{new_images} new labeled images (< {s.min_new_images})"
+        summary["reason"] = f"{new_images} new labeled images (< {s.min_new_images})" + _left_out(summary)
         return _finish(rt, run_id, "skipped", summary)
     work = rt.state_dir / "cache" / f"retrain-{run_id}"
     shutil.rmtree(work, ignore_errors=True)
@@ -173,6 +227,20 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
         shutil.rmtree(work / "data", ignore_errors=True)
 
 
+def _left_out(summary: dict[str, Any]) -> str:
+    """What the label store held but this run could not use, for a person reading why it skipped."""
+    store = summary.get("label_store") or {}
+    parts = []
+    if store.get("refused_burned_in"):
+        parts.append(f"{store['refused_burned_in']} labeled image(s) not exported: Burned In Annotation "
+                     f"not NO ({store['refused_burned_in_unknown']} not declared)")
+    if store.get("unreadable"):
+        parts.append(f"{store['unreadable']} unreadable in the vault")
+    if store.get("uncertain_left_out"):
+        parts.append(f"{store['uncertain_left_out']} left out for an uncertain finding (labels.uncertain_as)")
+    return "; " + "; ".join(parts) if parts else ""
+
+
 def _into_shadow(rt: Runtime, version: str, current: str, run_id: int) -> dict[str, Any]:
     """Run the candidate in shadow instead of promoting it (it replaces an earlier shadow)."""
     if rt.registry.manifest(version).preprocessing != rt.registry.manifest(current).preprocessing:
@@ -221,7 +289,8 @@ def _finish(rt: Runtime, run_id: int, outcome: str, summary: dict[str, Any], ver
         actor, host = "cxrd:scheduler", rt.hostname
         if outcome in ("promoted", "rejected", "shadowed"):
             audit.append(session, rt.keys.audit_key, event_type="model.trained", actor=actor, host=host,
-                         details={"run": run_id, "version": version, "new_images": summary["new_images"]})
+                         details={"run": run_id, "version": version, "new_images": summary["new_images"],
+                                  "new_sources": summary.get("new_sources", {})})
             audit.append(session, rt.keys.audit_key, event_type=f"model.{outcome}", actor=actor, host=host,
                          details={"run": run_id, "version": version, "reasons": summary.get("reasons", [])[:20],
                                   "previous": summary.get("previous"), "promotion": summary.get("promotion")})

@@ -1,5 +1,7 @@
 """The hospital's own studies as training data: import ground-truth labels for images we received,
 and export labeled, de-identified images as a ChestX-ray14-format batch the retraining job reads.
+`export_batch` is the one export path: `cxrd labels export` calls it, and so does every retraining
+run (`retrain.use_label_store`, daemon.stages.retraining.export_label_store).
 
 Labels come from two sources: imported here (manual, which always wins) or read from radiology
 reports by daemon.stages.report_matching (report, never replacing a manual one). A report's
@@ -20,7 +22,9 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,15 +33,21 @@ from typing import Iterable
 import numpy as np
 import pydicom
 from PIL import Image
-from sqlalchemy import select
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select, update
 
 from cxrmodel.chestxray14 import NO_FINDING
+from cxrmodel.errors import ModelError
 from cxrmodel.labels import LABELS
 from daemon.errors import DaemonError
+from daemon.ops.logs import event
 from daemon.runtime import Runtime
 from storage.dicomfile import checked_instance
-from storage.models import LABEL_MANUAL, Instance, Label, utcnow
+from storage.errors import VaultError
+from storage.models import LABEL_MANUAL, LABEL_REPORT, Instance, Label, utcnow
 from storage.vault import Vault
+
+log = logging.getLogger("cxrd.training_data")
 
 HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
           "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
@@ -127,8 +137,20 @@ def _patient_number(pseudonym: str) -> int:
     return int(hashlib.sha256(pseudonym.encode()).hexdigest()[:12], 16) % 10**8
 
 
-def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool = False) -> dict:
-    """Write labeled, de-identified images as a ChestX-ray14 batch (default: a new inbox batch)."""
+EXPORT_SUMMARY = "cxrd-export.json"  # counts only (by source, refused): what a retraining run reports
+
+
+def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool = False,
+                 skip_empty: bool = False) -> dict:
+    """Write labeled, de-identified images as a ChestX-ray14 batch (default: a new inbox batch).
+
+    The one export path, for `cxrd labels export` and for every retraining run (`retrain.use_label_store`).
+    Left out, and counted: images whose Burned In Annotation is not NO (YES, or not declared: their
+    pixels may carry a name), images already purged from the vault, images that cannot be read back
+    (a damaged or tampered object), and, under `labels.uncertain_as = "exclude"`, images with an
+    uncertain finding. A label is marked with the batch it went into only after the batch is
+    complete and only if it was not replaced meanwhile, so a crash or a newer label never loses one.
+    With `skip_empty`, nothing is written (no folder, no audit event) when no image is exportable."""
     name = "cxrd-labels-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     dest = dest or Path(rt.settings.retrain.inbox) / name
     if dest.exists() and any(dest.iterdir()):
@@ -140,38 +162,72 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
             q = q.where(Label.used_in_model == "")
         pairs = session.execute(q.order_by(Instance.id)).all()
     refused = [i.sop_instance_uid for i, _ in pairs if i.burned_in_annotation != "no"]
+    refused_unknown = sum(i.burned_in_annotation != "yes" for i, _ in pairs if i.burned_in_annotation != "no")
     pairs = [(i, lab) for i, lab in pairs if i.burned_in_annotation == "no"]
+    purged = sum(not i.vault_object for i, _ in pairs)
+    pairs = [(i, lab) for i, lab in pairs if i.vault_object]
     uncertain_as = rt.settings.labels.uncertain_as
     uncertain_left_out = sum(training_findings(lab, uncertain_as) is None for _, lab in pairs)
     pairs = [(i, lab) for i, lab in pairs if training_findings(lab, uncertain_as) is not None]
+    summary = {"destination": None, "batch": None, "images": 0, "sources": {LABEL_MANUAL: 0, LABEL_REPORT: 0},
+               "refused_burned_in": refused, "refused_burned_in_unknown": refused_unknown,
+               "uncertain_left_out": uncertain_left_out, "purged": purged, "unreadable": 0}
+    if skip_empty and not pairs:
+        return summary
     from cxrmodel.preprocess import load_image  # decoding pulls in torch: only export needs it
 
+    created = not dest.exists()
     (dest / "images").mkdir(parents=True, exist_ok=True, mode=0o700)
     _record_export(rt.state_dir, dest)  # before any PNG exists: a purge must always find them
-    rows = []
-    for inst, lab in pairs:
-        raw = checked_instance(vault.get(inst.vault_object), inst.sop_instance_uid, inst.vault_object)
-        ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
-        unit = load_image(raw)
-        Image.fromarray(np.round(unit * 255).astype(np.uint8), mode="L").save(
-            dest / "images" / f"{inst.sop_instance_uid}.png")
-        age = str(ds.get("PatientAge", "") or "")
-        spacing = list(ds.get("PixelSpacing", ds.get("ImagerPixelSpacing", [""] * 2)) or ["", ""])
-        rows.append([f"{inst.sop_instance_uid}.png", training_findings(lab, uncertain_as), 0, _patient_number(str(ds.get("PatientID", ""))),
-                     int(age[:3]) if age[:3].isdigit() else "", str(ds.get("PatientSex", "") or ""),
-                     inst.view_position, unit.shape[1], unit.shape[0], *[str(v) for v in spacing[:2]]])
-    with open(dest / "Data_Entry_2017.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(HEADER)
-        w.writerows(rows)
-    with rt.sessions() as session, session.begin():
+    rows, written = [], []
+    try:
         for inst, lab in pairs:
-            row = session.get(Label, lab.instance_id)
-            row.used_in_model = dest.name[:64]
+            try:
+                raw = checked_instance(vault.get(inst.vault_object), inst.sop_instance_uid, inst.vault_object)
+                ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+                unit = load_image(raw)
+            except (VaultError, ModelError, InvalidDicomError) as exc:
+                summary["unreadable"] += 1  # damaged, tampered or undecodable: never trained on
+                event(log, "training.export_unreadable", logging.WARNING, instance=inst.sop_instance_uid,
+                      error=type(exc).__name__)
+                continue
+            Image.fromarray(np.round(unit * 255).astype(np.uint8), mode="L").save(
+                dest / "images" / f"{inst.sop_instance_uid}.png")
+            age = str(ds.get("PatientAge", "") or "")
+            spacing = list(ds.get("PixelSpacing", ds.get("ImagerPixelSpacing", [""] * 2)) or ["", ""])
+            rows.append([f"{inst.sop_instance_uid}.png", training_findings(lab, uncertain_as), 0,
+                         _patient_number(str(ds.get("PatientID", ""))),
+                         int(age[:3]) if age[:3].isdigit() else "", str(ds.get("PatientSex", "") or ""),
+                         inst.view_position, unit.shape[1], unit.shape[0], *[str(v) for v in spacing[:2]]])
+            written.append(lab)
+            summary["sources"][lab.source] = summary["sources"].get(lab.source, 0) + 1
+        summary.update(destination=str(dest), batch=dest.name, images=len(rows))
+        counts = {k: v for k, v in summary.items() if k not in ("destination", "refused_burned_in")}
+        (dest / EXPORT_SUMMARY).write_text(json.dumps({**counts, "refused_burned_in": len(refused)}, indent=2) + "\n",
+                                           encoding="utf-8")
+        # the CSV last: a batch is complete (and read by retraining) once it exists
+        tmp = dest / (CSV_NAME + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(HEADER)
+            w.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest / CSV_NAME)
+    except BaseException:
+        if created:  # an incomplete batch is never left for retraining to read
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+    with rt.sessions() as session, session.begin():
+        for lab in written:
+            session.execute(update(Label).where(Label.instance_id == lab.instance_id,
+                                                Label.imported_at == lab.imported_at)
+                            .values(used_in_model=dest.name[:64]))
     rt.audit("export.training", images=len(rows), refused_burned_in=len(refused), batch=dest.name,
-             uncertain_left_out=uncertain_left_out)
-    return {"destination": str(dest), "images": len(rows), "refused_burned_in": refused,
-            "uncertain_left_out": uncertain_left_out}
+             uncertain_left_out=uncertain_left_out, manual=summary["sources"][LABEL_MANUAL],
+             report=summary["sources"][LABEL_REPORT], refused_burned_in_unknown=refused_unknown,
+             purged=purged, unreadable=summary["unreadable"])
+    return summary
 
 
 EXPORTS_FILE = "training-exports.jsonl"
