@@ -154,6 +154,7 @@ def report(
             "sensitivity": c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else None,
             "specificity": c["tn"] / (c["tn"] + c["fp"]) if c["tn"] + c["fp"] else None,
             "ece": M.expected_calibration_error(y, p),
+            "roc": M.roc_points(y, p),  # drawn by the console; None without both classes
         }
 
     def mean(key: str) -> float | None:
@@ -173,7 +174,8 @@ def report(
 
 def manifest_metrics(rep: Mapping[str, Any], split: str) -> dict[str, Any]:
     """The compact part of a report that goes into `manifest.json`: also what the promotion floor
-    (`promotion.judge`) reads, so the per-label counts and CIs must stay in it."""
+    (`promotion.judge`) reads, so the per-label counts and CIs must stay in it, and what the
+    console's model page draws (AUROC with CI, ROC points)."""
     return {
         "evaluated_on": split,
         "n_images": rep["n_images"],
@@ -184,6 +186,8 @@ def manifest_metrics(rep: Mapping[str, Any], split: str) -> dict[str, Any]:
         "auroc_ci95": {k: v["auroc_ci95"] for k, v in rep["labels"].items()},
         "positives": {k: v["positives"] for k, v in rep["labels"].items()},
         "accuracy": {k: v["accuracy"] for k, v in rep["labels"].items()},
+        # the thinned ROC curve of each finding (`metrics.roc_points`), so a model's page can draw it
+        "roc": {k: v.get("roc") for k, v in rep["labels"].items()},
     }
 
 

@@ -59,6 +59,19 @@ def roc_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return fpr, tpr, thresholds
 
 
+def roc_points(y: np.ndarray, s: np.ndarray, max_points: int = 64) -> dict[str, list[float]] | None:
+    """The ROC curve thinned to at most `max_points` points (both ends kept), rounded to 4 decimals:
+    small enough to store with every evaluation and draw later, without the scores themselves."""
+    y, s = _check(y, s)
+    if y.all() or not y.any():
+        return None
+    fpr, tpr, _ = roc_curve(y, s)
+    if fpr.size > max_points:
+        keep = np.unique(np.round(np.linspace(0, fpr.size - 1, max(max_points, 2))).astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return {"fpr": [round(float(v), 4) for v in fpr], "tpr": [round(float(v), 4) for v in tpr]}
+
+
 def average_precision(y: np.ndarray, s: np.ndarray) -> float | None:
     """Step-wise area under precision-recall: sum over thresholds of (R_n - R_{n-1}) * P_n."""
     y, s = _check(y, s)

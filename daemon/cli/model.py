@@ -243,36 +243,28 @@ def _evaluate_on(rt: Runtime, module: Any, manifest: Any, data: Path, n_boot: in
 
 
 def run_promote(args: argparse.Namespace, rt: Runtime) -> int:
-    from cxrmodel.promotion import judge
+    from daemon.stages.model_changes import PromotionRefused, promote
 
-    reg = rt.registry
-    loaded = reg.load(args.version)  # refuse to promote a version whose weights fail verification
+    evaluate = None
     if args.evaluate_on is not None:
-        metrics = _evaluate_on(rt, loaded.module, loaded.manifest, args.evaluate_on, args.n_boot,
-                               own_training_data=str(loaded.manifest.training.get("data", "")))
-    else:
-        metrics = dict(loaded.manifest.metrics)
-    floor = _floor(rt)
-    verdict = judge(metrics, floor)
-    if not verdict.passed and not args.force:
-        rt.audit("model.rejected", outcome=4, version=args.version, refused=list(verdict.failures),
-                 promotion=verdict.audit_details(floor))
-        raise CommandError(f"{args.version} not promoted: {verdict.summary} (`--force` promotes it anyway, "
-                           f"audited)")
-    previous = reg.promote(args.version)
-    rt.audit("model.promoted", version=args.version, previous=previous, forced=not verdict.passed,
-             overridden=list(verdict.failures) or None, promotion=verdict.audit_details(floor))
+        def evaluate(loaded: LoadedModel) -> dict[str, Any]:
+            return _evaluate_on(rt, loaded.module, loaded.manifest, args.evaluate_on, args.n_boot,
+                                own_training_data=str(loaded.manifest.training.get("data", "")))
+    try:
+        done = promote(rt, args.version, force=args.force, evaluate=evaluate)
+    except PromotionRefused as exc:
+        raise CommandError(f"{args.version} not promoted: {exc.verdict.summary} (`--force` promotes it anyway, "
+                           f"audited)") from None
+    previous, verdict = done.previous, done.verdict
     print(f"current model: {args.version}" + (f" (was {previous})" if previous and previous != args.version else ""))
     print(("promoted by --force, overriding: " if not verdict.passed else "evidence: ") + verdict.summary)
     return 0
 
 
 def run_rollback(args: argparse.Namespace, rt: Runtime) -> int:
-    reg = rt.registry
-    before = reg.current()
-    version = reg.rollback()
-    rt.audit("model.rollback", version=version, previous=before.version if before else None)
-    print(f"current model: {version}" + (f" (was {before.version})" if before else ""))
+    from daemon.stages.model_changes import rollback
+    version, before = rollback(rt)
+    print(f"current model: {version}" + (f" (was {before})" if before else ""))
     return 0
 
 
