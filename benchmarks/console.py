@@ -551,6 +551,9 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
         audit_s = fill_audit(engine, rt.keys.audit_key, plan, keep)
         images_n = fill_images(engine, rt.keys.record_key, plan)
         runs = fill_models(rt, plan)
+        if backend == "sqlite":  # a running service's WAL is small: checkpoint the fill's away
+            with engine.connect() as c:
+                c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         if backend == "postgresql":
             with engine.begin() as c:
                 for table, col in (("instances", "id"), ("jobs", "id"), ("predictions", "id"), ("results", "id"),
@@ -602,8 +605,9 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
 
         for label, (params, argv) in filters.items():
             out.append(Timing(f"cli: audit query, {label} (in-process)", timed(lambda: in_process(argv), args.repeat)))
-            out.append(Timing(f"cli: audit query, {label} (subprocess)",
-                              timed(lambda: cli(env, "audit", "query", *argv), max(1, args.repeat // 2), warm=False)))
+            if args.cli_subprocess:
+                out.append(Timing(f"cli: audit query, {label} (subprocess)",
+                                  timed(lambda: cli(env, "audit", "query", *argv), args.cli_subprocess, warm=False)))
             path = "/audit?" + urlencode(params + [("limit", "100")])
             out.append(Timing(f"console: search, {label}", timed(lambda: comp.get(path), args.repeat),
                               ref=f"cli: audit query, {label} (in-process)"))
@@ -631,6 +635,8 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
         current = plan.model_versions[-1][0]
         out.append(Timing("console: model version page", timed(lambda: ops.get(f"/models/{current}"), args.repeat)))
         print(f"# {backend}: measured; load {os.getloadavg()[0]:.1f}", flush=True)
+        if args.explain:
+            explain(url, page_probes(filters))
         return out
     finally:
         if console is not None:
@@ -643,6 +649,78 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
             print(f"# {backend}: state kept in {tmp}", flush=True)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def explain(url: str, probes: dict[str, Callable[[Any], Any]], top: int = 3, floor_s: float = 0.02) -> None:
+    """Each probe (a page's own query functions, called in this process) with its slowest SQL
+    statements timed at the driver, and the database's plan for each (EXPLAIN [QUERY PLAN])."""
+    from sqlalchemy import event
+
+    from config import load_settings
+    from daemon.runtime import Runtime
+    rt = Runtime(load_settings(None))
+    engine = rt.engine
+    log: list[tuple[float, str, Any]] = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        conn.info["t0"] = time.perf_counter()
+
+    def after(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        log.append((time.perf_counter() - conn.info.pop("t0", time.perf_counter()), statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+    prefix = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
+    for name, probe in probes.items():
+        log.clear()
+        t0 = time.perf_counter()
+        probe(rt)
+        total = time.perf_counter() - t0
+        stmts = sorted(log, key=lambda x: -x[0])
+        print(f"\n## {name}: {total:.3f} s in process, {len(log)} statements, SQL {sum(x[0] for x in log):.3f} s")
+        for seconds, statement, params in stmts[:top]:
+            if seconds < floor_s:
+                break
+            print(f"- {seconds:.3f} s: {' '.join(statement.split())[:400]}")
+            print(f"  params: {str(params)[:200]}")
+            with engine.connect() as c:
+                for row in c.exec_driver_sql(prefix + statement, params):
+                    print("  plan:", row[-1])
+    event.remove(engine, "before_cursor_execute", before)
+    event.remove(engine, "after_cursor_execute", after)
+    engine.dispose()
+
+
+def page_probes(filters: dict[str, tuple[list, list]]) -> dict[str, Callable[[Any], Any]]:
+    """The query work behind each timed page, as functions of a Runtime (no HTTP, no template)."""
+    from starlette.datastructures import MultiDict
+
+    from daemon.console import audit_search, ops_dashboard, ops_models, ops_queries
+
+    def search(params: list) -> Callable[[Any], Any]:
+        def run(rt: Any) -> Any:
+            srch = audit_search.read_search(MultiDict(params + [("limit", "100")]), lambda: rt.keys.uid_key)
+            with rt.read_sessions() as s:
+                return audit_search.page(s, srch)
+        return run
+
+    def per_day(days: int) -> Callable[[Any], Any]:
+        def run(rt: Any) -> Any:
+            today = datetime.now().astimezone().date()
+            with rt.read_sessions() as s:
+                return audit_search.per_day(s, today - timedelta(days=days - 1), today)
+        return run
+
+    def models(rt: Any) -> Any:
+        with rt.read_sessions() as s:
+            return ops_models.retrain_runs(s), ops_queries.model_events(s)
+
+    probes: dict[str, Callable[[Any], Any]] = {f"search, {k}": search(v[0]) for k, v in filters.items()}
+    probes |= {"events per day, 30 days": per_day(30), "events per day, 365 days": per_day(365),
+               "operations dashboard, 24 h": lambda rt: ops_dashboard.collect(rt, 24),
+               "operations dashboard, 168 h": lambda rt: ops_dashboard.collect(rt, 168),
+               "models (database part)": models}
+    return probes
 
 
 def print_table(backend: str, timings: list[Timing]) -> None:
@@ -664,8 +742,12 @@ def main() -> None:
     p.add_argument("--pg-url", default="", help="a PostgreSQL server to create a scratch database on "
                    "(default: a throwaway PostgreSQL 15 on a loopback port)")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per page or query (after one warm-up)")
+    p.add_argument("--cli-subprocess", type=int, default=3,
+                   help="runs of `cxrd audit query` as a subprocess per filter (interpreter start-up included; 0: none)")
     p.add_argument("--deep", type=int, default=50, help="older links to follow for the deep-page figure")
     p.add_argument("--tmp", default=None, help="directory for the scratch states (default: the system's)")
+    p.add_argument("--explain", action="store_true", help="also print each page's slowest SQL statements "
+                   "(timed in this process) with the database's plan for each")
     p.add_argument("--keep", action="store_true", help="keep the states (SQLite) for EXPLAIN afterwards")
     args = p.parse_args()
     if args.rows < 1000 or args.images < 100 or args.images * 3 > args.rows:
