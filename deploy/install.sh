@@ -6,6 +6,8 @@
 #
 # Options:
 #   --no-start      install and enable, do not start
+#   --console       also enable (and, unless --no-start, start) the web console, cxrd-console.service
+#                   (installed either way; by default it listens on 127.0.0.1:8443 only)
 #   --prefix DIR    where the code goes (default /opt/cxrd)
 #   --root DIR      stage the whole installation under DIR (packaging, tests): every path above is
 #                   taken inside DIR, no user is created and systemd is not touched
@@ -21,13 +23,15 @@
 # handed over the way systemd does it (a private credentials directory, removed afterwards).
 #
 # Uninstall (keeps state, keys and configuration unless you remove them yourself):
-#   systemctl disable --now cxrd && rm /etc/systemd/system/cxrd.service && systemctl daemon-reload
+#   systemctl disable --now cxrd cxrd-console
+#   rm /etc/systemd/system/cxrd.service /etc/systemd/system/cxrd-console.service && systemctl daemon-reload
 #   rm -rf /opt/cxrd            # code
 #   rm -rf /var/lib/cxrd /etc/cxrd && userdel cxrd   # ONLY if images, audit trail and keys must go
 set -eu
 
 PREFIX=/opt/cxrd
 START=yes
+CONSOLE=no
 ROOT=
 SVC_USER=cxrd
 VENV=
@@ -37,6 +41,7 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 while [ $# -gt 0 ]; do
     case "$1" in
         --no-start) START=no ;;
+        --console) CONSOLE=yes ;;
         --prefix) PREFIX="$2"; shift ;;
         --root) ROOT=$(cd "$2" && pwd); shift ;;
         --user) SVC_USER="$2"; shift ;;
@@ -91,6 +96,9 @@ fi
 # (SQLite, or a server that authenticates the service otherwise).
 [ -f "$ETC/db-password" ] || install -m 0400 -o "$SVC_USER" -g "$SVC_GROUP" /dev/null "$ETC/db-password"
 chown "$SVC_USER:$SVC_GROUP" "$ETC/db-password" && chmod 0400 "$ETC/db-password"
+# The console's LDAP service account password, if directory sign-in is used (first line; empty = none).
+[ -f "$ETC/ldap-password" ] || install -m 0400 -o "$SVC_USER" -g "$SVC_GROUP" /dev/null "$ETC/ldap-password"
+chown "$SVC_USER:$SVC_GROUP" "$ETC/ldap-password" && chmod 0400 "$ETC/ldap-password"
 # The key is created by root in /etc/cxrd; nothing here touches the state directory.
 "$VENV/bin/python" -c 'import sys; from storage.keys import create_key_file; create_key_file(sys.argv[1])' "$ETC/master.key"
 chown "$SVC_USER:$SVC_GROUP" "$ETC/master.key" && chmod 0400 "$ETC/master.key"
@@ -111,14 +119,20 @@ chown "$SVC_USER:$SVC_GROUP" "$CREDS"
     "$VENV/bin/cxrd" --config "$ETC/cxrd.toml" init)
 rm -rf "$CREDS"
 
-# 5. the unit
+# 5. the units: the daemon, and the web console beside it (same user, configuration and keys)
 mkdir -p "$UNIT_DIR"
-sed -e "s#/opt/cxrd/venv/#${VENV#"$ROOT"}/#g" -e "s#/opt/cxrd/#$PREFIX/#g" -e "s#^User=cxrd\$#User=$SVC_USER#" -e "s#^Group=cxrd\$#Group=$SVC_GROUP#" \
-    "$SRC/deploy/cxrd.service" > "$UNIT_DIR/cxrd.service"
+for unit in cxrd.service cxrd-console.service; do
+    sed -e "s#/opt/cxrd/venv/#${VENV#"$ROOT"}/#g" -e "s#/opt/cxrd/#$PREFIX/#g" -e "s#^User=cxrd\$#User=$SVC_USER#" -e "s#^Group=cxrd\$#Group=$SVC_GROUP#" \
+        "$SRC/deploy/$unit" > "$UNIT_DIR/$unit"
+done
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
     systemctl enable cxrd.service
     [ "$START" = yes ] && systemctl restart cxrd.service
+    if [ "$CONSOLE" = yes ]; then
+        systemctl enable cxrd-console.service
+        [ "$START" = yes ] && systemctl restart cxrd-console.service
+    fi
     systemctl --no-pager status cxrd.service || true
 elif [ -z "$ROOT" ]; then
     echo "install.sh: systemd is not running here; unit installed, start it with systemctl on the target host" >&2

@@ -138,6 +138,8 @@ def set_disabled(session: Session, name: str, disabled: bool) -> Account:
     row.disabled = disabled
     if disabled:
         end_sessions_of(session, name, "disabled")
+    else:
+        clear_failures(session, name_subject(name))  # enabling also lifts a lock-out of the name
     return _public(row)
 
 
@@ -146,6 +148,7 @@ def set_password(session: Session, name: str, password_hash: str) -> Account:
     row.password_hash = password_hash
     row.password_changed_at = now()
     end_sessions_of(session, name, "password")
+    clear_failures(session, name_subject(name))  # a new password lifts a lock-out of the name
     return _public(row)
 
 
