@@ -250,3 +250,42 @@ def test_events_per_day_chart_with_table_is_recorded(app, rt):
     [use] = uses(rt, before)
     assert use["details"]["view"] == "per-day counts" and use["details"]["returned"] == 7
     assert c.get("/audit/activity", params={"days": "9999"}).status_code == 400
+
+
+def test_the_pages_on_postgresql(fresh_pg_database, tmp_path, monkeypatch):
+    """Keyset pages, an event, a download and a verification (server-side cursor in a thread) on
+    PostgreSQL, the database a hospital runs several gateways on."""
+    from daemon.cli import main as cli
+    monkeypatch.setenv("CXRD_STORAGE__STATE_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("CXRD_STORAGE__DATABASE_URL", fresh_pg_database)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["init"]) == 0
+    rt = Runtime(load_settings(None))
+    with rt.sessions.begin() as s:
+        for i in range(90):
+            audit.append(s, rt.keys.audit_key, event_type="association.rejected" if i % 3 == 0 else "instance.stored",
+                         outcome=4 if i % 3 == 0 else 0, actor="aet:EVIL" if i % 3 == 0 else "aet:MODALITY",
+                         study_uid=OTHER_STUDY)
+    app = build_app(rt)
+    c = client(app, rt, "olivia", "compliance")
+    r = c.get("/audit", params={"event": "association.*", "limit": "25", "since": "today"})
+    first = [int(s) for s in re.findall(r'href="/audit/events/(\d+)" aria-label', r.text)]
+    older = re.search(r'href="(/audit\?[^"]*before=\d+)" rel="next"', r.text)[1].replace("&amp;", "&")
+    second = [int(s) for s in re.findall(r'href="/audit/events/(\d+)" aria-label', c.get(older).text)]
+    with rt.read_sessions() as s:
+        expected = [r[0] for r in s.execute(text(
+            "SELECT seq FROM audit_events WHERE event_type LIKE 'association.%' ORDER BY seq DESC"))]
+    assert first + second == expected and len(first) == 25
+    assert c.get(f"/audit/events/{first[0]}").status_code == 200
+    schema = etree.XMLSchema(etree.parse(str(audit_export.SCHEMA)))
+    lines = list(audit_export.read_dicom_lines(c.get("/audit/export", params={"format": "dicom"}).text))
+    assert len(lines) > 90 and all(schema.validate(etree.fromstring(x.encode())) for x in lines)
+    token = csrf_of(c.get("/audit/chain").text)
+    c.post("/audit/chain/verify", data={"csrf_token": token})
+    assert app.state.audit_verify_job.wait().result["ok"]
+    with rt.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET actor = 'aet:FORGED' WHERE seq = :s"), {"s": first[3]})
+    c.post("/audit/chain/verify", data={"csrf_token": token})
+    assert app.state.audit_verify_job.wait().result["first_bad_seq"] == first[3]
+    assert f'href="/audit/events/{first[3]}" id="first-bad-row"' in c.get("/audit/chain").text
