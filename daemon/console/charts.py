@@ -22,7 +22,7 @@ from markupsafe import Markup
 
 WIDTH, HEIGHT = 640, 260
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16, 28, 44
-SERIES_CLASSES = 8  # chart-series-0 .. chart-series-7 in the stylesheet; more series reuse them
+SERIES_CLASSES = 14  # chart-series-0 .. chart-series-13 in the stylesheet (one per finding); more reuse them
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,17 @@ def nice_max(value: float) -> float:
     return float(10 * power)
 
 
-def _ticks(top: float, n: int = 4) -> list[float]:
-    return [top * i / n for i in range(n + 1)]
+def _scale(top: float, integer: bool) -> tuple[float, list[float]]:
+    """(axis top, tick values): quarters of a 1-2-5 top, or whole-number steps for counts (no
+    "1.5 images" tick), the top raised to the last tick."""
+    if not integer:
+        top = nice_max(top)
+        return top, [top * i / 4 for i in range(5)]
+    step = max(1, int(nice_max(top / 4)))
+    ticks = [0.0]
+    while ticks[-1] < top or len(ticks) < 2:
+        ticks.append(ticks[-1] + step)
+    return ticks[-1], ticks
 
 
 def _frame(chart_id: str, title: str, desc: str) -> list[str]:
@@ -77,8 +86,8 @@ def _frame(chart_id: str, title: str, desc: str) -> list[str]:
             f'<desc id="{chart_id}-desc">{escape(desc)}</desc>']
 
 
-def _y_axis(parts: list[str], top: float, y_label: str, plot_w: float, plot_h: float) -> None:
-    for t in _ticks(top):
+def _y_axis(parts: list[str], top: float, ticks: list[float], y_label: str, plot_w: float, plot_h: float) -> None:
+    for t in ticks:
         y = MARGIN_TOP + plot_h - (t / top) * plot_h
         parts.append(f'<line class="chart-grid" x1="{MARGIN_LEFT}" y1="{y:.1f}" x2="{MARGIN_LEFT + plot_w:.1f}" '
                      f'y2="{y:.1f}"/>')
@@ -117,17 +126,18 @@ def _table(x_title: str, labels: Sequence[str], series: Sequence[Series], digits
 
 
 def line_chart(chart_id: str, title: str, labels: Sequence[str], series: Sequence[Series], *,
-               y_label: str, x_title: str = "hour", digits: int = 3) -> Chart:
-    """One polyline per series over shared x labels (hours, days); gaps where a value is None."""
+               y_label: str, x_title: str = "hour", digits: int = 3, integer: bool = False) -> Chart:
+    """One polyline per series over shared x labels (hours, days); gaps where a value is None.
+    `integer`: the values are counts (whole-number ticks)."""
     plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
     plot_h = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
     values = [v for s in series for v in s.values if v is not None]
-    top = nice_max(max(values) if values else 0.0)
+    top, ticks = _scale(max(values) if values else 0.0, integer)
     n = len(labels)
     xs = [MARGIN_LEFT + (plot_w * (i + 0.5) / n if n else 0) for i in range(n)]
     desc = f"{', '.join(s.name for s in series)} per {x_title}, {labels[0]} to {labels[-1]}" if n else "no data"
     parts = _frame(chart_id, title, desc)
-    _y_axis(parts, top, y_label, plot_w, plot_h)
+    _y_axis(parts, top, ticks, y_label, plot_w, plot_h)
     _x_labels(parts, labels, xs, plot_h)
     _legend(parts, [s.name for s in series])
     for k, s in enumerate(series):
@@ -161,16 +171,16 @@ def line_chart(chart_id: str, title: str, labels: Sequence[str], series: Sequenc
 
 def bar_chart(chart_id: str, title: str, labels: Sequence[str], values: Sequence[float], *,
               y_label: str, x_title: str = "category") -> Chart:
-    """One bar per label (images by state, say), its value written above it."""
+    """One bar per label (images by state, say: counts, so whole-number ticks), its value above it."""
     plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
     plot_h = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-    top = nice_max(max(values) if values else 0.0)
+    top, ticks = _scale(max(values) if values else 0.0, integer=True)
     n = len(labels)
     slot = plot_w / n if n else plot_w
     xs = [MARGIN_LEFT + slot * (i + 0.5) for i in range(n)]
     desc = "; ".join(f"{lab}: {_fmt(v)}" for lab, v in zip(labels, values)) or "no data"
     parts = _frame(chart_id, title, desc)
-    _y_axis(parts, top, y_label, plot_w, plot_h)
+    _y_axis(parts, top, ticks, y_label, plot_w, plot_h)
     for i, (lab, v) in enumerate(zip(labels, values)):
         h = (float(v) / top) * plot_h
         bw = slot * 0.6
@@ -189,7 +199,6 @@ def bar_chart(chart_id: str, title: str, labels: Sequence[str], values: Sequence
 def roc_chart(chart_id: str, title: str, curves: Sequence[Curve], *, aucs: Sequence[float | None] = ()) -> Chart:
     """ROC curves in a square plot with the chance diagonal; the table lists each curve's points."""
     side = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-    legend_x = MARGIN_LEFT + side + 24
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart chart-roc" viewBox="0 0 {WIDTH} {HEIGHT + 120}" '
              f'role="img" aria-labelledby="{chart_id}-title {chart_id}-desc" id="{chart_id}">',
              f'<title id="{chart_id}-title">{escape(title)}</title>',

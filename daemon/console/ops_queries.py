@@ -14,11 +14,12 @@ labelled in the server's local time by the page.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Integer, case, cast, func, literal, literal_column, select, text
+from sqlalchemy import Integer, case, cast, func, literal_column, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -26,6 +27,7 @@ from cxrmodel.labels import LABELS
 from storage.models import INSTANCE_STATES, AuditEvent, Instance, Job, Prediction, Result
 
 MAX_HOURS = 168  # a week of hourly buckets at most
+LATENCY_BUDGET = 5000  # images whose latency one page measures, spread over its hours
 LIST_LIMIT = 25  # rows in each "newest N" list
 # Images received but not stored: the events `cxrd status` counts them by (see daemon/cli/service.py).
 NOT_STORED_EVENTS = {"ignored": "instance.ignored", "rejected": "instance.rejected", "refused": "instance.failed"}
@@ -36,8 +38,9 @@ class HourBucket:
     start: datetime  # UTC, on the hour
     received: int = 0
     predicted: int = 0
-    latency_mean_s: float | None = None
-    latency_max_s: float | None = None
+    latency_median_s: float | None = None
+    latency_p95_s: float | None = None
+    latency_sampled: int = 0  # how many images the two latency figures are taken from
 
 
 @dataclass
@@ -59,12 +62,6 @@ def _hour_key(column: Any, dialect: str) -> ColumnElement:
     if dialect == "postgresql":
         return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24")
     return func.substr(column, 1, 13)
-
-
-def _seconds_between(later: Any, earlier: Any, dialect: str) -> ColumnElement:
-    if dialect == "postgresql":
-        return func.extract("epoch", later - earlier)
-    return (func.julianday(later) - func.julianday(earlier)) * literal(86400.0)
 
 
 def _details_count(dialect: str) -> ColumnElement:
@@ -108,31 +105,51 @@ def queue(session: Session, now: datetime) -> dict[str, Any]:
             "oldest_age_s": age}
 
 
-def hourly(session: Session, now: datetime, hours: int) -> list[HourBucket]:
-    """Per UTC hour over the last `hours`: images received, images predicted, and the mean and
-    maximum seconds from receipt to prediction (one prediction row per image: the first label's)."""
+def hourly(session: Session, now: datetime, hours: int, latency_budget: int = LATENCY_BUDGET) -> list[HourBucket]:
+    """Per UTC hour over the last `hours`: images received, images analysed, and the median and 95th
+    percentile of seconds from receipt to prediction.
+
+    Receipts are grouped in SQL on the `received_at` index. Predictions are counted per hour as index
+    range counts on `predictions.created_at` divided by the labels per analysis (the worker writes
+    one row per label, all with the same time), which stays cheap where grouping 14 rows per image
+    would not. Latency is measured on a bounded sample: the newest images analysed in each hour, at
+    most `latency_budget` in all (so 24 hours get ~200 each), which estimates the median and 95th
+    percentile well while the page's cost stays fixed.
+    """
     dialect = session.get_bind().dialect.name
     hours = max(1, min(int(hours), MAX_HOURS))
     first = hour_floor(now) - timedelta(hours=hours - 1)
     key = _hour_key(Instance.received_at, dialect).label("k")
     received = dict(session.execute(select(key, func.count()).where(Instance.received_at >= first)
                                     .group_by(key)).all())
-    pkey = _hour_key(Prediction.created_at, dialect).label("k")
-    latency = _seconds_between(Prediction.created_at, Instance.received_at, dialect)
-    predicted = {k: (int(n), m, x) for k, n, m, x in session.execute(
-        select(pkey, func.count(), func.avg(latency), func.max(latency))
-        .join(Instance, Instance.id == Prediction.instance_id)
-        .where(Prediction.created_at >= first, Prediction.label == LABELS[0])
-        .group_by(pkey)).all()}
+    per_hour = max(10, latency_budget // hours)
     out = []
     for i in range(hours):
         start = first + timedelta(hours=i)
-        k = start.strftime("%Y-%m-%d %H")
-        n, mean, top = predicted.get(k, (0, None, None))
-        out.append(HourBucket(start, int(received.get(k, 0)), n,
-                              None if mean is None else max(float(mean), 0.0),
-                              None if top is None else max(float(top), 0.0)))
+        end = start + timedelta(hours=1)
+        rows = session.scalar(select(func.count()).select_from(Prediction).where(
+            Prediction.created_at >= start, Prediction.created_at < end)) or 0
+        latencies: list[float] = []
+        if rows:
+            sample = session.execute(
+                select(Prediction.created_at, Instance.received_at).join(Instance, Instance.id == Prediction.instance_id)
+                .where(Prediction.created_at >= start, Prediction.created_at < end, Prediction.label == LABELS[0])
+                .order_by(Prediction.created_at.desc()).limit(per_hour)).all()
+            latencies = sorted(max((_utc(p) - _utc(r)).total_seconds(), 0.0) for p, r in sample)
+        out.append(HourBucket(start, int(received.get(start.strftime("%Y-%m-%d %H"), 0)), int(rows) // len(LABELS),
+                              _quantile(latencies, 0.5), _quantile(latencies, 0.95), len(latencies)))
     return out
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    """The q-quantile of sorted values (nearest rank); None for none."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def recent_failures(session: Session, limit: int = LIST_LIMIT) -> list[dict[str, Any]]:
@@ -199,11 +216,13 @@ def associations(session: Session, since: datetime) -> list[AeCounts]:
     under "(several titles)". Both are grouped in SQL.
     """
     dialect = session.get_bind().dialect.name
-    moment = since.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    first = first_seq_since(session, since)
     out: dict[str, AeCounts] = {}
+    if first is None:
+        return []
     for actor, host, n, last in session.execute(
             select(AuditEvent.actor, AuditEvent.host, func.count(), func.max(AuditEvent.occurred_at))
-            .where(AuditEvent.event_type == "association.accepted", AuditEvent.occurred_at >= moment)
+            .where(AuditEvent.event_type == "association.accepted", AuditEvent.seq >= first)
             .group_by(AuditEvent.actor, AuditEvent.host)).all():
         ae = out.setdefault(_title(actor), AeCounts(_title(actor)))
         ae.accepted += int(n)
@@ -211,13 +230,26 @@ def associations(session: Session, since: datetime) -> list[AeCounts]:
         ae.last_at = max(ae.last_at, last or "")
     for actor, host, n, last in session.execute(
             select(AuditEvent.actor, AuditEvent.host, func.sum(_details_count(dialect)), func.max(AuditEvent.occurred_at))
-            .where(AuditEvent.event_type == "association.rejected", AuditEvent.occurred_at >= moment)
+            .where(AuditEvent.event_type == "association.rejected", AuditEvent.seq >= first)
             .group_by(AuditEvent.actor, AuditEvent.host)).all():
         ae = out.setdefault(_title(actor, refused=True), AeCounts(_title(actor, refused=True)))
         ae.refused += int(n or 0)
         ae.hosts.add(host)
         ae.last_at = max(ae.last_at, last or "")
     return sorted(out.values(), key=lambda a: (-(a.accepted + a.refused), a.calling_aet))
+
+
+def first_seq_since(session: Session, since: datetime) -> int | None:
+    """The first audit row at or after `since` (None: none yet), found on the `occurred_at` index.
+
+    Rows are appended in time order under the chain's lock, so "since T" is "seq >= this", and a
+    filter on (event_type, seq) then reads only the period's rows of that type from an index
+    (`event_type` alone on SQLite, whose indexes end in the rowid; `ix_audit_events_type_seq` on
+    PostgreSQL) instead of every row of that type ever written.
+    """
+    moment = since.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return session.scalar(select(AuditEvent.seq).where(AuditEvent.occurred_at >= moment)
+                          .order_by(AuditEvent.occurred_at).limit(1))
 
 
 def _title(actor: str, refused: bool = False) -> str:

@@ -62,11 +62,11 @@ def _charts(board: Dashboard) -> dict[str, charts.Chart]:
             "chart-throughput", f"Images per hour, last {board.hours} hours", labels,
             [charts.Series("received", [b.received for b in board.hourly]),
              charts.Series("predicted", [b.predicted for b in board.hourly])],
-            y_label="images per hour", x_title="hour starting"),
+            y_label="images per hour", x_title="hour starting", integer=True),
         "latency": charts.line_chart(
             "chart-latency", f"Receipt to prediction, last {board.hours} hours", labels,
-            [charts.Series("mean seconds", [b.latency_mean_s for b in board.hourly]),
-             charts.Series("max seconds", [b.latency_max_s for b in board.hourly])],
+            [charts.Series("median seconds", [b.latency_median_s for b in board.hourly]),
+             charts.Series("95th percentile seconds", [b.latency_p95_s for b in board.hourly])],
             y_label="seconds", x_title="hour starting", digits=2),
     }
 

@@ -21,7 +21,7 @@ from console_ops_harness import harness  # noqa: F401 - the fixture
 def _metrics(separation: float, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     Y = (rng.random((200, len(LABELS))) < 0.3).astype(np.float32)
-    P = np.clip(Y * separation + rng.random(Y.shape) * (1 - separation), 0, 1)
+    P = np.clip(0.5 + (Y - 0.5) * separation + rng.normal(0, 0.2, Y.shape), 0, 1)
     return with_evidence(E.manifest_metrics(E.report(Y, P, n_boot=50), "test split"), Y, P, Floor(), n_boot=50)
 
 
@@ -34,8 +34,8 @@ def network():
 @pytest.fixture()
 def models(harness, network):  # noqa: F811
     reg = Registry(harness.rt.models_dir)
-    reg.add(network, version="base", metrics=_metrics(0.5, 1), promote=True)
-    reg.add(network, version="good", metrics=_metrics(0.6, 2))
+    reg.add(network, version="base", metrics=_metrics(0.25, 1), promote=True)
+    reg.add(network, version="good", metrics=_metrics(0.35, 2))
     reg.add(network, version="weak", metrics=_metrics(0.0, 3))
     return reg
 

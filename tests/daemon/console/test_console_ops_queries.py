@@ -93,8 +93,9 @@ def test_hours_bucket_receipts_predictions_and_latency(populated):
     by_hour = {b.start.hour: b for b in buckets}
     assert by_hour[17].received == 1 and by_hour[17].predicted == 0
     assert by_hour[16].received == 2 and by_hour[16].predicted == 2
-    assert by_hour[16].latency_mean_s == pytest.approx(7.0, abs=0.01)
-    assert by_hour[16].latency_max_s == pytest.approx(10.0, abs=0.01)
+    assert by_hour[16].latency_median_s == pytest.approx(4.0, abs=0.01)
+    assert by_hour[16].latency_p95_s == pytest.approx(10.0, abs=0.01)
+    assert by_hour[16].latency_sampled == 2 and by_hour[17].latency_median_s is None
     assert by_hour[14].received == 1
     assert sum(b.received for b in buckets) == 4  # the 30-hour-old image is outside the window
 
