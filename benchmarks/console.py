@@ -550,10 +550,14 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
                                (f"m{(end - timedelta(days=90)):%Y-%m}-r", (end - timedelta(days=90)).replace(**midnight))]
         audit_s = fill_audit(engine, rt.keys.audit_key, plan, keep)
         images_n = fill_images(engine, rt.keys.record_key, plan)
-        runs = fill_models(rt, plan)
+        plan.model_versions = plan.model_versions[len(plan.model_versions) - args.models:] if args.models else []
+        runs = fill_models(rt, plan) if args.models else 0
         if backend == "sqlite":  # a running service's WAL is small: checkpoint the fill's away
-            with engine.connect() as c:
-                c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            raw = engine.raw_connection()  # outside any transaction (a checkpoint cannot run in one)
+            try:
+                raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                raw.close()
         if backend == "postgresql":
             with engine.begin() as c:
                 for table, col in (("instances", "id"), ("jobs", "id"), ("predictions", "id"), ("results", "id"),
@@ -632,8 +636,9 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
             out.append(Timing(f"console: operations dashboard, {hours} h",
                               timed(lambda: ops.get(f"/operations?hours={hours}"), args.repeat)))
         out.append(Timing("console: models", timed(lambda: ops.get("/models"), args.repeat)))
-        current = plan.model_versions[-1][0]
-        out.append(Timing("console: model version page", timed(lambda: ops.get(f"/models/{current}"), args.repeat)))
+        if plan.model_versions:
+            current = plan.model_versions[-1][0]
+            out.append(Timing("console: model version page", timed(lambda: ops.get(f"/models/{current}"), args.repeat)))
         print(f"# {backend}: measured; load {os.getloadavg()[0]:.1f}", flush=True)
         if args.explain:
             explain(url, page_probes(filters))
@@ -744,6 +749,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5, help="timed runs per page or query (after one warm-up)")
     p.add_argument("--cli-subprocess", type=int, default=3,
                    help="runs of `cxrd audit query` as a subprocess per filter (interpreter start-up included; 0: none)")
+    p.add_argument("--models", type=int, default=3, choices=range(4),
+                   help="model versions written to disk (real DenseNet121 weights; 0 for a quick run without torch)")
     p.add_argument("--deep", type=int, default=50, help="older links to follow for the deep-page figure")
     p.add_argument("--tmp", default=None, help="directory for the scratch states (default: the system's)")
     p.add_argument("--explain", action="store_true", help="also print each page's slowest SQL statements "

@@ -23,7 +23,7 @@ def test_console_benchmark_runs_on_a_tiny_state(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXRD_")}
     env["PYTHONPATH"] = str(REPO)
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "console.py"), "--rows", "2000", "--images", "200",
-                        "--backends", "sqlite", "--repeat", "1", "--deep", "2", "--cli-subprocess", "0",
+                        "--backends", "sqlite", "--repeat", "1", "--deep", "2", "--cli-subprocess", "0", "--models", "0",
                         "--tmp", str(tmp_path)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "chain verified" in r.stdout
