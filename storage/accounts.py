@@ -10,10 +10,10 @@ What must stay true:
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -34,11 +34,14 @@ class AccountError(ValueError):
 
 def _hasher():  # noqa: ANN202
     from argon2 import PasswordHasher, Type
-    # RFC 9106's second recommended profile (argon2id, 64 MiB, 3 passes): about 50 ms on one core.
+    # RFC 9106's second recommended profile (argon2id, 64 MiB, 3 passes); cost in docs/performance.md.
     return PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4, type=Type.ID)
 
 
 _DUMMY: list[str] = []
+# Each argon2 computation holds 64 MiB: at most this many at once in a process, so a flood of sign-in
+# attempts queues (bounded by the server's connection limit) instead of taking the host's memory.
+HASH_SLOTS = threading.BoundedSemaphore(4)
 
 
 def now() -> datetime:
@@ -65,22 +68,24 @@ def hash_password(password: str, min_length: int) -> str:
         raise AccountError(f"a password must be at most {MAX_PASSWORD_LENGTH} characters")
     if password != password.strip() or any(c in password for c in "\r\n\x00"):
         raise AccountError("a password must not start or end with spaces or contain line breaks")
-    return _hasher().hash(password)
+    with HASH_SLOTS:
+        return _hasher().hash(password)
 
 
 def verify_or_waste(password_hash: str | None, password: str) -> bool:
     """True when `password` matches; with no hash (unknown name), spend the same work and say False."""
     from argon2.exceptions import InvalidHashError, VerificationError
     hasher = _hasher()
-    if password_hash is None:
-        if not _DUMMY:
-            _DUMMY.append(hasher.hash(secrets.token_urlsafe(16)))
-        password_hash = _DUMMY[0]
-        password = password + "\x00never"
-    try:
-        return hasher.verify(password_hash, password[:MAX_PASSWORD_LENGTH])
-    except (VerificationError, InvalidHashError):
-        return False
+    with HASH_SLOTS:
+        if password_hash is None:
+            if not _DUMMY:
+                _DUMMY.append(hasher.hash(secrets.token_urlsafe(16)))
+            password_hash = _DUMMY[0]
+            password = password + "\x00never"
+        try:
+            return hasher.verify(password_hash, password[:MAX_PASSWORD_LENGTH])
+        except (VerificationError, InvalidHashError):
+            return False
 
 
 # --- accounts -------------------------------------------------------------------------------------
@@ -189,27 +194,56 @@ def open_session(session: Session, *, name: str, role: str, via: str, source: st
     return token
 
 
-def find_session(session: Session, token: str, *, idle_s: int, absolute_s: int,
-                 touch_after_s: float = 15.0) -> tuple[SignedIn | None, SignedIn | None]:
-    """(live session, None) for a valid token; (None, the session) when it just timed out, which is
-    ended here with reason "idle" or "expired"; (None, None) when unknown or already ended.
-    `last_seen_at` is written at most every `touch_after_s` seconds, not at every request."""
+def session_by_token(session: Session, token: str) -> SignedIn | None:
+    """The open session of this cookie token, or None (unknown, ended, or not a token at all).
+    A read: most requests need no write (see `session_verdict`)."""
     if not token or len(token) > 128:
-        return None, None
+        return None
     row = session.scalar(select(ConsoleSession).where(ConsoleSession.token_hash == token_hash(token),
                                                       ConsoleSession.ended_at.is_(None)))
-    if row is None:
-        return None, None
+    return None if row is None else SignedIn(row.id, row.user_name, row.role, row.via, row.created_at,
+                                             row.last_seen_at)
+
+
+def session_verdict(view: SignedIn, *, idle_s: int, absolute_s: int, touch_after_s: float = 15.0) -> str:
+    """"expired" (older than absolute_s), "idle" (unused for idle_s), "touch" (live; record the use,
+    which is done at most every touch_after_s so a page view is not always a write) or "live"."""
     t = now()
-    view = SignedIn(row.id, row.user_name, row.role, row.via, row.created_at, row.last_seen_at)
-    for reason, timed_out in (("expired", t - row.created_at > timedelta(seconds=absolute_s)),
-                              ("idle", t - row.last_seen_at > timedelta(seconds=idle_s))):
-        if timed_out:
-            row.ended_at, row.end_reason = t, reason
-            return None, dataclasses.replace(view, end_reason=reason)
-    if (t - row.last_seen_at).total_seconds() >= touch_after_s:
-        row.last_seen_at = t
-    return view, None
+    if t - view.created_at > timedelta(seconds=absolute_s):
+        return "expired"
+    if t - view.last_seen_at > timedelta(seconds=idle_s):
+        return "idle"
+    return "touch" if (t - view.last_seen_at).total_seconds() >= touch_after_s else "live"
+
+
+def touch_session(session: Session, session_id: int) -> None:
+    session.execute(update(ConsoleSession).where(ConsoleSession.id == session_id, ConsoleSession.ended_at.is_(None))
+                    .values(last_seen_at=now()))
+
+
+def end_session_id(session: Session, session_id: int, reason: str) -> bool:
+    """End this session if it is still open; False when another request (or the sweep) ended it first,
+    so each ending is audited once."""
+    return bool(session.execute(update(ConsoleSession)
+                                .where(ConsoleSession.id == session_id, ConsoleSession.ended_at.is_(None))
+                                .values(ended_at=now(), end_reason=reason)).rowcount)
+
+
+def expire_sessions(session: Session, *, idle_s: int, absolute_s: int) -> list[tuple[SignedIn, str]]:
+    """End every open session past its idle or absolute time-out; returns each with its source address
+    (for the audit row of the sign-out nobody clicked)."""
+    t = now()
+    stale = session.scalars(select(ConsoleSession).where(
+        ConsoleSession.ended_at.is_(None),
+        (ConsoleSession.created_at < t - timedelta(seconds=absolute_s))
+        | (ConsoleSession.last_seen_at < t - timedelta(seconds=idle_s)))).all()
+    out = []
+    for row in stale:
+        reason = "expired" if t - row.created_at > timedelta(seconds=absolute_s) else "idle"
+        row.ended_at, row.end_reason = t, reason
+        out.append((SignedIn(row.id, row.user_name, row.role, row.via, row.created_at, row.last_seen_at, reason),
+                    row.source))
+    return out
 
 
 def end_session(session: Session, token: str, reason: str = "signout") -> SignedIn | None:

@@ -97,6 +97,7 @@ EVENTS: dict[str, tuple[str, str]] = {
     "console.locked": (USER_AUTHENTICATION, "E"),          # a name or address just locked out
     "console.signout": (USER_AUTHENTICATION, "E"),         # by the person, or an idle/absolute time-out
     # console accounts changed (`cxrd users`, the accounts page)
+    "users.listed": (APPLICATION_ACTIVITY, "R"),     # who looked at the account list
     "users.added": (SECURITY_ALERT, "C"),
     "users.disabled": (SECURITY_ALERT, "U"),
     "users.enabled": (SECURITY_ALERT, "U"),

@@ -469,12 +469,14 @@ def sign_in_browser(browser, url: str, user: str, password: str, *, expect_succe
     person's first page when `expect_success`, else still on the sign-in page."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.ui import WebDriverWait
     browser.get(url.rstrip("/") + "/signin")
     browser.find_element(By.ID, "name").send_keys(user)
     field = browser.find_element(By.ID, "password")
     field.send_keys(password)
     field.send_keys(Keys.ENTER)
+    WebDriverWait(browser, 15).until(staleness_of(field))  # the answer page replaced the form
     WebDriverWait(browser, 15).until(lambda d: d.execute_script("return document.readyState") == "complete")
     if expect_success:
         WebDriverWait(browser, 15).until(lambda d: "/signin" not in d.current_url)

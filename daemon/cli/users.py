@@ -101,6 +101,7 @@ def run_list(args: argparse.Namespace, rt: Runtime) -> int:
     from storage import accounts
     with rt.read_sessions() as s:
         rows = accounts.listing(s)
+    rt.audit("users.listed", accounts=len(rows))
     if args.format == "json":
         json.dump([{"name": a.name, "role": a.role, "disabled": a.disabled,
                     "created_at": a.created_at.isoformat(timespec="seconds"),

@@ -5,10 +5,12 @@ address helpers are re-exported here for pages.)"""
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import inspect
+from typing import Any, Callable
 from urllib.parse import quote
 
 from starlette.requests import Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from daemon.console.cookies import client_address, is_secure, session_token
@@ -16,26 +18,40 @@ from daemon.console.csrf import form_of
 from daemon.console.identity import ROLE_TITLES, ConsoleUser, current_user, current_user_or_none
 from daemon.console.templating import plain_page, render
 
+Endpoint = Callable[[Request], Any]  # returns a Response, or (async) a coroutine of one
+
 __all__ = ["ROLE_TITLES", "ConsoleUser", "client_address", "current_user", "current_user_or_none", "form_of",
            "is_secure", "requires_role", "session_token"]
 
 
-def requires_role(*roles: str) -> Callable[[Callable[[Request], Response]], Callable[[Request], Response]]:
+def requires_role(*roles: str) -> Callable[[Endpoint], Endpoint]:
+    """Let only signed-in people with one of `roles` reach the endpoint (sync, or async)."""
     for role in roles:
         if role not in ROLE_TITLES:
             raise ValueError(f"unknown console role {role!r}")
 
-    def wrap(endpoint: Callable[[Request], Response]) -> Callable[[Request], Response]:
+    def refusal(request: Request) -> Response | None:
+        user = current_user_or_none(request)
+        if user is None:
+            if request.method in ("GET", "HEAD"):
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
+            return plain_page("Not signed in", "Your session has ended. Sign in again.", status_code=401)
+        if user.role not in roles:
+            return render(request, "errors/forbidden.html", {"needed": roles}, status_code=403)
+        return None
+
+    def wrap(endpoint: Endpoint) -> Endpoint:
+        if inspect.iscoroutinefunction(endpoint):
+            @functools.wraps(endpoint)
+            async def checked_async(request: Request) -> Response:
+                refused = await run_in_threadpool(refusal, request)  # a database read: off the event loop
+                return refused if refused is not None else await endpoint(request)
+            return checked_async
+
         @functools.wraps(endpoint)
         def checked(request: Request) -> Response:
-            user = current_user_or_none(request)
-            if user is None:
-                if request.method in ("GET", "HEAD"):
-                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                    return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
-                return plain_page("Not signed in", "Your session has ended. Sign in again.", status_code=401)
-            if user.role not in roles:
-                return render(request, "errors/forbidden.html", {"needed": roles}, status_code=403)
-            return endpoint(request)
+            refused = refusal(request)
+            return refused if refused is not None else endpoint(request)
         return checked
     return wrap

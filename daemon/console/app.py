@@ -2,9 +2,11 @@
 every request passes (security headers outermost, then CSRF)."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,9 +34,39 @@ def build_app(rt: Runtime) -> Starlette:
     routes.append(Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static"))
     app = Starlette(routes=routes,
                     middleware=[Middleware(SecurityHeadersMiddleware), Middleware(CSRFMiddleware)],
-                    exception_handlers={HTTPException: _http_error, Exception: _crashed})
+                    exception_handlers={HTTPException: _http_error, Exception: _crashed},
+                    lifespan=_lifespan)
     app.state.runtime = rt
     return app
+
+
+SWEEP_INTERVAL_S = 60.0
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    """While serving: every minute, end (and audit) sessions that timed out unused."""
+    task = asyncio.create_task(_sweep_sessions(app.state.runtime))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _sweep_sessions(rt: Runtime) -> None:
+    import logging
+
+    from starlette.concurrency import run_in_threadpool
+
+    from daemon.console.authentication import expire_sessions
+    while True:
+        try:
+            await run_in_threadpool(expire_sessions, rt)
+        except Exception as exc:  # the database may be briefly away; the next round tries again
+            logging.getLogger("cxrd.console").warning("console.session_sweep_failed", exc_info=exc)
+        await asyncio.sleep(SWEEP_INTERVAL_S)
 
 
 def _http_error(request: Request, exc: Exception) -> Response:

@@ -41,6 +41,7 @@ def sign_in(rt: Runtime, name: str, password: str, source: str) -> SigninResult:
     from storage import accounts
     c = rt.settings.console
     name = name.strip()[:128]
+    too_long = len(password) > accounts.MAX_PASSWORD_LENGTH  # no stored password is longer: wrong
     password = password[:accounts.MAX_PASSWORD_LENGTH]
     subjects = [accounts.name_subject(name), accounts.address_subject(source)]
     with rt.sessions() as s:
@@ -56,13 +57,13 @@ def sign_in(rt: Runtime, name: str, password: str, source: str) -> SigninResult:
     if found is not None:
         acct, password_hash = found
         account = "local"
-        if not accounts.verify_or_waste(password_hash, password):
+        if not accounts.verify_or_waste(password_hash, password) or too_long:
             reason = "wrong password"
         elif acct.disabled:
             reason = "account disabled"
         else:
             role, via = acct.role, "local"
-    elif c.ldap.enabled and _AUDITABLE_NAME.match(name):
+    elif c.ldap.enabled and _AUDITABLE_NAME.match(name) and not too_long:
         from daemon.console import directory
         try:
             answer = directory.authenticate(c.ldap, name, password)
@@ -72,6 +73,8 @@ def sign_in(rt: Runtime, name: str, password: str, source: str) -> SigninResult:
                      reason=f"directory unavailable: {exc}")
             return SigninResult(None, name, "", UNAVAILABLE)
         account = "ldap" if answer.found else "none"
+        if not answer.found:  # a name the directory does not know costs what a wrong password costs
+            accounts.verify_or_waste(None, password)
         if answer.role is None:
             reason = answer.reason
         else:
@@ -115,3 +118,16 @@ def sign_out(rt: Runtime, token: str, source: str) -> None:
     if ended is not None:
         rt.audit("console.signout", actor=_actor(ended.name), host=source, reason="signed out",
                  role=ended.role, via=ended.via)
+
+
+def expire_sessions(rt: Runtime) -> int:
+    """End the sessions past their time-outs that nobody used since, each audited as a sign-out, so
+    the trail shows when every session ended even if its browser never came back."""
+    from storage import accounts
+    c = rt.settings.console
+    with rt.sessions() as s, s.begin():
+        ended = accounts.expire_sessions(s, idle_s=c.session_idle_s, absolute_s=c.session_absolute_s)
+    for view, source in ended:
+        rt.audit("console.signout", actor=_actor(view.name), host=source, reason=f"{view.end_reason} time-out",
+                 role=view.role, via=view.via)
+    return len(ended)

@@ -38,13 +38,21 @@ def current_user_or_none(request: Request) -> ConsoleUser | None:
         from storage import accounts
         rt = request.app.state.runtime
         c = rt.settings.console
-        with rt.sessions() as s, s.begin():
-            live, ended = accounts.find_session(s, token, idle_s=c.session_idle_s, absolute_s=c.session_absolute_s)
-        if live is not None:
-            user = ConsoleUser(live.name, live.role, live.via, client_address(request))
-        elif ended is not None:  # timed out just now: audited once, as the sign-out it is
-            rt.audit("console.signout", actor=f"console:{ended.name}", host=client_address(request),
-                     reason=f"{ended.end_reason} time-out", role=ended.role, via=ended.via)
+        with rt.read_sessions() as s:
+            view = accounts.session_by_token(s, token)
+        verdict = "none" if view is None else accounts.session_verdict(
+            view, idle_s=c.session_idle_s, absolute_s=c.session_absolute_s)
+        if verdict in ("live", "touch"):
+            if verdict == "touch":
+                with rt.sessions() as s, s.begin():
+                    accounts.touch_session(s, view.id)
+            user = ConsoleUser(view.name, view.role, view.via, client_address(request))
+        elif view is not None:  # timed out: ended here unless the sweep was first; audited once
+            with rt.sessions() as s, s.begin():
+                ended = accounts.end_session_id(s, view.id, verdict)
+            if ended:
+                rt.audit("console.signout", actor=f"console:{view.name}", host=client_address(request),
+                         reason=f"{verdict} time-out", role=view.role, via=view.via)
     request.state.console_user = user
     return user
 

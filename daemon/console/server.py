@@ -48,7 +48,7 @@ def serve(rt: Runtime) -> int:
     app = build_app(rt)
     rt.audit("app.start", component="console", bind=c.bind, port=c.port, tls=pair is not None)
     config = uvicorn.Config(
-        app, host=c.bind, port=c.port, log_config=None, access_log=False, server_header=False,
+        app, host=c.bind, port=c.port, log_config=None, access_log=False, server_header=False, lifespan="on",
         ssl_certfile=pair[0] if pair else None, ssl_keyfile=pair[1] if pair else None,
         # X-Forwarded-For/-Proto are believed only from the configured proxies, never from anyone else.
         proxy_headers=bool(c.trusted_proxies), forwarded_allow_ips=list(c.trusted_proxies) or [],

@@ -41,6 +41,9 @@ def test_console_serves_https_with_the_init_pair_and_audits_its_start(console_fa
     assert oct((console.state_dir / "console" / "tls.key").stat().st_mode & 0o777) == "0o600"
     pem = ssl.get_server_certificate(("127.0.0.1", console.port))
     assert pem.strip() == (console.state_dir / "console" / "tls.crt").read_text().strip()
+    cert = (console.state_dir / "console" / "tls.crt").read_bytes()
+    assert console.cli("init").returncode == 0
+    assert (console.state_dir / "console" / "tls.crt").read_bytes() == cert  # init never replaces it
     starts = console.audit_rows("app.start")
     assert starts[-1]["details"]["component"] == "console" and starts[-1]["details"]["tls"] is True
 

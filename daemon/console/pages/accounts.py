@@ -28,7 +28,10 @@ def _page(request: Request, *, error: str = "", status_code: int = 200, form: di
 
 @requires_role("admin")
 def accounts_page(request: Request) -> Response:
-    return _page(request)
+    response = _page(request)
+    admin = current_user(request)
+    request.app.state.runtime.audit("users.listed", actor=admin.actor, host=admin.source)
+    return response
 
 
 def _change(request: Request, what: str) -> Response:

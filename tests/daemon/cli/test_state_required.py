@@ -42,6 +42,13 @@ NEEDS_STATE: dict[tuple[str, ...], list[str]] = {
     ("predictions",): [],
     ("results", "list"): [],
     ("results", "retry"): [],
+    ("console",): [],
+    ("users", "add"): ["alice", "--role", "admin"],
+    ("users", "list"): [],
+    ("users", "disable"): ["alice"],
+    ("users", "enable"): ["alice"],
+    ("users", "reset-password"): ["alice"],
+    ("users", "set-role"): ["alice", "compliance"],
 }
 CASES = [[*command, *rest] for command, rest in NEEDS_STATE.items()]
 # Subcommands that read only the file they are given (they set `needs_state=False`).

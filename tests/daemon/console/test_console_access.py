@@ -130,3 +130,22 @@ def test_console_accounts_page_refuses_bad_input_with_one_line(people):
     r = people.post("/accounts/disable", {"name": "ada"}, page="/accounts")
     assert r.status_code == 400 and "your own account" in r.text
     assert people.audit_rows("users.added", "users.disabled") == []
+
+
+def test_console_requires_role_guards_async_endpoints_too(people):
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from daemon.console.access import current_user, requires_role
+
+    @requires_role("compliance")
+    async def download(request):  # noqa: ANN001, ANN202
+        return PlainTextResponse(f"file for {current_user(request).name}")
+    people.http.app.router.routes.append(Route("/test-download", download))
+    assert people.http.get("/test-download").status_code == 303
+    people.sign_in("otto", PASSWORD)
+    assert people.http.get("/test-download").status_code == 403
+    people.http.cookies.clear()
+    people.sign_in("carol", PASSWORD)
+    r = people.http.get("/test-download")
+    assert r.status_code == 200 and r.text == "file for carol"

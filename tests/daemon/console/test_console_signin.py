@@ -132,3 +132,26 @@ def test_console_signin_never_redirects_off_the_console(console_client):
     r = c.http.post("/signin", data={"name": "alice", "password": PASSWORD, "next": "//evil.example/x",
                                      "csrf_token": c.csrf()})
     assert r.headers["location"] == "/accounts"
+
+
+def test_console_sessions_that_time_out_unused_are_ended_and_audited_by_the_sweep(console_client):
+    from daemon.console.authentication import expire_sessions
+    c = console_client(session_idle_s=600, session_absolute_s=3600)
+    c.add_user("alice", "admin", PASSWORD)
+    c.sign_in("alice", PASSWORD)
+    assert expire_sessions(c.rt) == 0
+    _age_sessions(c, created=timedelta(seconds=700), seen=timedelta(seconds=601))
+    assert expire_sessions(c.rt) == 1
+    assert expire_sessions(c.rt) == 0  # once
+    rows = c.audit_rows("console.signout")
+    assert [(r["actor"], r["host"], r["details"]["reason"]) for r in rows] == [
+        ("console:alice", "10.9.8.7", "idle time-out")]
+    assert c.http.get("/accounts").status_code == 303
+    assert len(c.audit_rows("console.signout")) == 1  # not audited a second time when the browser returns
+
+
+def test_console_too_long_password_is_refused_not_truncated(console_client):
+    c = console_client()
+    c.add_user("alice", "admin", "a" * 1024)
+    assert c.sign_in("alice", "a" * 1025).status_code == 401
+    assert c.sign_in("alice", "a" * 1024).status_code == 303

@@ -45,6 +45,8 @@ def test_console_users_life_cycle_is_audited(users, cli_state):
                                     "users.enabled"]
     assert all(r[1] == "110113" and r[2].startswith("os:") and r[3]["user"] == "alice" for r in rows)
     assert rows[1][3]["previous_role"] == "operations"
+    listed = _audit(cli_state, "users.listed")
+    assert [(r[2].startswith("os:"), r[3]) for r in listed] == [(True, {"accounts": 1})] * 2
 
 
 def test_console_users_password_rules_and_refusals(users, cli_state):
