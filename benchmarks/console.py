@@ -497,10 +497,11 @@ class Browser:
         if r.status_code not in (302, 303):
             raise SystemExit(f"sign-in of {name} failed: {r.status_code} {r.text[:300]}")
 
-    def get(self, path: str) -> str:
+    def get(self, path: str, expect: str = "") -> str:
+        """The page's HTML; stops the run unless it is a 200 holding `expect` (the page, not an error)."""
         r = self.http.get(self.base + path, allow_redirects=False, timeout=120)
-        if r.status_code != 200:
-            raise SystemExit(f"GET {path}: {r.status_code} {r.text[:300]}")
+        if r.status_code != 200 or expect not in r.text:
+            raise SystemExit(f"GET {path}: {r.status_code}, {expect!r} {'missing' if expect else ''}: {r.text[:300]}")
         return r.text
 
 
@@ -613,7 +614,7 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
                 out.append(Timing(f"cli: audit query, {label} (subprocess)",
                                   timed(lambda: cli(env, "audit", "query", *argv), args.cli_subprocess, warm=False)))
             path = "/audit?" + urlencode(params + [("limit", "100")])
-            out.append(Timing(f"console: search, {label}", timed(lambda: comp.get(path), args.repeat),
+            out.append(Timing(f"console: search, {label}", timed(lambda: comp.get(path, "Showing"), args.repeat),
                               ref=f"cli: audit query, {label} (in-process)"))
         for label, params in (("everything", []), ("family over a month", filters["family over a month"][0])):
             page = comp.get("/audit?" + urlencode(params + [("limit", "100")]))
@@ -623,22 +624,25 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
                 if link is None:
                     break
                 t0 = time.perf_counter()
-                page = comp.get(link)
+                page = comp.get(link, "Showing")
                 hops.append(time.perf_counter() - t0)
             if hops:
                 out.append(Timing(f"console: search, {label}, older link x{len(hops)} (per page)", hops))
         far = "/audit?" + urlencode([("limit", "100"), ("before", str(min(1000, args.rows // 2)))])
-        out.append(Timing("console: search, everything, a page near the oldest row", timed(lambda: comp.get(far), args.repeat)))
+        out.append(Timing("console: search, everything, a page near the oldest row", timed(lambda: comp.get(far, "Showing"), args.repeat)))
         for days in (30, 365):
             out.append(Timing(f"console: events per day, {days} days",
-                              timed(lambda: comp.get(f"/audit/activity?days={days}"), args.repeat)))
+                              timed(lambda: comp.get(f"/audit/activity?days={days}", "<svg"), args.repeat)))
         for hours in (24, 168):
             out.append(Timing(f"console: operations dashboard, {hours} h",
-                              timed(lambda: ops.get(f"/operations?hours={hours}"), args.repeat)))
-        out.append(Timing("console: models", timed(lambda: ops.get("/models"), args.repeat)))
+                              timed(lambda: ops.get(f"/operations?hours={hours}", "Associations per calling AE"),
+                                    args.repeat)))
+        out.append(Timing("console: models", timed(lambda: ops.get("/models", "chart-roc" if args.models else "Retraining runs"),
+                                                  args.repeat)))
         if plan.model_versions:
             current = plan.model_versions[-1][0]
-            out.append(Timing("console: model version page", timed(lambda: ops.get(f"/models/{current}"), args.repeat)))
+            out.append(Timing("console: model version page", timed(lambda: ops.get(f"/models/{current}", "chart-roc"),
+                                                                    args.repeat)))
         print(f"# {backend}: measured; load {os.getloadavg()[0]:.1f}", flush=True)
         if args.explain:
             explain(url, page_probes(filters))
