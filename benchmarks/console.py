@@ -724,7 +724,21 @@ def page_probes(filters: dict[str, tuple[list, list]]) -> dict[str, Callable[[An
         with rt.read_sessions() as s:
             return ops_models.retrain_runs(s), ops_queries.model_events(s)
 
+    def cli_query(params: list) -> Callable[[Any], Any]:
+        """What `cxrd audit query` runs for the same filter: a page in seq order, and one more row."""
+        from dataclasses import replace
+
+        from storage import audit_query
+
+        def run(rt: Any) -> Any:
+            flt = audit_search.read_search(MultiDict(params), lambda: rt.keys.uid_key).flt
+            with rt.read_sessions() as s:
+                rows = audit_query.query(s, flt, limit=100)
+                return rows and audit_query.query(s, replace(flt, after_seq=rows[-1]["seq"]), limit=1)
+        return run
+
     probes: dict[str, Callable[[Any], Any]] = {f"search, {k}": search(v[0]) for k, v in filters.items()}
+    probes |= {f"cli query, {k}": cli_query(v[0]) for k, v in filters.items()}
     probes |= {"events per day, 30 days": per_day(30), "events per day, 365 days": per_day(365),
                "operations dashboard, 24 h": lambda rt: ops_dashboard.collect(rt, 24),
                "operations dashboard, 168 h": lambda rt: ops_dashboard.collect(rt, 168),
