@@ -549,8 +549,8 @@ def console_client(cli_state: Path):
 
 
 class Slapd:
-    """A real OpenLDAP server (Debian's slapd) on a loopback port, mdb backend in a temporary
-    directory, StartTLS with a self-signed certificate (`ca`), loaded with people and groups:
+    """A real OpenLDAP server (Debian's slapd) on loopback ports (`url` with StartTLS, `ldaps_url`),
+    mdb backend in a temporary directory, a self-signed certificate (`ca`), loaded with people and groups:
 
     carol (cxrd-compliance), otto (cxrd-operations), ada (cxrd-admins), nina (no console group),
     dora (cxrd-compliance and cxrd-admins: two roles). Every password is `PASSWORD`. The service
@@ -566,6 +566,8 @@ class Slapd:
         self.root = root
         self.port = free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
+        self.ldaps_port = free_port()
+        self.ldaps_url = f"ldaps://127.0.0.1:{self.ldaps_port}"  # TLS from the first byte
         self.svc_dn = f"cn=cxrd-svc,ou=service,{self.BASE}"
         self.svc_password_file = root / "svc.pass"
         self.ca = root / "tls.crt"
@@ -633,7 +635,8 @@ access to * by dn.exact="{self.svc_dn}" read by self read by * none
             lines = "".join(f"member: uid={m},ou=people,{self.BASE}\n" for m in members)
             ldif.append(f"dn: {self.group_dn(group)}\nobjectClass: groupOfNames\ncn: {group}\n{lines}")
         log = open(self.root / "slapd.log", "wb")
-        self.proc = subprocess.Popen(["/usr/sbin/slapd", "-h", f"{self.url}/", "-f", str(self.root / "slapd.conf"),
+        self.proc = subprocess.Popen(["/usr/sbin/slapd", "-h", f"{self.url}/ {self.ldaps_url}/",
+                                      "-f", str(self.root / "slapd.conf"),
                                       "-d", "0"], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         try:

@@ -36,6 +36,11 @@ def test_console_ldap_refuses_fail_closed(ldap_settings, name, password, reason)
     assert (answer.role, answer.reason) == (None, reason)
 
 
+def test_console_ldap_over_ldaps(ldap_settings, slapd):
+    ldaps = dataclasses.replace(ldap_settings, url=slapd.ldaps_url, start_tls=False)
+    assert directory.authenticate(ldaps, "ada", slapd.PASSWORD).role == "admin"
+
+
 def test_console_ldap_starttls_verifies_the_server_certificate(ldap_settings, slapd, tmp_path):
     from daemon.console.tls import make_self_signed
     make_self_signed(tmp_path / "other.crt", tmp_path / "other.key")
