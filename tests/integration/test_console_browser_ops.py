@@ -21,6 +21,9 @@ from conftest import copy_with_new_uids, storescu
 pytestmark = pytest.mark.slow
 
 CHEST = "dicom/derived/nih_00000001_000_explicit-vr-le.dcm"
+# planted in every pushed image: no page may show them (nor the original UIDs)
+MARKERS = {"PatientName": "ZZOPSMARKER^PATIENT", "PatientID": "ZZOPSMARKERID", "AccessionNumber": "ZZOPSACC1",
+           "InstitutionName": "ZZOPSMARKER HOSPITAL"}
 PASSWORD = "correct horse battery"
 OPS_URLS = ("/operations", "/operations?hours=168", "/models", "/models/good")
 OPS_POSTS = ("/operations/results/retry", "/models/promote", "/models/rollback")
@@ -36,10 +39,13 @@ def _metrics(separation: float, seed: int) -> dict:
     return with_evidence(E.manifest_metrics(E.report(Y, P, n_boot=50), "test split"), Y, P, Floor(), n_boot=50)
 
 
-def _populate(d, shared_data, tmp_path) -> None:  # noqa: ANN001
-    """Through the real daemon: two stored images, one refused at receipt, one refused association."""
+def _populate(d, shared_data, tmp_path) -> list[str]:  # noqa: ANN001
+    """Through the real daemon: two stored images, one refused at receipt, one refused association;
+    returns the identifiers the pages must never show (planted values, original UIDs)."""
     import pydicom
-    chest, other, damaged = copy_with_new_uids(shared_data / CHEST, tmp_path / "c", 3)
+    chest, other, damaged = copy_with_new_uids(shared_data / CHEST, tmp_path / "c", 3, markers=MARKERS)
+    originals = [str(getattr(pydicom.dcmread(f), a)) for f in (chest, other, damaged)
+                 for a in ("StudyInstanceUID", "SOPInstanceUID")]
     assert storescu(d.dicom_port, chest, other, aet="PACS1")[1] == ["Success", "Success"]
     ds = pydicom.dcmread(damaged)
     ds.PixelData = ds.PixelData[: len(ds.PixelData) * 6 // 10 // 2 * 2]
@@ -48,6 +54,7 @@ def _populate(d, shared_data, tmp_path) -> None:  # noqa: ANN001
     assert refused and refused != ["Success"]
     storescu(d.dicom_port, chest, aet="ROGUE")  # not an allowed calling AE title: association refused
     assert d.stop() == 0  # the refusal audit flushes at stop
+    return ["ZZOPS", *originals]
 
 
 def _park_results_and_add_models(state_dir) -> str:  # noqa: ANN001
@@ -121,7 +128,7 @@ def _submit(browser, element, *keys: str) -> None:  # noqa: ANN001
 def test_operations_dashboard_retry_models_and_roles(daemon_factory, console_factory, browser, signed_in,
                                                      shared_data, tmp_path):
     d = daemon_factory({"CXRD_DICOM__ALLOWED_CALLING_AETS": '["PACS1"]', "CXRD_MODEL__WORKERS": "0"}).start()
-    _populate(d, shared_data, tmp_path)
+    identifiers = _populate(d, shared_data, tmp_path)
     study = _park_results_and_add_models(d.state_dir)
     console = console_factory(state_dir=d.state_dir, start=False).init()
     for name, role in (("olga", "operations"), ("carl", "compliance"), ("ada", "admin")):
@@ -146,7 +153,7 @@ def test_operations_dashboard_retry_models_and_roles(daemon_factory, console_fac
     svgs = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
     assert len(svgs) >= 3 and all(s.size["width"] > 200 for s in svgs)
     page = browser.page_source
-    assert "ROGUE" in page and "NIH" not in page.upper().replace("NIH_", "")  # pseudonyms and AE titles only
+    assert "ROGUE" in page and not [x for x in identifiers if x in page]  # pseudonyms and AE titles only
     browser.set_window_size(1280, 2000)
     browser.screenshot("console-operations-dashboard")
     browser.set_window_size(1280, 900)
@@ -165,6 +172,7 @@ def test_operations_dashboard_retry_models_and_roles(daemon_factory, console_fac
     assert len(browser.find_elements(By.CSS_SELECTOR, "#report-table tbody tr")) == 14
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart-roc polyline")) == 14
     assert not browser.find_elements(By.ID, "promote-form") and not browser.find_elements(By.ID, "rollback-form")
+    assert not [x for x in identifiers if x in browser.page_source]
     browser.set_window_size(1280, 1900)
     browser.screenshot("console-models")
     browser.set_window_size(1280, 900)

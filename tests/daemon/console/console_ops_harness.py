@@ -1,28 +1,28 @@
-"""An in-process console for the operations tests: the real app (Starlette's TestClient) on an
-initialised state, with people of each role signed in through real console sessions."""
+"""People of each console role signed in through the real sign-in form of an in-process console
+(the root conftest's `console_client`), for the operations and model page tests."""
 from __future__ import annotations
 
 import json
 
-import pytest
+PASSWORD = "correct horse battery"
+HOME = {"operations": "/operations", "admin": "/models", "compliance": "/operations"}  # a page with the sign-out form
 
 
 class Harness:
-    def __init__(self, rt, app):
-        self.rt, self.app = rt, app
+    def __init__(self, make):  # noqa: ANN001 - the console_client factory
+        self.make = make
+        self.rt = make().rt
 
-    def client(self, name: str, role: str):  # noqa: ANN201 - TestClient
-        from starlette.testclient import TestClient
-
-        from daemon.console import cookies
+    def client(self, name: str, role: str):  # noqa: ANN201 - conftest.ConsoleClient
+        """A client signed in as `name` with `role`; `.csrf_token` is its session's form token."""
         from storage import accounts
-        with self.rt.sessions.begin() as s:
-            if accounts.get(s, name) is None:
-                accounts.add(s, name, role, "not-a-usable-hash")
-            token = accounts.open_session(s, name=name, role=role, via="local", source="testclient")
-        c = TestClient(self.app, base_url="http://testserver", follow_redirects=False)
-        c.cookies.set(cookies.SESSION_COOKIE, token)
-        c.csrf = cookies.token_for(token)
+        c = self.make()
+        with self.rt.read_sessions() as s:
+            known = accounts.get(s, name) is not None
+        if not known:
+            c.add_user(name, role, PASSWORD)
+        assert c.sign_in(name, PASSWORD).status_code == 303
+        c.csrf_token = c.csrf(HOME[role])  # every signed-in page, a 403 one too, carries the sign-out form
         return c
 
     def audit_rows(self, event_type: str) -> list[dict]:
@@ -35,13 +35,3 @@ class Harness:
                              .order_by(AuditEvent.seq)).all()
         return [{"actor": a, "host": h, "study_uid": st, "outcome": o, "details": json.loads(d)}
                 for a, h, st, o, d in rows]
-
-
-@pytest.fixture()
-def harness(cli_state):
-    from config import load_settings
-    from daemon.console.app import build_app
-    from daemon.runtime import Runtime
-    rt = Runtime(load_settings(None))
-    yield Harness(rt, build_app(rt))
-    rt.engine.dispose()

@@ -10,10 +10,15 @@ import pytest
 from storage import audit
 from storage.models import Instance, Result
 
-from console_ops_harness import harness  # noqa: F401 - the fixture
+from console_ops_harness import Harness
 
 OPS_GETS = ("/operations", "/operations?hours=168", "/models", "/models/v1")
 OPS_POSTS = ("/operations/results/retry", "/models/promote", "/models/rollback")
+
+
+@pytest.fixture()
+def harness(console_client) -> Harness:  # noqa: ANN001
+    return Harness(console_client)
 
 
 def _populate(rt) -> None:
@@ -37,32 +42,31 @@ def _populate(rt) -> None:
 def test_compliance_gets_403_on_every_operations_url(harness):
     c = harness.client("carol", "compliance")
     for url in OPS_GETS:
-        assert c.get(url).status_code == 403, url
+        assert c.http.get(url).status_code == 403, url
     for url in OPS_POSTS:
-        assert c.post(url, data={"csrf_token": c.csrf, "confirm": "x", "version": "v1"}).status_code == 403, url
+        assert c.http.post(url, data={"csrf_token": c.csrf_token, "confirm": "x", "version": "v1"}).status_code == 403, url
 
 
 def test_admin_sees_models_but_not_the_dashboard_and_operations_cannot_promote(harness):
     admin, ops = harness.client("ada", "admin"), harness.client("otto", "operations")
-    assert admin.get("/operations").status_code == 403
-    assert admin.get("/models").status_code == 200
+    assert admin.http.get("/operations").status_code == 403
+    assert admin.http.get("/models").status_code == 200
     for url in ("/models/promote", "/models/rollback"):
-        assert ops.post(url, data={"csrf_token": ops.csrf, "confirm": "v1", "version": "v1"}).status_code == 403
+        assert ops.http.post(url, data={"csrf_token": ops.csrf_token, "confirm": "v1", "version": "v1"}).status_code == 403
 
 
 def test_signed_out_is_sent_to_sign_in_and_posts_need_the_csrf_token(harness):
-    from starlette.testclient import TestClient
-    anon = TestClient(harness.app, base_url="http://testserver", follow_redirects=False)
-    r = anon.get("/operations")
+    anon = harness.make()
+    r = anon.http.get("/operations")
     assert r.status_code == 303 and r.headers["location"].startswith("/signin")
     ops = harness.client("otto", "operations")
-    assert ops.post("/operations/results/retry", data={}).status_code == 403  # no token
+    assert ops.http.post("/operations/results/retry", data={}).status_code == 403  # no token
     assert harness.audit_rows("results.retry") == []
 
 
 def test_dashboard_numbers_match_the_database(harness):
     _populate(harness.rt)
-    page = harness.client("otto", "operations").get("/operations").text
+    page = harness.client("otto", "operations").http.get("/operations").text
     assert re.search(r'data-state="predicted">2<', page) and re.search(r'data-state="failed">1<', page)
     assert 'id="glance-stored">5<' in page and 'id="glance-results-failed">3<' in page
     assert 'data-accepted="PACS1">2<' in page and 'data-refused="ROGUE">5<' in page
@@ -77,7 +81,7 @@ def test_dashboard_numbers_match_the_database(harness):
 def test_retry_requeues_like_the_cli_and_is_audited_with_the_console_user(harness):
     _populate(harness.rt)
     ops = harness.client("otto", "operations")
-    r = ops.post("/operations/results/retry", data={"csrf_token": ops.csrf, "study_uid": "2.25.801"})
+    r = ops.http.post("/operations/results/retry", data={"csrf_token": ops.csrf_token, "study_uid": "2.25.801"})
     assert r.status_code == 303 and "retried=2" in r.headers["location"]
     from sqlalchemy import select
     with harness.rt.read_sessions() as s:
@@ -86,11 +90,11 @@ def test_retry_requeues_like_the_cli_and_is_audited_with_the_console_user(harnes
     assert states == {"sr": "pending", "heatmap": "pending"} and other == "failed"
     rows = harness.audit_rows("results.retry")
     assert [(x["actor"], x["host"], x["study_uid"], x["details"]["requeued"]) for x in rows] == [
-        ("console:otto", "testclient", "2.25.801", 2)]
-    assert "2 result(s) set back to pending" in ops.get(r.headers["location"]).text
-    bad = ops.post("/operations/results/retry", data={"csrf_token": ops.csrf, "study_uid": "1.2.3"})
+        ("console:otto", "10.9.8.7", "2.25.801", 2)]
+    assert "2 result(s) set back to pending" in ops.http.get(r.headers["location"]).text
+    bad = ops.http.post("/operations/results/retry", data={"csrf_token": ops.csrf_token, "study_uid": "1.2.3"})
     assert "error=" in bad.headers["location"] and len(harness.audit_rows("results.retry")) == 1
-    ops.post("/operations/results/retry", data={"csrf_token": ops.csrf})  # all remaining failed
+    ops.http.post("/operations/results/retry", data={"csrf_token": ops.csrf_token})  # all remaining failed
     assert harness.audit_rows("results.retry")[-1]["details"]["requeued"] == 1
 
 
@@ -101,5 +105,5 @@ def test_database_down_is_shown_not_crashed(harness, monkeypatch):
     def down(*_a, **_k):
         raise DatabaseUnavailable("database sqlite:///x: unable to open database file")
     monkeypatch.setattr(ops_queries, "images_by_state", down)
-    page = harness.client("otto", "operations").get("/operations")
+    page = harness.client("otto", "operations").http.get("/operations")
     assert page.status_code == 200 and "The database is not reachable" in page.text and "KEK id" in page.text
