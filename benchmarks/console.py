@@ -497,6 +497,9 @@ class Browser:
         if r.status_code not in (302, 303):
             raise SystemExit(f"sign-in of {name} failed: {r.status_code} {r.text[:300]}")
 
+    def close(self) -> None:
+        self.http.close()
+
     def get(self, path: str, expect: str = "") -> str:
         """The page's HTML; stops the run unless it is a 200 holding `expect` (the page, not an error)."""
         r = self.http.get(self.base + path, allow_redirects=False, timeout=120)
@@ -528,6 +531,7 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
         del os.environ[k]
     os.environ.update({k: v for k, v in env.items() if k.startswith("CXRD_")})
     console = None
+    browsers: list[Browser] = []
     try:
         t0 = time.perf_counter()
         cli(env, "init")
@@ -588,7 +592,10 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
         console = subprocess.Popen([*CLI, "console"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         wait_port(port, 120)
         base = f"https://127.0.0.1:{port}"
-        comp, ops = Browser(base, "auditor"), Browser(base, "ops")
+        comp = Browser(base, "auditor")
+        browsers.append(comp)
+        ops = Browser(base, "ops")
+        browsers.append(ops)
 
         day = (end - timedelta(days=182)).astimezone().date()
         month = f"{(end - timedelta(days=200)).astimezone():%Y-%m}"
@@ -648,6 +655,8 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
             explain(url, page_probes(filters))
         return out
     finally:
+        for b in browsers:  # an open keep-alive TLS connection holds the console's shutdown for 30 s
+            b.close()
         if console is not None:
             console.terminate()
             try:
