@@ -599,6 +599,7 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
 
         day = (end - timedelta(days=182)).astimezone().date()
         month = f"{(end - timedelta(days=200)).astimezone():%Y-%m}"
+        year_ago = (end - timedelta(days=365)).astimezone().date()
         filters = {
             "one study": ([("study", plan.mid_study)], ["--study", plan.mid_study]),
             "one day": ([("since", day.isoformat()), ("until", (day + timedelta(days=1)).isoformat())],
@@ -606,6 +607,7 @@ def run_backend(backend: str, url: str, args: argparse.Namespace) -> list[Timing
             "family over a month": ([("event", "association.*"), ("month", month)],
                                     ["--event", "association.*", "--month", month]),
             "everything, first page": ([], []),
+            "a year (from 365 days back)": ([("since", year_ago.isoformat())], ["--since", year_ago.isoformat()]),
         }
         out: list[Timing] = []
         from daemon.cli.main import main as cxrd_main
