@@ -172,23 +172,23 @@ def page(session: Session, search: Search) -> Page:
 def _window_seqs(session: Session, flt: AuditFilter) -> list | None:
     """A time window as seq bounds too (None: nothing in it), added to the time conditions.
 
-    Every row at or after `since` has a seq at least the smallest such row's, and every row before
-    `until` one at most the largest such row's, whatever order the clock gave them: so the bounds
-    never drop a match, and the page is then read backwards along the primary key from the window's
-    end instead of sorting every row of a month by seq."""
+    The bounds are the smallest and largest seq of the rows inside the window, whatever order the
+    clock gave them, so they never drop a match; the page is then read backwards along the primary
+    key from the window's end instead of sorting every row of a month by seq. Both come from one
+    aggregate over the window itself, read from an `occurred_at` index (the window's entries only).
+    `seq + 0` keeps both planners from answering min/max by walking the primary key and testing
+    each row's time, which reads every row between the table's end and the window (half a year of
+    rows for a day six months back); bounding each side separately (min(seq) of everything after
+    `since`, max(seq) of everything before `until`) costs the same.
+    """
     c = AuditEvent
-    bounds: list = []
-    if flt.since:
-        lo = session.scalar(select(func.min(c.seq)).where(c.occurred_at >= flt.since))
-        if lo is None:
-            return None
-        bounds.append(c.seq >= lo)
-    if flt.until:
-        hi = session.scalar(select(func.max(c.seq)).where(c.occurred_at < flt.until))
-        if hi is None:
-            return None
-        bounds.append(c.seq <= hi)
-    return bounds
+    if not (flt.since or flt.until):
+        return []
+    inside = ([c.occurred_at >= flt.since] if flt.since else []) + ([c.occurred_at < flt.until] if flt.until else [])
+    lo, hi = session.execute(select(func.min(c.seq + 0), func.max(c.seq + 0)).where(*inside)).one()
+    if lo is None:
+        return None
+    return [c.seq >= lo, c.seq <= hi]
 
 
 def _exists(session: Session, conds: list, bound: Any) -> bool:
