@@ -73,3 +73,18 @@ def test_no_text_and_bad_uid_are_errors():
         messages.parse(no_text)
     with pytest.raises(messages.Refusal, match="not a valid UID"):
         messages.parse(msg(extra="ZDS|1.2.abc^RIS^Application^DICOM\r"))
+
+
+def test_escapes_are_undone_without_logging_the_text_or_growing_without_bound(caplog):
+    """python-hl7's own unescape logs the whole field (the report) with a traceback on a bad escape,
+    raises on `\\.spX\\` and repeats `\\.sp` as often as the peer asks; ours does none of that."""
+    caplog.set_level("DEBUG")
+    text = messages.parse(msg(replace=("Heart is enlarged.", "Heart\\.sp99999999\\big \\H\\bold\\N\\ \\X41\\ "
+                                       "\\Zlocal\\ \\C2842\\ \\.spX\\ \\.in+4\\x \\F\\\\S\\\\R\\\\E\\"))).text
+    assert text.startswith("FINDINGS: Heart" + "\n" * messages.MAX_FORMAT_REPEAT + "big bold A   \n     x |^~\\")
+    assert caplog.records == []
+    for bad in ("\\Xzz\\", "\\X0\\", "\\X00\\", "\\X1B\\"):  # not hex, odd length, NUL, ESC
+        with pytest.raises(messages.Refusal) as exc:
+            messages.parse(msg(replace=("Heart is enlarged.", f"Heart {bad}")))
+        assert exc.value.code == acks.AE
+    assert messages.unescape("a \\ b", "\\", "\r|~^&") == "a \\ b"  # an unclosed escape is text
