@@ -12,6 +12,7 @@ touches a disk; neither it nor any field of the message is ever logged.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable
 
 from daemon.hl7 import acks, messages
@@ -22,6 +23,10 @@ log = logging.getLogger("cxrd.hl7")
 
 Labeller = Callable[[str], dict[str, str]]      # report text -> {finding: status} for named findings
 Observe = Callable[[str], None]                 # outcome: accepted, duplicate, refused, failed
+# Parsing and labelling are CPU-bound (one core under the GIL whatever the number of threads) and
+# each may build up to messages.MAX_DELIMITERS objects: at most this many messages are parsed at
+# once, so that memory does not grow with hl7.listen.max_connections.
+PARSING = threading.BoundedSemaphore(2)
 
 
 class ReportIntake:
@@ -43,15 +48,16 @@ class ReportIntake:
 
     def handle(self, raw: bytes, host: str) -> bytes:
         header = acks.read_header(raw)
-        try:
-            parsed = messages.parse(raw)
-        except messages.Refusal as r:
-            return self._refuse(header, host, r.code, r.error, r.reason)
-        try:
-            findings = self.label(parsed.text)
-        except Exception as exc:  # the labeller's rules failed on this text: never quote it
-            log.error("hl7.labeller_failed", extra={"cxrd_fields": {"error": type(exc).__name__}})
-            return self._refuse(header, host, acks.AR, acks.INTERNAL_ERROR, "report could not be labelled")
+        with PARSING:
+            try:
+                parsed = messages.parse(raw)
+            except messages.Refusal as r:
+                return self._refuse(header, host, r.code, r.error, r.reason)
+            try:
+                findings = self.label(parsed.text)
+            except Exception as exc:  # the labeller's rules failed on this text: never quote it
+                log.error("hl7.labeller_failed", extra={"cxrd_fields": {"error": type(exc).__name__}})
+                return self._refuse(header, host, acks.AR, acks.INTERNAL_ERROR, "report could not be labelled")
         incoming = IncomingReport(sender=parsed.sender, message_type=parsed.message_type,
                                   control_id=parsed.control_id, result_status=parsed.result_status,
                                   study_uid=parsed.study_uid, accession=parsed.accession, text=parsed.text)

@@ -34,6 +34,13 @@ TEXT_TYPES = ("TX", "FT", "ST")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HEADING = re.compile(r"^\s*[A-Za-z ]{3,30}:")
 MAX_TEXT = 256 * 1024  # characters of report text; a radiology report is a few thousand
+# python-hl7 builds a list per field, repetition, component and subcomponent: about 430 bytes of
+# memory per delimiter, so a 1 MiB frame of "^" would cost some 450 MiB and seconds of CPU. These
+# bound what one message can make the parser build (about 17 MiB and a fraction of a second) far
+# above any radiology report (a few hundred segments, a few thousand delimiters when each report
+# line is its own OBX).
+MAX_SEGMENTS = 2000
+MAX_DELIMITERS = 40_000
 MAX_FORMAT_REPEAT = 10  # `.sp n` / `.sk n` give at most this many line breaks / spaces
 
 
@@ -178,6 +185,7 @@ def parse(raw: bytes) -> Parsed:
     text = decode(raw).replace("\r\n", "\r").replace("\n", "\r")
     if not text.startswith("MSH") or len(text) < 8:
         raise Refusal(acks.AE, acks.SEGMENT_SEQUENCE, "message does not start with an MSH segment")
+    _check_size(text)
     try:
         msg = hl7.parse(text)
         msh = msg.segment("MSH")
@@ -218,6 +226,16 @@ def parse(raw: bytes) -> Parsed:
     return Parsed(sender=sender, message_type=f"{mtype}^{trigger}", control_id=control_id,
                   result_status=_f(obr, 25).strip().upper()[:1], study_uid=study, accession=accession,
                   text=report)
+
+
+def _check_size(text: str) -> None:
+    """Refuse (AR) a message whose structure would cost the parser more than the bounds allow."""
+    if text.count("\r") > MAX_SEGMENTS:
+        raise Refusal(acks.AR, acks.DATA_TYPE, f"more than {MAX_SEGMENTS} segments")
+    sep = text[3]
+    delimiters = {sep, *text[4:].split(sep, 1)[0][:4]}
+    if sum(text.count(d) for d in delimiters) > MAX_DELIMITERS:
+        raise Refusal(acks.AR, acks.DATA_TYPE, f"more than {MAX_DELIMITERS} fields, components and repetitions")
 
 
 def _is_study_uid(obx) -> bool:  # noqa: ANN001

@@ -88,3 +88,24 @@ def test_escapes_are_undone_without_logging_the_text_or_growing_without_bound(ca
             messages.parse(msg(replace=("Heart is enlarged.", f"Heart {bad}")))
         assert exc.value.code == acks.AE
     assert messages.unescape("a \\ b", "\\", "\r|~^&") == "a \\ b"  # an unclosed escape is text
+
+
+@pytest.mark.parametrize("extra", [
+    "NTE|1||x\r" * 2001,                                # many segments
+    "NTE|1||" + "^" * 1_000_000 + "\r",                     # a frame's worth of components
+    "NTE|1||" + "a~" * 40_000 + "\r",     # repetitions
+])
+def test_structure_beyond_the_parser_bounds_is_refused_before_parsing(extra):
+    """python-hl7 spends ~430 bytes and microseconds per delimiter: a 1 MiB frame of "^" was ~450 MiB
+    and seconds of CPU. Refused (AR) from counting alone."""
+    import time
+    started = time.monotonic()
+    with pytest.raises(messages.Refusal) as exc:
+        messages.parse(msg(extra=extra))
+    assert exc.value.code == acks.AR and time.monotonic() - started < 0.5
+
+
+def test_a_long_report_one_obx_per_line_is_within_the_bounds():
+    lines = "".join(f"OBX|{i}|TX|18782-3^Findings^LN||Line {i} of the report, no effusion.||||||F\r"
+                    for i in range(3, 1000))
+    assert messages.parse(msg(extra=lines)).text.count("\n") >= 997
