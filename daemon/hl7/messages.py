@@ -166,7 +166,7 @@ def _f(seg, n: int, comp: int = 1, rep: int = 1) -> str:  # noqa: ANN001 - hl7.S
         c = r[comp - 1]
     except IndexError:
         return ""
-    return str(c[0]) if not isinstance(c, str) and len(c) else str(c)
+    return str(c)  # subcomponents kept, joined: "1.2&3.4" must not be read as the UID "1.2"
 
 
 def _segments(msg, name: str) -> list:  # noqa: ANN001, ANN202
@@ -217,6 +217,8 @@ def parse(raw: bytes) -> Parsed:
                        _f(orc, 3) if orc is not None else "")
     if len(accession) > 64:
         raise Refusal(acks.AE, acks.DATA_TYPE, "accession number too long")
+    if msg.separators[4] in accession or msg.esc in accession:
+        raise Refusal(acks.AE, acks.DATA_TYPE, "accession number holds HL7 delimiters or escapes")
     report = _report_text(msg, obxs)
     if not report.strip():
         raise Refusal(acks.AE, acks.REQUIRED_MISSING, "no report text (OBX-5 of a TX, FT or ST observation)")

@@ -109,3 +109,22 @@ def test_a_long_report_one_obx_per_line_is_within_the_bounds():
     lines = "".join(f"OBX|{i}|TX|18782-3^Findings^LN||Line {i} of the report, no effusion.||||||F\r"
                     for i in range(3, 1000))
     assert messages.parse(msg(extra=lines)).text.count("\n") >= 997
+
+
+@pytest.mark.parametrize("extra, replace", [
+    ("ZDS|1.2&3.4^RIS^Application^DICOM\r", ("", "")),      # subcomponents in the UID: not "1.2"
+    ("", ("OBR18ACC", "ACC&9^X")),                         # subcomponents in the accession: not "ACC"
+    ("", ("OBR18ACC", "ACC\\T\\9")),                       # an escape in the accession
+    ("ZDS|" + "1." * 40 + "1^RIS^Application^DICOM\r", ("", "")),  # a UID over 64 characters
+    ("", ("OBR18ACC", "A" * 65)),
+])
+def test_identifiers_with_delimiters_or_too_long_are_errors(extra, replace):
+    with pytest.raises(messages.Refusal) as exc:
+        messages.parse(msg(extra=extra, replace=replace))
+    assert exc.value.code == acks.AE
+
+
+def test_a_message_type_with_subcomponents_is_not_an_oru():
+    with pytest.raises(messages.Refusal) as exc:
+        messages.parse(msg(replace=("ORU^R01", "ORU&X^R01")))
+    assert exc.value.code == acks.AR
