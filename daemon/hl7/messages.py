@@ -67,7 +67,7 @@ class Parsed:
 
 
 def _charset(raw: bytes) -> str:
-    first = raw.split(b"\r", 1)[0]
+    first = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]  # segments may end in LF (read as CR below)
     if len(first) < 4:
         return ""
     fields = first.split(first[3:4])

@@ -128,3 +128,11 @@ def test_a_message_type_with_subcomponents_is_not_an_oru():
     with pytest.raises(messages.Refusal) as exc:
         messages.parse(msg(replace=("ORU^R01", "ORU&X^R01")))
     assert exc.value.code == acks.AR
+
+
+def test_msh18_is_read_from_the_first_segment_when_segments_end_in_lf():
+    """With LF segment ends the MSH line used to run on into PID and OBR: MSH-18 was read from a
+    later segment's field (here OBR-7's position), so a valid message was refused AR."""
+    raw = msg(msh18="||||||UNICODE UTF-8").replace(b"\r", b"\n").replace(b"enlarged", "enlarg\u00e9d".encode())
+    assert "enlarg\u00e9d" in messages.parse(raw).text
+    assert messages.parse(msg().replace(b"\r", b"\n")).control_id == "C1"
