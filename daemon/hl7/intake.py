@@ -53,6 +53,9 @@ class ReportIntake:
                 parsed = messages.parse(raw)
             except messages.Refusal as r:
                 return self._refuse(header, host, r.code, r.error, r.reason)
+            except Exception as exc:  # a parser path we did not foresee: answered, never a traceback of peer data
+                event(log, "hl7.parse_failed", logging.ERROR, host=host, error=type(exc).__name__)
+                return self._refuse(header, host, acks.AE, acks.INTERNAL_ERROR, "message could not be read")
             try:
                 findings = self.label(parsed.text)
             except Exception as exc:  # the labeller's rules failed on this text: never quote it
