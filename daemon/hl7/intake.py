@@ -4,7 +4,8 @@ AA  the report was recorded (row + audit committed, text fsynced in the vault wh
     a duplicate of one recorded before (same sender, same MSH-10), recorded once;
 AE  the content is wrong (cannot be decoded or parsed, a required field missing, a bad UID);
 AR  refused: a message type other than ORU^R01, a frame over hl7.listen.max_message_bytes, an
-    unknown character set, or the report could not be recorded now (the sender should resend).
+    unknown character set, the disk below storage.min_free_mb (as for images), or the report could
+    not be recorded now (the sender should resend).
 Nothing is recorded for AE and AR, and each is audited (`report.refused`) with our reason only.
 The report text is labelled here, in memory, so that with hl7.report_text = "discard" it never
 touches a disk; neither it nor any field of the message is ever logged.
@@ -33,7 +34,8 @@ class ReportIntake:
     def __init__(self, *, sessions, vault, keys, audit: Callable[..., None], label: Labeller,  # noqa: ANN001
                  keep_text: bool, match_wait_s: float, application: str, facility: str,
                  observe: Observe | None = None, on_recorded: Callable[[], None] | None = None,
-                 on_connection_refused: Callable[[str, str], None] | None = None):
+                 on_connection_refused: Callable[[str, str], None] | None = None,
+                 disk_is_low: Callable[[], bool] | None = None):
         self.sessions, self.vault, self.keys, self.audit = sessions, vault, keys, audit
         self.label = label
         self.keep_text = keep_text
@@ -42,6 +44,7 @@ class ReportIntake:
         self.observe = observe or (lambda outcome: None)
         self.on_recorded = on_recorded or (lambda: None)
         self.on_connection_refused = on_connection_refused or (lambda host, reason: None)
+        self.disk_is_low = disk_is_low or (lambda: False)
 
     def _ack(self, header: acks.Header, code: str, reason: str, error: str = acks.ACCEPTED) -> bytes:
         return acks.build_ack(header, code, reason, error, application=self.application, facility=self.facility)
@@ -61,6 +64,9 @@ class ReportIntake:
             except Exception as exc:  # the labeller's rules failed on this text: never quote it
                 log.error("hl7.labeller_failed", extra={"cxrd_fields": {"error": type(exc).__name__}})
                 return self._refuse(header, host, acks.AR, acks.INTERNAL_ERROR, "report could not be labelled")
+        if self.disk_is_low():  # a sender must not fill the disk the images need: the RIS resends later
+            return self._refuse(header, host, acks.AR, acks.INTERNAL_ERROR,
+                                "disk below the free-space floor; send it again later")
         incoming = IncomingReport(sender=parsed.sender, message_type=parsed.message_type,
                                   control_id=parsed.control_id, result_status=parsed.result_status,
                                   study_uid=parsed.study_uid, accession=parsed.accession, text=parsed.text)

@@ -41,3 +41,15 @@ def test_a_labeller_failure_is_ar(caplog):
 def test_degenerate_messages_get_an_error_ack(raw):
     ack = make([]).handle(raw, "127.0.0.1")
     assert ack.startswith(b"MSH|^~\\&|CXRD|") and b"\rMSA|AE|" in ack and b"\rERR|" in ack
+
+
+def test_below_the_disk_floor_a_valid_report_is_ar_and_not_recorded():
+    """Like images (OUT_OF_RESOURCES), reports are refused while the disk is below storage.min_free_mb:
+    a sender must not fill the disk the images need. Recording here would fail (no database)."""
+    audited: list = []
+    intake = ReportIntake(sessions=None, vault=None, keys=None, audit=lambda *a, **k: audited.append((a, k)),
+                          label=lambda text: {}, keep_text=True, match_wait_s=60, application="CXRD", facility="",
+                          disk_is_low=lambda: True)
+    ack = intake.handle(MSG, "127.0.0.1")
+    assert b"MSA|AR|C1|disk below the free-space floor" in ack
+    assert audited[0][1]["reason"].startswith("disk below")
