@@ -18,6 +18,16 @@ SESSION_COOKIE = "cxrd_session"
 PRE_COOKIE = "cxrd_pre"
 
 
+def is_loopback(bind: str) -> bool:
+    """Whether the console's bind address is loopback only (plain HTTP is then for a local proxy)."""
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False
+
+
 def is_secure(request: Request) -> bool:
     return request.url.scheme == "https"
 

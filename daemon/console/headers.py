@@ -54,7 +54,7 @@ def _plain_http_allowed(scope: Scope) -> bool:
     """Plain HTTP is for a loopback bind (the proxy on the same host) only. With console.tls = false on
     another address (allowed when console.trusted_proxies is set), a request that reached us directly,
     not through a proxy saying X-Forwarded-Proto: https, would carry a password in clear."""
-    from daemon.console.server import is_loopback
+    from daemon.console.cookies import is_loopback
     app = scope.get("app")
     rt = getattr(getattr(app, "state", None), "runtime", None)
     return rt is None or is_loopback(rt.settings.console.bind)

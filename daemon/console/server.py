@@ -2,20 +2,11 @@
 its systemd unit start)."""
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
+from daemon.console.cookies import is_loopback
 from daemon.errors import DaemonError
 from daemon.runtime import Runtime
-
-
-def is_loopback(bind: str) -> bool:
-    if bind == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(bind).is_loopback
-    except ValueError:
-        return False
 
 
 def check_transport(rt: Runtime) -> tuple[str, str] | None:
