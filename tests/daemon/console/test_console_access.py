@@ -166,3 +166,14 @@ def test_console_plain_http_off_loopback_is_only_through_a_tls_proxy(console_cli
     assert proxied.http.get("/signin").status_code == 200
     loopback = console_client(base_url="http://testserver", tls=False, bind="127.0.0.1")
     assert loopback.http.get("/signin").status_code == 200
+
+
+def test_console_accounts_page_shows_only_its_own_done_messages(people):
+    """?done= is shown as a notice on the admin's page: a link crafted elsewhere must not be able to
+    put its words there (content spoofing / phishing an administrator)."""
+    people.sign_in("ada", PASSWORD)
+    page = people.http.get("/accounts", params={"done": "Your password expired: call 555-0100"}).text
+    assert "555-0100" not in page
+    r = people.post("/accounts/add", {"name": "eve", "role": "operations", "password": "p" * 14,
+                                      "password_again": "p" * 14}, page="/accounts")
+    assert "Account eve added" in people.http.get(r.headers["location"]).text
