@@ -82,6 +82,11 @@ def test_console_every_route_of_another_role_is_403(people, role):
         assert r.status_code == 403, (role, method, url, r.status_code)
         checked += 1
     assert checked > 0
+    denied = people.audit_rows("console.access_denied")
+    assert len(denied) == checked  # each refusal is a security alert in the trail
+    assert {(r["event_id"], r["actor"], r["host"], r["outcome"]) for r in denied} == {
+        ("110113", f"console:{PEOPLE[role]}", "10.9.8.7", 4)}
+    assert all(r["details"]["role"] == role and r["details"]["path"].startswith("/") for r in denied)
 
 
 def test_console_every_post_needs_the_csrf_token(people):
