@@ -1,6 +1,6 @@
 """A fuzz campaign against the HL7 MLLP port of a real `cxrd serve`, bounded in count and time, on loopback.
 
-What is sent (seeded: `CXRD_HL7_FUZZ_SEED`, and each finding names its case):
+What is sent (seeded: `HL7_FUZZ_SEED`, and each finding names its case):
 - MLLP framing abuse: no start block, a nested start block, a frame never ended (read time-out), an
   end block without CR, a frame split byte by byte, a frame trickled slower than the read time-out,
   more idle connections than hl7.listen.max_connections, a 100 MB frame (far above the frame bound).
@@ -39,9 +39,9 @@ from storage.keys import load_keys
 from storage.reports import message_key
 from test_hl7_intake import MARKER, NAME_MARKER, hl7_env, iu_reports, mllp_send, oru
 
-SEED = int(os.environ.get("CXRD_HL7_FUZZ_SEED", "2575"))
-MUTATED_CASES = int(os.environ.get("CXRD_HL7_FUZZ_CASES", "3000"))
-TIME_BUDGET_S = float(os.environ.get("CXRD_HL7_FUZZ_SECONDS", "20"))  # for the random mutations
+SEED = int(os.environ.get("HL7_FUZZ_SEED", "2575"))
+MUTATED_CASES = int(os.environ.get("HL7_FUZZ_CASES", "3000"))
+TIME_BUDGET_S = float(os.environ.get("HL7_FUZZ_SECONDS", "20"))  # for the random mutations
 MAX_MESSAGE_BYTES = 1 << 20   # the default hl7.listen.max_message_bytes
 MAX_CONNECTIONS = 12
 READ_TIMEOUT_S = 2
