@@ -48,8 +48,9 @@ READ_TIMEOUT_S = 2
 IDLE_TIMEOUT_S = 6
 # The listener holds at most max_connections frames of max_message_bytes (plus a read chunk) and
 # parses two messages at a time, each bounded to ~17 MiB of parser objects (README: Reports from the
-# RIS): 12 x 1 MiB + 2 x 17 MiB, doubled for decoded copies and allocator slack.
-RSS_GROWTH_BOUND_KIB = 96 * 1024
+# RIS): 12 x 1 MiB + 2 x 17 MiB = 46 MiB, plus decoded copies of the frames in flight. (Before the
+# parser bounds, one 200,000-component message alone grew it by ~90 MiB.)
+RSS_GROWTH_BOUND_KIB = 64 * 1024
 SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
 ACCESSION = "FZ0005"  # in OBR-3 and OBR-18 of base message 5
 ACK_RE = re.compile(rb"\AMSH\|\^~\\&\|[^\r]*\rMSA\|(A[AER])\|[^\r]*\r(ERR\|[^\r]*\r)?\Z")
