@@ -103,3 +103,17 @@ def test_console_every_post_needs_the_csrf_token(people):
 def test_console_static_files_do_not_leave_their_folder(people, path):
     r = people.http.get(path)
     assert r.status_code in (404, 400) and "import" not in r.text and "root:" not in r.text, path
+
+
+@pytest.mark.parametrize("role", sorted(PEOPLE))
+def test_console_every_page_and_download_of_a_role_is_never_cached(people, role):
+    """Pages and downloads may hold audit rows: no-store on every one, whatever its status."""
+    people.sign_in(PEOPLE[role], PASSWORD)
+    urls = [concrete(p) for p, m, e in all_routes(people.rt) if m == "GET" and role in getattr(e, "console_roles", ())]
+    if role == "compliance":
+        urls.append("/audit/export?format=csv&month=2026-01")
+    for url in urls:
+        r = people.http.get(url)
+        assert r.headers["cache-control"] == "no-store" and r.headers["pragma"] == "no-cache", url
+    if role == "compliance":
+        assert r.status_code == 200 and r.headers["content-disposition"].startswith("attachment;")
