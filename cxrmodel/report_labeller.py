@@ -158,8 +158,25 @@ def sections(text: str, rules: Rules) -> list[tuple[str, str]]:
 _SENTENCE_END = re.compile(r"\.(?!\d)|(?<!\d)\.|[!?;]|\n\s*\n|(?:^|(?<=\s))\d{1,2}[.)](?=\s)")
 
 
+# The clause rules compare every trigger with every mention, so their cost grows with the square
+# of a sentence's length; a report comes from the network, so a "sentence" without any full stop
+# could be the whole of a 256 KiB message (minutes of CPU). Real sentences are a few hundred
+# characters: longer runs are cut at a space into pieces of at most this many characters.
+MAX_SENTENCE = 1000
+
+
 def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+    out = []
+    for s in _SENTENCE_END.split(text):
+        s = s.strip() if s else ""
+        while len(s) > MAX_SENTENCE:
+            cut = s.rfind(" ", 0, MAX_SENTENCE)
+            cut = cut if cut > 0 else MAX_SENTENCE
+            out.append(s[:cut].strip())
+            s = s[cut:].strip()
+        if s:
+            out.append(s)
+    return [s for s in out if s]
 
 
 _WORD = re.compile(r"[a-z']+")

@@ -235,7 +235,8 @@ class Service:
             keep_text=s.hl7.report_text == "encrypted", match_wait_s=s.hl7.match_wait_s,
             application=s.hl7.listen.receiving_application, facility=s.hl7.listen.receiving_facility,
             observe=self.metrics.observe_hl7, on_recorded=self.matching.wake,
-            on_connection_refused=lambda host, reason: self.hl7_refusals.record("", host, reason))
+            on_connection_refused=lambda host, reason: self.hl7_refusals.record("", host, reason),
+            disk_is_low=self.ingest.disk_is_low)
         return Hl7Listener(s.hl7.listen, intake)
 
     def _on_store(self):  # noqa: ANN202

@@ -109,6 +109,7 @@ EVENTS: dict[str, tuple[str, str]] = {
     "console.signin_failed": (USER_AUTHENTICATION, "E"),   # wrong password, unknown or disabled name, no role
     "console.locked": (USER_AUTHENTICATION, "E"),          # a name or address just locked out
     "console.signout": (USER_AUTHENTICATION, "E"),         # by the person, or an idle/absolute time-out
+    "console.access_denied": (SECURITY_ALERT, "E"),        # a signed-in person refused a page of another role
     # console accounts changed (`cxrd users`, the accounts page)
     "users.listed": (APPLICATION_ACTIVITY, "R"),     # who looked at the account list
     "users.added": (SECURITY_ALERT, "C"),

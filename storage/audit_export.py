@@ -55,6 +55,7 @@ EVENT_TYPE_CODE = {
     "console.signin_failed": ("110122", "Login"),
     "console.locked": ("110122", "Login"),
     "console.signout": ("110123", "Logout"),
+    "console.access_denied": ("110132", "Use of Restricted Function"),
     "users.added": ("110137", "User Security Attributes Changed"),
     "users.disabled": ("110137", "User Security Attributes Changed"),
     "users.enabled": ("110137", "User Security Attributes Changed"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from typing import Any, Callable
 from urllib.parse import quote
 
@@ -24,6 +25,16 @@ __all__ = ["ROLE_TITLES", "ConsoleUser", "client_address", "current_user", "curr
            "is_secure", "requires_role", "session_token"]
 
 
+def _audit_denied(request: Request, user: ConsoleUser) -> None:
+    """A signed-in person tried another role's page or form: a security alert in the trail (the path
+    is one of the console's own routes; details are JSON, so nothing typed into it can break a row)."""
+    try:
+        request.app.state.runtime.audit("console.access_denied", outcome=4, actor=user.actor, host=user.source,
+                                        method=request.method, path=request.url.path[:200], role=user.role)
+    except Exception as exc:  # the refusal stands whether or not its row could be written
+        logging.getLogger("cxrd.console").error("audit.write_failed", exc_info=exc)
+
+
 def requires_role(*roles: str) -> Callable[[Endpoint], Endpoint]:
     """Let only signed-in people with one of `roles` reach the endpoint (sync, or async)."""
     for role in roles:
@@ -38,6 +49,7 @@ def requires_role(*roles: str) -> Callable[[Endpoint], Endpoint]:
                 return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
             return plain_page("Not signed in", "Your session has ended. Sign in again.", status_code=401)
         if user.role not in roles:
+            _audit_denied(request, user)
             return render(request, "errors/forbidden.html", {"needed": roles}, status_code=403)
         return None
 
@@ -47,11 +59,14 @@ def requires_role(*roles: str) -> Callable[[Endpoint], Endpoint]:
             async def checked_async(request: Request) -> Response:
                 refused = await run_in_threadpool(refusal, request)  # a database read: off the event loop
                 return refused if refused is not None else await endpoint(request)
+            checked_async.console_roles = frozenset(roles)  # type: ignore[attr-defined]
             return checked_async
 
         @functools.wraps(endpoint)
         def checked(request: Request) -> Response:
             refused = refusal(request)
             return refused if refused is not None else endpoint(request)
+        # What the route guard test reads: every route but the public ones must carry it.
+        checked.console_roles = frozenset(roles)  # type: ignore[attr-defined]
         return checked
     return wrap

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 
 from starlette.requests import Request
 
@@ -17,13 +18,35 @@ SESSION_COOKIE = "cxrd_session"
 PRE_COOKIE = "cxrd_pre"
 
 
+def is_loopback(bind: str) -> bool:
+    """Whether the console's bind address is loopback only (plain HTTP is then for a local proxy)."""
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False
+
+
 def is_secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
+UNKNOWN_ADDRESS = "(not an address)"
+
+
 def client_address(request: Request) -> str:
-    """The client's address (the one a trusted proxy names, see `console.trusted_proxies`)."""
-    return request.client.host if request.client else ""
+    """The client's address (the one a trusted proxy names, see `console.trusted_proxies`), as a
+    normalised IP address. Behind a proxy it comes from X-Forwarded-For, which can hold any text the
+    proxy passed on: anything that is not an address is one placeholder, so it cannot be written into
+    audit rows, nor dodge the per-address lock-out by changing at every attempt."""
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return UNKNOWN_ADDRESS
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:10.1.2.3 is 10.1.2.3, one lock-out subject
+    return str(mapped or address)
 
 
 def cookie_name(base: str, secure: bool) -> str:

@@ -5,10 +5,12 @@ before any endpoint runs.
 The token is an HMAC of the cookie's secret value, so it needs no storage and changes whenever the
 session does (at sign-in the session token is new, so is the CSRF token). A cross-site page can make
 the browser send the cookie (SameSite=Strict already stops that in current browsers) but can never
-read it, so it cannot compute the token. The body is read here, bounded, and replayed to the endpoint.
+read it, so it cannot compute the token. The body is read here, bounded in size and time, and
+replayed to the endpoint.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from typing import Awaitable, Callable
@@ -18,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from daemon.console import http_limits
 from daemon.console.cookies import FIELD, secret_of, token_for
 from daemon.console.templating import plain_page
 
@@ -34,7 +37,12 @@ class CSRFMiddleware:
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
             await self.app(scope, receive, send)
             return
-        body = await _read_bounded(receive)
+        try:  # a body trickled in slowly would hold a connection (and a concurrency slot) for ever
+            body = await asyncio.wait_for(_read_bounded(receive), http_limits.BODY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            await PlainTextResponse("request body not received in time", status_code=408,
+                                    headers={"Connection": "close"})(scope, _no_receive, send)
+            return
         if body is None:
             await PlainTextResponse("request body too large", status_code=413)(scope, receive, send)
             return

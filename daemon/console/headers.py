@@ -1,5 +1,6 @@
 """Security headers on every response: no inline script or style (CSP), no framing, no MIME sniffing,
-no referrer leaks, pages never cached, HSTS under TLS."""
+no referrer leaks, pages never cached, HSTS under TLS. And no page at all over plain HTTP that did
+not come through a TLS-terminating proxy, unless the console listens on loopback only."""
 from __future__ import annotations
 
 from starlette.datastructures import MutableHeaders
@@ -43,4 +44,27 @@ class SecurityHeadersMiddleware:
                     headers["Strict-Transport-Security"] = HSTS
             await send(message)
 
+        if not secure and not _plain_http_allowed(scope):
+            await _https_only(scope, send_with_headers)
+            return
         await self.app(scope, receive, send_with_headers)
+
+
+def _plain_http_allowed(scope: Scope) -> bool:
+    """Plain HTTP is for a loopback bind (the proxy on the same host) only. With console.tls = false on
+    another address (allowed when console.trusted_proxies is set), a request that reached us directly,
+    not through a proxy saying X-Forwarded-Proto: https, would carry a password in clear."""
+    from daemon.console.cookies import is_loopback
+    app = scope.get("app")
+    rt = getattr(getattr(app, "state", None), "runtime", None)
+    return rt is None or is_loopback(rt.settings.console.bind)
+
+
+async def _https_only(scope: Scope, send: Send) -> None:
+    from daemon.console.templating import plain_page
+    response = plain_page("HTTPS only", "This console is reached over HTTPS, through the hospital's reverse "
+                          "proxy. Plain HTTP is refused so that passwords are never sent in clear.", 403)
+
+    async def nothing() -> Message:
+        return {"type": "http.disconnect"}
+    await response(scope, nothing, send)

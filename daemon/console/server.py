@@ -2,20 +2,11 @@
 its systemd unit start)."""
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
+from daemon.console.cookies import is_loopback
 from daemon.errors import DaemonError
 from daemon.runtime import Runtime
-
-
-def is_loopback(bind: str) -> bool:
-    if bind == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(bind).is_loopback
-    except ValueError:
-        return False
 
 
 def check_transport(rt: Runtime) -> tuple[str, str] | None:
@@ -39,6 +30,21 @@ def check_transport(rt: Runtime) -> tuple[str, str] | None:
     return c.tls_cert, c.tls_key
 
 
+def uvicorn_config(rt: Runtime, app, pair: tuple[str, str] | None):  # noqa: ANN001, ANN201
+    """The server's settings: no Server header, no access log (it would hold query strings), bounded
+    header size, request-head and keep-alive time-outs, and a cap on connections and tasks."""
+    import uvicorn
+
+    from daemon.console.http_limits import BoundedH11Protocol
+    c = rt.settings.console
+    return uvicorn.Config(
+        app, host=c.bind, port=c.port, log_config=None, access_log=False, server_header=False, lifespan="on",
+        http=BoundedH11Protocol, ssl_certfile=pair[0] if pair else None, ssl_keyfile=pair[1] if pair else None,
+        # X-Forwarded-For/-Proto are believed only from the configured proxies, never from anyone else.
+        proxy_headers=bool(c.trusted_proxies), forwarded_allow_ips=list(c.trusted_proxies) or [],
+        limit_concurrency=64, timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024)
+
+
 def serve(rt: Runtime) -> int:
     import uvicorn
 
@@ -47,12 +53,7 @@ def serve(rt: Runtime) -> int:
     pair = check_transport(rt)
     app = build_app(rt)
     rt.audit("app.start", component="console", bind=c.bind, port=c.port, tls=pair is not None)
-    config = uvicorn.Config(
-        app, host=c.bind, port=c.port, log_config=None, access_log=False, server_header=False, lifespan="on",
-        ssl_certfile=pair[0] if pair else None, ssl_keyfile=pair[1] if pair else None,
-        # X-Forwarded-For/-Proto are believed only from the configured proxies, never from anyone else.
-        proxy_headers=bool(c.trusted_proxies), forwarded_allow_ips=list(c.trusted_proxies) or [],
-        limit_concurrency=64, timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024)
+    config = uvicorn_config(rt, app, pair)
     scheme = "https" if pair else "http"
     print(f"cxrd: console on {scheme}://{c.bind}:{c.port}/", flush=True)
     uvicorn.Server(config).run()

@@ -3,7 +3,8 @@
 Every byte is the peer's: a frame has no length field, so memory is bounded by `max_bytes`, never
 by anything the peer says. A frame that grows past it is refused with only its first bytes kept
 (enough to address an AR at its sender); bytes before a start block other than CR/LF between frames
-are a framing error (the connection is closed: we cannot know where the next message begins). A
+are a framing error (the connection is closed: we cannot know where the next message begins), and
+so is an end block followed by anything but CR (EB is not a character any HL7 text may hold). A
 frame must be complete within `read_timeout_s` of its first byte, so a peer trickling bytes cannot
 hold a connection slot forever; between frames the socket's own (idle) time-out applies.
 """
@@ -83,6 +84,9 @@ class FrameReader:
         scanned = 1
         while True:
             end = self._buf.find(EB + CR, scanned)
+            stray = self._buf.find(EB, scanned, len(self._buf) - 1 if end == -1 else end)
+            if stray != -1:  # an end block not followed by CR: where the message ends is unknowable
+                raise FramingError("end block without carriage return")
             if end != -1:
                 payload = bytes(self._buf[1:end])
                 del self._buf[:end + 2]

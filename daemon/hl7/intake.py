@@ -4,7 +4,8 @@ AA  the report was recorded (row + audit committed, text fsynced in the vault wh
     a duplicate of one recorded before (same sender, same MSH-10), recorded once;
 AE  the content is wrong (cannot be decoded or parsed, a required field missing, a bad UID);
 AR  refused: a message type other than ORU^R01, a frame over hl7.listen.max_message_bytes, an
-    unknown character set, or the report could not be recorded now (the sender should resend).
+    unknown character set, the disk below storage.min_free_mb (as for images), or the report could
+    not be recorded now (the sender should resend).
 Nothing is recorded for AE and AR, and each is audited (`report.refused`) with our reason only.
 The report text is labelled here, in memory, so that with hl7.report_text = "discard" it never
 touches a disk; neither it nor any field of the message is ever logged.
@@ -12,6 +13,7 @@ touches a disk; neither it nor any field of the message is ever logged.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable
 
 from daemon.hl7 import acks, messages
@@ -22,13 +24,18 @@ log = logging.getLogger("cxrd.hl7")
 
 Labeller = Callable[[str], dict[str, str]]      # report text -> {finding: status} for named findings
 Observe = Callable[[str], None]                 # outcome: accepted, duplicate, refused, failed
+# Parsing and labelling are CPU-bound (one core under the GIL whatever the number of threads) and
+# each may build up to messages.MAX_DELIMITERS objects: at most this many messages are parsed at
+# once, so that memory does not grow with hl7.listen.max_connections.
+PARSING = threading.BoundedSemaphore(2)
 
 
 class ReportIntake:
     def __init__(self, *, sessions, vault, keys, audit: Callable[..., None], label: Labeller,  # noqa: ANN001
                  keep_text: bool, match_wait_s: float, application: str, facility: str,
                  observe: Observe | None = None, on_recorded: Callable[[], None] | None = None,
-                 on_connection_refused: Callable[[str, str], None] | None = None):
+                 on_connection_refused: Callable[[str, str], None] | None = None,
+                 disk_is_low: Callable[[], bool] | None = None):
         self.sessions, self.vault, self.keys, self.audit = sessions, vault, keys, audit
         self.label = label
         self.keep_text = keep_text
@@ -37,21 +44,29 @@ class ReportIntake:
         self.observe = observe or (lambda outcome: None)
         self.on_recorded = on_recorded or (lambda: None)
         self.on_connection_refused = on_connection_refused or (lambda host, reason: None)
+        self.disk_is_low = disk_is_low or (lambda: False)
 
     def _ack(self, header: acks.Header, code: str, reason: str, error: str = acks.ACCEPTED) -> bytes:
         return acks.build_ack(header, code, reason, error, application=self.application, facility=self.facility)
 
     def handle(self, raw: bytes, host: str) -> bytes:
         header = acks.read_header(raw)
-        try:
-            parsed = messages.parse(raw)
-        except messages.Refusal as r:
-            return self._refuse(header, host, r.code, r.error, r.reason)
-        try:
-            findings = self.label(parsed.text)
-        except Exception as exc:  # the labeller's rules failed on this text: never quote it
-            log.error("hl7.labeller_failed", extra={"cxrd_fields": {"error": type(exc).__name__}})
-            return self._refuse(header, host, acks.AR, acks.INTERNAL_ERROR, "report could not be labelled")
+        with PARSING:
+            try:
+                parsed = messages.parse(raw)
+            except messages.Refusal as r:
+                return self._refuse(header, host, r.code, r.error, r.reason)
+            except Exception as exc:  # a parser path we did not foresee: answered, never a traceback of peer data
+                event(log, "hl7.parse_failed", logging.ERROR, host=host, error=type(exc).__name__)
+                return self._refuse(header, host, acks.AE, acks.INTERNAL_ERROR, "message could not be read")
+            try:
+                findings = self.label(parsed.text)
+            except Exception as exc:  # the labeller's rules failed on this text: never quote it
+                log.error("hl7.labeller_failed", extra={"cxrd_fields": {"error": type(exc).__name__}})
+                return self._refuse(header, host, acks.AR, acks.INTERNAL_ERROR, "report could not be labelled")
+        if self.disk_is_low():  # a sender must not fill the disk the images need: the RIS resends later
+            return self._refuse(header, host, acks.AR, acks.INTERNAL_ERROR,
+                                "disk below the free-space floor; send it again later")
         incoming = IncomingReport(sender=parsed.sender, message_type=parsed.message_type,
                                   control_id=parsed.control_id, result_status=parsed.result_status,
                                   study_uid=parsed.study_uid, accession=parsed.accession, text=parsed.text)

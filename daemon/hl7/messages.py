@@ -13,7 +13,7 @@ Read (first non-empty wins, in this order):
   order number), ORC-3.
 - Result status OBR-25 (F final and C corrected are ground truth; others are recorded, not used).
 - Report text: OBX-5 of every OBX whose value type (OBX-2) is TX, FT, ST or CE-less text, the
-  repetitions one line each, HL7 escapes undone. An OBX whose OBX-3 names the impression (LOINC
+  repetitions one line each, HL7 escapes undone (`unescape`). An OBX whose OBX-3 names the impression (LOINC
   19005-8, or an identifier ending "IMP"/"&IMP") is given an "IMPRESSION:" heading and one naming the
   findings (18782-3, "GDT") a "FINDINGS:" heading, unless its text already starts with a heading.
 """
@@ -34,6 +34,14 @@ TEXT_TYPES = ("TX", "FT", "ST")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HEADING = re.compile(r"^\s*[A-Za-z ]{3,30}:")
 MAX_TEXT = 256 * 1024  # characters of report text; a radiology report is a few thousand
+# python-hl7 builds a list per field, repetition, component and subcomponent: about 430 bytes of
+# memory per delimiter, so a 1 MiB frame of "^" would cost some 450 MiB and seconds of CPU. These
+# bound what one message can make the parser build (about 17 MiB and a fraction of a second) far
+# above any radiology report (a few hundred segments, a few thousand delimiters when each report
+# line is its own OBX).
+MAX_SEGMENTS = 2000
+MAX_DELIMITERS = 40_000
+MAX_FORMAT_REPEAT = 10  # `.sp n` / `.sk n` give at most this many line breaks / spaces
 
 
 class Refusal(Exception):
@@ -59,7 +67,7 @@ class Parsed:
 
 
 def _charset(raw: bytes) -> str:
-    first = raw.split(b"\r", 1)[0]
+    first = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]  # segments may end in LF (read as CR below)
     if len(first) < 4:
         return ""
     fields = first.split(first[3:4])
@@ -81,6 +89,66 @@ def decode(raw: bytes) -> str:
     return text
 
 
+def _formatting(value: str) -> str:
+    """An FT formatting command (`.br`, `.sp3`, `.in+4`, ...) as plain text. A count is the peer's,
+    so it is capped: `\\.sp99999999\\` must not become a hundred million line breaks."""
+    command, arg = value[:3], value[3:]
+    try:
+        count = min(max(int(arg), 1), MAX_FORMAT_REPEAT) if arg.strip("+- ") else 1
+    except ValueError:
+        count = 1
+    if command in (".br", ".ce"):
+        return "\n"
+    if command == ".sp":
+        return "\n" * count
+    if command in (".in", ".ti", ".sk"):
+        return " " * (count if command == ".sk" else 4)
+    return ""  # .fi, .nf and anything unknown: no text
+
+
+def unescape(value: str, esc: str, separators: str) -> str:
+    """An HL7 text value with its escape sequences undone (HL7 v2 chapter 2, escape sequences).
+
+    Ours, not python-hl7's `unescape`, which logs the whole field (the report text) with a traceback
+    on an escape it cannot read, raises on a bad `.sp` count and repeats `.sp` without a bound.
+    \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ give the delimiters, \\Xhh..\\ bytes (a control character or a bad hex
+    string is a Refusal), FT formatting commands line breaks and spaces; highlighting (\\H\\ \\N\\),
+    character set switches (\\C..\\ \\M..\\) and local escapes (\\Z..\\) give nothing. An escape
+    character without its closing one is kept as text.
+    """
+    if not esc or esc not in value:
+        return value
+    field, rep, comp, sub = separators[1], separators[2], separators[3], separators[4]
+    simple = {"F": field, "S": comp, "T": sub, "R": rep, "E": esc, "H": "", "N": ""}
+    out: list[str] = []
+    at = 0
+    while True:
+        start = value.find(esc, at)
+        if start < 0:
+            out.append(value[at:])
+            break
+        end = value.find(esc, start + 1)
+        if end < 0:
+            out.append(value[at:])
+            break
+        out.append(value[at:start])
+        seq = value[start + 1:end]
+        if seq in simple:
+            out.append(simple[seq])
+        elif seq.startswith("X"):
+            try:
+                decoded = bytes.fromhex(seq[1:]).decode("latin-1")
+            except ValueError:
+                raise Refusal(acks.AE, acks.DATA_TYPE, "invalid hexadecimal escape sequence") from None
+            if _CONTROL.search(decoded):
+                raise Refusal(acks.AE, acks.DATA_TYPE, "control characters in the message")
+            out.append(decoded)
+        elif seq.startswith("."):
+            out.append(_formatting(seq))
+        at = end + 1
+    return "".join(out)
+
+
 def _f(seg, n: int, comp: int = 1, rep: int = 1) -> str:  # noqa: ANN001 - hl7.Segment
     try:
         field = seg[n]
@@ -98,7 +166,7 @@ def _f(seg, n: int, comp: int = 1, rep: int = 1) -> str:  # noqa: ANN001 - hl7.S
         c = r[comp - 1]
     except IndexError:
         return ""
-    return str(c[0]) if not isinstance(c, str) and len(c) else str(c)
+    return str(c)  # subcomponents kept, joined: "1.2&3.4" must not be read as the UID "1.2"
 
 
 def _segments(msg, name: str) -> list:  # noqa: ANN001, ANN202
@@ -117,6 +185,7 @@ def parse(raw: bytes) -> Parsed:
     text = decode(raw).replace("\r\n", "\r").replace("\n", "\r")
     if not text.startswith("MSH") or len(text) < 8:
         raise Refusal(acks.AE, acks.SEGMENT_SEQUENCE, "message does not start with an MSH segment")
+    _check_size(text)
     try:
         msg = hl7.parse(text)
         msh = msg.segment("MSH")
@@ -148,6 +217,8 @@ def parse(raw: bytes) -> Parsed:
                        _f(orc, 3) if orc is not None else "")
     if len(accession) > 64:
         raise Refusal(acks.AE, acks.DATA_TYPE, "accession number too long")
+    if msg.separators[4] in accession or msg.esc in accession:
+        raise Refusal(acks.AE, acks.DATA_TYPE, "accession number holds HL7 delimiters or escapes")
     report = _report_text(msg, obxs)
     if not report.strip():
         raise Refusal(acks.AE, acks.REQUIRED_MISSING, "no report text (OBX-5 of a TX, FT or ST observation)")
@@ -157,6 +228,16 @@ def parse(raw: bytes) -> Parsed:
     return Parsed(sender=sender, message_type=f"{mtype}^{trigger}", control_id=control_id,
                   result_status=_f(obr, 25).strip().upper()[:1], study_uid=study, accession=accession,
                   text=report)
+
+
+def _check_size(text: str) -> None:
+    """Refuse (AR) a message whose structure would cost the parser more than the bounds allow."""
+    if text.count("\r") > MAX_SEGMENTS:
+        raise Refusal(acks.AR, acks.DATA_TYPE, f"more than {MAX_SEGMENTS} segments")
+    sep = text[3]
+    delimiters = {sep, *text[4:].split(sep, 1)[0][:4]}
+    if sum(text.count(d) for d in delimiters) > MAX_DELIMITERS:
+        raise Refusal(acks.AR, acks.DATA_TYPE, f"more than {MAX_DELIMITERS} fields, components and repetitions")
 
 
 def _is_study_uid(obx) -> bool:  # noqa: ANN001
@@ -173,7 +254,7 @@ def _report_text(msg, obxs: list) -> str:  # noqa: ANN001
             reps = [str(r) for r in obx[5]]
         except IndexError:
             continue
-        lines = [msg.unescape(r).replace("\r", "\n") for r in reps]
+        lines = [unescape(r, msg.esc, msg.separators).replace("\r", "\n") for r in reps]
         body = "\n".join(lines).strip()
         if not body:
             continue

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from daemon.console import csrf
+from daemon.console import csrf, notices
 from daemon.console.access import current_user, requires_role
 from daemon.console.templating import render
 
@@ -21,7 +21,7 @@ def _page(request: Request, *, error: str = "", status_code: int = 200, form: di
         rows = accounts.listing(s)
     return render(request, "accounts/accounts.html", {
         "title": "Accounts", "accounts": rows, "roles": ROLES, "error": error,
-        "done": request.query_params.get("done", "")[:200], "form": form or {},
+        "done": notices.shown(request, "done"), "form": form or {},
         "min_length": rt.settings.console.min_password_length,
         "ldap": rt.settings.console.ldap.enabled}, status_code=status_code)
 
@@ -76,8 +76,7 @@ def _change(request: Request, what: str) -> Response:
     except accounts.AccountError as exc:
         return _page(request, error=str(exc), status_code=400,
                      form={"name": name[:64], "role": str(form.get("role", ""))[:20], "action": what})
-    from urllib.parse import quote
-    return RedirectResponse(f"/accounts?done={quote(done)}", status_code=303)
+    return RedirectResponse(f"/accounts?{notices.query(request, done=done)}", status_code=303)
 
 
 def _new_password(form, min_length: int) -> str:  # noqa: ANN001

@@ -45,6 +45,10 @@ def signin_submit(request: Request) -> Response:
         return render(request, "signin/signin.html", {
             "title": "Sign in", "next": target, "error": result.message, "name": name[:64],
             "ldap": rt.settings.console.ldap.enabled}, status_code=401)
+    previous = session_token(request)
+    if previous:  # a session this browser still held (another person's, on a shared workstation): ended
+        from daemon.console.authentication import sign_out
+        sign_out(rt, previous, client_address(request))
     if target == "/":
         target = navigation.home_for(result.role)
     response = RedirectResponse(target, status_code=303)

@@ -149,3 +149,31 @@ def test_console_requires_role_guards_async_endpoints_too(people):
     people.sign_in("carol", PASSWORD)
     r = people.http.get("/test-download")
     assert r.status_code == 200 and r.text == "file for carol"
+
+
+def test_console_plain_http_off_loopback_is_only_through_a_tls_proxy(console_client):
+    """console.tls = false is allowed off loopback when trusted_proxies is set; a request that reached
+    the console directly over plain HTTP (not via the proxy's X-Forwarded-Proto: https) is refused
+    before its password or cookie is read, and no sign-in form is served to it."""
+    direct = console_client(base_url="http://testserver", tls=False, bind="0.0.0.0", trusted_proxies=["10.0.0.5"])
+    direct.add_user("ada", "admin", PASSWORD)
+    r = direct.http.get("/signin")
+    assert r.status_code == 403 and "HTTPS only" in r.text and 'name="password"' not in r.text
+    assert r.headers["content-security-policy"] == CSP
+    assert direct.http.post("/signin", data={"name": "ada", "password": PASSWORD}).status_code == 403
+    assert direct.audit_rows("console.signin", "console.signin_failed") == []
+    proxied = console_client(base_url="https://testserver", tls=False, bind="0.0.0.0", trusted_proxies=["10.0.0.5"])
+    assert proxied.http.get("/signin").status_code == 200
+    loopback = console_client(base_url="http://testserver", tls=False, bind="127.0.0.1")
+    assert loopback.http.get("/signin").status_code == 200
+
+
+def test_console_accounts_page_shows_only_its_own_done_messages(people):
+    """?done= is shown as a notice on the admin's page: a link crafted elsewhere must not be able to
+    put its words there (content spoofing / phishing an administrator)."""
+    people.sign_in("ada", PASSWORD)
+    page = people.http.get("/accounts", params={"done": "Your password expired: call 555-0100"}).text
+    assert "555-0100" not in page
+    r = people.post("/accounts/add", {"name": "eve", "role": "operations", "password": "p" * 14,
+                                      "password_again": "p" * 14}, page="/accounts")
+    assert "Account eve added" in people.http.get(r.headers["location"]).text

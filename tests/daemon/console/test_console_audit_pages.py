@@ -47,7 +47,7 @@ def app(rt):
 def client(app, rt: Runtime, name: str, role: str) -> TestClient:
     with rt.sessions.begin() as s:
         token = accounts.open_session(s, name=name, role=role, via="local", source="testclient")
-    c = TestClient(app, follow_redirects=False)
+    c = TestClient(app, follow_redirects=False, client=("10.1.2.3", 50000))
     c.cookies.set(cookies.cookie_name(cookies.SESSION_COOKIE, False), token)
     return c
 
@@ -97,7 +97,7 @@ def test_search_pages_are_keyset_paged_and_recorded(app, rt):
     assert "No older events" in r.text
     [use] = uses(rt, before)
     assert (use["event_id"], use["event_type"], use["actor"], use["host"]) == \
-        ("110101", "audit.query", "console:olivia", "testclient")
+        ("110101", "audit.query", "console:olivia", "10.1.2.3")
     assert use["details"] == {"filters": {"events": ["association.*"]}, "returned": 10, "limit": 25,
                               "offset": 0, "view": "search"}
     # the older page: a cursor in the link, recorded as an upper bound

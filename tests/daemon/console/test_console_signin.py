@@ -155,3 +155,38 @@ def test_console_too_long_password_is_refused_not_truncated(console_client):
     c.add_user("alice", "admin", "a" * 1024)
     assert c.sign_in("alice", "a" * 1025).status_code == 401
     assert c.sign_in("alice", "a" * 1024).status_code == 303
+
+
+def test_console_an_address_that_is_no_address_is_one_placeholder_for_audit_and_lockout(console_client):
+    """X-Forwarded-For from a trusted proxy can carry any text: it must not reach the audit rows, and
+    changing it at every attempt must not dodge the per-address lock-out."""
+    from daemon.console.cookies import UNKNOWN_ADDRESS
+    first = console_client(lockout_address_threshold=3, lockout_threshold=100)
+    for i in range(4):
+        c = type(first)(first.rt, client=(f"<b>evil{i}</b> 1.2.3.4", 1))
+        c.sign_in(f"nobody{i}", "wrong password")
+    rows = first.audit_rows("console.signin_failed", "console.locked")
+    assert {r["host"] for r in rows} == {UNKNOWN_ADDRESS}
+    assert any(r["event_type"] == "console.locked" and r["details"].get("locked") == "address" for r in rows)
+    assert rows[-1]["details"].get("reason") == "locked out"
+    ok = type(first)(first.rt, client=("::ffff:10.1.2.3", 1))
+    ok.sign_in("nobody", "wrong password")
+    assert first.audit_rows("console.signin_failed")[-1]["host"] == "10.1.2.3"
+
+
+def test_console_signing_in_over_a_live_session_ends_it(console_client):
+    """On a shared workstation the next person signs in over the last one's session: the old session
+    ends on the server (audited), not just in this browser's cookie jar."""
+    c = console_client()
+    c.add_user("alice", "admin", PASSWORD)
+    c.add_user("bob", "compliance", PASSWORD)
+    c.sign_in("alice", PASSWORD)
+    old = dict(c.http.cookies)
+    token = c.csrf("/accounts")
+    r = c.http.post("/signin", data={"name": "bob", "password": PASSWORD, "csrf_token": token})
+    assert r.status_code == 303 and r.headers["location"] == "/audit"
+    assert [row["actor"] for row in c.audit_rows("console.signout")] == ["console:alice"]
+    replay = type(c)(c.rt)
+    for name, value in old.items():
+        replay.http.cookies.set(name, value)
+    assert replay.http.get("/accounts").status_code == 303  # alice's cookie no longer works

@@ -92,3 +92,21 @@ def test_an_idle_connection_times_out_between_frames():
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("data", [
+    b"\x0bMSH|one\x1c\x0bMSH|two\x1c\r",   # EB then the next frame: no CR
+    b"\x0bMSH|one\x1cx" + b"y" * 5000,      # EB then more text, never a CR
+])
+def test_an_end_block_without_cr_is_a_framing_error_at_once(data):
+    """It used to be read as message text until the size bound or the read time-out (30 s of a
+    connection slot), then answered AR "too large" for a message that was not."""
+    sock = FakeSock([data[i:i + 7] for i in range(0, len(data), 7)] + [b"z"] * 100000)
+    with pytest.raises(FramingError, match="end block"):
+        FrameReader(sock, 1 << 20, 5, 5).next_frame()
+    assert sock.given < len(data) + 7
+
+
+def test_an_end_block_split_from_its_cr_across_reads_still_ends_the_frame():
+    sock = FakeSock([b"\x0bMSH|one\x1c", b"\r"])
+    assert FrameReader(sock, 1024, 5, 5).next_frame() == b"MSH|one"
