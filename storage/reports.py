@@ -31,7 +31,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import audit
-from storage.deid import pseudonymize_uid
 from storage.keys import Keys
 from storage.models import (EXPIRED, LABEL_MANUAL, LABEL_REPORT, LABELLED, MATCHED, NOT_ANALYSED, REFUSED,
                             WAITING, Instance, Label, Report, utcnow)
@@ -94,6 +93,7 @@ def record_report(sessions: sessionmaker[Session], vault, keys: Keys, incoming: 
         first = s.execute(select(Report.id, Report.state).where(Report.message_key == key)).first()
     if first is not None:
         return Recorded(first.id, True, first.state)
+    from storage.deid import pseudonymize_uid  # pydicom: only recording a report needs it, never `cxrd status`
     study = pseudonymize_uid(keys.uid_key, incoming.study_uid) if incoming.study_uid else ""
     accession = accession_key(keys.uid_key, incoming.accession)
     state, reason = WAITING, ""

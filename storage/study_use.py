@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from sqlalchemy.orm import Session, sessionmaker
+from typing import TYPE_CHECKING, Any, Callable
 
 from storage.errors import AuditError, StorageError
 
 PSEUDONYM = re.compile(r"2\.25\.[1-9][0-9]{0,38}")
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")  # lenient: originals in the wild have leading zeros
 REASON_MAX = 500
+
+if TYPE_CHECKING:  # the CLI reads the constants above while it builds --help: no database library then
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 class StudyChoiceError(StorageError):

@@ -126,11 +126,11 @@ class StateCollector:
                 runs = dict(s.execute(select(RetrainRun.outcome, func.count()).group_by(RetrainRun.outcome)).all())
                 head = s.scalar(select(func.max(AuditEvent.seq)))
                 monitored = monitor_state.gauges(s)
-                reports, labels, scored = counts_by_state(s), counts_by_source(s), shadow_versions(s)
+                reports, by_source, scored = counts_by_state(s), counts_by_source(s), shadow_versions(s)
             up = 1
         except Exception:  # database down: say so, keep serving the other metrics
             states, queue, results, runs, head, up, monitored = {}, 0, {}, {}, 0, 0, []
-            reports, labels, scored = {}, {}, {}
+            reports, by_source, scored = {}, {}, {}
         g = GaugeMetricFamily("cxrd_database_up", "1 if the database answered this scrape")
         g.add_metric([], up)
         out.append(g)
@@ -180,7 +180,7 @@ class StateCollector:
             g.add_metric([state], n)
         out.append(g)
         g = GaugeMetricFamily("cxrd_labels", "Ground-truth labels by source (manual, report)", labels=["source"])
-        for source, n in labels.items():
+        for source, n in by_source.items():
             g.add_metric([source], n)
         out.append(g)
         return out
