@@ -186,8 +186,12 @@ def test_reports_before_and_after_images_over_mllp(daemon_factory, shared_data, 
     r = d.cli("labels", "list", "--format", "json")
     counts = json.loads(r.stdout)
     assert counts["labels"]["report"] == 5 and counts["reports"]["labelled"] == 4, r.stdout + r.stderr
-    with engine.connect() as c:
-        events = [e for (e,) in c.execute(text("SELECT event_type FROM audit_events"))]
+
+    def audited() -> list[str]:
+        with engine.connect() as c:
+            return [e for (e,) in c.execute(text("SELECT event_type FROM audit_events"))]
+    # connection refusals are counted and written once a second (daemon.ops.refusal_audit)
+    events = wait_for(lambda: e if "hl7.connection_refused" in (e := audited()) else None) or audited()
     assert events.count("report.received") == 4 and events.count("report.refused") >= 4
     assert "report.matched" in events and "report.labelled" in events and "hl7.connection_refused" in events
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{d.http_port}/metrics").read().decode()
