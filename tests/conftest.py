@@ -153,6 +153,25 @@ def fresh_pg_database(postgres_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def state_rows(state_dir: Path, stmt) -> list:  # noqa: ANN001 - a SQLAlchemy statement or text()
+    """The rows a statement returns from a state directory's SQLite database (read outside the daemon)."""
+    from sqlalchemy import create_engine
+    engine = create_engine(f"sqlite:///{state_dir / 'cxrd.db'}")
+    try:
+        with engine.connect() as c:
+            return c.execute(stmt).all()
+    finally:
+        engine.dispose()
+
+
+def wait_until(predicate, timeout: float = 120.0, poll: float = 0.25) -> None:  # noqa: ANN001
+    """Poll `predicate` until it is true; AssertionError naming the time-out if it never is."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
+        time.sleep(poll)
+
+
 def stop_process(proc: subprocess.Popen, sig: int, timeout: float) -> int:
     """Signal a process the tests started and wait for it; killed if it outlives `timeout`."""
     if proc.poll() is None:

@@ -38,6 +38,8 @@ running_postgres = _root.running_postgres
 Console = _root.Console
 sign_in_browser = _root.sign_in_browser
 stop_process = _root.stop_process
+state_rows = _root.state_rows
+wait_until = _root.wait_until
 
 
 class Orthanc:
