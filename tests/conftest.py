@@ -153,6 +153,36 @@ def fresh_pg_database(postgres_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def state_rows(state_dir: Path, stmt) -> list:  # noqa: ANN001 - a SQLAlchemy statement or text()
+    """The rows a statement returns from a state directory's SQLite database (read outside the daemon)."""
+    from sqlalchemy import create_engine
+    engine = create_engine(f"sqlite:///{state_dir / 'cxrd.db'}")
+    try:
+        with engine.connect() as c:
+            return c.execute(stmt).all()
+    finally:
+        engine.dispose()
+
+
+def wait_until(predicate, timeout: float = 120.0, poll: float = 0.25) -> None:  # noqa: ANN001
+    """Poll `predicate` until it is true; AssertionError naming the time-out if it never is."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
+        time.sleep(poll)
+
+
+def stop_process(proc: subprocess.Popen, sig: int, timeout: float) -> int:
+    """Signal a process the tests started and wait for it; killed if it outlives `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 class Daemon:
     """A real `cxrd serve` child process with its own state directory and ports."""
 
@@ -195,14 +225,7 @@ class Daemon:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-        self.proc = None
+        rc, self.proc = stop_process(self.proc, sig, timeout), None
         self._log.close()
         return rc
 
@@ -384,14 +407,7 @@ class Console:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-        self.proc = None
+        rc, self.proc = stop_process(self.proc, sig, timeout), None
         self._log.close()
         return rc
 
@@ -649,12 +665,7 @@ access to * by dn.exact="{self.svc_dn}" read by self read by * none
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, signal.SIGTERM, 10)
             self.proc = None
 
 

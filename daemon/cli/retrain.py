@@ -46,15 +46,8 @@ def sources_line(summary: dict) -> str:
     store = summary.get("label_store")
     if store is None:
         return line + " (label store not used: retrain.use_label_store = false)"
-    left = []
-    if store.get("refused_burned_in"):
-        left.append(f"{store['refused_burned_in']} refused: Burned In Annotation not NO "
-                    f"({store.get('refused_burned_in_unknown', 0)} not declared)")
-    if store.get("unreadable"):
-        left.append(f"{store['unreadable']} unreadable")
-    if store.get("uncertain_left_out"):
-        left.append(f"{store['uncertain_left_out']} uncertain left out")
-    return line + ("; label store: " + ", ".join(left) if left else "")
+    left = store.get("left_out") or []  # the run's own words (daemon.stages.retraining)
+    return line + ("; label store: " + "; ".join(left) if left else "")
 
 
 def _list_runs(args: argparse.Namespace, rt: Runtime) -> int:

@@ -32,7 +32,9 @@ def check_transport(rt: Runtime) -> tuple[str, str] | None:
 
 def uvicorn_config(rt: Runtime, app, pair: tuple[str, str] | None):  # noqa: ANN001, ANN201
     """The server's settings: no Server header, no access log (it would hold query strings), bounded
-    header size, request-head and keep-alive time-outs, and a cap on connections and tasks."""
+    header size, request-head and keep-alive time-outs, a cap on connections and tasks, and a bound on
+    how long a stop waits for open connections (a browser's idle keep-alive must not hold up
+    `systemctl stop`)."""
     import uvicorn
 
     from daemon.console.http_limits import BoundedH11Protocol
@@ -42,7 +44,8 @@ def uvicorn_config(rt: Runtime, app, pair: tuple[str, str] | None):  # noqa: ANN
         http=BoundedH11Protocol, ssl_certfile=pair[0] if pair else None, ssl_keyfile=pair[1] if pair else None,
         # X-Forwarded-For/-Proto are believed only from the configured proxies, never from anyone else.
         proxy_headers=bool(c.trusted_proxies), forwarded_allow_ips=list(c.trusted_proxies) or [],
-        limit_concurrency=64, timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024)
+        limit_concurrency=64, timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024,
+        timeout_graceful_shutdown=5)
 
 
 def serve(rt: Runtime) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import ipaddress
 import logging
-import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from config.schema import Dicom
 from daemon.dicom import dataset_limits, gate_rules, statuses, tls_identity
 from daemon.dicom.preassociation import ConnectionGuard
+from daemon.ops.listening import host_allowed, parse_networks, server_tls_context
 from daemon.ops.logs import event
 
 log = logging.getLogger("cxrd.scp")
@@ -133,14 +133,8 @@ class _GatedServer(ThreadedAssociationServer):
               error=type(exc).__name__ if exc else "unknown")
 
     def verify_request(self, request, client_address) -> bool:  # noqa: ANN001 - socketserver API
-        if not self.allowed_networks:
-            return True
         host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            ip = None
-        if ip is not None and any(ip in net for net in self.allowed_networks):
+        if host_allowed(host, self.allowed_networks):
             return True
         if self.on_reject:
             self.on_reject("", host, gate_rules.HOST_NOT_ALLOWED, "")
@@ -161,21 +155,6 @@ class _NonAsciiTextNoise(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], UnicodeError))
 
 
-def parse_networks(entries: list[str]) -> list[ipaddress._BaseNetwork]:
-    return [ipaddress.ip_network(e, strict=False) for e in entries]
-
-
-def ssl_context(tls) -> ssl.SSLContext:  # noqa: ANN001 - config.schema.DicomTLS
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls.cert, tls.key)
-    if tls.ca:
-        ctx.load_verify_locations(tls.ca)
-    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else (
-        ssl.CERT_OPTIONAL if tls.ca else ssl.CERT_NONE)
-    return ctx
-
-
 def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = None,
           on_accept: AcceptFn | None = None) -> ScpHandle:
     """Bind the port and serve in background threads; raises OSError if the port cannot be bound.
@@ -192,7 +171,7 @@ def start(cfg: Dicom, on_store: StoreFn | None, on_reject: RejectFn | None = Non
         _DIMSE_LOG.addFilter(dataset_limits.InvalidMessageNoise())
     on_reject = on_reject or log_refusal
     ae = application_entity(cfg, storage=on_store is not None)
-    server = ae.make_server((cfg.bind, cfg.port), ssl_context=ssl_context(cfg.tls) if cfg.tls.enabled else None,
+    server = ae.make_server((cfg.bind, cfg.port), ssl_context=server_tls_context(cfg.tls) if cfg.tls.enabled else None,
                             evt_handlers=event_handlers(on_store, on_reject, on_accept, cfg.max_dataset_bytes),
                             server_class=_GatedServer)
     server.contexts = _Contexts(server.contexts)

@@ -13,7 +13,6 @@ buffer, never kept.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import selectors
 import socket
@@ -24,6 +23,7 @@ from typing import Protocol
 
 from config.schema import Hl7Listen
 from daemon.hl7.framing import FrameReader, FrameTimeout, FrameTooLarge, FramingError, frame
+from daemon.ops.listening import host_allowed, parse_networks, server_tls_context
 from daemon.ops.logs import event
 
 log = logging.getLogger("cxrd.hl7")
@@ -41,34 +41,6 @@ class Intake(Protocol):
     def refused_connection(self, host: str, reason: str) -> None: ...
 
 
-def parse_networks(entries: list[str]) -> list:
-    return [ipaddress.ip_network(e, strict=False) for e in entries]
-
-
-def host_allowed(host: str, networks: list) -> bool:
-    """Empty list = any host (serve refuses that unless hl7.listen.allow_any_host says so)."""
-    if not networks:
-        return True
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr.version == n.version and addr in n for n in networks)
-
-
-def server_context(tls) -> ssl.SSLContext:  # noqa: ANN001 - config.schema.Hl7ListenTLS
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls.cert, tls.key)
-    if tls.ca:
-        ctx.load_verify_locations(tls.ca)
-    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else (
-        ssl.CERT_OPTIONAL if tls.ca else ssl.CERT_NONE)
-    return ctx
-
-
 class Hl7Listener:
     """A stage: `start` binds (OSError if it cannot), `stop` closes the port and waits for the
     connections' current messages."""
@@ -78,7 +50,7 @@ class Hl7Listener:
         self.cfg = cfg
         self.intake = intake
         self.networks = parse_networks(cfg.allowed_hosts)
-        self.tls = server_context(cfg.tls) if cfg.tls.enabled else None
+        self.tls = server_tls_context(cfg.tls) if cfg.tls.enabled else None
         self._lock = threading.Lock()
         self._active: dict[str, int] = {}
         self._idle: set[socket.socket] = set()  # connections between messages (or mid-frame): closed at stop

@@ -126,6 +126,7 @@ def export_label_store(rt: Runtime, run_id: int) -> dict[str, Any]:
            "report": r["sources"].get("report", 0), "refused_burned_in": len(r["refused_burned_in"]),
            "refused_burned_in_unknown": r["refused_burned_in_unknown"],
            "uncertain_left_out": r["uncertain_left_out"], "purged": r["purged"], "unreadable": r["unreadable"]}
+    out["left_out"] = _left_out(out)  # in the run's words, for `retrain --list` and the console to show as is
     if out["refused_burned_in"] or out["unreadable"]:
         event(log, "retrain.labels_refused", logging.WARNING, refused_burned_in=out["refused_burned_in"],
               not_declared=out["refused_burned_in_unknown"], unreadable=out["unreadable"])
@@ -174,7 +175,8 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
     summary.update(batches=[b.name for b in batches], new_batches=[b.name for b in fresh], new_images=new_images,
                    new_sources={k: sum(x[k] for x in sources) for k in ("manual", "report", "inbox")})
     if new_images < s.min_new_images:
-        summary["reason"] = f"{new_images} new labeled images (< {s.min_new_images})" + _left_out(summary)
+        left_out = (summary.get("label_store") or {}).get("left_out") or []
+        summary["reason"] = f"{new_images} new labeled images (< {s.min_new_images})" + "".join(f"; {p}" for p in left_out)
         return _finish(rt, run_id, "skipped", summary)
     work = rt.state_dir / "cache" / f"retrain-{run_id}"
     shutil.rmtree(work, ignore_errors=True)
@@ -227,9 +229,8 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
         shutil.rmtree(work / "data", ignore_errors=True)
 
 
-def _left_out(summary: dict[str, Any]) -> str:
+def _left_out(store: dict[str, Any]) -> list[str]:
     """What the label store held but this run could not use, for a person reading why it skipped."""
-    store = summary.get("label_store") or {}
     parts = []
     if store.get("refused_burned_in"):
         parts.append(f"{store['refused_burned_in']} labeled image(s) not exported: Burned In Annotation "
@@ -238,7 +239,7 @@ def _left_out(summary: dict[str, Any]) -> str:
         parts.append(f"{store['unreadable']} unreadable in the vault")
     if store.get("uncertain_left_out"):
         parts.append(f"{store['uncertain_left_out']} left out for an uncertain finding (labels.uncertain_as)")
-    return "; " + "; ".join(parts) if parts else ""
+    return parts
 
 
 def _into_shadow(rt: Runtime, version: str, current: str, run_id: int) -> dict[str, Any]:

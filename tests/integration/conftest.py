@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -36,6 +37,9 @@ copy_with_new_uids = _root.copy_with_new_uids
 running_postgres = _root.running_postgres
 Console = _root.Console
 sign_in_browser = _root.sign_in_browser
+stop_process = _root.stop_process
+state_rows = _root.state_rows
+wait_until = _root.wait_until
 
 
 class Orthanc:
@@ -89,13 +93,7 @@ class Orthanc:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM, 30)
         self.proc = None
         self._log.close()
 

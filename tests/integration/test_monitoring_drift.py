@@ -10,14 +10,13 @@ distribution (the same real pixels, rescaled) raise the drift gauge on /metrics 
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timezone
 
 import numpy as np
 import pydicom
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import func, select
 
-from conftest import copy_with_new_uids, storescu
+from conftest import copy_with_new_uids, state_rows, storescu, wait_until
 from cxrmodel.network import build_model
 from cxrmodel.registry import Registry
 from storage.models import AuditEvent, Instance, InputProfile, MonitorState
@@ -29,27 +28,10 @@ ENV = {"CXRD_MODEL__BACKEND": "fp32", "CXRD_MODEL__MAX_BATCH_WAIT_MS": "10",
 MARKERS = {"StationName": "ZZSTATION7", "InstitutionName": "ZZINSTITUTE7", "DeviceSerialNumber": "ZZSERIAL7"}
 
 
-def query(state_dir, stmt):  # noqa: ANN001, ANN201
-    engine = create_engine(f"sqlite:///{state_dir / 'cxrd.db'}")
-    with engine.connect() as c:
-        out = c.execute(stmt).all()
-    engine.dispose()
-    return out
-
-
-def wait_for(predicate, timeout: float = 120.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 def push(d, files) -> None:  # noqa: ANN001
-    before = query(d.state_dir, select(func.count()).select_from(InputProfile))[0][0]
+    before = state_rows(d.state_dir, select(func.count()).select_from(InputProfile))[0][0]
     assert storescu(d.dicom_port, *files)[1] == ["Success"] * len(files)
-    wait_for(lambda: query(d.state_dir, select(func.count()).select_from(InputProfile))[0][0] == before + len(files))
+    wait_until(lambda: state_rows(d.state_dir, select(func.count()).select_from(InputProfile))[0][0] == before + len(files))
 
 
 def monitor_pass(d) -> dict[str, float]:  # noqa: ANN001
@@ -58,8 +40,8 @@ def monitor_pass(d) -> dict[str, float]:  # noqa: ANN001
     started = datetime.now(timezone.utc)
     d.start()
     key = select(MonitorState.updated_at).where(MonitorState.metric == "cxrd_drift_alarm")
-    wait_for(lambda: any(at.replace(tzinfo=timezone.utc) >= started for (at,) in query(d.state_dir, key)))
-    return {k: v for k, v in query(d.state_dir, select(MonitorState.key, MonitorState.value))}
+    wait_until(lambda: any(at.replace(tzinfo=timezone.utc) >= started for (at,) in state_rows(d.state_dir, key)))
+    return {k: v for k, v in state_rows(d.state_dir, select(MonitorState.key, MonitorState.value))}
 
 
 def drifted_copies(src, out_dir, n: int):  # noqa: ANN001, ANN201
@@ -89,14 +71,14 @@ def test_drift_raised_for_other_equipment_not_for_more_of_the_same(daemon_factor
     gauges = monitor_pass(d)
     assert gauges[f"cxrd_drift_alarm{{model={version}}}"] == 0.0
     assert gauges[f"cxrd_input_drift{{characteristic=manufacturer,model={version}}}"] == 0.0
-    events = query(d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "monitor.drift"))
+    events = state_rows(d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "monitor.drift"))
     assert events == []
 
     push(d, drifted_copies(shared_data / SRC, tmp_path / "drift", 10))
     gauges = monitor_pass(d)
     assert gauges[f"cxrd_drift_alarm{{model={version}}}"] == 1.0
     assert gauges[f"cxrd_input_drift{{characteristic=manufacturer,model={version}}}"] > 0.25
-    events = [json.loads(e) for (e,) in query(d.state_dir, select(AuditEvent.details)
+    events = [json.loads(e) for (e,) in state_rows(d.state_dir, select(AuditEvent.details)
                                               .where(AuditEvent.event_type == "monitor.drift"))]
     assert len(events) == 1 and events[0]["model"] == version  # (once per crossing: tests/daemon/stages)
     assert {"manufacturer", "model_name", "photometric", "intensity_mean", "unit_mean"} <= set(events[0]["inputs"])
@@ -106,9 +88,9 @@ def test_drift_raised_for_other_equipment_not_for_more_of_the_same(daemon_factor
     assert f'cxrd_input_drift{{characteristic="photometric",model="{version}"}}' in metrics
 
     # what was recorded per image: equipment and geometry, never the planted identifying values
-    profiles = query(d.state_dir, select(InputProfile))
+    profiles = state_rows(d.state_dir, select(InputProfile))
     assert {p.manufacturer for p in profiles} == {"ACME", "OTHERCO"} and {p.view for p in profiles} == {"unknown"}  # no view attribute: assumed frontal
     assert {p.photometric for p in profiles} == {"MONOCHROME2", "MONOCHROME1"} and {p.rows for p in profiles} == {1024}
-    dump = repr(profiles) + repr(query(d.state_dir, select(AuditEvent.details))) + d.log_text()
+    dump = repr(profiles) + repr(state_rows(d.state_dir, select(AuditEvent.details))) + d.log_text()
     assert not any(m in dump for m in MARKERS.values())
-    assert query(d.state_dir, select(func.count()).select_from(Instance))[0][0] == 30
+    assert state_rows(d.state_dir, select(func.count()).select_from(Instance))[0][0] == 30

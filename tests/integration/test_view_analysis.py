@@ -9,9 +9,9 @@ import time
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import func, select
 
-from conftest import copy_with_new_uids, storescu
+from conftest import copy_with_new_uids, state_rows, storescu, wait_until
 from cxrmodel.network import build_model
 from cxrmodel.registry import Registry
 from storage.deid import pseudonymize_uid
@@ -26,21 +26,6 @@ def lateral_code() -> Sequence:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "399173006", "SCT", "left lateral"
     return Sequence([item])
-
-
-def rows(state_dir, stmt):  # noqa: ANN001, ANN201
-    engine = create_engine(f"sqlite:///{state_dir / 'cxrd.db'}")
-    with engine.connect() as c:
-        out = c.execute(stmt).all()
-    engine.dispose()
-    return out
-
-
-def wait_for(predicate, timeout: float = 120.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
-        time.sleep(0.25)
 
 
 def test_laterals_are_stored_not_classified_with_the_reason_recorded_and_audited(daemon_factory, shared_data,
@@ -64,9 +49,9 @@ def test_laterals_are_stored_not_classified_with_the_reason_recorded_and_audited
     import pydicom
     pseudo = {name: pseudonymize_uid(keys.uid_key, str(pydicom.dcmread(fs[0], stop_before_pixels=True)
                                                          .SOPInstanceUID)) for name, fs in sent.items()}
-    wait_for(lambda: rows(d.state_dir, select(func.count()).select_from(Prediction))[0][0] == 14)
+    wait_until(lambda: state_rows(d.state_dir, select(func.count()).select_from(Prediction))[0][0] == 14)
     time.sleep(1.0)  # the worker would have claimed anything else by now
-    by_sop = {r.sop_instance_uid: r for r in rows(d.state_dir, select(
+    by_sop = {r.sop_instance_uid: r for r in state_rows(d.state_dir, select(
         Instance.id, Instance.sop_instance_uid, Instance.state, Instance.view, Instance.analysis_reason,
         Instance.vault_object))}
     assert all(r.vault_object for r in by_sop.values())  # every one stored (encrypted in the vault)
@@ -79,12 +64,12 @@ def test_laterals_are_stored_not_classified_with_the_reason_recorded_and_audited
         r = by_sop[pseudo[name]]
         assert r.state == "not_analysed" and r.view == "lateral", name
         assert r.analysis_reason.startswith(start) and "frontal views only" in r.analysis_reason
-    predicted = {i for (i,) in rows(d.state_dir, select(Prediction.instance_id).distinct())}
+    predicted = {i for (i,) in state_rows(d.state_dir, select(Prediction.instance_id).distinct())}
     assert predicted == {pa.id}
-    jobs = {i for (i,) in rows(d.state_dir, select(Job.instance_id))}
+    jobs = {i for (i,) in state_rows(d.state_dir, select(Job.instance_id))}
     assert jobs == {pa.id}  # no job was ever queued for a lateral
 
-    audited = {obj: json.loads(details) for obj, details in rows(d.state_dir, select(
+    audited = {obj: json.loads(details) for obj, details in state_rows(d.state_dir, select(
         AuditEvent.object_uid, AuditEvent.details).where(AuditEvent.event_type == "instance.stored"))}
     assert audited[pseudo["pa"]]["analysed"] is True
     for name, start in expected.items():

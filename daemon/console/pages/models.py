@@ -22,13 +22,13 @@ once, to verify the weights.
 """
 from __future__ import annotations
 
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from daemon.console import charts, csrf, ops_models
+from daemon.console import charts, csrf, notices, ops_models
 from daemon.console.access import current_user, requires_role
 from daemon.console.pages.operations import local_iso
 from daemon.console.templating import render
@@ -76,8 +76,8 @@ def _overview(request: Request, *, status_code: int = 200, error: str = "") -> R
         "roc": _roc(current) if current is not None and not current.error else None,
         "runs": runs, "events": events, "pointer_history": ops_models.pointer_history(rt.models_dir)[:50],
         "db_error": db_error, "can_change": user.role == "admin", "rollback_to": rollback_target(rt),
-        "local_iso": local_iso, "done": request.query_params.get("done", "")[:300],
-        "error": error or request.query_params.get("error", "")[:300]}, status_code=status_code)
+        "local_iso": local_iso, "done": notices.shown(request, "done"),
+        "error": error or notices.shown(request, "error")}, status_code=status_code)
 
 
 @requires_role(*VIEW_ROLES)
@@ -99,8 +99,9 @@ def version_page(request: Request) -> Response:
         "local_iso": local_iso})
 
 
-def _back(path: str, **query: str) -> RedirectResponse:
-    return RedirectResponse(path + ("?" + urlencode(query) if query else ""), status_code=303)
+def _back(request: Request, path: str, **query: str) -> RedirectResponse:
+    """Back to `path` with a notice signed for this session (notices.py: a link cannot forge one)."""
+    return RedirectResponse(path + ("?" + notices.query(request, **query) if query else ""), status_code=303)
 
 
 @requires_role("admin")
@@ -114,21 +115,21 @@ def promote(request: Request) -> Response:
     typed = str(form.get("confirm", "")).strip()
     back = f"/models/{quote(version, safe='')}" if ops_models.find(rt.models_dir, version) else "/models"
     if not version or ops_models.find(rt.models_dir, version) is None:
-        return _back("/models", error="no such model version")
+        return _back(request, "/models", error="no such model version")
     if typed != version:
-        return _back(back, error=f"not promoted: the confirmation must be the version name exactly ({version}); "
+        return _back(request, back, error=f"not promoted: the confirmation must be the version name exactly ({version}); "
                                  "nothing was changed")
     user = current_user(request)
     try:
         done = promote_version(rt, version, actor=user.actor, host=user.source, via="console")
     except PromotionRefused as exc:
-        return _back(back, error=f"{version} not promoted: {exc.reason} (the promotion floor "
+        return _back(request, back, error=f"{version} not promoted: {exc.reason} (the promotion floor "
                                  "[model.promotion] and, for a version that ran in shadow, its live comparison "
                                  "apply; audited)")
     except ModelError as exc:
-        return _back(back, error=f"{version} not promoted: {exc}")
+        return _back(request, back, error=f"{version} not promoted: {exc}")
     was = f" (was {done.previous})" if done.previous and done.previous != version else ""
-    return _back("/models", done=f"{version} is now the current model{was}. Evidence: {done.verdict.summary}")
+    return _back(request, "/models", done=f"{version} is now the current model{was}. Evidence: {done.verdict.summary}")
 
 
 @requires_role("admin")
@@ -140,16 +141,16 @@ def rollback(request: Request) -> Response:
     typed = str(csrf.form_of(request).get("confirm", "")).strip()
     target = rollback_target(rt)
     if target is None:
-        return _back("/models", error="nothing to roll back to: no model was current before this one")
+        return _back(request, "/models", error="nothing to roll back to: no model was current before this one")
     if typed != target:
-        return _back("/models", error=f"not rolled back: the confirmation must be the name of the version to "
+        return _back(request, "/models", error=f"not rolled back: the confirmation must be the name of the version to "
                                       f"return to ({target}) exactly; nothing was changed")
     user = current_user(request)
     try:
         version, before = roll_back(rt, actor=user.actor, host=user.source, via="console")
     except ModelError as exc:
-        return _back("/models", error=f"not rolled back: {exc}")
-    return _back("/models", done=f"Rolled back: {version} is the current model again" +
+        return _back(request, "/models", error=f"not rolled back: {exc}")
+    return _back(request, "/models", done=f"Rolled back: {version} is the current model again" +
                  (f" (was {before})." if before else "."))
 
 
@@ -162,17 +163,17 @@ def shadow_start(request: Request) -> Response:
     version = str(form.get("version", "")).strip()
     typed = str(form.get("confirm", "")).strip()
     if not version or ops_models.find(rt.models_dir, version) is None:
-        return _back("/models", error="no such model version")
+        return _back(request, "/models", error="no such model version")
     if typed != version:
-        return _back("/models", error=f"shadow not started: the confirmation must be the version name exactly "
+        return _back(request, "/models", error=f"shadow not started: the confirmation must be the version name exactly "
                                       f"({version}); nothing was changed")
     user = current_user(request)
     try:
         done = start_shadow(rt, version, origin=user.actor, actor=user.actor, host=user.source, via="console")
     except (ShadowRefused, ModelError) as exc:
-        return _back("/models", error=f"shadow not started: {exc}")
+        return _back(request, "/models", error=f"shadow not started: {exc}")
     replaced = f" (replaces {done.previous})" if done.previous and done.previous != version else ""
-    return _back("/models", done=f"{version} now runs in shadow beside {done.current or 'no current model yet'}; "
+    return _back(request, "/models", done=f"{version} now runs in shadow beside {done.current or 'no current model yet'}; "
                                  f"nothing it says is sent{replaced}. Audited.")
 
 
@@ -188,19 +189,19 @@ def shadow_stop(request: Request) -> Response:
     except ModelError as exc:
         running = None
         if typed:
-            return _back("/models", error=f"shadow not stopped: {exc}")
+            return _back(request, "/models", error=f"shadow not stopped: {exc}")
     if running is None:
-        return _back("/models", error="no shadow is running")
+        return _back(request, "/models", error="no shadow is running")
     if typed != running:
-        return _back("/models", error=f"shadow not stopped: the confirmation must be the name of the version "
+        return _back(request, "/models", error=f"shadow not stopped: the confirmation must be the name of the version "
                                       f"in shadow ({running}) exactly; nothing was changed")
     user = current_user(request)
     try:
         previous = stop_shadow(rt, origin=f"stopped by {user.actor}", actor=user.actor, host=user.source,
                                via="console")
     except ModelError as exc:
-        return _back("/models", error=f"shadow not stopped: {exc}")
-    return _back("/models", done=f"Shadow stopped (was {previous}). Audited." if previous else "No shadow was running.")
+        return _back(request, "/models", error=f"shadow not stopped: {exc}")
+    return _back(request, "/models", done=f"Shadow stopped (was {previous}). Audited." if previous else "No shadow was running.")
 
 
 routes = [

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from daemon.console import charts, csrf
+from daemon.console import charts, csrf, notices
 from daemon.console.access import current_user, requires_role
 from daemon.console.ops_dashboard import Dashboard, collect
 from daemon.console.ops_queries import MAX_HOURS
@@ -77,8 +76,8 @@ def dashboard(request: Request) -> Response:
     board = collect(rt, _hours(request))
     context = {"board": board, "charts": _charts(board) if board.database.get("reachable") else {},
                "hour_choices": HOUR_CHOICES, "local": local, "local_iso": local_iso,
-               "retried": request.query_params.get("retried"), "retry_study": request.query_params.get("study", ""),
-               "error": request.query_params.get("error", "")}
+               "retried": notices.shown(request, "retried") or None, "retry_study": notices.shown(request, "study"),
+               "error": notices.shown(request, "error")}
     return render(request, "operations/dashboard.html", context)
 
 
@@ -87,13 +86,13 @@ def retry_results(request: Request) -> Response:
     form = csrf.form_of(request)
     study = str(form.get("study_uid") or "").strip()
     if study and not PSEUDONYM.fullmatch(study):
-        return RedirectResponse("/operations?" + urlencode({"error": "not a pseudonymous study UID (2.25.…)"})
+        return RedirectResponse("/operations?" + notices.query(request, error="not a pseudonymous study UID (2.25.…)")
                                 + "#results", status_code=303)
     n = retry(request, study or None)
     query = {"retried": str(n)}
     if study:
         query["study"] = study
-    return RedirectResponse("/operations?" + urlencode(query) + "#results", status_code=303)
+    return RedirectResponse("/operations?" + notices.query(request, **query) + "#results", status_code=303)
 
 
 def retry(request: Request, study_uid: str | None) -> int:

@@ -177,3 +177,15 @@ def test_console_accounts_page_shows_only_its_own_done_messages(people):
     r = people.post("/accounts/add", {"name": "eve", "role": "operations", "password": "p" * 14,
                                       "password_again": "p" * 14}, page="/accounts")
     assert "Account eve added" in people.http.get(r.headers["location"]).text
+
+
+@pytest.mark.parametrize("name, page, params", [
+    ("otto", "/operations", {"error": "Call 555-0100 now", "retried": "555-0100", "study": "555-0100"}),
+    ("otto", "/models", {"done": "Call 555-0100 now", "error": "Call 555-0100 now"}),
+    ("ada", "/models", {"done": "Call 555-0100 now", "error": "Call 555-0100 now"})])
+def test_console_notices_on_the_operations_and_model_pages_cannot_be_forged_by_a_link(people, name, page, params):
+    """The service and model pages show the outcome of their own forms from the query string; only a
+    notice this console signed for this session is shown, never words a crafted link carries."""
+    people.sign_in(name, PASSWORD)
+    r = people.http.get(page, params=params)
+    assert r.status_code == 200 and "555-0100" not in r.text

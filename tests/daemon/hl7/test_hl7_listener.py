@@ -18,7 +18,8 @@ from config.schema import Hl7Listen, Hl7ListenTLS
 from conftest import free_port
 from daemon.hl7 import acks
 from daemon.hl7.framing import frame
-from daemon.hl7.listener import CONNECTION_LIMIT, HOST_NOT_ALLOWED, PER_HOST_LIMIT, Hl7Listener, host_allowed
+from daemon.hl7.listener import CONNECTION_LIMIT, HOST_NOT_ALLOWED, PER_HOST_LIMIT, Hl7Listener
+from daemon.ops.listening import host_allowed
 
 MSG = b"MSH|^~\\&|RIS|H|CXRD|CXRD|2026||ORU^R01|C1|P|2.5.1\rOBR|1"
 
@@ -84,7 +85,7 @@ def wait(predicate, timeout: float = 5.0) -> bool:  # noqa: ANN001
 
 
 def test_host_allowed_matches_networks_and_ipv4_mapped_addresses():
-    from daemon.hl7.listener import parse_networks
+    from daemon.ops.listening import parse_networks
     nets = parse_networks(["10.1.0.0/16", "::1"])
     assert host_allowed("10.1.2.3", nets) and host_allowed("::ffff:10.1.2.3", nets) and host_allowed("::1", nets)
     assert not host_allowed("10.2.0.1", nets) and not host_allowed("not an address", nets)

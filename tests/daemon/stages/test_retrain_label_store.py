@@ -189,4 +189,4 @@ def test_undeclared_burned_in_images_are_refused_and_counted_and_the_store_can_b
     assert "0 new image(s): 0 manual label(s), 0 report label(s), 0 from inbox batches " \
            "(label store not used: retrain.use_label_store = false)" in listed
     assert "1 new image(s): 1 manual label(s), 0 report label(s), 0 from inbox batches; label store: " \
-           "2 refused: Burned In Annotation not NO (2 not declared)" in listed
+           "2 labeled image(s) not exported: Burned In Annotation not NO (2 not declared)" in listed
