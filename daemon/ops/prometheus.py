@@ -41,6 +41,14 @@ MONITOR_GAUGES = {
 }
 
 
+
+def gauge_by(name: str, doc: str, label: str, by: dict[str, int]) -> GaugeMetricFamily:
+    """One gauge family of counts per value of `label` (rows grouped in SQL)."""
+    g = GaugeMetricFamily(name, doc, labels=[label])
+    for value, n in by.items():
+        g.add_metric([value], n)
+    return g
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -137,18 +145,9 @@ class StateCollector:
         g = GaugeMetricFamily("cxrd_queue_depth", "Jobs waiting for or in inference")
         g.add_metric([], queue or 0)
         out.append(g)
-        g = GaugeMetricFamily("cxrd_instances", "Instances by state", labels=["state"])
-        for state, n in states.items():
-            g.add_metric([state], n)
-        out.append(g)
-        g = GaugeMetricFamily("cxrd_results", "Result objects by state", labels=["state"])
-        for state, n in results.items():
-            g.add_metric([state], n)
-        out.append(g)
-        g = GaugeMetricFamily("cxrd_retrain_runs", "Retraining runs by outcome", labels=["outcome"])
-        for outcome, n in runs.items():
-            g.add_metric([outcome], n)
-        out.append(g)
+        out += [gauge_by("cxrd_instances", "Instances by state", "state", states),
+                gauge_by("cxrd_results", "Result objects by state", "state", results),
+                gauge_by("cxrd_retrain_runs", "Retraining runs by outcome", "outcome", runs)]
         g = GaugeMetricFamily("cxrd_audit_chain_head", "Sequence number of the newest audit row")
         g.add_metric([], head or 0)
         out.append(g)
@@ -175,14 +174,8 @@ class StateCollector:
                 pass
         out += [g, a]
         out += self._shadow(scored)
-        g = GaugeMetricFamily("cxrd_reports", "Radiology reports from the RIS by state", labels=["state"])
-        for state, n in reports.items():
-            g.add_metric([state], n)
-        out.append(g)
-        g = GaugeMetricFamily("cxrd_labels", "Ground-truth labels by source (manual, report)", labels=["source"])
-        for source, n in by_source.items():
-            g.add_metric([source], n)
-        out.append(g)
+        out += [gauge_by("cxrd_reports", "Radiology reports from the RIS by state", "state", reports),
+                gauge_by("cxrd_labels", "Ground-truth labels by source (manual, report)", "source", by_source)]
         return out
 
     def _shadow(self, scored: dict[str, int]) -> list:
