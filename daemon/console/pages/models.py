@@ -113,9 +113,9 @@ def promote(request: Request) -> Response:
     form = csrf.form_of(request)
     version = str(form.get("version", "")).strip()
     typed = str(form.get("confirm", "")).strip()
-    back = f"/models/{quote(version, safe='')}" if ops_models.find(rt.models_dir, version) else "/models"
     if not version or ops_models.find(rt.models_dir, version) is None:
         return _back(request, "/models", error="no such model version")
+    back = f"/models/{quote(version, safe='')}"
     if typed != version:
         return _back(request, back, error=f"not promoted: the confirmation must be the version name exactly ({version}); "
                                  "nothing was changed")
