@@ -41,6 +41,11 @@ PERIODS = 8  # performance-over-time points in a report
 
 # ------------------------------------------------------------------ ground truth
 
+#: The drift thresholds a report or the console states beside the numbers (`cxrmodel.drift`'s own).
+THRESHOLDS = {"psi_moderate": D.PSI_MODERATE, "psi_drift": D.PSI_DRIFT, "ks_alpha": D.KS_ALPHA,
+              "ks_min_d": D.KS_MIN_D, "new_category_share": D.NEW_SHARE}
+
+
 # ------------------------------------------------------------------ reference
 
 def validation_reference(registry: Any, version: str) -> Mapping[str, Any] | None:
@@ -148,9 +153,11 @@ def performance(session: Session, version: str, since: datetime, until: datetime
     below = [lab for lab, v in out["labels"].items()
              if not v["too_few"] and v.get("auroc_ci95") and v["auroc_ci95"][1] < floor]
     out["below_floor"], out["alarm"] = below, bool(below)
+    out["over_time"] = series = []
+    if not periods:
+        return out
     step = (until - since) / periods
     created = [scores.created_at[i] for i in rows]
-    series = []
     for j in range(periods):
         lo, hi = since + step * j, since + step * (j + 1)
         m = np.array([lo <= c < hi for c in created], dtype=bool)
@@ -158,7 +165,6 @@ def performance(session: Session, version: str, since: datetime, until: datetime
             if m.any() else None
         series.append({"start": lo.isoformat(), "end": hi.isoformat(), "n": int(m.sum()),
                        "auroc": {lab: (point["labels"][lab]["auroc"] if point else None) for lab in LABELS}})
-    out["over_time"] = series
     return out
 
 
@@ -176,10 +182,8 @@ def report(session: Session, registry: Any, since: datetime, until: datetime, *,
                        "performance": performance(session, version, since, until, min_cases=min_cases,
                                                   floor=floor, n_boot=n_boot, truth=truth)})
     return {"since": since.isoformat(), "until": until.isoformat(), "models": models,
-            "thresholds": {"psi_moderate": D.PSI_MODERATE, "psi_drift": D.PSI_DRIFT, "psi_epsilon": D.EPSILON,
-                           "psi_bins": "reference deciles", "ks_alpha": D.KS_ALPHA, "ks_min_d": D.KS_MIN_D,
-                           "new_category_share": 0.1, "min_images": min_images, "min_cases": min_cases,
-                           "performance_floor": floor}}
+            "thresholds": {**THRESHOLDS, "psi_epsilon": D.EPSILON, "psi_bins": "reference deciles",
+                           "min_images": min_images, "min_cases": min_cases, "performance_floor": floor}}
 
 
 def assess(session: Session, registry: Any, monitor: Any, floor: float,
@@ -200,7 +204,7 @@ def assess(session: Session, registry: Any, monitor: Any, floor: float,
     perf_since = now - timedelta(days=monitor.performance_window_days)
     truth = ground_truth(session)
     perf = {version: performance(session, version, perf_since, now, min_cases=monitor.min_cases, floor=floor,
-                                 n_boot=1000, periods=1, truth=truth)
+                                 n_boot=1000, periods=0, truth=truth)  # the pass keeps no series
             for version in SM.versions_between(session, perf_since, now)}
     return {"model": current, "now": now, "drift": d, "performance": perf, "floor": floor,
             "window_hours": monitor.window_hours, "window_days": monitor.performance_window_days}
@@ -282,9 +286,7 @@ def summary(a: Mapping[str, Any]) -> dict[str, Any]:
     now = a["now"]
     out: dict[str, Any] = {"model": a["model"], "at": now.isoformat(), "window_hours": a.get("window_hours"),
                            "window_days": a.get("window_days"), "floor": a.get("floor"),
-                           "thresholds": {"psi_moderate": D.PSI_MODERATE, "psi_drift": D.PSI_DRIFT,
-                                          "ks_alpha": D.KS_ALPHA, "ks_min_d": D.KS_MIN_D,
-                                          "new_category_share": D.NEW_SHARE}}
+                           "thresholds": dict(THRESHOLDS)}
     if a["model"] is None:
         return out
     d = a["drift"]
