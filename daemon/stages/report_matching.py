@@ -54,7 +54,12 @@ def match_once(sessions: sessionmaker[Session], vault, audit_key: bytes, match_w
     for report_id in ids:
         with sessions() as s:
             report = s.get(Report, report_id)
-            text = store.read_text(vault, report) if report is not None else None
+            if report is None:
+                continue
+            study, how = store.find_study(s, report)
+            if study is None and how != "ambiguous accession":
+                continue  # its images have not come: nothing to decrypt or label yet
+            text = store.read_text(vault, report)
         named = label(text) if text is not None else None
         with sessions.begin() as s:
             report = s.get(Report, report_id)
