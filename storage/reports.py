@@ -37,7 +37,6 @@ from storage.models import (EXPIRED, LABEL_MANUAL, LABEL_REPORT, LABELLED, MATCH
 
 TEXT_OBJECT_PREFIX = "report-"
 FINAL_STATUSES = ("F", "C")  # OBR-25: final, corrected; anything else is recorded but not ground truth
-STATE_VALUE = {"positive": 1, "negative": 0, "uncertain": None}
 
 
 def accession_key(uid_key: bytes, accession: str) -> str:

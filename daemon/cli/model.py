@@ -33,6 +33,7 @@ from cxrmodel.errors import ModelError
 from cxrmodel.labels import LABELS
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
+from daemon.stages.model_changes import floor as promotion_floor
 
 if TYPE_CHECKING:
     import numpy as np
@@ -211,7 +212,7 @@ def run_list(args: argparse.Namespace, rt: Runtime) -> int:
     from cxrmodel.promotion import judge
 
     infos = rt.registry.list()
-    floor = _floor(rt)
+    floor = promotion_floor(rt)
     verdicts = {i.version: judge(i.metrics, floor) for i in infos}
     shadow = rt.registry.shadow()["version"]
     if args.format == "json":
@@ -239,11 +240,6 @@ def run_list(args: argparse.Namespace, rt: Runtime) -> int:
     return 0
 
 
-def _floor(rt: Runtime):  # noqa: ANN202 - cxrmodel.promotion.Floor (imported lazily: torch-free CLI start)
-    from cxrmodel.promotion import Floor
-    return Floor.of(rt.settings.model.promotion)
-
-
 def _evaluate_on(rt: Runtime, module: Any, manifest: Any, data: Path, n_boot: int, *,
                  own_training_data: str = "") -> dict[str, Any]:
     """Manifest metrics of a model on a ChestX-ray14-format folder: every image, except the model's
@@ -264,7 +260,7 @@ def _evaluate_on(rt: Runtime, module: Any, manifest: Any, data: Path, n_boot: in
                                                     activation=manifest.architecture.activation,
                                                     thresholds=dict(manifest.thresholds), n_boot=n_boot)
     from cxrmodel.drift import evaluation_reference
-    metrics = with_evidence(E.manifest_metrics(report, where), truth, probabilities, _floor(rt), n_boot=n_boot)
+    metrics = with_evidence(E.manifest_metrics(report, where), truth, probabilities, promotion_floor(rt), n_boot=n_boot)
     metrics["reference"] = evaluation_reference(probabilities, manifest.thresholds, [e.path for e in entries], where)
     return metrics
 
@@ -336,7 +332,7 @@ def run_report(args: argparse.Namespace, rt: Runtime) -> int:
     manifest = reg.manifest(args.version)
     current = read_pointer(rt.models_dir)["version"]
     shadow = reg.shadow()
-    floor = _floor(rt)
+    floor = promotion_floor(rt)
     verdict = judge(manifest.metrics, floor)
     from daemon.stages.shadow import comparison_with_current
     live = comparison_with_current(rt, args.version, args.n_boot)
@@ -414,7 +410,7 @@ def run_import(args: argparse.Namespace, rt: Runtime) -> int:
         base = Manifest(architecture=imported.arch, preprocessing=imported.preprocess,
                         thresholds=imported.thresholds, source=imported.source)
         metrics = _evaluate_on(rt, imported.module, base, args.evaluate_on, args.n_boot)
-    floor = _floor(rt)
+    floor = promotion_floor(rt)
     verdict = judge(metrics, floor)
     promote = args.promote_without_evaluation or (args.promote and (verdict.passed or args.force))
     before = reg.current()

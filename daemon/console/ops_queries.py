@@ -29,8 +29,6 @@ from storage.models import INSTANCE_STATES, AuditEvent, Instance, Job, Predictio
 MAX_HOURS = 168  # a week of hourly buckets at most
 LATENCY_BUDGET = 5000  # images whose latency one page measures, spread over its hours
 LIST_LIMIT = 25  # rows in each "newest N" list
-# Images received but not stored: the events `cxrd status` counts them by (see daemon/cli/service.py).
-NOT_STORED_EVENTS = {"ignored": "instance.ignored", "rejected": "instance.rejected", "refused": "instance.failed"}
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ class ReportIntake:
             try:
                 findings = self.label(parsed.text)
             except Exception as exc:  # the labeller's rules failed on this text: never quote it
-                log.error("hl7.labeller_failed", extra={"cxrd_fields": {"error": type(exc).__name__}})
+                event(log, "hl7.labeller_failed", logging.ERROR, error=type(exc).__name__)
                 return self._refuse(header, host, acks.AR, acks.INTERNAL_ERROR, "report could not be labelled")
         if self.disk_is_low():  # a sender must not fill the disk the images need: the RIS resends later
             return self._refuse(header, host, acks.AR, acks.INTERNAL_ERROR,

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from daemon.console import audit_search, csrf
+from daemon.console import audit_search, charts, csrf
 from daemon.console.access import current_user, requires_role
 from daemon.console.audit_search import FormError, Search
 from daemon.console.audit_verify_job import VerifyJob
@@ -256,7 +256,7 @@ def day_chart(days: list[audit_search.Day], label: str) -> Markup:
     width, height, left, right, top, bottom = 720, 260, 56, 12, 24, 44
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max((d.events for d in days), default=0)
-    scale = _nice(peak)
+    scale = int(charts.nice_max(max(peak, 4)))  # at least 4, so ticks are whole numbers
     n = max(1, len(days))
     step = plot_w / n
     bar = max(1.0, step * 0.8)
@@ -296,16 +296,6 @@ def day_chart(days: list[audit_search.Day], label: str) -> Markup:
                      'text-anchor="middle">no events in this period</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
-
-
-def _nice(value: int) -> int:
-    """The smallest 1, 2 or 5 × 10^k at or above `value` (at least 4, so ticks are whole numbers)."""
-    power = 1
-    while True:
-        for m in (1, 2, 5):
-            if m * power >= max(value, 4):
-                return m * power
-        power *= 10
 
 
 # -- downloads ------------------------------------------------------------------------------------
