@@ -5,7 +5,7 @@ profiles with its predictions.
 image's characteristics measured on the pixels just decoded (`cxrmodel.input_profile`: a strided
 subsample, vectorised, no second decode). `record` writes them in the worker's prediction
 transaction, one statement per batch, so a profile exists exactly when the image was predicted and
-a batch replayed after a crash writes none twice. The view is the view rule's, from the instance row.
+a batch replayed after a crash writes none twice. The view is the view rule's, read with the claim.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sqlalchemy import Connection, insert, select
 
 from cxrmodel.input_profile import preprocess_profiled
 from cxrmodel.registry import LoadedModel
-from storage.models import Instance, InputProfile
+from storage.models import InputProfile
 
 COLUMNS = frozenset(c.name for c in InputProfile.__table__.columns) - {"instance_id", "model_version",
                                                                       "measured_at", "view"}
@@ -27,16 +27,16 @@ def preprocess(model: LoadedModel, data: bytes) -> tuple[Any, dict[str, Any] | N
     return preprocess_profiled(data, model.manifest.preprocessing)
 
 
-def record(conn: Connection, profiles: Sequence[tuple[int, dict[str, Any] | None]], model_version: str,
+def record(conn: Connection, profiles: Sequence[tuple[int, dict[str, Any] | None, str]], model_version: str,
            now: datetime) -> int:
-    """Insert the profiles of instances that have none yet; returns how many were written."""
-    wanted = {iid: prof for iid, prof in profiles if prof}
+    """Insert the profiles (instance id, profile, view) of instances that have none yet; returns how
+    many were written."""
+    wanted = {iid: (prof, view) for iid, prof, view in profiles if prof}
     if not wanted:
         return 0
     have = set(conn.scalars(select(InputProfile.instance_id).where(InputProfile.instance_id.in_(wanted))))
-    views = dict(conn.execute(select(Instance.id, Instance.view).where(Instance.id.in_(wanted))).all())
     rows = []
-    for iid, prof in wanted.items():
+    for iid, (prof, view) in wanted.items():
         if iid in have:
             continue
         row = {k: prof.get(k) for k in COLUMNS}
@@ -44,7 +44,7 @@ def record(conn: Connection, profiles: Sequence[tuple[int, dict[str, Any] | None
             row[k] = str(row.get(k) or "")[:64 if k != "photometric" else 16]
         row["rows"], row["columns"] = int(row.get("rows") or 0), int(row.get("columns") or 0)
         rows.append({**row, "instance_id": iid, "model_version": model_version, "measured_at": now,
-                     "view": str(views.get(iid) or "")[:16]})
+                     "view": str(view or "")[:16]})
     if rows:
         conn.execute(insert(InputProfile.__table__), rows)
     return len(rows)

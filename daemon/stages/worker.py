@@ -92,6 +92,7 @@ class Prepared:
     object_id: str | None = None
     version: str = ""  # the model whose preprocessing made `tensor`
     profile: dict | None = None  # the image's input characteristics (daemon.stages.input_profile)
+    view: str = ""  # the view rule's decision at ingest (instances.view), stored with the profile
 
 
 @dataclass
@@ -304,7 +305,7 @@ class Worker:
                 ids = claim_jobs(session, self.me, self.engine_settings.batch_size)
                 rows = session.execute(
                     select(Job.id, Job.attempts, Instance.id, Instance.sop_instance_uid, Instance.study_uid,
-                           Instance.vault_object, Instance.received_at)
+                           Instance.vault_object, Instance.received_at, Instance.view)
                     .join(Instance, Instance.id == Job.instance_id).where(Job.id.in_(ids))).all() if ids else []
             if not rows:
                 self._wake.wait(IDLE_POLL_S)
@@ -319,9 +320,9 @@ class Worker:
             self.batches.ready.put(claim)
 
     def _prepare_one(self, model: LoadedModel, job_id: int, attempts: int, instance_id: int, sop: str,
-                     study: str, object_id: str | None, received_at: datetime) -> Prepared:
+                     study: str, object_id: str | None, received_at: datetime, view: str) -> Prepared:
         p = Prepared(job_id, instance_id, sop, study, None, attempts=attempts, received_at=received_at,
-                     object_id=object_id, version=model.version)
+                     object_id=object_id, version=model.version, view=view)
         try:
             if object_id is None:
                 raise StorageError("instance has no stored object")
@@ -345,7 +346,7 @@ class Worker:
             model, engine = self._model, self._engine
             if batch[0].version != model.version:  # a model was promoted while these waited
                 batch = [self._prepare_one(model, p.job_id, p.attempts, p.instance_id, p.sop_uid, p.study_uid,
-                                           p.object_id, p.received_at) if p.tensor is not None else p
+                                           p.object_id, p.received_at, p.view) if p.tensor is not None else p
                          for p in batch]
             good = [p for p in batch if p.tensor is not None]
             stacked = torch.stack([p.tensor for p in good]) if good else None
@@ -424,7 +425,7 @@ class Worker:
                          object_uid=p.sop_uid, details={"model": version, "positive": positives})
         if rows:
             conn.execute(insert(Prediction.__table__), rows)
-        input_profile.record(conn, [(p.instance_id, p.profile) for p in good], version, now)
+        input_profile.record(conn, [(p.instance_id, p.profile, p.view) for p in good], version, now)
         conn.execute(update(Instance.__table__).where(Instance.id.in_(ids), Instance.state == RECEIVED)
                      .values(state=PREDICTED, updated_at=now))
         conn.execute(update(Job.__table__).where(Job.id.in_([p.job_id for p in good]))
