@@ -25,7 +25,7 @@ from storage.models import ConsoleAccount, ConsoleSession, SigninFailure
 ROLES = ("compliance", "operations", "admin")
 VIAS = ("local", "ldap")
 MAX_PASSWORD_LENGTH = 1024  # argon2 hashes any length; this only bounds the work one request can cause
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
 class AccountError(ValueError):
@@ -49,7 +49,7 @@ def now() -> datetime:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name or ""):
+    if not NAME.match(name or ""):
         raise AccountError("an account name is 1 to 64 letters, digits, '.', '_', '@' or '-', starting with "
                            "a letter or digit")
     return name

@@ -10,17 +10,16 @@ What must stay true:
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 from daemon.runtime import Runtime
+from storage.accounts import NAME  # the account-name rule: only such text is written as an actor
 
 log = logging.getLogger("cxrd.console")
 
 REFUSED = "The name or password is not right, or this account may not sign in here."
 LOCKED = "Too many failed sign-ins. Wait a few minutes and try again, or ask an administrator."
 UNAVAILABLE = "Sign-in is not possible right now (the directory cannot be reached). Try again later."
-_AUDITABLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class SigninResult:
 def _actor(name: str) -> str:
     """The audit actor for a name typed: kept when it could be an account name, else a placeholder
     (text that is no name at all, a password typed in the wrong field say, is not written)."""
-    return f"console:{name}" if _AUDITABLE_NAME.match(name) else "console:(not a valid name)"
+    return f"console:{name}" if NAME.match(name) else "console:(not a valid name)"
 
 
 def sign_in(rt: Runtime, name: str, password: str, source: str) -> SigninResult:
@@ -53,7 +52,7 @@ def sign_in(rt: Runtime, name: str, password: str, source: str) -> SigninResult:
 
     role, via, reason, account = "", "", "", "none"
     with rt.sessions() as s:
-        found = accounts.password_hash_of(s, name) if _AUDITABLE_NAME.match(name) else None
+        found = accounts.password_hash_of(s, name) if NAME.match(name) else None
     if found is not None:
         acct, password_hash = found
         account = "local"
@@ -63,7 +62,7 @@ def sign_in(rt: Runtime, name: str, password: str, source: str) -> SigninResult:
             reason = "account disabled"
         else:
             role, via = acct.role, "local"
-    elif c.ldap.enabled and _AUDITABLE_NAME.match(name) and not too_long:
+    elif c.ldap.enabled and NAME.match(name) and not too_long:
         from daemon.console import directory
         try:
             answer = directory.authenticate(c.ldap, name, password)

@@ -13,7 +13,6 @@ the form carries the session's CSRF token (checked by the console's middleware).
 """
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from starlette.requests import Request
@@ -25,8 +24,8 @@ from daemon.console.access import current_user, requires_role
 from daemon.console.ops_dashboard import Dashboard, collect
 from daemon.console.ops_queries import MAX_HOURS
 from daemon.console.templating import render
+from storage.study_use import PSEUDONYM
 
-PSEUDONYM = re.compile(r"2\.25\.[1-9][0-9]{0,38}")  # as daemon.cli.studies accepts without --reason
 HOUR_CHOICES = (6, 24, 72, 168)
 
 
