@@ -18,7 +18,7 @@ from typing import Callable
 
 from daemon.hl7 import acks, messages
 from daemon.ops.logs import event
-from storage.reports import IncomingReport, record_report
+from storage.reports import record_report
 
 log = logging.getLogger("cxrd.hl7")
 
@@ -67,11 +67,8 @@ class ReportIntake:
         if self.disk_is_low():  # a sender must not fill the disk the images need: the RIS resends later
             return self._refuse(header, host, acks.AR, acks.INTERNAL_ERROR,
                                 "disk below the free-space floor; send it again later")
-        incoming = IncomingReport(sender=parsed.sender, message_type=parsed.message_type,
-                                  control_id=parsed.control_id, result_status=parsed.result_status,
-                                  study_uid=parsed.study_uid, accession=parsed.accession, text=parsed.text)
         try:
-            rec = record_report(self.sessions, self.vault, self.keys, incoming, findings,
+            rec = record_report(self.sessions, self.vault, self.keys, parsed, findings,
                                 keep_text=self.keep_text, match_wait_s=self.match_wait_s, host=host)
         except Exception as exc:  # database or disk: not recorded, so not acknowledged
             event(log, "hl7.record_failed", logging.ERROR, host=host, error=type(exc).__name__)

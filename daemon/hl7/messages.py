@@ -20,11 +20,11 @@ Read (first non-empty wins, in this order):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import hl7
 
 from daemon.hl7 import acks
+from storage.reports import IncomingReport  # what parsing yields is what is recorded
 
 ACCEPTED_TYPES = {("ORU", "R01")}
 CHARSETS = {"": "latin-1", "ASCII": "ascii", "8859/1": "latin-1", "8859/15": "iso8859-15",
@@ -50,20 +50,6 @@ class Refusal(Exception):
     def __init__(self, code: str, error: str, reason: str):
         super().__init__(reason)
         self.code, self.error, self.reason = code, error, reason
-
-
-@dataclass(frozen=True)
-class Parsed:
-    sender: str
-    message_type: str
-    control_id: str
-    result_status: str
-    study_uid: str
-    accession: str
-    text: str
-
-    def __repr__(self) -> str:  # the clear fields must never reach a log line
-        return f"Parsed(type={self.message_type!r}, status={self.result_status!r})"
 
 
 def _charset(raw: bytes) -> str:
@@ -180,7 +166,7 @@ def _first(*values: str) -> str:
     return next((v.strip() for v in values if v and v.strip()), "")
 
 
-def parse(raw: bytes) -> Parsed:
+def parse(raw: bytes) -> IncomingReport:
     """The report in a raw message, or Refusal saying why not."""
     text = decode(raw).replace("\r\n", "\r").replace("\n", "\r")
     if not text.startswith("MSH") or len(text) < 8:
@@ -225,7 +211,7 @@ def parse(raw: bytes) -> Parsed:
     if len(report) > MAX_TEXT:
         raise Refusal(acks.AR, acks.DATA_TYPE, "report text too long")
     sender = "^".join(p for p in (acks.clean(_f(msh, 3)), acks.clean(_f(msh, 4))) if p) or "(unnamed)"
-    return Parsed(sender=sender, message_type=f"{mtype}^{trigger}", control_id=control_id,
+    return IncomingReport(sender=sender, message_type=f"{mtype}^{trigger}", control_id=control_id,
                   result_status=_f(obr, 25).strip().upper()[:1], study_uid=study, accession=accession,
                   text=report)
 
