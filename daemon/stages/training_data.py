@@ -167,12 +167,13 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
     purged = sum(not i.vault_object for i, _ in pairs)
     pairs = [(i, lab) for i, lab in pairs if i.vault_object]
     uncertain_as = rt.settings.labels.uncertain_as
-    uncertain_left_out = sum(training_findings(lab, uncertain_as) is None for _, lab in pairs)
-    pairs = [(i, lab) for i, lab in pairs if training_findings(lab, uncertain_as) is not None]
+    decided = [(i, lab, training_findings(lab, uncertain_as)) for i, lab in pairs]
+    uncertain_left_out = sum(findings is None for _, _, findings in decided)
+    chosen = [(i, lab, findings) for i, lab, findings in decided if findings is not None]
     summary = {"destination": None, "batch": None, "images": 0, "sources": {LABEL_MANUAL: 0, LABEL_REPORT: 0},
                "refused_burned_in": refused, "refused_burned_in_unknown": refused_unknown,
                "uncertain_left_out": uncertain_left_out, "purged": purged, "unreadable": 0}
-    if skip_empty and not pairs:
+    if skip_empty and not chosen:
         return summary
     from cxrmodel.preprocess import load_image  # decoding pulls in torch: only export needs it
 
@@ -181,7 +182,7 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
     _record_export(rt.state_dir, dest)  # before any PNG exists: a purge must always find them
     rows, written = [], []
     try:
-        for inst, lab in pairs:
+        for inst, lab, findings in chosen:
             try:
                 raw = checked_instance(vault.get(inst.vault_object), inst.sop_instance_uid, inst.vault_object)
                 ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
@@ -195,7 +196,7 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
                 dest / "images" / f"{inst.sop_instance_uid}.png")
             age = str(ds.get("PatientAge", "") or "")
             spacing = list(ds.get("PixelSpacing", ds.get("ImagerPixelSpacing", [""] * 2)) or ["", ""])
-            rows.append([f"{inst.sop_instance_uid}.png", training_findings(lab, uncertain_as), 0,
+            rows.append([f"{inst.sop_instance_uid}.png", findings, 0,
                          _patient_number(str(ds.get("PatientID", ""))),
                          int(age[:3]) if age[:3].isdigit() else "", str(ds.get("PatientSex", "") or ""),
                          inst.view_position, unit.shape[1], unit.shape[0], *[str(v) for v in spacing[:2]]])
