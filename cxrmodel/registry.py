@@ -133,8 +133,12 @@ class Registry:
         at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write(self.root / CURRENT, json.dumps({"version": version, "previous": list(previous),
                                                       "updated": at}, indent=2) + "\n")
+        self._append_history({"at": at, "event": event, "version": version})
+
+    def _append_history(self, record: dict[str, Any]) -> None:
+        """One line of history.jsonl, on disk before the change it records is reported done."""
         with open(self.root / HISTORY, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"at": at, "event": event, "version": version}) + "\n")
+            fh.write(json.dumps(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -349,11 +353,8 @@ class Registry:
         at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write(self.root / SHADOW, json.dumps({"version": version, "origin": origin,
                                                      "since": at}, indent=2) + "\n")
-        with open(self.root / HISTORY, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"at": at, "event": "shadow" if version else "shadow-off", "version": version,
-                                 "origin": origin}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        self._append_history({"at": at, "event": "shadow" if version else "shadow-off", "version": version,
+                              "origin": origin})
 
     def _end_shadow_of(self, version: str) -> None:
         """A version that becomes current stops being the shadow (it would run twice on every image)."""
