@@ -81,6 +81,13 @@ class ReportStoreError(Exception):
     """The report could not be recorded (vault or database); nothing was acknowledged."""
 
 
+def _first_recording(sessions: sessionmaker[Session], key: str) -> Recorded | None:
+    """The recording of a message already recorded under `key` (sender + control id), if any."""
+    with sessions() as s:
+        first = s.execute(select(Report.id, Report.state).where(Report.message_key == key)).first()
+    return Recorded(first.id, True, first.state) if first is not None else None
+
+
 def record_report(sessions: sessionmaker[Session], vault, keys: Keys, incoming: IncomingReport,  # noqa: ANN001
                   findings: dict[str, str], *, keep_text: bool, match_wait_s: float, host: str = "",
                   now: datetime | None = None) -> Recorded:
@@ -88,10 +95,9 @@ def record_report(sessions: sessionmaker[Session], vault, keys: Keys, incoming: 
     the labeller's states for its text. Duplicates return the first recording."""
     now = now or utcnow()
     key = message_key(keys.uid_key, incoming.sender, incoming.control_id)
-    with sessions() as s:
-        first = s.execute(select(Report.id, Report.state).where(Report.message_key == key)).first()
+    first = _first_recording(sessions, key)
     if first is not None:
-        return Recorded(first.id, True, first.state)
+        return first
     from storage.deid import pseudonymize_uid  # pydicom: only recording a report needs it, never `cxrd status`
     study = pseudonymize_uid(keys.uid_key, incoming.study_uid) if incoming.study_uid else ""
     accession = accession_key(keys.uid_key, incoming.accession)
@@ -123,11 +129,10 @@ def record_report(sessions: sessionmaker[Session], vault, keys: Keys, incoming: 
                                   "findings_named": len(findings)})
     except IntegrityError:  # the same message, recorded by a concurrent connection first
         _shred(vault, object_id)
-        with sessions() as s:
-            first = s.execute(select(Report.id, Report.state).where(Report.message_key == key)).first()
+        first = _first_recording(sessions, key)
         if first is None:
             raise ReportStoreError("a database constraint refused the report") from None
-        return Recorded(first.id, True, first.state)
+        return first
     except BaseException:
         _shred(vault, object_id)
         raise
