@@ -335,6 +335,11 @@ class ConsoleLdap:
                                       "a person whose groups map to more than one role is refused too (fail "
                                       "closed: give each person one console group)", factory=True)
     timeout_s: float = _f(10.0, "Network timeout for each directory operation", min=1.0, max=120)
+    recheck_s: int = _f(300, "How often a signed-in directory person's entry and groups are asked again (with the "
+                             "service account): a person removed from their console group, given another "
+                             "role or deleted is signed out at the next check. When the directory cannot be "
+                             "asked for three times this long, directory sessions end (fail closed)",
+                        min=60, max=28800)
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,7 @@ class SignedIn:
     created_at: datetime
     last_seen_at: datetime
     end_reason: str = ""
+    source: str = ""      # the client address at sign-in
 
 
 def open_session(session: Session, *, name: str, role: str, via: str, source: str) -> str:
@@ -244,6 +245,13 @@ def expire_sessions(session: Session, *, idle_s: int, absolute_s: int) -> list[t
         out.append((SignedIn(row.id, row.user_name, row.role, row.via, row.created_at, row.last_seen_at, reason),
                     row.source))
     return out
+
+
+def open_sessions_via(session: Session, via: str) -> list[SignedIn]:
+    """The open sessions signed in by `via` (local | ldap), oldest first."""
+    rows = session.scalars(select(ConsoleSession).where(ConsoleSession.via == via, ConsoleSession.ended_at.is_(None))
+                           .order_by(ConsoleSession.id)).all()
+    return [SignedIn(r.id, r.user_name, r.role, r.via, r.created_at, r.last_seen_at, source=r.source) for r in rows]
 
 
 def end_session(session: Session, token: str, reason: str = "signout") -> SignedIn | None:

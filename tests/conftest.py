@@ -577,6 +577,7 @@ class Slapd:
     GROUPS = {"cxrd-compliance": ("carol", "dora"), "cxrd-operations": ("otto",), "cxrd-admins": ("ada", "dora"),
               "unrelated": ("nina",)}
     PEOPLE = ("carol", "otto", "ada", "nina", "dora")
+    ROOT_PASSWORD = "root-pass-1"
 
     def __init__(self, root: Path):
         self.root = root
@@ -614,7 +615,7 @@ class Slapd:
         make_self_signed(self.ca, self.root / "tls.key")
         svc_password = "service pass 1"
         self.svc_password_file.write_text(svc_password + "\n")
-        root_password = "root-pass-1"
+        root_password = self.ROOT_PASSWORD
         (self.root / "slapd.conf").write_text(f"""
 include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
@@ -662,6 +663,22 @@ access to * by dn.exact="{self.svc_dn}" read by self read by * none
         subprocess.run(["/usr/bin/ldapadd", "-x", "-H", self.url, "-D", f"cn=admin,{self.BASE}", "-w", root_password],
                        input="\n".join(ldif), capture_output=True, text=True, check=True, timeout=30)
         return self
+
+    def change(self, ldif: str) -> None:
+        """Apply an LDIF change as the directory's administrator (what hospital IT does in AD)."""
+        subprocess.run(["/usr/bin/ldapmodify", "-x", "-H", self.url, "-D", f"cn=admin,{self.BASE}",
+                        "-w", self.ROOT_PASSWORD], input=ldif, capture_output=True, text=True, check=True, timeout=30)
+
+    def add_person(self, uid: str, *groups: str) -> str:
+        """A new person with PASSWORD, member of `groups`; returns the DN."""
+        dn = f"uid={uid},ou=people,{self.BASE}"
+        hashed = subprocess.run(["/usr/sbin/slappasswd", "-s", self.PASSWORD], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        self.change(f"dn: {dn}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n"
+                    f"userPassword: {hashed}\n")
+        for group in groups:
+            self.change(f"dn: {self.group_dn(group)}\nchangetype: modify\nadd: member\nmember: {dn}\n")
+        return dn
 
     def stop(self) -> None:
         if self.proc is not None:

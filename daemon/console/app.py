@@ -45,7 +45,8 @@ SWEEP_INTERVAL_S = 60.0
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    """While serving: every minute, end (and audit) sessions that timed out unused."""
+    """While serving: every minute, end (and audit) sessions that timed out unused, or that the
+    directory no longer backs."""
     task = asyncio.create_task(_sweep_sessions(app.state.runtime))
     try:
         yield
@@ -56,16 +57,20 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 async def _sweep_sessions(rt: Runtime) -> None:
+    import functools
     import logging
 
     from starlette.concurrency import run_in_threadpool
 
+    from daemon.console import directory_sessions
     from daemon.console.authentication import expire_sessions
+    confirmed: dict = {}  # directory session id -> when the directory last confirmed its role
     while True:
-        try:
-            await run_in_threadpool(expire_sessions, rt)
-        except Exception as exc:  # the database may be briefly away; the next round tries again
-            logging.getLogger("cxrd.console").warning("console.session_sweep_failed", exc_info=exc)
+        for sweep in (expire_sessions, functools.partial(directory_sessions.recheck, confirmed=confirmed)):
+            try:
+                await run_in_threadpool(sweep, rt)
+            except Exception as exc:  # the database may be briefly away; the next round tries again
+                logging.getLogger("cxrd.console").warning("console.session_sweep_failed", exc_info=exc)
         await asyncio.sleep(SWEEP_INTERVAL_S)
 
 
@@ -81,6 +86,7 @@ def _http_error(request: Request, exc: Exception) -> Response:
 
 def _crashed(request: Request, exc: Exception) -> Response:
     """Log the failure's type only (a message could carry data), answer with a plain page, no traceback."""
+    import functools
     import logging
 
     from daemon.console.templating import plain_page

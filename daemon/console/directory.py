@@ -75,11 +75,23 @@ def service_password(cfg: ConsoleLdap) -> str:
 
 
 def authenticate(cfg: ConsoleLdap, name: str, password: str) -> DirectoryAnswer:
+    """Sign-in: the person's entry, a bind with their password, then their role."""
+    if not password:
+        return DirectoryAnswer(None, "empty password", False)
+    return _ask(cfg, name, password)
+
+
+def current_role(cfg: ConsoleLdap, name: str) -> DirectoryAnswer:
+    """The role the directory gives `name` now, asked with the service account alone (no password):
+    how a signed-in person's session is checked again (`directory_sessions`)."""
+    return _ask(cfg, name, None)
+
+
+def _ask(cfg: ConsoleLdap, name: str, password: str | None) -> DirectoryAnswer:
+    """The one entry matching `name`, bound as with `password` unless it is None, and its role."""
     from ldap3 import SUBTREE
     from ldap3.core.exceptions import LDAPException
     from ldap3.utils.conv import escape_filter_chars
-    if not password:
-        return DirectoryAnswer(None, "empty password", False)
     try:
         server = _server(cfg)
         svc = _bound(cfg, server, cfg.bind_dn, service_password(cfg)) if cfg.bind_dn else _bound(cfg, server, "", "")
@@ -93,12 +105,15 @@ def authenticate(cfg: ConsoleLdap, name: str, password: str) -> DirectoryAnswer:
                 return DirectoryAnswer(None, "no directory entry" if not entries else "several directory entries",
                                        False)
             dn = entries[0]["dn"]
-            person = _bound(cfg, server, dn, password)
-            if person is None:
-                return DirectoryAnswer(None, "wrong password", True)
-            person.unbind()
+            if password is not None:
+                person = _bound(cfg, server, dn, password)
+                if person is None:
+                    return DirectoryAnswer(None, "wrong password", True)
+                person.unbind()
             svc.search(cfg.group_base_dn or cfg.base_dn, cfg.group_filter.replace("{dn}", escape_filter_chars(dn)),
                        search_scope=SUBTREE, attributes=[], size_limit=1000, time_limit=int(cfg.timeout_s))
+            if svc.result and svc.result.get("result") not in (0, None):
+                raise DirectoryError(f"the group search failed ({svc.result.get('description', '')})")
             groups = {_norm_dn(e["dn"]) for e in svc.response or [] if e.get("type") == "searchResEntry"}
         finally:
             svc.unbind()

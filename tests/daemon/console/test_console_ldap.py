@@ -83,3 +83,82 @@ def test_console_ldap_settings_are_checked(monkeypatch, slapd):
     monkeypatch.setenv("CXRD_CONSOLE__LDAP__START_TLS", "false")
     with pytest.raises(ConfigError, match="in clear"):
         load_settings(None)
+
+
+def test_console_ldap_sessions_end_when_the_directory_takes_the_role_away(console_client, slapd, monkeypatch):
+    """IT removes access in the directory: the session ends at the next check, not at its time-out."""
+    from datetime import timedelta
+
+    from daemon.console import directory_sessions
+    from storage import accounts
+    for k, v in slapd.settings().items():
+        monkeypatch.setenv(k, v)
+    rita = slapd.add_person("rita", "cxrd-compliance")  # will leave the console's groups
+    slapd.add_person("milo", "cxrd-compliance")         # will move to operations
+    slapd.add_person("kept", "cxrd-operations")         # stays
+    people = {name: console_client() for name in ("rita", "milo", "kept")}
+    for name, c in people.items():
+        assert c.sign_in(name, slapd.PASSWORD).status_code == 303, name
+    rt, confirmed, t0 = people["rita"].rt, {}, accounts.now()
+    every = timedelta(seconds=rt.settings.console.ldap.recheck_s)
+
+    assert directory_sessions.recheck(rt, confirmed, at=t0 + every) == 0  # asked, nothing changed
+    assert len(confirmed) == 3
+    slapd.change(f"dn: {slapd.group_dn('cxrd-compliance')}\nchangetype: modify\ndelete: member\nmember: {rita}\n")
+    slapd.change(f"dn: {slapd.group_dn('cxrd-compliance')}\nchangetype: modify\ndelete: member\n"
+                 f"member: uid=milo,ou=people,{slapd.BASE}\n-\n")
+    slapd.change(f"dn: {slapd.group_dn('cxrd-operations')}\nchangetype: modify\nadd: member\n"
+                 f"member: uid=milo,ou=people,{slapd.BASE}\n")
+    assert directory_sessions.recheck(rt, confirmed, at=t0 + every * 1.5) == 0  # not due: confirmed at t0 + every
+    assert people["rita"].http.get("/audit").status_code == 200
+    assert directory_sessions.recheck(rt, confirmed, at=t0 + every * 2) == 2
+
+    assert people["rita"].http.get("/audit").status_code == 303  # back to sign-in
+    assert people["milo"].http.get("/audit").status_code == 303
+    assert people["kept"].http.get("/operations").status_code == 200
+    ended = {r["actor"]: r["details"]["reason"] for r in people["rita"].audit_rows("console.signout")}
+    assert ended == {"console:rita": "directory: role changed in the directory (no console role (in no mapped group))",
+                     "console:milo": "directory: role changed in the directory (now operations)"}
+    assert people["milo"].sign_in("milo", slapd.PASSWORD).headers["location"] == "/operations"  # the new role
+
+
+def test_console_ldap_sessions_outlive_a_short_outage_but_not_a_long_one(console_client, slapd, monkeypatch):
+    import dataclasses
+    from datetime import timedelta
+
+    from conftest import free_port
+    from daemon.console import directory_sessions
+    from storage import accounts
+    for k, v in slapd.settings().items():
+        monkeypatch.setenv(k, v)
+    c = console_client()
+    assert c.sign_in("otto", slapd.PASSWORD).status_code == 303
+    cfg = c.rt.settings.console.ldap
+    down = dataclasses.replace(c.rt.settings.console, ldap=dataclasses.replace(cfg, url=f"ldap://127.0.0.1:{free_port()}"))
+    c.rt.settings = dataclasses.replace(c.rt.settings, console=down)  # the directory stops answering
+    confirmed, t0, every = {}, accounts.now(), timedelta(seconds=cfg.recheck_s)
+    assert directory_sessions.recheck(c.rt, confirmed, at=t0 + every) == 0
+    assert directory_sessions.recheck(c.rt, confirmed, at=t0 + every * 2) == 0
+    assert c.http.get("/operations").status_code == 200
+    assert directory_sessions.recheck(c.rt, confirmed, at=t0 + every * 3) == 1
+    assert c.http.get("/operations").status_code == 303
+    [row] = c.audit_rows("console.signout")
+    assert row["details"]["reason"].startswith("directory: not confirmed for 900 s (")
+
+
+def test_console_ldap_sessions_end_when_directory_signin_is_turned_off(console_client, slapd, monkeypatch):
+    import dataclasses
+
+    from daemon.console import directory_sessions
+    for k, v in slapd.settings().items():
+        monkeypatch.setenv(k, v)
+    c = console_client()
+    c.add_user("local1", "operations", "a local password 1")
+    assert c.sign_in("ada", slapd.PASSWORD).status_code == 303
+    local = type(c)(c.rt)
+    assert local.sign_in("local1", "a local password 1").status_code == 303
+    off = dataclasses.replace(c.rt.settings.console.ldap, enabled=False)
+    c.rt.settings = dataclasses.replace(c.rt.settings, console=dataclasses.replace(c.rt.settings.console, ldap=off))
+    assert directory_sessions.recheck(c.rt, {}) == 1
+    assert c.http.get("/accounts").status_code == 303
+    assert local.http.get("/operations").status_code == 200  # local accounts are not the directory's

@@ -1,0 +1,72 @@
+"""Directory sessions are checked again while they live: the role a person signed in with came from
+their directory groups at that moment, and hospital IT removes access in the directory, not in cxrd.
+
+What must stay true:
+* a directory person whose entry is gone, who is in no mapped group any more, or whose groups now map
+  to another role (or to two) is signed out at the first check after the change, audited as a sign-out
+  with the directory's answer as the reason; their next sign-in gets whatever the directory says then;
+* the sign-in itself counts as a check, so a session is asked about at most every `recheck_s`;
+* when the directory cannot be asked, sessions live on through short outages, but none outlives
+  three `recheck_s` without a confirmed answer (fail closed), nor directory sign-in being turned off.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from daemon.console import directory
+from daemon.runtime import Runtime
+from storage import accounts
+
+log = logging.getLogger("cxrd.console")
+
+END_REASON = "directory"          # console_sessions.end_reason of a session ended here
+UNCONFIRMED_CHECKS = 3            # checks without an answer a session may live through
+
+
+def recheck(rt: Runtime, confirmed: dict[int, datetime], at: datetime | None = None) -> int:
+    """Ask the directory again about each directory session due for a check at `at` (now); end those
+    it no longer backs. `confirmed` (session id -> when last confirmed) is the caller's memory between
+    rounds. Returns how many sessions were ended."""
+    cfg = rt.settings.console.ldap
+    with rt.read_sessions() as s:
+        open_now = accounts.open_sessions_via(s, "ldap")
+    for gone in set(confirmed) - {v.id for v in open_now}:
+        del confirmed[gone]
+    if not open_now:
+        return 0
+    if not cfg.enabled:
+        return _end(rt, open_now, "directory sign-in is turned off")
+    t = at or accounts.now()
+    every = timedelta(seconds=cfg.recheck_s)
+    due = [v for v in open_now if t - confirmed.get(v.id, v.created_at) >= every]
+    ended = 0
+    for name in dict.fromkeys(v.name for v in due):
+        mine = [v for v in due if v.name == name]
+        try:
+            answer = directory.current_role(cfg, name)
+        except directory.DirectoryError as exc:
+            log.warning("console.directory_recheck_failed", extra={"cxrd_fields": {"error": str(exc)}})
+            stale = [v for v in mine if t - confirmed.get(v.id, v.created_at) >= UNCONFIRMED_CHECKS * every]
+            ended += _end(rt, stale, f"not confirmed for {UNCONFIRMED_CHECKS * cfg.recheck_s} s ({exc})")
+            continue
+        for v in mine:
+            confirmed[v.id] = t
+        changed = [v for v in mine if answer.role != v.role]
+        if changed:
+            now_is = f"now {answer.role}" if answer.role else answer.reason
+            ended += _end(rt, changed, f"role changed in the directory ({now_is})")
+    return ended
+
+
+def _end(rt: Runtime, views: list[accounts.SignedIn], why: str) -> int:
+    """End each session (once: a sign-out or the time-out sweep may have been first) and audit it."""
+    ended = 0
+    for view in views:
+        with rt.sessions() as s, s.begin():
+            if not accounts.end_session_id(s, view.id, END_REASON):
+                continue
+        ended += 1
+        rt.audit("console.signout", actor=f"console:{view.name}", host=view.source, reason=f"directory: {why}",
+                 role=view.role, via=view.via)
+    return ended
