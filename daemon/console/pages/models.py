@@ -104,21 +104,38 @@ def _back(request: Request, path: str, **query: str) -> RedirectResponse:
     return RedirectResponse(path + ("?" + notices.query(request, **query) if query else ""), status_code=303)
 
 
+def _typed(request: Request) -> str:
+    return str(csrf.form_of(request).get("confirm", "")).strip()
+
+
+def _unconfirmed(request: Request, back: str, not_done: str, expected: str, what: str) -> Response | None:
+    """Every change here needs its target's name typed exactly (a slip of the mouse changes nothing):
+    None when it was, else the way back saying nothing was changed."""
+    if _typed(request) == expected:
+        return None
+    return _back(request, back, error=f"{not_done}: the confirmation must be {what} ({expected}) exactly; "
+                                      "nothing was changed")
+
+
+def _chosen_version(request: Request) -> str | None:
+    """The version a form names, when it is one the registry holds."""
+    version = str(csrf.form_of(request).get("version", "")).strip()
+    found = version and ops_models.find(request.app.state.runtime.models_dir, version) is not None
+    return version if found else None
+
+
 @requires_role("admin")
 def promote(request: Request) -> Response:
     from cxrmodel.errors import ModelError
     from daemon.stages.model_changes import PromotionRefused
     from daemon.stages.model_changes import promote as promote_version
     rt = request.app.state.runtime
-    form = csrf.form_of(request)
-    version = str(form.get("version", "")).strip()
-    typed = str(form.get("confirm", "")).strip()
-    if not version or ops_models.find(rt.models_dir, version) is None:
+    version = _chosen_version(request)
+    if version is None:
         return _back(request, "/models", error="no such model version")
     back = f"/models/{quote(version, safe='')}"
-    if typed != version:
-        return _back(request, back, error=f"not promoted: the confirmation must be the version name exactly ({version}); "
-                                 "nothing was changed")
+    if refused := _unconfirmed(request, back, "not promoted", version, "the version name"):
+        return refused
     user = current_user(request)
     try:
         done = promote_version(rt, version, actor=user.actor, host=user.source, via="console")
@@ -138,13 +155,11 @@ def rollback(request: Request) -> Response:
     from daemon.stages.model_changes import rollback as roll_back
     from daemon.stages.model_changes import rollback_target
     rt = request.app.state.runtime
-    typed = str(csrf.form_of(request).get("confirm", "")).strip()
     target = rollback_target(rt)
     if target is None:
         return _back(request, "/models", error="nothing to roll back to: no model was current before this one")
-    if typed != target:
-        return _back(request, "/models", error=f"not rolled back: the confirmation must be the name of the version to "
-                                      f"return to ({target}) exactly; nothing was changed")
+    if refused := _unconfirmed(request, "/models", "not rolled back", target, "the name of the version to return to"):
+        return refused
     user = current_user(request)
     try:
         version, before = roll_back(rt, actor=user.actor, host=user.source, via="console")
@@ -159,14 +174,11 @@ def shadow_start(request: Request) -> Response:
     from cxrmodel.errors import ModelError
     from daemon.stages.model_changes import ShadowRefused, start_shadow
     rt = request.app.state.runtime
-    form = csrf.form_of(request)
-    version = str(form.get("version", "")).strip()
-    typed = str(form.get("confirm", "")).strip()
-    if not version or ops_models.find(rt.models_dir, version) is None:
+    version = _chosen_version(request)
+    if version is None:
         return _back(request, "/models", error="no such model version")
-    if typed != version:
-        return _back(request, "/models", error=f"shadow not started: the confirmation must be the version name exactly "
-                                      f"({version}); nothing was changed")
+    if refused := _unconfirmed(request, "/models", "shadow not started", version, "the version name"):
+        return refused
     user = current_user(request)
     try:
         done = start_shadow(rt, version, origin=user.actor, actor=user.actor, host=user.source, via="console")
@@ -183,18 +195,16 @@ def shadow_stop(request: Request) -> Response:
     from cxrmodel.shadow_pointer import read_shadow
     from daemon.stages.model_changes import stop_shadow
     rt = request.app.state.runtime
-    typed = str(csrf.form_of(request).get("confirm", "")).strip()
     try:
         running = read_shadow(rt.models_dir)["version"]
     except ModelError as exc:
         running = None
-        if typed:
+        if _typed(request):
             return _back(request, "/models", error=f"shadow not stopped: {exc}")
     if running is None:
         return _back(request, "/models", error="no shadow is running")
-    if typed != running:
-        return _back(request, "/models", error=f"shadow not stopped: the confirmation must be the name of the version "
-                                      f"in shadow ({running}) exactly; nothing was changed")
+    if refused := _unconfirmed(request, "/models", "shadow not stopped", running, "the name of the version in shadow"):
+        return refused
     user = current_user(request)
     try:
         previous = stop_shadow(rt, origin=f"stopped by {user.actor}", actor=user.actor, host=user.source,
