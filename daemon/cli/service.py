@@ -142,32 +142,17 @@ def run_status(args: argparse.Namespace, rt: Runtime) -> int:
     return 0
 
 
-# Audit events of images received but not stored: not a chest radiograph (acknowledged, or rejected
-# with dicom.non_chest = "reject"), and refused by ingest (pixel data, de-identification, disk).
-_NOT_STORED_EVENTS = ("instance.ignored", "instance.rejected", "instance.failed")
-
-
 def collect_status(rt: Runtime) -> dict:
     from sqlalchemy import func, select
 
-    from storage import db
+    from storage import db, service_counts
     from storage.analysis import not_analysed_by_view
     from storage.ground_truth import counts_by_source
-    from storage.models import INSTANCE_STATES, LABEL_MANUAL, LABEL_REPORT, REPORT_STATES, AuditEvent, Instance, Job, \
-        Result, RetrainRun
+    from storage.models import LABEL_MANUAL, LABEL_REPORT, REPORT_STATES, Job, Result, RetrainRun
     from storage.reports import counts_by_state
     from storage.shadow import versions
     with db.reachable(rt.engine), rt.read_sessions() as session:
-        states = dict(session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all())
-        # Images that leave no instance row are counted where ingest records them: the audit trail
-        # (event_type is indexed). Ingest's failures are the ones a peer (aet:...) is the actor of;
-        # the worker's have an instance row, counted above as failed.
-        received = dict(session.execute(
-            select(AuditEvent.event_type, func.count())
-            .where(AuditEvent.event_type.in_(_NOT_STORED_EVENTS[:2])).group_by(AuditEvent.event_type)).all())
-        received[_NOT_STORED_EVENTS[2]] = session.scalar(
-            select(func.count()).select_from(AuditEvent)
-            .where(AuditEvent.event_type == _NOT_STORED_EVENTS[2], AuditEvent.actor.like("aet:%")))
+        instances, not_stored = service_counts.images_by_state(session), service_counts.not_stored(session)
         queue = session.scalar(select(func.count()).select_from(Job).where(Job.state.in_(("queued", "running"))))
         results = dict(session.execute(select(Result.state, func.count()).group_by(Result.state)).all())
         not_analysed = not_analysed_by_view(session)
@@ -179,10 +164,9 @@ def collect_status(rt: Runtime) -> dict:
         "schema": db.schema_revision(rt.engine),
         "queue_depth": queue or 0,
         # Stored instances by state; ignored images are not stored, so they are counted under
-        # not_stored, from the audit trail.
-        "instances": {s: states.get(s, 0) for s in INSTANCE_STATES},
-        "not_stored": {label: received.get(event_type) or 0
-                       for label, event_type in zip(("ignored", "rejected", "refused"), _NOT_STORED_EVENTS)},
+        # not_stored, from the audit trail (storage.service_counts, as on the console).
+        "instances": instances,
+        "not_stored": not_stored,
         "not_analysed": not_analysed,  # per view (lateral, decubitus, ...): daemon.stages.view_rule
         "results": results,
         "model": rt.current_model_summary(),

@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from cxrmodel.labels import LABELS
-from storage.models import INSTANCE_STATES, AuditEvent, Instance, Job, Prediction, Result
+from storage.models import AuditEvent, Instance, Job, Prediction, Result
+from storage.service_counts import images_by_state, not_stored  # noqa: F401 - the dashboard's, shared with `cxrd status`
 
 MAX_HOURS = 168  # a week of hourly buckets at most
 LATENCY_BUDGET = 5000  # images whose latency one page measures, spread over its hours
@@ -67,24 +68,6 @@ def _details_count(dialect: str) -> ColumnElement:
     if dialect == "postgresql":
         return func.coalesce(cast(literal_column("(audit_events.details::jsonb ->> 'count')"), Integer), 1)
     return func.coalesce(cast(func.json_extract(AuditEvent.details, "$.count"), Integer), 1)
-
-
-def images_by_state(session: Session) -> dict[str, int]:
-    rows = dict(session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all())
-    return {s: int(rows.get(s, 0)) for s in INSTANCE_STATES}
-
-
-def not_stored(session: Session) -> dict[str, int]:
-    """Received but not stored, counted from the audit trail as `cxrd status` does: ingest's own
-    failures are those a peer (`aet:...`) is the actor of; the worker's have an instance row."""
-    counts = dict(session.execute(
-        select(AuditEvent.event_type, func.count())
-        .where(AuditEvent.event_type.in_(("instance.ignored", "instance.rejected")))
-        .group_by(AuditEvent.event_type)).all())
-    refused = session.scalar(select(func.count()).select_from(AuditEvent).where(
-        AuditEvent.event_type == "instance.failed", AuditEvent.actor.like("aet:%")))
-    return {"ignored": int(counts.get("instance.ignored", 0)), "rejected": int(counts.get("instance.rejected", 0)),
-            "refused": int(refused or 0)}
 
 
 def queue(session: Session, now: datetime) -> dict[str, Any]:
