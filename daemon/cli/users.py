@@ -10,10 +10,9 @@ import argparse
 import json
 import sys
 
+from config.loader import CONSOLE_ROLES as ROLES
 from daemon.cli.errors import CommandError
 from daemon.runtime import Runtime
-
-ROLES = ("compliance", "operations", "admin")
 
 
 def register(sub) -> None:  # noqa: ANN001

@@ -7,11 +7,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from config.loader import CONSOLE_ROLES as ROLES
 from daemon.console import csrf, notices
 from daemon.console.access import current_user, requires_role
 from daemon.console.templating import render
-
-ROLES = ("compliance", "operations", "admin")
 
 
 def _page(request: Request, *, error: str = "", status_code: int = 200, form: dict | None = None) -> Response:

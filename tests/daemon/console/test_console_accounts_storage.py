@@ -82,3 +82,11 @@ def test_console_lockout_backs_off_and_forgets(sessions):
         accounts.clear_failures(s, subject)
     with sessions() as s:
         assert accounts.locked_until(s, [subject]) is None
+
+
+def test_the_roles_are_the_same_everywhere_they_are_checked():
+    """config checks the directory mapping and storage the rows, neither importing the other: the
+    role set is spelled in both and must not drift (the CLI and the pages take config's)."""
+    from config.loader import CONSOLE_ROLES
+    from daemon.console.identity import ROLE_TITLES
+    assert accounts.ROLES == CONSOLE_ROLES and set(ROLE_TITLES) == set(CONSOLE_ROLES)
