@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cxrmodel import drift as D
 from cxrmodel import live_metrics as LM
 from cxrmodel.labels import LABELS
+from cxrmodel.shadow_compare import truth_matrix
 from daemon.ops.logs import event
 from storage import audit
 from storage import monitoring as SM
@@ -131,9 +132,7 @@ def drift(session: Session, registry: Any, version: str, since: datetime, until:
 
 def _truth(scores: SM.Scores, truth: Mapping[int, Mapping[str, int | None]]) -> tuple[list[int], np.ndarray]:
     rows = [i for i, iid in enumerate(scores.instance_ids) if iid in truth]
-    Y = np.array([[np.nan if truth[scores.instance_ids[i]].get(lab) is None else float(truth[scores.instance_ids[i]][lab])
-                   for lab in LABELS] for i in rows], dtype=np.float64).reshape(-1, len(LABELS))
-    return rows, Y
+    return rows, truth_matrix([truth[scores.instance_ids[i]] for i in rows], LABELS)
 
 
 def performance(session: Session, version: str, since: datetime, until: datetime, *, min_cases: int,
