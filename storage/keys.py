@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from storage.durable import fsync_path
 from storage.errors import KeyFileError, KeyringError
 
 MASTER_MAGIC = b"CXRDMK\x00\x01"  # 6 bytes name, 1 reserved, 1 format version
@@ -53,14 +54,6 @@ def _now() -> str:
 # ---------------------------------------------------------------------------------------------- files
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_private_atomic(path: Path, data: bytes) -> None:
     """Write a 0600 file atomically (temp in the same dir, fsync, rename, fsync dir)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -72,7 +65,7 @@ def _write_private_atomic(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent, directory=True)
 
 
 def _read_private(path: Path, what: str) -> bytes:
@@ -115,7 +108,7 @@ def create_key_file(path: str | os.PathLike) -> bool:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent, directory=True)
     return True
 
 

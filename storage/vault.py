@@ -53,6 +53,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from storage.durable import fsync_path
 from storage.errors import KeyringError, ObjectNotFoundError, TamperError, VaultError
 from storage.keys import KEK_ID_LEN, Keyring
 
@@ -103,14 +104,6 @@ def _dek_aad(object_id: str, kek_id: str) -> bytes:
     return b"cxrd-dek\x00" + object_id.encode() + b"\x00" + kek_id.encode()
 
 
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 _CHUNK = 1 << 20  # plaintext bytes encrypted per update_into: bounded memory per writer thread
 _MAX_PLAINTEXT = 2**31 - 17  # what AESGCM.decrypt (used by get) accepts, ciphertext and tag included
 
@@ -151,7 +144,7 @@ class Vault:
                 made = True
             self._made_dirs.add(d)
         if made:
-            _fsync_path(self.root, directory=True)
+            fsync_path(self.root, directory=True)
 
     # -- naming
     def path(self, object_id: str) -> Path:
@@ -167,7 +160,7 @@ class Vault:
         with self._dir_lock:
             if not d.exists():
                 d.mkdir(mode=0o700, exist_ok=True)
-                _fsync_path(self.root, directory=True)  # the new directory entry must be durable too
+                fsync_path(self.root, directory=True)  # the new directory entry must be durable too
             self._made_dirs.add(d)
 
     # -- encryption
@@ -240,7 +233,7 @@ class Vault:
         try:
             os.replace(tmp, final)
             if fsync:
-                _fsync_path(final.parent, directory=True)
+                fsync_path(final.parent, directory=True)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise VaultError(f"cannot write vault object {object_id}: {exc.strerror}") from None
@@ -253,7 +246,7 @@ class Vault:
             for tmp, final, _ in staged:
                 os.replace(tmp, final)
             for d in {final.parent for _, final, _ in staged}:
-                _fsync_path(d, directory=True)
+                fsync_path(d, directory=True)
         except OSError as exc:
             for tmp, _, _ in staged:
                 tmp.unlink(missing_ok=True)
@@ -343,7 +336,7 @@ class Vault:
                 os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 made.append((p, oid))
             for d in {p.parent for p, _ in made}:
-                _fsync_path(d, directory=True)
+                fsync_path(d, directory=True)
         except OSError as exc:
             for p, _ in made:
                 p.unlink(missing_ok=True)
@@ -360,10 +353,10 @@ class Vault:
         try:
             for oid in object_ids:
                 p = self.path(oid)
-                _fsync_path(p)
+                fsync_path(p)
                 dirs.add(p.parent)
             for d in dirs:
-                _fsync_path(d, directory=True)
+                fsync_path(d, directory=True)
         except OSError as exc:
             raise VaultError(f"cannot sync vault objects: {exc.strerror}") from None
 
@@ -441,7 +434,7 @@ class Vault:
         finally:
             os.close(fd)
         p.unlink(missing_ok=True)
-        _fsync_path(p.parent, directory=True)
+        fsync_path(p.parent, directory=True)
         return True
 
     # -- keys

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from daemon.errors import DaemonError
 from daemon.runtime import Runtime
 from storage import audit, db
+from storage.durable import fsync_path
 from storage.keys import load_keys
 from storage.models import Instance
 
@@ -57,19 +58,7 @@ def _copy_tree(src: Path, dest: Path, skip_empty: bool = False) -> int:
 
 def _fsync_tree(root: Path) -> None:
     for path in [*root.rglob("*"), root]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(path, directory=path.is_dir())
 
 
 @contextlib.contextmanager
@@ -153,7 +142,7 @@ def backup(rt: Runtime, dest: Path, include_master_key: bool = False) -> dict[st
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _fsync_tree(work)
         os.rename(work, dest)  # replaces an empty directory; the backup appears whole or not at all
-        _fsync_dir(dest.parent)
+        fsync_path(dest.parent, directory=True)
     rt.audit("backup.created", instances=instances, vault_objects=objects, audit_seq=report.last_seq,
              master_key_included=include_master_key)
     return manifest
@@ -245,7 +234,7 @@ def restore(rt: Runtime, src: Path) -> dict[str, Any]:
             if work_db is not None and db_in_state is None and sqlite_path.exists() and not work_db.exists():
                 os.rename(sqlite_path, work_db)
             raise
-        _fsync_dir(state.parent)
+        fsync_path(state.parent, directory=True)
     return result
 
 
