@@ -14,7 +14,7 @@ import json
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from storage.models import Label
+from storage.models import LABEL_MANUAL, LABEL_REPORT, Label
 
 _VALUE = {"positive": 1, "negative": 0, "uncertain": None}
 
@@ -35,5 +35,6 @@ def ground_truth(session: Session) -> dict[int, dict[str, int | None]]:
 
 
 def counts_by_source(session: Session) -> dict[str, int]:
-    """Label rows per source ('manual', 'report')."""
-    return {source: n for source, n in session.execute(select(Label.source, func.count()).group_by(Label.source))}
+    """Label rows per source: manual and report first (0 when none), then any other found."""
+    found = {source: int(n) for source, n in session.execute(select(Label.source, func.count()).group_by(Label.source))}
+    return {source: found.get(source, 0) for source in (LABEL_MANUAL, LABEL_REPORT)} | dict(sorted(found.items()))

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import audit
 from storage.keys import Keys
-from storage.models import (EXPIRED, LABEL_MANUAL, LABEL_REPORT, LABELLED, MATCHED, NOT_ANALYSED, REFUSED,
+from storage.models import (EXPIRED, LABEL_MANUAL, LABEL_REPORT, LABELLED, MATCHED, NOT_ANALYSED, REFUSED, REPORT_STATES,
                             WAITING, Instance, Label, Report, utcnow)
 
 TEXT_OBJECT_PREFIX = "report-"
@@ -304,7 +304,9 @@ def purge_reports(sessions: sessionmaker[Session], vault, audit_key: bytes, cuto
 
 
 def counts_by_state(session: Session) -> dict[str, int]:
-    return {state: n for state, n in session.execute(select(Report.state, func.count()).group_by(Report.state))}
+    """Reports per state: every state of REPORT_STATES in order (0 when none), then any other found."""
+    found = {state: int(n) for state, n in session.execute(select(Report.state, func.count()).group_by(Report.state))}
+    return {state: found.get(state, 0) for state in REPORT_STATES} | dict(sorted(found.items()))
 
 
 def report_ids_for(session: Session, study_uids: Iterable[str]) -> list[int]:

@@ -53,13 +53,9 @@ def run_import(args: argparse.Namespace, rt: Runtime) -> int:
 
 def run_list(args: argparse.Namespace, rt: Runtime) -> int:
     from storage.ground_truth import counts_by_source
-    from storage.models import REPORT_STATES
     from storage.reports import counts_by_state
     with rt.read_sessions() as session:
-        labels = counts_by_source(session)
-        reports = counts_by_state(session)
-    labels = {src: labels.get(src, 0) for src in ("manual", "report")} | labels
-    reports = {state: reports.get(state, 0) for state in REPORT_STATES} | reports
+        labels, reports = counts_by_source(session), counts_by_state(session)
     if args.format == "json":
         print(json.dumps({"labels": labels, "reports": reports}, indent=2))
         return 0

@@ -148,7 +148,7 @@ def collect_status(rt: Runtime) -> dict:
     from storage import db, service_counts
     from storage.analysis import not_analysed_by_view
     from storage.ground_truth import counts_by_source
-    from storage.models import LABEL_MANUAL, LABEL_REPORT, REPORT_STATES, Job, Result, RetrainRun
+    from storage.models import Job, Result, RetrainRun
     from storage.reports import counts_by_state
     from storage.shadow import versions
     with db.reachable(rt.engine), rt.read_sessions() as session:
@@ -172,8 +172,8 @@ def collect_status(rt: Runtime) -> dict:
         "model": rt.current_model_summary(),
         "shadow": _shadow_status(rt, scored),
         # report intake (HL7) and the ground-truth store it feeds, beside `cxrd labels import`
-        "reports": {state: reports.get(state, 0) for state in REPORT_STATES} | reports,
-        "labels": {src: labels.get(src, 0) for src in (LABEL_MANUAL, LABEL_REPORT)} | labels,
+        "reports": reports,
+        "labels": labels,
         "last_retrain": None if last is None else {
             "started_at": last.started_at.isoformat(), "outcome": last.outcome,
             "candidate": last.candidate_version},

@@ -14,20 +14,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.models import LABEL_MANUAL, LABEL_REPORT, REPORT_STATES, Report
-
-LABEL_SOURCES = (LABEL_MANUAL, LABEL_REPORT)
+from storage.models import Report
 
 
 def intake(session: Session) -> dict[str, Any]:
     from storage.ground_truth import counts_by_source
     from storage.reports import counts_by_state
-    states = counts_by_state(session)
-    sources = counts_by_source(session)
     last: datetime | None = session.scalar(select(Report.received_at).order_by(Report.id.desc()).limit(1))
-    return {"reports": {s: int(states.get(s, 0)) for s in (*REPORT_STATES, *sorted(set(states) - set(REPORT_STATES)))},
-            "labels": {s: int(sources.get(s, 0)) for s in (*LABEL_SOURCES, *sorted(set(sources) - set(LABEL_SOURCES)))},
-            "last_report_at": last}
+    return {"reports": counts_by_state(session), "labels": counts_by_source(session), "last_report_at": last}
 
 
 def listener(settings: Any) -> dict[str, Any]:
