@@ -155,10 +155,15 @@ def _where(flt: AuditFilter) -> list:
     return conds
 
 
+def columns(entity: Any = AuditEvent) -> list[Any]:
+    """The columns every reader of the trail shows, in COLUMNS order, of `entity` (the table or an
+    alias of it); `as_event` turns such a row back into a dict."""
+    return [getattr(entity, name) for name in COLUMNS]
+
+
 def _select(flt: AuditFilter) -> Select:
-    cols = [getattr(AuditEvent, name) for name in COLUMNS]
     conds = _where(flt)
-    stmt = select(*cols)
+    stmt = select(*columns())
     return stmt.where(and_(*conds)) if conds else stmt
 
 

@@ -143,7 +143,7 @@ def page(session: Session, search: Search) -> Page:
     """One page, newest first, by keyset on seq (see the module docstring)."""
     n = search.limit
     c = AuditEvent
-    cols = [getattr(c, name) for name in audit_query.COLUMNS]
+    cols = audit_query.columns(c)
     conds = audit_query.conditions(search.flt)
     window = _window_seqs(session, search.flt)
     if window is None:
@@ -197,7 +197,7 @@ def _exists(session: Session, conds: list, bound: Any) -> bool:
 
 def event(session: Session, seq: int) -> dict[str, Any] | None:
     """One row by seq, as the search shows it (details parsed)."""
-    cols = [getattr(AuditEvent, name) for name in audit_query.COLUMNS]
+    cols = audit_query.columns()
     row = session.execute(select(*cols).where(AuditEvent.seq == seq)).first()
     return audit_query.as_event(row) if row else None
 
@@ -249,7 +249,7 @@ def per_day(session: Session, first: date, last: date, *, flt: AuditFilter | Non
 # -- verifications and uses of the trail ---------------------------------------------------------
 def last_events(session: Session, event_type: str, *, limit: int = 5) -> list[dict[str, Any]]:
     """The newest events of one type (e.g. the last verifications), newest first."""
-    cols = [getattr(AuditEvent, name) for name in audit_query.COLUMNS]
+    cols = audit_query.columns()
     stmt = select(*cols).where(AuditEvent.event_type == event_type).order_by(AuditEvent.seq.desc()).limit(limit)
     return [audit_query.as_event(r) for r in session.execute(stmt)]
 
