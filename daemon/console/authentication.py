@@ -43,16 +43,15 @@ def sign_in(rt: Runtime, name: str, password: str, source: str) -> SigninResult:
     too_long = len(password) > accounts.MAX_PASSWORD_LENGTH  # no stored password is longer: wrong
     password = password[:accounts.MAX_PASSWORD_LENGTH]
     subjects = [accounts.name_subject(name), accounts.address_subject(source)]
-    with rt.sessions() as s:
+    with rt.read_sessions() as s:  # one read for both: the lock-out, then the account
         locked = accounts.locked_until(s, subjects)
+        found = accounts.password_hash_of(s, name) if locked is None and NAME.match(name) else None
     if locked is not None:
         rt.audit("console.signin_failed", outcome=4, actor=_actor(name), host=source, reason="locked out",
                  locked_until=locked.isoformat(timespec="seconds"))
         return SigninResult(None, name, "", LOCKED)
 
     role, via, reason, account = "", "", "", "none"
-    with rt.sessions() as s:
-        found = accounts.password_hash_of(s, name) if NAME.match(name) else None
     if found is not None:
         acct, password_hash = found
         account = "local"
