@@ -97,14 +97,12 @@ def retry_results(request: Request) -> Response:
 def retry(request: Request, study_uid: str | None) -> int:
     """`cxrd results retry [--study]` for the signed-in user: requeue and audit in one transaction."""
     from daemon.stages.results import retry_failed
-    from storage import audit
+    from storage.study_use import StudyChoice, record_use
     rt = request.app.state.runtime
     user = current_user(request)
-    with rt.sessions.begin() as s:
-        n = retry_failed(s, study_uid=study_uid)
-        audit.append(s, rt.keys.audit_key, event_type="results.retry", actor=user.actor, host=user.source,
-                     study_uid=study_uid or "", details={"requeued": n, "via": "console"})
-    return n
+    return record_use(rt.sessions, rt.keys.audit_key, "results.retry", StudyChoice(study_uid), actor=user.actor,
+                      host=user.source, via="console",
+                      change=lambda s: {"requeued": retry_failed(s, study_uid=study_uid)})["requeued"]
 
 
 routes = [
