@@ -226,10 +226,9 @@ class Registry:
     def same_weights(self, sha256: str, manifest: Manifest | None = None) -> str | None:
         """The version whose weights came from the file with this sha256 (its import source, or its
         stored weights file), with the same format and architecture as `manifest` when given."""
-        if not sha256 or not self.root.is_dir():
+        if not sha256:
             return None
-        for info in self.list():
-            m = self.manifest(info.version)
+        for name, _, m in self._manifests():
             if sha256 not in (m.source.get("sha256"), m.weights_sha256):
                 continue
             if manifest is not None and m.source.get("sha256") == sha256 and (
@@ -237,7 +236,7 @@ class Registry:
                     or m.architecture != manifest.architecture
                     or m.source.get("pathologies") != manifest.source.get("pathologies")):
                 continue  # the same file read another way (other format or output names): another model
-            return info.version
+            return name
         return None
 
     def _refuse_duplicate(self, sha256: str, manifest: Manifest) -> None:
@@ -250,17 +249,21 @@ class Registry:
 
     def list(self) -> list[ModelInfo]:
         """All versions, oldest first."""
+        current = self._pointer()["version"] if self.root.is_dir() else ""
+        return [ModelInfo(name, m.created, d.name == current, str(m.source.get("format", "")),
+                          m.weights_sha256, m.metrics, d) for name, d, m in self._manifests()]
+
+    def _manifests(self) -> list[tuple[str, Path, Manifest]]:
+        """(version, directory, manifest) of every version, oldest first: each manifest read once."""
         if not self.root.is_dir():
             return []
-        current = self._pointer()["version"]
-        infos = []
+        found = []
         for d in self.root.iterdir():
             if d.name.startswith(".") or not (d / "manifest.json").is_file():
                 continue
             m = self.manifest(d.name)
-            infos.append(ModelInfo(m.version or d.name, m.created, d.name == current,
-                                   str(m.source.get("format", "")), m.weights_sha256, m.metrics, d))
-        return sorted(infos, key=lambda i: (i.created, i.version))
+            found.append((m.version or d.name, d, m))
+        return sorted(found, key=lambda v: (v[2].created, v[0]))
 
     def current(self) -> ModelInfo | None:
         version = self._pointer()["version"]
