@@ -162,3 +162,20 @@ def test_console_ldap_sessions_end_when_directory_signin_is_turned_off(console_c
     assert directory_sessions.recheck(c.rt, {}) == 1
     assert c.http.get("/accounts").status_code == 303
     assert local.http.get("/operations").status_code == 200  # local accounts are not the directory's
+
+
+def test_console_ldap_refusals_take_the_same_floor_for_local_directory_and_unknown_names(console_client, slapd,
+                                                                                          monkeypatch):
+    """A local name skips the directory search: without a floor its refusal would be the quick one."""
+    import time
+
+    from daemon.console.pages.signin import REFUSAL_FLOOR_S
+    for k, v in slapd.settings().items():
+        monkeypatch.setenv(k, v)
+    c = console_client(lockout_threshold=100, lockout_address_threshold=100)
+    c.add_user("localname", "operations", "a local password 1")
+    for name in ("localname", "carol", "nobody-here"):
+        started = time.monotonic()
+        assert c.sign_in(name, "not the password 1").status_code == 401
+        assert time.monotonic() - started >= REFUSAL_FLOOR_S, name
+    assert c.sign_in("localname", "a local password 1").status_code == 303
