@@ -480,20 +480,37 @@ def browser(request: pytest.FixtureRequest) -> Iterator:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def next_page(browser, old, timeout: float = 15) -> None:  # noqa: ANN001
+    """Wait until the page that `old` (one of its elements) is on has been replaced and the next one
+    has loaded. Asked about a node of a page being replaced, chromedriver answers StaleElementReference,
+    or mid-navigation a plain WebDriverException ("Node with given id does not belong to the
+    document"): both mean the page is gone."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def gone(_) -> bool:  # noqa: ANN001
+        try:
+            old.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+    WebDriverWait(browser, timeout).until(gone)
+    WebDriverWait(browser, timeout, ignored_exceptions=(WebDriverException,)).until(
+        lambda b: b.execute_script("return document.readyState") == "complete")
+
+
 def sign_in_browser(browser, url: str, user: str, password: str, *, expect_success: bool = True):  # noqa: ANN001, ANN201
     """Sign in through the real form with the keyboard (type, Enter); returns the browser, on the
     person's first page when `expect_success`, else still on the sign-in page."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.ui import WebDriverWait
     browser.get(url.rstrip("/") + "/signin")
     browser.find_element(By.ID, "name").send_keys(user)
     field = browser.find_element(By.ID, "password")
     field.send_keys(password)
     field.send_keys(Keys.ENTER)
-    WebDriverWait(browser, 15).until(staleness_of(field))  # the answer page replaced the form
-    WebDriverWait(browser, 15).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    next_page(browser, field)  # the answer page replaced the form
     if expect_success:
         WebDriverWait(browser, 15).until(lambda d: "/signin" not in d.current_url)
     return browser

@@ -37,6 +37,7 @@ copy_with_new_uids = _root.copy_with_new_uids
 running_postgres = _root.running_postgres
 Console = _root.Console
 sign_in_browser = _root.sign_in_browser
+next_page = _root.next_page
 stop_process = _root.stop_process
 state_rows = _root.state_rows
 wait_until = _root.wait_until

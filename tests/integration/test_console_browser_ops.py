@@ -16,7 +16,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from conftest import copy_with_new_uids, storescu
+from conftest import copy_with_new_uids, next_page, storescu
 
 pytestmark = pytest.mark.slow
 
@@ -110,8 +110,6 @@ def _sign_out(browser) -> None:  # noqa: ANN001
 
 def _submit(browser, element, *keys: str) -> None:  # noqa: ANN001
     """Type into (or press) a form element and wait until the next page has replaced this one."""
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
     from selenium.common.exceptions import WebDriverException
     page = browser.find_element(By.TAG_NAME, "html")
     *text, last = keys
@@ -121,8 +119,7 @@ def _submit(browser, element, *keys: str) -> None:  # noqa: ANN001
         element.send_keys(last)  # Enter: the form is submitted with the keyboard
     except WebDriverException:  # chromedriver may report the node gone once the next page loads
         pass
-    WebDriverWait(browser, 15).until(EC.staleness_of(page))
-    WebDriverWait(browser, 15).until(lambda b: b.execute_script("return document.readyState") == "complete")
+    next_page(browser, page)
 
 
 def test_operations_dashboard_retry_models_and_roles(daemon_factory, console_factory, browser, signed_in,

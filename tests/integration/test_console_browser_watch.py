@@ -8,6 +8,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
+from conftest import next_page
 from console_watch_data import monitoring_pass, watched
 
 pytestmark = pytest.mark.slow
@@ -51,9 +52,7 @@ def test_model_watch_page_in_a_browser(cli_state, console_factory, browser, sign
     select_box.send_keys("Mass")
     page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.CSS_SELECTOR, "form.period button").send_keys(Keys.ENTER)
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
-    WebDriverWait(browser, 15).until(EC.staleness_of(page))
+    next_page(browser, page)
     assert "finding=Mass" in browser.current_url
     assert "Mass: score at each percentile" in browser.find_element(By.ID, "chart-distribution").text \
         or "Mass: score at each percentile" in browser.page_source
