@@ -164,13 +164,15 @@ class Service:
                                         s.storage.audit_anchor_interval_s)
         stages: list[Stage] = [self.anchoring] + ([self.refusals] if s.dicom.enabled else [])
         if s.hl7.listen.enabled:
-            # connection refusals of the HL7 port, aggregated like the DICOM gate's
-            self.hl7_refusals = RefusalAudit(
-                lambda _type, **fields: rt.audit("hl7.connection_refused", **fields),
-                log_event="hl7.connection_refused")
+            # refused connections and messages of the HL7 port, aggregated like the DICOM gate's
+            self.hl7_refusals = RefusalAudit(rt.audit, event_type="hl7.connection_refused",
+                                             log_event="hl7.connection_refused", name="hl7-connection-refusals")
+            self.hl7_message_refusals = RefusalAudit(
+                rt.audit, event_type="report.refused", log_event="hl7.message_refused", actor_prefix="hl7:",
+                titles=("sending_applications", "sending_facilities"), name="hl7-message-refusals")
             self.matching = ReportMatching(rt.sessions, vault, rt.keys.audit_key, s.hl7.match_wait_s,
                                            host=rt.hostname)
-            stages += [self.hl7_refusals, self.matching]
+            stages += [self.hl7_refusals, self.hl7_message_refusals, self.matching]
             self._vault = vault
         if s.model.workers > 0:
             self.worker = Worker(
@@ -231,7 +233,8 @@ class Service:
     def _hl7_listener(self) -> Hl7Listener:
         rt, s = self.rt, self.rt.settings
         intake = ReportIntake(
-            sessions=rt.sessions, vault=self._vault, keys=rt.keys, audit=rt.audit, label=label_text,
+            sessions=rt.sessions, vault=self._vault, keys=rt.keys, label=label_text,
+            on_refused=self.hl7_message_refusals.record,
             keep_text=s.hl7.report_text == "encrypted", match_wait_s=s.hl7.match_wait_s,
             application=s.hl7.listen.receiving_application, facility=s.hl7.listen.receiving_facility,
             observe=self.metrics.observe_hl7, on_recorded=self.matching.wake,

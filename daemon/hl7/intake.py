@@ -6,7 +6,9 @@ AE  the content is wrong (cannot be decoded or parsed, a required field missing,
 AR  refused: a message type other than ORU^R01, a frame over hl7.listen.max_message_bytes, an
     unknown character set, the disk below storage.min_free_mb (as for images), or the report could
     not be recorded now (the sender should resend).
-Nothing is recorded for AE and AR, and each is audited (`report.refused`) with our reason only.
+Nothing is recorded for AE and AR; each is handed to `on_refused` with our reason only, which the
+daemon counts into `report.refused` audit rows (daemon.ops.refusal_audit: one row per sender host,
+reason and ACK code each second, however many messages it stands for).
 The report text is labelled here, in memory, so that with hl7.report_text = "discard" it never
 touches a disk; neither it nor any field of the message is ever logged.
 """
@@ -24,6 +26,9 @@ log = logging.getLogger("cxrd.hl7")
 
 Labeller = Callable[[str], dict[str, str]]      # report text -> {finding: status} for named findings
 Observe = Callable[[str], None]                 # outcome: accepted, duplicate, refused, failed
+# on_refused(sending application, host, reason, sending facility, ack=AE|AR, error=HL7 error code):
+# one refused message (RefusalAudit.record's shape)
+Refused = Callable[..., None]
 # Parsing and labelling are CPU-bound (one core under the GIL whatever the number of threads) and
 # each may build up to messages.MAX_DELIMITERS objects: at most this many messages are parsed at
 # once, so that memory does not grow with hl7.listen.max_connections.
@@ -31,12 +36,12 @@ PARSING = threading.BoundedSemaphore(2)
 
 
 class ReportIntake:
-    def __init__(self, *, sessions, vault, keys, audit: Callable[..., None], label: Labeller,  # noqa: ANN001
+    def __init__(self, *, sessions, vault, keys, on_refused: Refused, label: Labeller,  # noqa: ANN001
                  keep_text: bool, match_wait_s: float, application: str, facility: str,
                  observe: Observe | None = None, on_recorded: Callable[[], None] | None = None,
                  on_connection_refused: Callable[[str, str], None] | None = None,
                  disk_is_low: Callable[[], bool] | None = None):
-        self.sessions, self.vault, self.keys, self.audit = sessions, vault, keys, audit
+        self.sessions, self.vault, self.keys, self.on_refused = sessions, vault, keys, on_refused
         self.label = label
         self.keep_text = keep_text
         self.match_wait_s = match_wait_s
@@ -95,11 +100,9 @@ class ReportIntake:
 
     def _refuse(self, header: acks.Header, host: str, code: str, error: str, reason: str) -> bytes:
         self.observe("refused")
-        event(log, "hl7.message_refused", logging.WARNING, host=host, ack=code, reason=reason,
-              sender=header.sending_application)
-        try:
-            self.audit("report.refused", outcome=4, actor=f"hl7:{header.sending_application}"[:128], host=host,
-                       ack=code, error=error, reason=reason)
+        try:  # counted, logged and audited off this path (the first of its kind each second logged)
+            self.on_refused(header.sending_application[:128], host, reason, header.sending_facility[:128],
+                            ack=code, error=error)
         except Exception as exc:
-            log.error("audit.write_failed", exc_info=exc)
+            log.error("hl7.refusal_not_counted", exc_info=exc)
         return self._ack(header, code, reason, error)

@@ -12,6 +12,11 @@ overflow row, and at most `MAX_TITLES` distinct AE titles of each kind kept per 
 
 This is also the one place a refusal is logged: the first of a key in an interval at once, the rest
 only in the row, so a host connecting in a loop cannot flood the journal either.
+
+The HL7 port counts the same way: its refused connections (`hl7.connection_refused`) and the
+messages it answers AE or AR (`report.refused`, keyed also by the ACK code, with the sending
+applications named), so an allowed sender stuck resending a broken message grows the trail by a row
+per second at most, not one per message.
 """
 from __future__ import annotations
 
@@ -48,24 +53,29 @@ class _Tally:
 class RefusalAudit:
     """Stage: `record()` from any thread, never blocking on the database; rows written every interval."""
 
-    name = "refusal-audit"
-
     def __init__(self, write: AuditWrite, interval_s: float = 1.0, max_sources: int = 256,
-                 log_event: str = "association.refused"):
+                 log_event: str = "association.refused", event_type: str = "association.rejected",
+                 actor_prefix: str = "aet:", titles: tuple[str, str] = ("calling_aets", "called_aets"),
+                 name: str = "refusal-audit"):
+        self.name = name  # the stage's name in the service's health and logs
         self.write = write
         self.log_event = log_event  # the log line's name (the HL7 port's refusals use their own)
+        self.event_type = event_type  # the audit rows' type
+        self.actor_prefix = actor_prefix  # the actor of a row whose refusals all named one peer
+        self.titles = titles  # the details' names of the peer's and our own names as the peer sent them
         self.interval_s = interval_s
         self.max_sources = max_sources
-        self._tallies: dict[tuple[str, str], _Tally] = {}
+        self._tallies: dict[tuple, _Tally] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def record(self, calling_aet: str, host: str, reason: str, called_aet: str = "") -> None:
-        """One refusal: `reason` names the rule(s) that refused it; the AE titles are as the peer sent
-        them ("" where it had not asked for an association yet)."""
+    def record(self, calling_aet: str, host: str, reason: str, called_aet: str = "", **fixed: str) -> None:
+        """One refusal: `reason` names the rule(s) that refused it; the AE titles (or HL7 application
+        names) are as the peer sent them ("" where it had not said yet). `fixed` details (the ACK code
+        of a refused HL7 message) are part of what is counted together, and written in the row."""
         now = datetime.now(timezone.utc)
-        key = (host, reason)
+        key = (host, reason, *sorted(fixed.items()))
         with self._lock:
             tally = self._tallies.get(key)
             if tally is None and len(self._tallies) >= self.max_sources:
@@ -77,26 +87,28 @@ class RefusalAudit:
                 return
             tally = self._tallies[key] = _Tally(1, now, now)
             tally.add_titles(calling_aet, called_aet)
-        event(log, self.log_event, logging.WARNING, host=host, reason=reason, calling_aet=calling_aet,
-              called_aet=called_aet)
+        event(log, self.log_event, logging.WARNING, host=host, reason=reason,
+              **{self.titles[0][:-1]: calling_aet, self.titles[1][:-1]: called_aet}, **fixed)
 
     def flush(self) -> int:
         """Write the rows for what was counted since the last flush; returns how many rows."""
         with self._lock:
             tallies, self._tallies = self._tallies, {}
-        for (host, reason), tally in tallies.items():
+        for (host, reason, *fixed), tally in tallies.items():
             callers = [t for t in tally.calling_aets if t]
             try:
-                self.write("association.rejected", outcome=4, actor=f"aet:{callers[0]}" if len(callers) == 1 else "",
+                self.write(self.event_type, outcome=4,
+                           actor=f"{self.actor_prefix}{callers[0]}"[:128] if len(callers) == 1 else "",
                            host=host, reason=reason, count=tally.count,
-                           calling_aets=sorted(tally.calling_aets), called_aets=sorted(tally.called_aets),
+                           **{self.titles[0]: sorted(tally.calling_aets), self.titles[1]: sorted(tally.called_aets)},
                            first_at=tally.first_at.isoformat(timespec="milliseconds"),
-                           last_at=tally.last_at.isoformat(timespec="milliseconds"))
+                           last_at=tally.last_at.isoformat(timespec="milliseconds"), **dict(fixed))
             except Exception as exc:  # the database is down: say so, keep refusing
                 log.error("audit.write_failed", exc_info=exc)
         return len(tallies)
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cxrd-refusal-audit", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"cxrd-{self.name}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:

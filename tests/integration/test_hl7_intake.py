@@ -190,9 +190,14 @@ def test_reports_before_and_after_images_over_mllp(daemon_factory, shared_data, 
     def audited() -> list[str]:
         with engine.connect() as c:
             return [e for (e,) in c.execute(text("SELECT event_type FROM audit_events"))]
-    # connection refusals are counted and written once a second (daemon.ops.refusal_audit)
+    # refused connections and messages are counted and written once a second (daemon.ops.refusal_audit)
     events = wait_for(lambda: e if "hl7.connection_refused" in (e := audited()) else None) or audited()
-    assert events.count("report.received") == 4 and events.count("report.refused") >= 4
+    assert events.count("report.received") == 4
+    with engine.connect() as c:
+        refused = [json.loads(d) for (d,) in c.execute(text(
+            "SELECT details FROM audit_events WHERE event_type = 'report.refused'"))]
+    assert sum(r["count"] for r in refused) == 5  # the four malformed or refused messages and the oversize one
+    assert {r["ack"] for r in refused} == {"AE", "AR"} and all(r["sending_applications"] == ["RIS"] for r in refused)
     assert "report.matched" in events and "report.labelled" in events and "hl7.connection_refused" in events
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{d.http_port}/metrics").read().decode()
     assert 'cxrd_hl7_messages_total{outcome="connection_refused"} 1.0' in metrics  # since the restart

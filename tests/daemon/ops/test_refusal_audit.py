@@ -87,3 +87,23 @@ def test_one_row_per_host_and_rule_with_the_ae_titles_the_peer_used(caplog):
     assert rows_by[("10.1.1.1", "calling AE title not allowed")]["actor"] == "aet:PACS"
     cycling = rows_by[("10.1.1.2", "calling AE title not allowed")]
     assert cycling["count"] == 40 and len(cycling["calling_aets"]) == len(cycling["called_aets"]) == MAX_TITLES
+
+
+def test_refused_hl7_messages_are_counted_per_host_reason_and_ack():
+    """The HL7 port's refused messages: an allowed sender resending a broken message in a loop adds one
+    row per interval, named after its application, not one per message."""
+    rows = Rows()
+    audit = RefusalAudit(rows, interval_s=60, event_type="report.refused", log_event="hl7.message_refused",
+                         actor_prefix="hl7:", titles=("sending_applications", "sending_facilities"))
+    for _ in range(300):
+        audit.record("RIS", "10.1.1.1", "OBR-3 missing", "GENHOSP", ack="AE", error="101")
+    audit.record("RIS", "10.1.1.1", "OBR-3 missing", "GENHOSP", ack="AR", error="101")
+    audit.record("", "10.1.1.1", "message could not be read", "", ack="AE", error="207")
+    assert audit.flush() == 3
+    by = {(r["reason"], r["ack"]): r for r in rows.rows}
+    loop = by[("OBR-3 missing", "AE")]
+    assert loop["count"] == 300 and loop["actor"] == "hl7:RIS" and loop["event_type"] == "report.refused"
+    assert loop["sending_applications"] == ["RIS"] and loop["sending_facilities"] == ["GENHOSP"]
+    assert loop["error"] == "101" and "calling_aets" not in loop
+    assert by[("OBR-3 missing", "AR")]["count"] == 1
+    assert by[("message could not be read", "AE")]["actor"] == ""  # no sender named: no actor
