@@ -201,7 +201,8 @@ class ResultsStow:
     auth: str = _f("none", "HTTP authentication", choices=("none", "basic", "bearer"))
     credentials_file: str = _f("", "File whose first line is \"user:password\" (basic) or the token (bearer)")
     ca: str = _f("", "PEM CA bundle that verifies an https URL; empty = the system store")
-    timeout_s: float = _f(30.0, "Network timeout per request", min=1.0, max=600)
+    timeout_s: float = _f(30.0, "Time one request may take in all (connect, TLS, upload, answer); past it the "
+                                "request is cut and retried later", min=1.0, max=600)
 
 
 @dataclass(frozen=True)

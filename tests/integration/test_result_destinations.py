@@ -287,6 +287,19 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
             self._answer(200, b"[" * (stowrs.MAX_RESPONSE * 2))
         elif self.mode == "unconfirmed":
             self._answer(200, json.dumps({stowrs.REFERENCED_SOP_SEQUENCE: {"vr": "SQ", "Value": []}}).encode())
+        elif self.mode.startswith("trickle"):  # every byte well within any per-operation timeout
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\n"
+            self.wfile.write(head if self.mode == "trickle-body" else b"HTTP/1.1 200 ")
+            self.wfile.flush()
+            if self.mode == "trickle-body":
+                self.wfile.write(b"Content-Length: 100000\r\n\r\n")
+            try:
+                for _ in range(60):  # 30 s at most, then the answer just stops
+                    self.wfile.write(b"x" if self.mode == "trickle-headers" else b"[")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:  # cut by the client
+                pass
 
     def _answer(self, code: int, body: bytes) -> None:
         self.send_response(code)
@@ -305,6 +318,8 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
     ("redirect", RefusedError, "redirect"),
     ("unconfirmed", SendError, "did not confirm 1 of 1"),
     ("flood", SendError, "larger than"),
+    ("trickle-headers", SendError, "no complete answer within 2 s"),
+    ("trickle-body", SendError, "no complete answer within 2 s"),
 ])
 def test_stow_rs_outcomes_from_a_hostile_peer(mode, error, text, tmp_path):  # noqa: ANN001
     _Hostile.mode = mode
@@ -318,9 +333,11 @@ def test_stow_rs_outcomes_from_a_hostile_peer(mode, error, text, tmp_path):  # n
     secret.write_text("s3cret-token\n")
     try:
         dest = stowrs.StowDestination(url=f"http://127.0.0.1:{srv.server_address[1]}/dw",
-                                      authorization=stowrs.authorization("bearer", "s3cret-token"), timeout_s=5)
+                                      authorization=stowrs.authorization("bearer", "s3cret-token"), timeout_s=2)
+        started = time.monotonic()
         with pytest.raises(error) as err:
             dest.send([ds])
+        assert time.monotonic() - started < 10  # the whole request is bounded, not each byte's wait
         assert text in str(err.value) and "s3cret" not in str(err.value)
         assert _Hostile.seen["Authorization"] == "Bearer s3cret-token"
         assert _Hostile.seen["Content-Type"].startswith('multipart/related; type="application/dicom"; boundary=')

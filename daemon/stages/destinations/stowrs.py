@@ -1,7 +1,9 @@
 """DICOMweb STOW-RS (PS3.18 10.5): POST every object of a report to `{url}/studies` in one request.
 
 Every byte the peer sends back is hostile: the response body is read up to `MAX_RESPONSE` bytes,
-each network operation has a timeout, redirects are not followed (a redirected POST would lose its
+the whole request (connect, TLS, upload, answer) must finish within `timeout_s` (`Deadline`: a peer
+answering a byte at a time would otherwise pass every per-operation timeout and hold the results
+stage), redirects are not followed (a redirected POST would lose its
 body or leak the report to another host), and nothing the peer says is quoted in logs or rows except
 numbers. Credentials come from a file (`results.stow.credentials_file`) and travel only in the
 Authorization header; `describe()` never shows them.
@@ -17,7 +19,9 @@ import base64
 import http.client
 import json
 import secrets
+import socket
 import ssl
+import threading
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -85,17 +89,29 @@ def post(dest: StowDestination, parts: list[bytes], sop_uids: list[str]) -> None
             u.hostname, u.port, timeout=dest.timeout_s, context=dest.tls or ssl.create_default_context())
     else:
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=dest.timeout_s)
+    deadline = Deadline(conn, dest.timeout_s)
+    too_slow = f"{where}: no complete answer within {dest.timeout_s:g} s"
     try:
+        conn.connect()
+        if deadline.fired:  # it fired while the socket was being made, before it could be cut
+            raise SendError(too_slow)
         conn.request("POST", path, body=body, headers=headers)
         resp = conn.getresponse()
         status = resp.status
         data = resp.read(MAX_RESPONSE + 1)
     except ssl.SSLError as exc:
+        if deadline.fired:
+            raise SendError(too_slow) from None
         raise SendError(f"{where}: TLS failed ({exc.reason or type(exc).__name__})") from None
     except (OSError, http.client.HTTPException) as exc:
+        if deadline.fired:
+            raise SendError(too_slow) from None
         raise SendError(f"{where} not reachable or no answer ({type(exc).__name__})") from None
     finally:
+        deadline.cancel()
         conn.close()
+    if deadline.fired:  # a body read to the end of the connection looks complete when cut: it is not
+        raise SendError(too_slow)
     if 300 <= status < 400:
         raise RefusedError(f"{where} answered HTTP {status} (a redirect; set results.stow.url to the final URL)")
     if status in RETRYABLE_4XX or status >= 500:
@@ -114,6 +130,31 @@ def post(dest: StowDestination, parts: list[bytes], sop_uids: list[str]) -> None
         raise SendError(f"{where} answered HTTP {status}, not a STOW-RS success")
     if stored is not None and not set(sop_uids) <= stored:
         raise SendError(f"{where} did not confirm {len(set(sop_uids) - stored)} of {len(parts)} object(s)")
+
+
+class Deadline:
+    """Cuts `conn` once `seconds` have passed since it was made: http.client's timeout bounds each
+    socket operation, not the request. `fired` says the request ran out of time (whatever error, or
+    none, the cut then caused)."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float):
+        self.fired = False
+        self._conn = conn
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = self._conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # a blocked send or receive returns at once
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _outcome(data: bytes) -> tuple[list[int | None] | None, set[str] | None]:
