@@ -86,7 +86,6 @@ def _http_error(request: Request, exc: Exception) -> Response:
 
 def _crashed(request: Request, exc: Exception) -> Response:
     """Log the failure's type only (a message could carry data), answer with a plain page, no traceback."""
-    import functools
     import logging
 
     from daemon.console.templating import plain_page
