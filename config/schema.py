@@ -324,8 +324,11 @@ class ConsoleLdap:
                                      "$CREDENTIALS_DIRECTORY holds it")
     base_dn: str = _f("", "Subtree searched for people (e.g. OU=Staff,DC=example,DC=org)")
     user_filter: str = _f("(&(objectClass=person)(uid={user}))",
-                          "Search filter for the person signing in; {user} is replaced by the escaped name "
-                          "typed (Active Directory: (&(objectClass=user)(sAMAccountName={user})))")
+                          "Search filter for the person signing in, and for the re-checks while signed in; "
+                          "{user} is replaced by the escaped name typed. Active Directory, leaving out "
+                          "disabled accounts so that disabling one ends its sessions: "
+                          "(&(objectClass=user)(sAMAccountName={user})"
+                          "(!(userAccountControl:1.2.840.113556.1.4.803:=2)))")
     group_base_dn: str = _f("", "Subtree searched for the person's groups; empty = base_dn")
     group_filter: str = _f("(|(&(objectClass=groupOfNames)(member={dn}))"
                            "(&(objectClass=groupOfUniqueNames)(uniqueMember={dn}))(&(objectClass=group)(member={dn})))",

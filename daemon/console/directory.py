@@ -62,7 +62,20 @@ def _bound(cfg: ConsoleLdap, server, user: str, password: str):  # noqa: ANN001,
 
 
 class DirectoryError(Exception):
-    """The directory could not be asked (unreachable, TLS failed, service account refused)."""
+    """The directory could not be asked (unreachable, TLS failed, service account refused, busy)."""
+
+
+SIZE_LIMIT_EXCEEDED = 4  # LDAP result code (RFC 4511 4.1.9)
+
+
+def _answered(conn, what: str, *also: int) -> int:  # noqa: ANN001
+    """The result code of the search just made on `conn`: success, or one of `also`, else DirectoryError.
+    A busy, unavailable or timed-out directory answers with an empty result, which must not read as
+    "no such person" (that would refuse a sign-in, or end a session, for the directory's trouble)."""
+    code = (conn.result or {}).get("result", 0)
+    if code == 0 or code in also:
+        return code
+    raise DirectoryError(f"the {what} search failed (LDAP result {code})")
 
 
 def service_password(cfg: ConsoleLdap) -> str:
@@ -100,6 +113,7 @@ def _ask(cfg: ConsoleLdap, name: str, password: str | None) -> DirectoryAnswer:
         try:
             svc.search(cfg.base_dn, cfg.user_filter.replace("{user}", escape_filter_chars(name)),
                        search_scope=SUBTREE, attributes=[], size_limit=2, time_limit=int(cfg.timeout_s))
+            _answered(svc, "person", SIZE_LIMIT_EXCEEDED)  # two entries of the size limit: "several"
             entries = [e for e in svc.response or [] if e.get("type") == "searchResEntry"]
             if len(entries) != 1:
                 return DirectoryAnswer(None, "no directory entry" if not entries else "several directory entries",
@@ -112,8 +126,9 @@ def _ask(cfg: ConsoleLdap, name: str, password: str | None) -> DirectoryAnswer:
                 person.unbind()
             svc.search(cfg.group_base_dn or cfg.base_dn, cfg.group_filter.replace("{dn}", escape_filter_chars(dn)),
                        search_scope=SUBTREE, attributes=[], size_limit=1000, time_limit=int(cfg.timeout_s))
-            if svc.result and svc.result.get("result") not in (0, None):
-                raise DirectoryError(f"the group search failed ({svc.result.get('description', '')})")
+            # a partial list could hide a second role: refused, never read as complete
+            if _answered(svc, "group", SIZE_LIMIT_EXCEEDED) == SIZE_LIMIT_EXCEEDED:
+                return DirectoryAnswer(None, "in more groups than one search returns (size limit)", True)
             groups = {_norm_dn(e["dn"]) for e in svc.response or [] if e.get("type") == "searchResEntry"}
         finally:
             svc.unbind()

@@ -40,19 +40,23 @@ def recheck(rt: Runtime, confirmed: dict[int, datetime], at: datetime | None = N
     t = at or accounts.now()
     every = timedelta(seconds=cfg.recheck_s)
     due = [v for v in open_now if t - confirmed.get(v.id, v.created_at) >= every]
-    ended = 0
+    ended, outage = 0, None
     for name in dict.fromkeys(v.name for v in due):
         mine = [v for v in due if v.name == name]
-        try:
-            answer = directory.current_role(cfg, name)
-        except directory.DirectoryError as exc:
-            log.warning("console.directory_recheck_failed", extra={"cxrd_fields": {"error": str(exc)}})
+        if outage is None:  # once the directory failed this round, the others are not asked (each would wait)
+            try:
+                answer = directory.current_role(cfg, name)
+            except directory.DirectoryError as exc:
+                log.warning("console.directory_recheck_failed", extra={"cxrd_fields": {"error": str(exc)}})
+                outage = exc
+        if outage is not None:
             stale = [v for v in mine if t - confirmed.get(v.id, v.created_at) >= UNCONFIRMED_CHECKS * every]
-            ended += _end(rt, stale, f"not confirmed for {UNCONFIRMED_CHECKS * cfg.recheck_s} s ({exc})")
+            ended += _end(rt, stale, f"not confirmed for {UNCONFIRMED_CHECKS * cfg.recheck_s} s ({outage})")
             continue
-        for v in mine:
-            confirmed[v.id] = t
         changed = [v for v in mine if answer.role != v.role]
+        for v in mine:
+            if v not in changed:  # confirmed; a changed one stays due until its ending is written
+                confirmed[v.id] = t
         if changed:
             now_is = f"now {answer.role}" if answer.role else answer.reason
             ended += _end(rt, changed, f"role changed in the directory ({now_is})")

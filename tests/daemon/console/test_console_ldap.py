@@ -131,19 +131,39 @@ def test_console_ldap_sessions_outlive_a_short_outage_but_not_a_long_one(console
     from storage import accounts
     for k, v in slapd.settings().items():
         monkeypatch.setenv(k, v)
-    c = console_client()
+    c, carol = console_client(), console_client()
     assert c.sign_in("otto", slapd.PASSWORD).status_code == 303
+    assert carol.sign_in("carol", slapd.PASSWORD).status_code == 303
     cfg = c.rt.settings.console.ldap
-    down = dataclasses.replace(c.rt.settings.console, ldap=dataclasses.replace(cfg, url=f"ldap://127.0.0.1:{free_port()}"))
+    gone = dataclasses.replace(cfg, url=f"ldap://127.0.0.1:{free_port()}")
+    down = dataclasses.replace(c.rt.settings.console, ldap=gone)
     c.rt.settings = dataclasses.replace(c.rt.settings, console=down)  # the directory stops answering
+    asked = []
+    real = directory_sessions.directory.current_role
+    monkeypatch.setattr(directory_sessions.directory, "current_role",
+                        lambda cfg, name: asked.append(name) or real(cfg, name))  # counts the real calls
     confirmed, t0, every = {}, accounts.now(), timedelta(seconds=cfg.recheck_s)
     assert directory_sessions.recheck(c.rt, confirmed, at=t0 + every) == 0
+    assert len(asked) == 1  # one failure per round: the next person is not made to wait for it too
     assert directory_sessions.recheck(c.rt, confirmed, at=t0 + every * 2) == 0
     assert c.http.get("/operations").status_code == 200
-    assert directory_sessions.recheck(c.rt, confirmed, at=t0 + every * 3) == 1
+    assert directory_sessions.recheck(c.rt, confirmed, at=t0 + every * 3) == 2
     assert c.http.get("/operations").status_code == 303
-    [row] = c.audit_rows("console.signout")
-    assert row["details"]["reason"].startswith("directory: not confirmed for 900 s (")
+    rows = c.audit_rows("console.signout")
+    assert len(rows) == 2 and all(r["details"]["reason"].startswith("directory: not confirmed for 900 s (")
+                                  for r in rows)
+
+
+def test_console_ldap_a_failed_search_is_an_outage_not_a_missing_person():
+    """A busy or timed-out directory answers an empty result with a non-zero code: never "no entry"."""
+    class Searched:
+        def __init__(self, code: int):
+            self.result = {"result": code}
+    assert directory._answered(Searched(0), "person") == 0
+    assert directory._answered(Searched(4), "person", directory.SIZE_LIMIT_EXCEEDED) == 4
+    for code in (3, 51, 52, 4):  # time limit, busy, unavailable; size limit where it is not expected
+        with pytest.raises(directory.DirectoryError, match=f"LDAP result {code}"):
+            directory._answered(Searched(code), "group")
 
 
 def test_console_ldap_sessions_end_when_directory_signin_is_turned_off(console_client, slapd, monkeypatch):
