@@ -165,11 +165,13 @@ class Service:
         stages: list[Stage] = [self.anchoring] + ([self.refusals] if s.dicom.enabled else [])
         if s.hl7.listen.enabled:
             # refused connections and messages of the HL7 port, aggregated like the DICOM gate's
-            self.hl7_refusals = RefusalAudit(rt.audit, event_type="hl7.connection_refused",
+            hl7_log = logging.getLogger("cxrd.hl7")
+            self.hl7_refusals = RefusalAudit(rt.audit, event_type="hl7.connection_refused", logger=hl7_log,
                                              log_event="hl7.connection_refused", name="hl7-connection-refusals")
             self.hl7_message_refusals = RefusalAudit(
                 rt.audit, event_type="report.refused", log_event="hl7.message_refused", actor_prefix="hl7:",
-                titles=("sending_applications", "sending_facilities"), name="hl7-message-refusals")
+                titles=("sending_applications", "sending_facilities"), log_fields=("sender", "sending_facility"),
+                logger=hl7_log, name="hl7-message-refusals")
             self.matching = ReportMatching(rt.sessions, vault, rt.keys.audit_key, s.hl7.match_wait_s,
                                            host=rt.hostname)
             stages += [self.hl7_refusals, self.hl7_message_refusals, self.matching]

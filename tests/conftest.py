@@ -485,14 +485,18 @@ def next_page(browser, old, timeout: float = 15) -> None:  # noqa: ANN001
     has loaded. Asked about a node of a page being replaced, chromedriver answers StaleElementReference,
     or mid-navigation a plain WebDriverException ("Node with given id does not belong to the
     document"): both mean the page is gone."""
-    from selenium.common.exceptions import WebDriverException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     def gone(_) -> bool:  # noqa: ANN001
         try:
             old.is_enabled()
-        except WebDriverException:
+        except StaleElementReferenceException:
             return True
+        except WebDriverException as exc:  # anything else is a real error, not the page changing
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
         return False
     WebDriverWait(browser, timeout).until(gone)
     WebDriverWait(browser, timeout, ignored_exceptions=(WebDriverException,)).until(

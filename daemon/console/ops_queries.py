@@ -25,7 +25,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from cxrmodel.labels import LABELS
 from storage.models import AuditEvent, Instance, Job, Prediction, Result
-from storage.service_counts import images_by_state, not_stored  # noqa: F401 - the dashboard's, shared with `cxrd status`
+# the dashboard's counts, shared with `cxrd status`
+from storage.service_counts import images_by_state, not_stored  # noqa: F401
 
 MAX_HOURS = 168  # a week of hourly buckets at most
 LATENCY_BUDGET = 5000  # images whose latency one page measures, spread over its hours

@@ -56,8 +56,10 @@ class RefusalAudit:
     def __init__(self, write: AuditWrite, interval_s: float = 1.0, max_sources: int = 256,
                  log_event: str = "association.refused", event_type: str = "association.rejected",
                  actor_prefix: str = "aet:", titles: tuple[str, str] = ("calling_aets", "called_aets"),
+                 log_fields: tuple[str, str] = ("calling_aet", "called_aet"), logger: logging.Logger = log,
                  name: str = "refusal-audit"):
         self.name = name  # the stage's name in the service's health and logs
+        self.log_fields, self.logger = log_fields, logger  # the first refusal's log line: its names
         self.write = write
         self.log_event = log_event  # the log line's name (the HL7 port's refusals use their own)
         self.event_type = event_type  # the audit rows' type
@@ -87,8 +89,8 @@ class RefusalAudit:
                 return
             tally = self._tallies[key] = _Tally(1, now, now)
             tally.add_titles(calling_aet, called_aet)
-        event(log, self.log_event, logging.WARNING, host=host, reason=reason,
-              **{self.titles[0][:-1]: calling_aet, self.titles[1][:-1]: called_aet}, **fixed)
+        event(self.logger, self.log_event, logging.WARNING, host=host, reason=reason,
+              **{self.log_fields[0]: calling_aet, self.log_fields[1]: called_aet}, **fixed)
 
     def flush(self) -> int:
         """Write the rows for what was counted since the last flush; returns how many rows."""

@@ -99,6 +99,7 @@ def post(dest: StowDestination, parts: list[bytes], sop_uids: list[str]) -> None
         resp = conn.getresponse()
         status = resp.status
         data = resp.read(MAX_RESPONSE + 1)
+        deadline.cancel()
     except ssl.SSLError as exc:
         if deadline.fired:
             raise SendError(too_slow) from None
@@ -139,21 +140,28 @@ class Deadline:
 
     def __init__(self, conn: http.client.HTTPConnection, seconds: float):
         self.fired = False
+        self._over = False  # set by cancel(): an answer read in time is never declared late
+        self._lock = threading.Lock()
         self._conn = conn
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
         self._timer.start()
 
     def _fire(self) -> None:
-        self.fired = True
-        sock = self._conn.sock
+        with self._lock:
+            if self._over:
+                return
+            self.fired = True
+            sock = self._conn.sock
         if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # a blocked send or receive returns at once
+            try:  # the plain socket's shutdown: an SSLSocket's own would drop its TLS state from this thread
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # a blocked send or receive returns at once
             except OSError:
                 pass
 
     def cancel(self) -> None:
+        with self._lock:
+            self._over = True
         self._timer.cancel()
 
 
