@@ -7,9 +7,9 @@ import json
 import re
 
 import pydicom
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
-from conftest import copy_with_new_uids, storescu
+from conftest import copy_with_new_uids, state_rows, storescu
 from storage.keys import load_keys
 from storage.models import AuditEvent, Instance
 from storage.vault import Vault
@@ -28,15 +28,6 @@ def _with_burned_in(files, value):  # noqa: ANN001, ANN202
     return files
 
 
-def _rows(d, stmt):  # noqa: ANN001, ANN202
-    engine = create_engine(f"sqlite:///{d.state_dir / 'cxrd.db'}")
-    try:
-        with engine.connect() as c:
-            return c.execute(stmt).all()
-    finally:
-        engine.dispose()
-
-
 def test_refuse_answers_cannot_deidentify_for_yes_and_absent_and_stores_nothing(daemon_factory, shared_data,
                                                                                tmp_path):
     yes = _with_burned_in(copy_with_new_uids(shared_data / SRC, tmp_path / "yes", 1), "YES")
@@ -48,10 +39,10 @@ def test_refuse_answers_cannot_deidentify_for_yes_and_absent_and_stores_nothing(
         assert re.findall(r"DIMSE Status\s*:\s*(0x[0-9a-f]{4})", r.stdout + r.stderr) == ["0xc220"]
     assert storescu(d.dicom_port, *no)[1] == ["Success"]
     assert d.stop() == 0
-    assert len(_rows(d, select(Instance.id))) == 1
+    assert len(state_rows(d.state_dir, select(Instance.id))) == 1
     assert [p for p in (d.state_dir / "vault").rglob("*.cxv") if p.stat().st_size > 0].__len__() == 1
-    failed = [json.loads(det)["reason"] for e, det in _rows(d, select(AuditEvent.event_type, AuditEvent.details))
-              if e == "instance.failed"]
+    events = state_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.details))
+    failed = [json.loads(det)["reason"] for e, det in events if e == "instance.failed"]
     assert sorted(failed) == ["burned-in annotation YES (policy refuse)",
                               "burned-in annotation not declared (policy refuse)"]
     assert "store.burned_in_refused" in d.log_text()
@@ -66,7 +57,7 @@ def test_flag_stores_them_saying_identity_not_removed(daemon_factory, shared_dat
     keys = load_keys(d.state_dir / "keys" / "master.key", d.state_dir / "keys" / "keyring.json")
     vault = Vault(d.state_dir / "vault", keys.keyring)
     stored = {flag: pydicom.dcmread(io.BytesIO(vault.get(oid)), stop_before_pixels=True)
-              for oid, flag in _rows(d, select(Instance.vault_object, Instance.burned_in_annotation))}
+              for oid, flag in state_rows(d.state_dir, select(Instance.vault_object, Instance.burned_in_annotation))}
     assert set(stored) == {"yes", "unknown"}
     assert stored["yes"].BurnedInAnnotation == "YES" and "BurnedInAnnotation" not in stored["unknown"]
     assert {ds.PatientIdentityRemoved for ds in stored.values()} == {"NO"}

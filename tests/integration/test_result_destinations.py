@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from conftest import copy_with_new_uids, free_port, storescu
+from conftest import copy_with_new_uids, free_port, state_rows, storescu
 from config.loader import ConfigError, load_settings
 from cxrmodel.labels import LABELS
 from daemon.dicom import finding_codes as codes
@@ -26,7 +26,7 @@ from daemon.stages.destinations import hl7_oru, stowrs
 from daemon.stages.destinations.content import ReportContent
 from daemon.stages.destinations.errors import RefusedError, SendError
 from storage.models import AuditEvent, Result
-from test_results import MARKERS, SRC, db_rows, results_env, started_daemon, wait_for
+from test_results import MARKERS, SRC, results_env, started_daemon, wait_for
 
 NAME = "ZEBRA^QUINCY|X~Y"  # HL7 delimiters in a value must not add fields or repetitions
 
@@ -389,8 +389,8 @@ def test_daemon_sends_by_cstore_stowrs_and_hl7(orthanc, daemon_factory, shared_d
         [src] = copy_with_new_uids(shared_data / SRC, tmp_path / "in", 1, markers=MARKERS)
         original = pydicom.dcmread(src, stop_before_pixels=True)
         assert storescu(d.dicom_port, src)[1] == ["Success"]
-        wait_for(lambda: db_rows(d.state_dir, select(Result.state))[0][0] == "sent"
-                 if db_rows(d.state_dir, select(Result.state)) else False)
+        wait_for(lambda: state_rows(d.state_dir, select(Result.state))[0][0] == "sent"
+                 if state_rows(d.state_dir, select(Result.state)) else False)
         [by_cstore] = orthanc.study_instances(original.StudyInstanceUID)
         [by_stow] = web.study_instances(original.StudyInstanceUID)
         assert by_stow["Modality"] == "SR" and by_stow["SOPInstanceUID"] == by_cstore["SOPInstanceUID"]
@@ -403,7 +403,7 @@ def test_daemon_sends_by_cstore_stowrs_and_hl7(orthanc, daemon_factory, shared_d
         uid_obx = [s for s in segments(msg, "OBX") if str(s[3][0][0]) == "110180"]
         assert str(uid_obx[0][5]) == original.StudyInstanceUID
         assert len([s for s in segments(msg, "OBX") if str(s[3][0][0]) == "122157"]) == len(LABELS)
-        [sent] = [json.loads(x) for (x,) in db_rows(
+        [sent] = [json.loads(x) for (x,) in state_rows(
             d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "result.sent"))]
         assert "STOW-RS" in sent["destination"] and "HL7 MLLP" in sent["destination"]
         text = d.log_text()
@@ -425,12 +425,12 @@ def test_an_hl7_receiver_answering_ae_parks_the_result_after_max_attempts(  # no
     assert storescu(d.dicom_port, src)[1] == ["Success"]
 
     def parked():  # noqa: ANN202
-        rows = db_rows(d.state_dir, select(Result.state, Result.attempts, Result.last_error))
+        rows = state_rows(d.state_dir, select(Result.state, Result.attempts, Result.last_error))
         return rows[0] if rows and rows[0].state == "failed" else None
     row = wait_for(parked)
     assert row.attempts == 2 and "MSA-1 AE" in row.last_error and "cannot file" in row.last_error
     assert len(peer.received) == 2
-    failed = [json.loads(x) for (x,) in db_rows(
+    failed = [json.loads(x) for (x,) in state_rows(
         d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "result.failed"))]
     assert [f["final"] for f in failed] == [False, True]
     text = d.log_text() + json.dumps(failed) + row.last_error
@@ -447,11 +447,11 @@ def test_a_stow_rs_refusal_parks_the_result_at_once(orthanc, daemon_factory, sha
     assert storescu(d.dicom_port, src)[1] == ["Success"]
 
     def parked():  # noqa: ANN202
-        rows = db_rows(d.state_dir, select(Result.state, Result.attempts, Result.last_error))
+        rows = state_rows(d.state_dir, select(Result.state, Result.attempts, Result.last_error))
         return rows[0] if rows and rows[0].state == "failed" else None
     row = wait_for(parked)
     assert row.attempts == 1 and "HTTP 404" in row.last_error  # a refusal is not retried
-    [failed] = [json.loads(x) for (x,) in db_rows(
+    [failed] = [json.loads(x) for (x,) in state_rows(
         d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "result.failed"))]
     assert failed["final"] is True and "STOW-RS" in failed["destination"]
     status = json.loads(d.cli("status", "--format", "json", check=True).stdout)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
-from conftest import copy_with_new_uids, dcmtk, storescu
+from conftest import copy_with_new_uids, dcmtk, state_rows, storescu
 from cxrmodel.labels import LABELS
 from cxrmodel.network import build_model
 from cxrmodel.registry import Registry
@@ -47,15 +47,6 @@ def started_daemon(daemon_factory, env: dict[str, str]):  # noqa: ANN001, ANN201
     d.cli("init", check=True)
     Registry(d.state_dir / "models").add(build_model(seed=0), promote=True)
     return d.start()
-
-
-def db_rows(state_dir: Path, stmt):  # noqa: ANN001, ANN201
-    engine = create_engine(f"sqlite:///{state_dir / 'cxrd.db'}")
-    try:
-        with engine.connect() as c:
-            return c.execute(stmt).all()
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.slow
@@ -108,9 +99,9 @@ def test_sr_and_heatmap_land_in_the_original_study_in_orthanc(orthanc, daemon_fa
     # the source said nothing about burned-in text, so neither does the SC that copies its pixels
     assert "BurnedInAnnotation" not in original and "BurnedInAnnotation" not in sc
 
-    assert [r[0] for r in db_rows(d.state_dir, select(Instance.state))] == ["reported"]
-    assert [(r.state, r.attempts) for r in db_rows(d.state_dir, select(Result))] == [("sent", 1)]
-    events = db_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.actor, AuditEvent.details))
+    assert [r[0] for r in state_rows(d.state_dir, select(Instance.state))] == ["reported"]
+    assert [(r.state, r.attempts) for r in state_rows(d.state_dir, select(Result))] == [("sent", 1)]
+    events = state_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.actor, AuditEvent.details))
     assert ("reid.lookup", "cxrd:results") in {(e, a) for e, a, _ in events}
     sent = [json.loads(det) for e, _, det in events if e == "result.sent"]
     assert len(sent) == 1 and sorted(sent[0]["objects"]) == ["heatmap", "sr"]
@@ -135,15 +126,15 @@ def test_sr_and_heatmap_land_in_the_original_study_in_orthanc(orthanc, daemon_fa
     assert pseudo in listing and by_original[0]["instance_uid"] in listing and "positive:" in listing
     bad = d.cli("predictions", "--since", "yesterday-ish")
     assert bad.returncode != 0 and "ISO 8601" in bad.stderr and "Traceback" not in bad.stderr
-    queries = db_rows(d.state_dir, select(AuditEvent.study_uid).where(AuditEvent.event_type == "predictions.query"))
+    queries = state_rows(d.state_dir, select(AuditEvent.study_uid).where(AuditEvent.event_type == "predictions.query"))
     assert len(queries) == 6 and queries[0][0] == pseudo
     assert unknown not in json.dumps([tuple(q) for q in queries]) and queries[4][0].startswith("2.25.")
-    lookups = db_rows(d.state_dir, select(AuditEvent.study_uid, AuditEvent.details)
+    lookups = state_rows(d.state_dir, select(AuditEvent.study_uid, AuditEvent.details)
                       .where(AuditEvent.event_type == "reid.pseudonymize"))
     assert [(st, json.loads(det)["reason"]) for st, det in lookups] == [(pseudo, "INC-1 check"),
                                                                         (queries[4][0], "INC-2")]
     # No PHI in the daemon's log or the audit trail: pseudonyms only.
-    events = db_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.actor, AuditEvent.details))
+    events = state_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.actor, AuditEvent.details))
     text = d.log_text() + json.dumps([tuple(e) for e in events])
     for secret in (*MARKERS.values(), original.StudyInstanceUID, original.SOPInstanceUID):
         assert secret not in text
@@ -160,26 +151,26 @@ def test_destination_down_parks_result_failed_then_retry_sends_it(orthanc, daemo
     assert storescu(d.dicom_port, *files)[1] == ["Success"] * 2
 
     def result_row():  # noqa: ANN202
-        rows = db_rows(d.state_dir, select(Result.state, Result.attempts, Result.last_error))
+        rows = state_rows(d.state_dir, select(Result.state, Result.attempts, Result.last_error))
         return rows[0] if rows and rows[0].state == "failed" else None
     row = wait_for(result_row)
     assert row.attempts == 3 and "not reachable" in row.last_error
     time.sleep(1.0)  # parked means parked: no further attempts
-    assert db_rows(d.state_dir, select(Result.attempts))[0][0] == 3
-    failed = [json.loads(det) for (det,) in db_rows(
+    assert state_rows(d.state_dir, select(Result.attempts))[0][0] == 3
+    failed = [json.loads(det) for (det,) in state_rows(
         d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "result.failed"))]
     assert [f["final"] for f in failed] == [False, False, True]
     status = json.loads(d.cli("status", "--format", "json", check=True).stdout)
     assert status["results"] == {"failed": 1}
-    assert {r[0] for r in db_rows(d.state_dir, select(Instance.state))} == {"predicted"}
+    assert {r[0] for r in state_rows(d.state_dir, select(Instance.state))} == {"predicted"}
 
     orthanc.start()
     retry = d.cli("results", "retry", "--format", "json", check=True)
     assert json.loads(retry.stdout) == {"requeued": 1}
-    wait_for(lambda: db_rows(d.state_dir, select(Result.state))[0][0] == "sent")
+    wait_for(lambda: state_rows(d.state_dir, select(Result.state))[0][0] == "sent")
     [sr] = wait_for(lambda: orthanc.study_instances(original.StudyInstanceUID))
     assert sr["Modality"] == "SR" and sr["StudyInstanceUID"] == original.StudyInstanceUID
-    assert {r[0] for r in db_rows(d.state_dir, select(Instance.state))} == {"reported"}
+    assert {r[0] for r in state_rows(d.state_dir, select(Instance.state))} == {"reported"}
 
     assert original.StudyInstanceUID not in d.log_text()
 
@@ -227,7 +218,7 @@ def test_a_study_over_two_associations_gets_one_report_then_one_replacement(orth
     assert dump.returncode == 0, dump.stderr
     assert f"Not analysed (lateral view)" in dump.stdout and uids["lateral"] in dump.stdout
     assert "PredecessorDocumentsSequence" not in sr1
-    states = {r[0]: r[1] for r in db_rows(d.state_dir, select(Instance.view, Instance.state))}
+    states = {r[0]: r[1] for r in state_rows(d.state_dir, select(Instance.view, Instance.state))}
     assert states == {"frontal": "reported", "lateral": "not_analysed"}
 
     orthanc.push("cxrd", [orthanc.upload(late)["ID"]])  # one more PA, after the report was sent
@@ -241,9 +232,9 @@ def test_a_study_over_two_associations_gets_one_report_then_one_replacement(orth
     referenced = {r.ReferencedSOPInstanceUID for e in sr2.CurrentRequestedProcedureEvidenceSequence
                   for s in e.ReferencedSeriesSequence for r in s.ReferencedSOPSequence}
     assert referenced == {uids["pa"], uids["repeat"], uids["late"]}
-    sent = [json.loads(det) for (det,) in wait_for(lambda: (lambda rows: rows if len(rows) == 2 else [])(db_rows(
+    sent = [json.loads(det) for (det,) in wait_for(lambda: (lambda rows: rows if len(rows) == 2 else [])(state_rows(
         d.state_dir, select(AuditEvent.details).where(AuditEvent.event_type == "result.sent"))))]
-    reports = db_rows(d.state_dir, select(SentReport.id, SentReport.sop_instance_uid, SentReport.superseded_by)
+    reports = state_rows(d.state_dir, select(SentReport.id, SentReport.sop_instance_uid, SentReport.superseded_by)
                       .order_by(SentReport.id))
     assert [(r.sop_instance_uid, r.superseded_by) for r in reports] == [
         (str(sr1.SOPInstanceUID), reports[1].id), (str(sr2.SOPInstanceUID), None)]
@@ -295,7 +286,7 @@ def test_the_heatmap_segmentation_lands_in_the_original_study_on_the_sources_gri
     assert seg.pixel_array.shape == (original.Rows, original.Columns) and seg.pixel_array.max() > 0
     simplified = orthanc.get(f"/instances/{tags['ID']}/simplified-tags")
     assert simplified["SegmentSequence"][0]["SegmentLabel"].startswith("Grad-CAM ")
-    events = db_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.details))
+    events = state_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.details))
     sent = [json.loads(det) for e, det in events if e == "result.sent"]
     assert len(sent) == 1 and sorted(sent[0]["objects"]) == ["heatmap", "heatmap_map", "sr"]
     text = d.log_text() + json.dumps([tuple(e) for e in events])
@@ -318,5 +309,5 @@ def test_a_study_of_a_lateral_view_only_gets_a_report_saying_nothing_was_analyse
     assert dump.returncode == 0, dump.stderr
     assert "No finding is reported: no image of this study was analysed" in dump.stdout
     assert str(header.SOPInstanceUID) in dump.stdout and '"Finding")=' not in dump.stdout
-    assert db_rows(d.state_dir, select(Instance.state))[0][0] == "not_analysed"
-    assert [r[0] for r in db_rows(d.state_dir, select(Result.state))] == ["sent"]
+    assert state_rows(d.state_dir, select(Instance.state))[0][0] == "not_analysed"
+    assert [r[0] for r in state_rows(d.state_dir, select(Result.state))] == ["sent"]

@@ -16,12 +16,12 @@ from PIL import Image
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from conftest import storescu
+from conftest import state_rows, storescu
 from cxrmodel.labels import LABELS
 from cxrmodel.network import build_model
 from cxrmodel.registry import Registry
 from storage.models import AuditEvent, Instance, Prediction, Result, ShadowPrediction
-from test_results import db_rows, results_env, wait_for
+from test_results import results_env, wait_for
 
 TEMPLATE = "dicom/derived/nih_00000001_000_explicit-vr-le.dcm"
 MARKERS = {"PatientID": "SHDWPID5150", "PatientName": "OSPREY^HALCYON"}
@@ -76,26 +76,25 @@ def test_shadow_runs_on_a_live_push_sends_nothing_and_its_comparison_blocks_prom
         tags = [orthanc.get(f"/instances/{i}/simplified-tags") for i in orthanc.get("/instances")]
         return tags if sum(t.get("Modality") == "SR" for t in tags) >= N else []
     tags = wait_for(srs_in_orthanc, timeout=180)
-    shadow = wait_for(lambda: db_rows(d.state_dir, select(ShadowPrediction.instance_id, ShadowPrediction.model_version,
-                                                          ShadowPrediction.current_version,
-                                                          ShadowPrediction.probabilities)) if len(
-        db_rows(d.state_dir, select(ShadowPrediction.id))) >= N else [])
+    scored = select(ShadowPrediction.instance_id, ShadowPrediction.model_version, ShadowPrediction.current_version,
+                    ShadowPrediction.probabilities)
+    shadow = wait_for(lambda: rows if len(rows := state_rows(d.state_dir, scored)) >= N else [])
     # Orthanc holds exactly one report per study, every one of them from the current model
     assert sorted(t.get("Modality") for t in tags) == ["SR"] * N
     assert {t["SoftwareVersions"] for t in tags} == {"cur"}
-    assert {v for (v,) in db_rows(d.state_dir, select(Result.model_version))} == {"cur"}
-    assert {v for (v,) in db_rows(d.state_dir, select(Prediction.model_version))} == {"cur"}
+    assert {v for (v,) in state_rows(d.state_dir, select(Result.model_version))} == {"cur"}
+    assert {v for (v,) in state_rows(d.state_dir, select(Prediction.model_version))} == {"cur"}
     # the shadow's probabilities, one row per image, apart from the predictions
     assert len(shadow) == N and {(r[1], r[2]) for r in shadow} == {("cand", "cur")}
 
     # Ground truth the current model ranks right and the candidate ranks wrong, per finding: the
     # images where the current model's rank most exceeds the candidate's are the positives.
     current: dict[str, dict[str, float]] = {}
-    for uid, label, p in db_rows(d.state_dir, select(Instance.sop_instance_uid, Prediction.label,
+    for uid, label, p in state_rows(d.state_dir, select(Instance.sop_instance_uid, Prediction.label,
                                                      Prediction.probability)
                                  .join(Prediction, Prediction.instance_id == Instance.id)):
         current.setdefault(uid, {})[label] = p
-    candidate = {uid: json.loads(text) for uid, text in db_rows(
+    candidate = {uid: json.loads(text) for uid, text in state_rows(
         d.state_dir, select(Instance.sop_instance_uid, ShadowPrediction.probabilities)
         .join(ShadowPrediction, ShadowPrediction.instance_id == Instance.id))}
     uids = sorted(current)
@@ -123,8 +122,8 @@ def test_shadow_runs_on_a_live_push_sends_nothing_and_its_comparison_blocks_prom
     assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
     forced = d.cli("model", "promote", "cand", "--force", check=True)
     assert "promoted by --force, overriding: live shadow comparison" in forced.stdout
-    events = [(t, json.loads(det)) for t, det in db_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.details))
-              if t.startswith("model.")]
+    trail = state_rows(d.state_dir, select(AuditEvent.event_type, AuditEvent.details))
+    events = [(t, json.loads(det)) for t, det in trail if t.startswith("model.")]
     assert [t for t, _ in events] == ["model.shadow", "model.rejected", "model.promoted"]
     assert events[2][1]["forced"] is True and events[2][1]["live_shadow"]["verdict"] == "worse"
     assert reg.current_version() == "cand" and reg.shadow()["version"] is None
