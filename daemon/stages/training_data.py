@@ -207,14 +207,7 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
         (dest / EXPORT_SUMMARY).write_text(json.dumps({**counts, "refused_burned_in": len(refused)}, indent=2) + "\n",
                                            encoding="utf-8")
         # the CSV last: a batch is complete (and read by retraining) once it exists
-        tmp = dest / (CSV_NAME + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(HEADER)
-            w.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest / CSV_NAME)
+        _write_csv(dest / CSV_NAME, HEADER, rows)
     except BaseException:
         if created:  # an incomplete batch is never left for retraining to read
             shutil.rmtree(dest, ignore_errors=True)
@@ -278,15 +271,21 @@ def _drop_rows(csv_path: Path, names: set[str]) -> int:
     kept = [r for r in body if not r or r[col].strip().removesuffix(".png") not in names]
     if len(kept) == len(body):
         return 0
-    tmp = csv_path.with_suffix(".purge-tmp")
+    _write_csv(csv_path, header, kept)
+    return len(body) - len(kept)
+
+
+def _write_csv(path: Path, header: list[str], rows: list) -> None:
+    """Write a CSV whole or not at all (temp file beside it, fsync, rename): readers of the batch, and
+    retraining, see the old file or the complete new one."""
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
-        w.writerows(kept)
+        w.writerows(rows)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, csv_path)
-    return len(body) - len(kept)
+    os.replace(tmp, path)
 
 
 def _drop_test_images(result: Path, uids: set[str]) -> None:
