@@ -8,16 +8,20 @@ outcome 4) unless forced; a forced promotion's record names what it overrode. A 
 judged: it is the way out of a bad model. Both are audited with the actor who asked (the OS user
 for the command line, `console:NAME` for the console), the host (this machine's name, or the
 console's client address) and any details the caller adds, in the same words whichever way they
-were asked for.
+were asked for. A shadow that retraining put there is promoted by the scheduler through the same
+`promote` (`settle_retrained_shadow`).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from daemon.errors import DaemonError
 from daemon.runtime import Runtime
+
+_log = logging.getLogger("cxrd.shadow")
 
 if TYPE_CHECKING:
     from cxrmodel.promotion import Floor, Verdict
@@ -52,15 +56,19 @@ def floor(rt: Runtime) -> Floor:
     return Floor.of(rt.settings.model.promotion)
 
 
+_COMPARE = object()  # `live` not given: compare with the current model here
+
+
 def promote(rt: Runtime, version: str, *, force: bool = False,
             evaluate: Callable[[LoadedModel], dict[str, Any]] | None = None,
-            actor: str | None = None, host: str | None = None, **details: Any) -> Promoted:
+            actor: str | None = None, host: str | None = None, live: Any = _COMPARE, **details: Any) -> Promoted:
     """Make `version` current if its evidence clears the floor and, when it ran in shadow, it is not
     clearly worse than the current model on the same live labeled studies (or `force`);
     PromotionRefused if not.
 
     `evaluate`, when given, supplies fresh metrics for the loaded model (`--evaluate-on`); otherwise
-    the evaluation recorded in its manifest is judged.
+    the evaluation recorded in its manifest is judged. `live`, when given, is the live comparison the
+    caller already made (the scheduler decided on it), so its bootstrap is not run twice.
     """
     from cxrmodel.promotion import judge
     from daemon.stages.shadow import comparison_with_current, shadow_refusal
@@ -70,7 +78,8 @@ def promote(rt: Runtime, version: str, *, force: bool = False,
     metrics = evaluate(loaded) if evaluate is not None else dict(loaded.manifest.metrics)
     limit = floor(rt)
     verdict = judge(metrics, limit)
-    live = comparison_with_current(rt, version)
+    if live is _COMPARE:
+        live = comparison_with_current(rt, version)
     live_refusal = shadow_refusal(live)
     failures = list(verdict.failures) + ([live_refusal] if live_refusal else [])
     live_details = live.to_dict() if live is not None else None
@@ -152,3 +161,47 @@ def stop_shadow(rt: Runtime, *, origin: str = "admin", actor: str | None = None,
 def spec_text(spec: Any) -> str:
     """A preprocessing spec in a person's words (size, channels, value range, squaring)."""
     return f"{spec.size} px, {spec.channels} channel(s), range {tuple(spec.value_range)}, {spec.square}"
+
+
+# -- automatic promotion of a shadow put there by retraining ----------------------------------------------------
+def settle_retrained_shadow(rt: Runtime) -> dict[str, Any] | None:
+    """Decide on a shadow that scheduled retraining put there (origin `retrain:<run>`).
+
+    Promoted once `model.shadow.min_labeled_studies` live studies with ground truth were scored by both
+    models and it is not significantly worse; turned off if it is significantly worse on that many;
+    otherwise left running. An administrator's shadow is never decided here. Returns what was done.
+    """
+    from cxrmodel import shadow_compare
+    from cxrmodel.errors import ModelError
+    from daemon.ops.logs import event
+    from daemon.stages.shadow import live_comparison, shadow_refusal
+    reg = rt.registry
+    pointer = reg.shadow()
+    version = pointer["version"]
+    if not version or not pointer["origin"].startswith("retrain:"):
+        return None
+    try:
+        current = reg.current_version()
+    except ModelError:
+        current = None
+    settings = rt.settings.model
+    comparison = live_comparison(rt.sessions, rt.keys, version, current,
+                                 min_positives=int(settings.promotion.min_positives))
+    need = int(settings.shadow.min_labeled_studies)
+    studies = comparison.studies if comparison else 0
+    decision: dict[str, Any] = {"version": version, "current": current, "studies": studies, "needed": need,
+                                "live_shadow": comparison.to_dict() if comparison else None}
+    if studies < need or comparison is None or comparison.verdict == shadow_compare.INSUFFICIENT:
+        decision["outcome"] = "waiting"
+        event(_log, "shadow.waiting", version=version, studies=studies, needed=need)
+        return decision
+    try:  # the one promotion path: weights verified, the floor as it is now, audited
+        promote(rt, version, live=comparison, actor="cxrd:scheduler",
+                why=f"shadow from {pointer['origin']}: {comparison.summary}")
+        decision["outcome"] = "promoted"
+    except PromotionRefused as exc:
+        refused = [r for r in (shadow_refusal(exc.live),) if r] + list(exc.verdict.failures)
+        reg.set_shadow(None, "retired: " + refused[0][:150], only_if=version)
+        decision["outcome"], decision["reasons"] = "retired", refused
+    event(_log, f"shadow.{decision['outcome']}", version=version, why=comparison.summary)
+    return decision

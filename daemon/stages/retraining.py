@@ -46,7 +46,7 @@ from cxrmodel.train import load_trained
 from daemon.errors import DaemonError
 from daemon.ops.logs import event
 from daemon.runtime import Runtime
-from daemon.stages.shadow import settle_retrained_shadow
+from daemon.stages.model_changes import settle_retrained_shadow
 from daemon.stages.training_data import EXPORT_SUMMARY
 from storage import audit
 from storage.keys import derive_key, read_master_key

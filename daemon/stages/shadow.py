@@ -20,7 +20,7 @@ true:
 
 The comparison (`live_comparison`) pairs, per image, the shadow's probabilities with the current
 model's authentic prediction rows and the ground truth, and hands them to `cxrmodel.shadow_compare`.
-`settle_retrained_shadow` is the automatic promotion of a shadow that retraining put there.
+The automatic promotion of a shadow that retraining put there is `model_changes.settle_retrained_shadow`.
 """
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from cxrmodel import shadow_compare
 from cxrmodel.errors import ModelError
 from cxrmodel.labels import LABELS
-from cxrmodel.promotion import Floor, judge
 from cxrmodel.shadow_pointer import read_shadow, stamp
 from daemon.ops.logs import event
 from storage import audit
@@ -251,50 +250,3 @@ def shadow_refusal(comparison: shadow_compare.Comparison | None) -> str | None:
     if comparison is None or not comparison.clearly_worse:
         return None
     return f"live shadow comparison with {comparison.current}: {comparison.summary}"
-
-
-# -- automatic promotion of a shadow put there by retraining -------------------------------------------------
-def settle_retrained_shadow(rt: Runtime) -> dict[str, Any] | None:
-    """Decide on a shadow that scheduled retraining put there (origin `retrain:<run>`).
-
-    Promoted once `model.shadow.min_labeled_studies` live studies with ground truth were scored by both
-    models and it is not significantly worse; turned off if it is significantly worse on that many;
-    otherwise left running. An administrator's shadow is never decided here. Returns what was done.
-    """
-    reg = rt.registry
-    pointer = reg.shadow()
-    version = pointer["version"]
-    if not version or not pointer["origin"].startswith("retrain:"):
-        return None
-    try:
-        current = reg.current_version()
-    except ModelError:
-        current = None
-    settings = rt.settings.model
-    comparison = live_comparison(rt.sessions, rt.keys, version, current,
-                                 min_positives=int(settings.promotion.min_positives))
-    need = int(settings.shadow.min_labeled_studies)
-    studies = comparison.studies if comparison else 0
-    decision: dict[str, Any] = {"version": version, "current": current, "studies": studies, "needed": need,
-                                "live_shadow": comparison.to_dict() if comparison else None}
-    if studies < need or comparison is None or comparison.verdict == shadow_compare.INSUFFICIENT:
-        decision["outcome"] = "waiting"
-        event(log, "shadow.waiting", version=version, studies=studies, needed=need)
-        return decision
-    floor = Floor.of(settings.promotion)
-    verdict = judge(reg.manifest(version).metrics, floor)  # the floor may have been raised since
-    refused = ([shadow_refusal(comparison)] if comparison.clearly_worse else []) + list(verdict.failures)
-    if refused:
-        reg.set_shadow(None, "retired: " + refused[0][:150], only_if=version)
-        decision["outcome"], decision["reasons"] = "retired", refused
-        rt.audit("model.rejected", outcome=4, actor="cxrd:scheduler", version=version, refused=refused,
-                 promotion=verdict.audit_details(floor), live_shadow=comparison.to_dict())
-    else:
-        previous = reg.promote(version)
-        decision["outcome"] = "promoted"
-        rt.audit("model.promoted", actor="cxrd:scheduler", version=version, previous=previous, forced=False,
-                 overridden=None, promotion=verdict.audit_details(floor), live_shadow=comparison.to_dict(),
-                 why=f"shadow from {pointer['origin']}: {comparison.summary}")
-    event(log, f"shadow.{decision['outcome']}", version=version, why=comparison.summary)
-    return decision
-

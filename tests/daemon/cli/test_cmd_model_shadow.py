@@ -158,7 +158,7 @@ def test_rows_edited_in_sql_are_left_out_of_the_comparison(cli_state, models):
 
 
 def test_a_retrained_shadow_is_promoted_once_enough_live_studies_agree(cli_state, models, monkeypatch):
-    from daemon.stages.shadow import settle_retrained_shadow
+    from daemon.stages.model_changes import settle_retrained_shadow
     monkeypatch.setenv("CXRD_MODEL__SHADOW__MIN_LABELED_STUDIES", "40")
     rt = runtime()
     models.set_shadow("cand", "admin")
@@ -175,7 +175,7 @@ def test_a_retrained_shadow_is_promoted_once_enough_live_studies_agree(cli_state
 
 
 def test_a_retrained_shadow_worse_on_live_studies_is_retired(cli_state, models, monkeypatch):
-    from daemon.stages.shadow import settle_retrained_shadow
+    from daemon.stages.model_changes import settle_retrained_shadow
     monkeypatch.setenv("CXRD_MODEL__SHADOW__MIN_LABELED_STUDIES", "40")
     rt = runtime()
     models.set_shadow("cand", "retrain:3")
