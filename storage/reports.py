@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -166,10 +166,14 @@ def referenced_text_objects(session: Session) -> set[str]:
 
 
 def candidates(session: Session, now: datetime, match_wait_s: float, limit: int = 200) -> list[int]:
-    """Reports that may have something to do: waiting ones not yet expired, and matched or labelled
-    ones still inside their wait whose study has analysed images without any label (images that came
-    after the report)."""
-    waiting = select(Report.id).where(Report.state == WAITING, Report.expires_at > now)
+    """Reports that may have something to do: waiting ones not yet expired whose images have come (by
+    study UID or accession: chosen in SQL, so reports whose images never come, a RIS's CT reports
+    say, neither cost a lookup each pass nor crowd out the others past `limit`), and matched or
+    labelled ones still inside their wait whose study has analysed images without any label (images
+    that came after the report)."""
+    arrived = or_(and_(Report.study_uid != "", exists().where(Instance.study_uid == Report.study_uid)),
+                  and_(Report.accession_hash != "", exists().where(Instance.accession_hash == Report.accession_hash)))
+    waiting = select(Report.id).where(Report.state == WAITING, Report.expires_at > now, arrived)
     unlabelled = exists().where(and_(Instance.study_uid == Report.matched_study_uid,
                                      Instance.state != NOT_ANALYSED,
                                      ~exists().where(Label.instance_id == Instance.id)))

@@ -59,7 +59,7 @@ def match_once(sessions: sessionmaker[Session], vault, audit_key: bytes, match_w
             study, how = store.find_study(s, report)
             if study is None and how != "ambiguous accession":
                 continue  # its images have not come: nothing to decrypt or label yet
-            text = store.read_text(vault, report)
+            text = store.read_text(vault, report) if study is not None else None  # ambiguous: refused unread
         named = label(text) if text is not None else None
         with sessions.begin() as s:
             report = s.get(Report, report_id)

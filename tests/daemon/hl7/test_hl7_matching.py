@@ -203,3 +203,18 @@ def test_a_manual_import_replaces_a_report_label_and_labels_list_counts_by_sourc
     counts = json.loads(out)
     assert counts["labels"] == {"manual": 1, "report": 1} and counts["reports"]["waiting"] == 0
     engine.dispose()
+
+
+def test_reports_whose_images_never_come_do_not_crowd_out_one_whose_images_have(store):  # noqa: ANN001
+    """Waiting reports are chosen in SQL by whether their images exist, so a RIS sending reports for
+    studies cxrd never receives (CT, MR) cannot fill the pass's limit ahead of a chest report."""
+    from storage.reports import candidates
+    for i in range(5):
+        record(store, incoming(control=f"CT{i}", study=f"1.2.3.9{i}"))
+    record(store, incoming(control="CHEST", study="1.2.3.77"))
+    arrived = pseudonymize_uid(store.keys.uid_key, "1.2.3.77")
+    add_instance(store, arrived, 1)
+    with store.sessions() as s:
+        chest = s.scalar(select(Report.id).where(Report.study_uid == arrived))
+        assert candidates(s, utcnow(), 3600, limit=2) == [chest]
+    assert match_once(store.sessions, store.vault, store.keys.audit_key, 3600)["matched"] == 1
