@@ -24,7 +24,6 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterable
 
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -262,16 +261,6 @@ def expire_waiting(sessions: sessionmaker[Session], vault, audit_key: bytes, now
     return len(rows)
 
 
-def shred_text(sessions: sessionmaker[Session], vault, report_id: int) -> None:  # noqa: ANN001
-    """Crypto-shred a report's text (hl7.report_text = "discard", once its labels are written)."""
-    with sessions() as s:
-        obj = s.scalar(select(Report.text_object).where(Report.id == report_id))
-    if obj:
-        vault.delete(obj)
-        with sessions.begin() as s:
-            s.execute(update(Report).where(Report.id == report_id).values(text_object=None))
-
-
 # ------------------------------------------------------------------------------------------ purging
 
 
@@ -311,9 +300,4 @@ def counts_by_state(session: Session) -> dict[str, int]:
     """Reports per state: every state of REPORT_STATES in order (0 when none), then any other found."""
     found = {state: int(n) for state, n in session.execute(select(Report.state, func.count()).group_by(Report.state))}
     return {state: found.get(state, 0) for state in REPORT_STATES} | dict(sorted(found.items()))
-
-
-def report_ids_for(session: Session, study_uids: Iterable[str]) -> list[int]:
-    uids = list(study_uids)
-    return list(session.scalars(select(Report.id).where(Report.matched_study_uid.in_(uids)))) if uids else []
 

@@ -169,7 +169,8 @@ def retrain_once(rt: Runtime, trigger: str = "schedule") -> dict[str, Any]:
                            f"label store export: {type(exc).__name__}")
             return _finish(rt, run_id, "failed", summary)
     batches = inbox_batches(Path(s.inbox))
-    fresh = [b for b in batches if b.name not in used_batches(rt)]
+    used = used_batches(rt)  # one read of the runs' reports, not one per batch
+    fresh = [b for b in batches if b.name not in used]
     new_images = sum(b.images for b in fresh)
     sources = [batch_sources(b) for b in fresh]
     summary.update(batches=[b.name for b in batches], new_batches=[b.name for b in fresh], new_images=new_images,
