@@ -73,16 +73,10 @@ def _int(ds: Any, keyword: str) -> int | None:
 
 
 def _modality_sample(ds: Any, stored: np.ndarray) -> np.ndarray:
-    """The Modality LUT applied to a subsample of the stored values (as `preprocess._modality`)."""
+    """The Modality LUT, as the preprocessing applies it, on a subsample of the stored values."""
+    from cxrmodel.preprocess import _modality
     step = _stride(stored.shape)
-    sample = stored[::step, ::step]
-    if "ModalityLUTSequence" in ds:
-        from pydicom.pixels import apply_modality_lut
-        return np.asarray(apply_modality_lut(sample, ds), dtype=np.float32)
-    values = sample.astype(np.float32)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return values * np.float32(slope) + np.float32(intercept)
+    return _modality(ds, stored[::step, ::step])
 
 
 def dicom_profile(ds: Any, unit: np.ndarray) -> dict[str, Any]:
