@@ -112,10 +112,7 @@ def set_gauge(session: Session, metric: str, labels: Mapping[str, str], value: f
 
 def gauges(session: Session) -> list[tuple[str, dict[str, str], float | None, bool]]:
     """Every stored gauge: (metric, labels, value, alarm); the last pass's summary is not a gauge."""
-    rows = session.execute(select(MonitorState.metric, MonitorState.labels, MonitorState.value,
-                                  MonitorState.alarm).where(MonitorState.metric != SUMMARY_METRIC)
-                           .order_by(MonitorState.key)).all()
-    return [(m, json.loads(lab or "{}"), v, bool(a)) for m, lab, v, a in rows]
+    return [row[:4] for row in alarm_states(session)]
 
 
 # The last monitoring pass's numbers, for pages that must not recompute them (the console's model

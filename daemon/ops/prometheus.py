@@ -93,11 +93,9 @@ class StateCollector:
 
     def __init__(self, sessions: sessionmaker[Session], state_dir: Path, min_free_mb: int,
                  current_model: Callable[[], object | None], cache_s: float = 5.0,
-                 behind_anchor: Callable[[], bool] = lambda: False,
-                 shadow_version: Callable[[], str | None] | None = None):
+                 behind_anchor: Callable[[], bool] = lambda: False):
         self.behind_anchor = behind_anchor
-        # the registry's shadow pointer (beside current.json, under state_dir/models): torch-free
-        self.shadow_version = shadow_version or (lambda: read_shadow(state_dir / "models")["version"])
+        self.models_dir = state_dir / "models"  # the registry's; its shadow pointer is read torch-free
         self.sessions = sessions
         self.state_dir = state_dir
         self.min_free_bytes = min_free_mb * 1024 * 1024
@@ -182,7 +180,7 @@ class StateCollector:
         """The shadow candidate by version (1 while one runs) and the live images each candidate
         version has scored (stored shadow predictions: a count that only grows while rows are kept)."""
         try:
-            version = self.shadow_version()
+            version = read_shadow(self.models_dir)["version"]
         except Exception:  # an unreadable pointer: the worker runs no shadow either
             version = None
         g = GaugeMetricFamily("cxrd_shadow_model_info", "The shadow candidate (1) by version; absent when none runs",
