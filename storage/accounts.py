@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 from storage.models import ConsoleAccount, ConsoleSession, SigninFailure
 
 ROLES = ("compliance", "operations", "admin")
-VIAS = ("local", "ldap")
 MAX_PASSWORD_LENGTH = 1024  # argon2 hashes any length; this only bounds the work one request can cause
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
@@ -230,9 +229,9 @@ def end_session_id(session: Session, session_id: int, reason: str) -> bool:
                                 .values(ended_at=now(), end_reason=reason)).rowcount)
 
 
-def expire_sessions(session: Session, *, idle_s: int, absolute_s: int) -> list[tuple[SignedIn, str]]:
-    """End every open session past its idle or absolute time-out; returns each with its source address
-    (for the audit row of the sign-out nobody clicked)."""
+def expire_sessions(session: Session, *, idle_s: int, absolute_s: int) -> list[SignedIn]:
+    """End every open session past its idle or absolute time-out; returns each, with its source
+    address (for the audit row of the sign-out nobody clicked)."""
     t = now()
     stale = session.scalars(select(ConsoleSession).where(
         ConsoleSession.ended_at.is_(None),
@@ -242,8 +241,8 @@ def expire_sessions(session: Session, *, idle_s: int, absolute_s: int) -> list[t
     for row in stale:
         reason = "expired" if t - row.created_at > timedelta(seconds=absolute_s) else "idle"
         row.ended_at, row.end_reason = t, reason
-        out.append((SignedIn(row.id, row.user_name, row.role, row.via, row.created_at, row.last_seen_at, reason),
-                    row.source))
+        out.append(SignedIn(row.id, row.user_name, row.role, row.via, row.created_at, row.last_seen_at, reason,
+                            row.source))
     return out
 
 

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from daemon.runtime import Runtime
-from storage.accounts import NAME  # the account-name rule: only such text is written as an actor
+from storage.accounts import NAME, SignedIn  # NAME: the account-name rule; only such text is an actor
 
 log = logging.getLogger("cxrd.console")
 
@@ -109,13 +109,29 @@ def _count_failure(rt: Runtime, name: str, source: str, subjects: list[str]) -> 
                      reason=f"too many failed sign-ins for this {what}")
 
 
+def audit_signout(rt: Runtime, view: SignedIn, host: str, reason: str) -> None:
+    """The one record of a session's end (110114 Logout), however it ended: signed out, timed out,
+    or no longer backed by the directory."""
+    rt.audit("console.signout", actor=_actor(view.name), host=host, reason=reason, role=view.role, via=view.via)
+
+
+def end_session(rt: Runtime, view: SignedIn, end_reason: str, host: str, reason: str) -> bool:
+    """End this open session and record it, unless another request or the sweep ended it first (each
+    ending is recorded once). True when it was ended here."""
+    from storage import accounts
+    with rt.sessions() as s, s.begin():
+        ended = accounts.end_session_id(s, view.id, end_reason)
+    if ended:
+        audit_signout(rt, view, host, reason)
+    return ended
+
+
 def sign_out(rt: Runtime, token: str, source: str) -> None:
     from storage import accounts
     with rt.sessions() as s, s.begin():
         ended = accounts.end_session(s, token, "signout")
     if ended is not None:
-        rt.audit("console.signout", actor=_actor(ended.name), host=source, reason="signed out",
-                 role=ended.role, via=ended.via)
+        audit_signout(rt, ended, source, "signed out")
 
 
 def expire_sessions(rt: Runtime) -> int:
@@ -125,7 +141,6 @@ def expire_sessions(rt: Runtime) -> int:
     c = rt.settings.console
     with rt.sessions() as s, s.begin():
         ended = accounts.expire_sessions(s, idle_s=c.session_idle_s, absolute_s=c.session_absolute_s)
-    for view, source in ended:
-        rt.audit("console.signout", actor=_actor(view.name), host=source, reason=f"{view.end_reason} time-out",
-                 role=view.role, via=view.via)
+    for view in ended:
+        audit_signout(rt, view, view.source, f"{view.end_reason} time-out")
     return len(ended)

@@ -15,6 +15,7 @@ import logging
 from datetime import datetime, timedelta
 
 from daemon.console import directory
+from daemon.console.authentication import end_session
 from daemon.runtime import Runtime
 from storage import accounts
 
@@ -65,12 +66,4 @@ def recheck(rt: Runtime, confirmed: dict[int, datetime], at: datetime | None = N
 
 def _end(rt: Runtime, views: list[accounts.SignedIn], why: str) -> int:
     """End each session (once: a sign-out or the time-out sweep may have been first) and audit it."""
-    ended = 0
-    for view in views:
-        with rt.sessions() as s, s.begin():
-            if not accounts.end_session_id(s, view.id, END_REASON):
-                continue
-        ended += 1
-        rt.audit("console.signout", actor=f"console:{view.name}", host=view.source, reason=f"directory: {why}",
-                 role=view.role, via=view.via)
-    return ended
+    return sum(end_session(rt, view, END_REASON, view.source, f"directory: {why}") for view in views)

@@ -48,11 +48,8 @@ def current_user_or_none(request: Request) -> ConsoleUser | None:
                     accounts.touch_session(s, view.id)
             user = ConsoleUser(view.name, view.role, view.via, client_address(request))
         elif view is not None:  # timed out: ended here unless the sweep was first; audited once
-            with rt.sessions() as s, s.begin():
-                ended = accounts.end_session_id(s, view.id, verdict)
-            if ended:
-                rt.audit("console.signout", actor=f"console:{view.name}", host=client_address(request),
-                         reason=f"{verdict} time-out", role=view.role, via=view.via)
+            from daemon.console.authentication import end_session
+            end_session(rt, view, verdict, client_address(request), f"{verdict} time-out")
     request.state.console_user = user
     return user
 

@@ -53,7 +53,7 @@ def test_console_sessions_touch_time_out_and_end_once(sessions):
     assert accounts.session_verdict(view, idle_s=60, absolute_s=3600) == "idle"
     with sessions.begin() as s:
         ended = accounts.expire_sessions(s, idle_s=60, absolute_s=3600)
-    assert [(v.name, v.end_reason, source) for v, source in ended] == [("alice", "idle", "10.0.0.5")]
+    assert [(v.name, v.end_reason, v.source) for v in ended] == [("alice", "idle", "10.0.0.5")]
     with sessions.begin() as s:
         assert accounts.end_session_id(s, view.id, "idle") is False  # already ended: not twice
         assert accounts.session_by_token(s, token) is None
