@@ -120,28 +120,34 @@ def versions(models_dir: Path) -> list[Version]:
     if not models_dir.is_dir():
         return []
     current = current_version(models_dir)
-    out = []
-    for d in models_dir.iterdir():
-        if d.name.startswith(".") or not (d / "manifest.json").is_file():
-            continue
-        try:
-            data = _read_json(d / "manifest.json")
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as exc:
-            out.append(Version(d.name, current=d.name == current, error=f"manifest unreadable ({exc})"[:200]))
-            continue
-        source = data.get("source")
-        metrics, training = data.get("metrics"), data.get("training")
-        out.append(Version(str(data.get("version") or d.name), str(data.get("created") or ""),
-                           str(source.get("format", "")) if isinstance(source, dict) else "", d.name == current,
-                           str(data.get("weights_sha256") or ""), metrics if isinstance(metrics, dict) else {},
-                           training if isinstance(training, dict) else {}))
+    out = [_read_version(d, current) for d in models_dir.iterdir()
+           if not d.name.startswith(".") and (d / "manifest.json").is_file()]
     return sorted(out, key=lambda v: (v.created, v.version), reverse=True)
 
 
 def find(models_dir: Path, version: str) -> Version | None:
-    return next((v for v in versions(models_dir) if v.version == version), None)
+    """One version by name, reading only its own manifest (the registry names each folder after its
+    version); None for a name that is not one folder's."""
+    d = models_dir / version
+    if not version or version.startswith(".") or Path(version).name != version or not (d / "manifest.json").is_file():
+        return None
+    found = _read_version(d, current_version(models_dir))
+    return found if found.version == version else None
+
+
+def _read_version(d: Path, current: str | None) -> Version:
+    try:
+        data = _read_json(d / "manifest.json")
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        return Version(d.name, current=d.name == current, error=f"manifest unreadable ({exc})"[:200])
+    source = data.get("source")
+    metrics, training = data.get("metrics"), data.get("training")
+    return Version(str(data.get("version") or d.name), str(data.get("created") or ""),
+                   str(source.get("format", "")) if isinstance(source, dict) else "", d.name == current,
+                   str(data.get("weights_sha256") or ""), metrics if isinstance(metrics, dict) else {},
+                   training if isinstance(training, dict) else {})
 
 
 def pointer_history(models_dir: Path) -> list[dict[str, str]]:
