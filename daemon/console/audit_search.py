@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any, Callable, Mapping
 
 from sqlalchemy import case, func, select
@@ -219,11 +219,9 @@ class Day:
 
 def local_day_bounds(day: date) -> tuple[str, str]:
     """A local calendar day -> its first instant and the next day's, as stored UTC strings (a day
-    of a daylight-saving change is 23 or 25 hours long, as a person means it)."""
-    def instant(d: date) -> str:
-        return datetime.combine(d, time.min).astimezone().astimezone(timezone.utc).isoformat(
-            timespec="microseconds")
-    return instant(day), instant(day + timedelta(days=1))
+    of a daylight-saving change is 23 or 25 hours long, as a person means it): the CLI's reading of
+    a date, its local midnight."""
+    return audit_query.parse_time(day.isoformat()), audit_query.parse_time((day + timedelta(days=1)).isoformat())
 
 
 def per_day(session: Session, first: date, last: date, *, flt: AuditFilter | None = None) -> list[Day]:
