@@ -93,11 +93,12 @@ def reference_for(session: Session, registry: Any, version: str, baseline_n: int
 # ------------------------------------------------------------------ drift
 
 def drift(session: Session, registry: Any, version: str, since: datetime, until: datetime, *,
-          baseline_n: int, min_images: int) -> dict[str, Any]:
+          baseline_n: int, min_images: int, scores: SM.Scores | None = None) -> dict[str, Any]:
     """Scores and input characteristics of `version`'s images analysed in [since, until) against its
-    reference; `alarm` when any comparison's verdict is drift."""
+    reference; `alarm` when any comparison's verdict is drift. `scores`: that window's, when the caller
+    read them already."""
     ref = reference_for(session, registry, version, baseline_n)
-    live = SM.scores_between(session, version, LABELS, since, until)
+    live = SM.scores_between(session, version, LABELS, since, until) if scores is None else scores
     keep = [i for i, iid in enumerate(live.instance_ids) if iid not in ref["baseline_ids"]]
     P = live.P[keep]
     ids = [live.instance_ids[i] for i in keep]
@@ -137,14 +138,15 @@ def _truth(scores: SM.Scores, truth: Mapping[int, Mapping[str, int | None]]) -> 
 
 def performance(session: Session, version: str, since: datetime, until: datetime, *, min_cases: int,
                 floor: float, n_boot: int = 1000, periods: int = PERIODS,
-                truth: Mapping[int, Mapping[str, int | None]] | None = None) -> dict[str, Any]:
+                truth: Mapping[int, Mapping[str, int | None]] | None = None,
+                scores: SM.Scores | None = None) -> dict[str, Any]:
     """Live numbers of `version` on its images analysed in [since, until) that have ground truth, and
     the same split into `periods` equal periods (AUROC only where a period has enough cases).
 
     `alarm` when a finding with enough cases has a live AUROC whose 95% CI lies entirely below
     `floor` (the promotion floor, model.promotion.min_auroc_lower_bound)."""
     truth = ground_truth(session) if truth is None else truth
-    scores = SM.scores_between(session, version, LABELS, since, until)
+    scores = SM.scores_between(session, version, LABELS, since, until) if scores is None else scores
     rows, Y = _truth(scores, truth)
     P = scores.P[rows]
     out = LM.live_performance(Y, P, LABELS, scores.thresholds, min_cases=min_cases, n_boot=n_boot)
@@ -175,11 +177,12 @@ def report(session: Session, registry: Any, since: datetime, until: datetime, *,
     truth = ground_truth(session)
     models = []
     for version in SM.versions_between(session, since, until):
+        scores = SM.scores_between(session, version, LABELS, since, until)  # one read for both
         models.append({"model": version,
                        "drift": drift(session, registry, version, since, until, baseline_n=baseline_n,
-                                      min_images=min_images),
+                                      min_images=min_images, scores=scores),
                        "performance": performance(session, version, since, until, min_cases=min_cases,
-                                                  floor=floor, n_boot=n_boot, truth=truth)})
+                                                  floor=floor, n_boot=n_boot, truth=truth, scores=scores)})
     return {"since": since.isoformat(), "until": until.isoformat(), "models": models,
             "thresholds": {**THRESHOLDS, "psi_epsilon": D.EPSILON, "psi_bins": "reference deciles",
                            "min_images": min_images, "min_cases": min_cases, "performance_floor": floor}}
