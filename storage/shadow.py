@@ -75,7 +75,6 @@ class Paired:
     studies: list[str] = field(default_factory=list)
     current: list[dict[str, float]] = field(default_factory=list)
     candidate: list[dict[str, float]] = field(default_factory=list)
-    shadow_rows: int = 0         # shadow rows of this candidate beside this current model
     rejected: int = 0            # images left out: a shadow or prediction row failed its HMAC
 
 
@@ -96,7 +95,7 @@ def paired(session: Session, key: bytes, candidate: str, current: str, only: Ite
         .join(Instance, Instance.id == ShadowPrediction.instance_id)
         .where(ShadowPrediction.model_version == candidate, ShadowPrediction.current_version == current)
         .order_by(ShadowPrediction.instance_id)).all()
-    out = Paired(shadow_rows=len(rows))
+    out = Paired()
     shadow: dict[int, tuple[str, dict[str, float]]] = {}
     for instance_id, text, tag, sop, study in rows:
         if wanted is not None and instance_id not in wanted:
