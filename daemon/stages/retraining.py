@@ -118,14 +118,10 @@ def export_label_store(rt: Runtime, run_id: int) -> dict[str, Any]:
     store keeps one label per image) become a new inbox batch through the one export path
     (`training_data.export_batch`), named for this run. What was left out is counted, so that a run
     that finds labels but cannot use them says why instead of silently training on nothing."""
-    from daemon.stages.training_data import export_batch
+    from daemon.stages.training_data import export_batch, export_counts
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     dest = Path(rt.settings.retrain.inbox) / f"cxrd-labels-{stamp}-run{run_id}"
-    r = export_batch(rt, dest, skip_empty=True)
-    out = {"batch": r["batch"], "images": r["images"], "manual": r["sources"].get("manual", 0),
-           "report": r["sources"].get("report", 0), "refused_burned_in": len(r["refused_burned_in"]),
-           "refused_burned_in_unknown": r["refused_burned_in_unknown"],
-           "uncertain_left_out": r["uncertain_left_out"], "purged": r["purged"], "unreadable": r["unreadable"]}
+    out = export_counts(export_batch(rt, dest, skip_empty=True))
     out["left_out"] = _left_out(out)  # in the run's words, for `retrain --list` and the console to show as is
     if out["refused_burned_in"] or out["unreadable"]:
         event(log, "retrain.labels_refused", logging.WARNING, refused_burned_in=out["refused_burned_in"],

@@ -28,7 +28,7 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pydicom
@@ -217,11 +217,18 @@ def export_batch(rt: Runtime, dest: Path | None = None, include_exported: bool =
             session.execute(update(Label).where(Label.instance_id == lab.instance_id,
                                                 Label.imported_at == lab.imported_at)
                             .values(used_in_model=dest.name[:64]))
-    rt.audit("export.training", images=len(rows), refused_burned_in=len(refused), batch=dest.name,
-             uncertain_left_out=uncertain_left_out, manual=summary["sources"][LABEL_MANUAL],
-             report=summary["sources"][LABEL_REPORT], refused_burned_in_unknown=refused_unknown,
-             purged=purged, unreadable=summary["unreadable"])
+    rt.audit("export.training", **export_counts(summary))
     return summary
+
+
+def export_counts(summary: dict[str, Any]) -> dict[str, Any]:
+    """An export's numbers, flat (its audit row, and what a retraining run records of it)."""
+    return {"batch": summary["batch"], "images": summary["images"],
+            "manual": summary["sources"].get(LABEL_MANUAL, 0), "report": summary["sources"].get(LABEL_REPORT, 0),
+            "refused_burned_in": len(summary["refused_burned_in"]),
+            "refused_burned_in_unknown": summary["refused_burned_in_unknown"],
+            "uncertain_left_out": summary["uncertain_left_out"], "purged": summary["purged"],
+            "unreadable": summary["unreadable"]}
 
 
 EXPORTS_FILE = "training-exports.jsonl"
